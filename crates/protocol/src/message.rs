@@ -1,0 +1,151 @@
+//! The messages of a Herd connection. A worker opens one QUIC connection, sends
+//! [`ClientMessage::Hello`] on its first stream, then opens one bidirectional stream per request:
+//! one [`ClientMessage`] frame in, one [`ServerMessage`] frame out.
+//!
+//! Wire-format invariant: variant 0 of [`ClientMessage`] is `Hello` and its first field is the
+//! protocol version, so any future version can still read an old worker's version and refuse it
+//! with a clear error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ContentHash, FrameError, Outcome, PublicKey, Signature, SignatureError, SigningKey};
+
+/// Domain string for assignment signatures.
+const ASSIGNMENT_DOMAIN: &[u8] = b"herd assignment v1\0";
+/// Domain string for report signatures.
+const REPORT_DOMAIN: &[u8] = b"herd report v1\0";
+
+/// What a worker sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// The first message of a connection: who this host is and for which volunteer it computes.
+    Hello {
+        protocol_version: u32,
+        /// The host's identity: its reports are signed with the matching secret key.
+        host_key: PublicKey,
+        volunteer: String,
+        team: Option<String>,
+        /// Units this host runs at once; caps its in-flight replicas.
+        cores: u32,
+    },
+    /// Ask for one replica to run.
+    RequestWork,
+    /// Ask for a blob (module or input) by its hash.
+    FetchBlob { hash: ContentHash },
+    /// Report a finished replica, with its output bytes.
+    Report {
+        report: SignedReport,
+        output: Vec<u8>,
+    },
+}
+
+/// What the coordinator answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// The answer to `Hello`: the project key that signs assignments.
+    Welcome { project_key: PublicKey },
+    /// One replica to run.
+    Work(SignedAssignment),
+    /// Nothing to do now; ask again after this many milliseconds.
+    NoWork { retry_after_ms: u32 },
+    /// The requested blob.
+    Blob { hash: ContentHash, bytes: Vec<u8> },
+    /// The report is recorded (or was already: reports are idempotent).
+    ReportAccepted { replica_id: u64 },
+    /// The request was refused.
+    Error { code: ErrorCode, message: String },
+}
+
+/// Why a request was refused. Stable: workers branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    UnsupportedVersion,
+    Malformed,
+    NotRegistered,
+    BadSignature,
+    UnknownReplica,
+    NotYourReplica,
+    BlobNotFound,
+    BadOutput,
+    Internal,
+}
+
+/// One replica of a work unit given to one host, signed by the project key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub replica_id: u64,
+    pub unit_id: u64,
+    pub batch_id: u64,
+    /// The host this replica is for: a worker refuses an assignment made out to another key.
+    pub host_key: PublicKey,
+    pub module: ContentHash,
+    pub input: ContentHash,
+    /// Seeds the unit's random_get.
+    pub seed: u64,
+    pub fuel_limit: u64,
+    pub memory_limit_bytes: u64,
+    pub output_limit_bytes: u64,
+    /// Unix time in milliseconds after which the coordinator gives the replica to another host.
+    pub deadline_ms: u64,
+}
+
+impl Assignment {
+    /// Signs this assignment with the project key.
+    pub fn sign(self, project_key: &SigningKey) -> Result<SignedAssignment, FrameError> {
+        let bytes = postcard::to_allocvec(&self)?;
+        let signature = project_key.sign(ASSIGNMENT_DOMAIN, &bytes);
+        Ok(SignedAssignment {
+            assignment: self,
+            signature,
+        })
+    }
+}
+
+/// An assignment and the project's signature over it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAssignment {
+    pub assignment: Assignment,
+    pub signature: Signature,
+}
+
+impl SignedAssignment {
+    /// Checks the project's signature.
+    pub fn verify(&self, project_key: &PublicKey) -> Result<(), SignatureError> {
+        let bytes = postcard::to_allocvec(&self.assignment).map_err(|_| SignatureError::Invalid)?;
+        project_key.verify(ASSIGNMENT_DOMAIN, &bytes, &self.signature)
+    }
+}
+
+/// A host's report of one replica's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub replica_id: u64,
+    pub outcome: Outcome,
+}
+
+impl Report {
+    /// Signs this report with the host's key.
+    pub fn sign(self, host_key: &SigningKey) -> Result<SignedReport, FrameError> {
+        let bytes = postcard::to_allocvec(&self)?;
+        let signature = host_key.sign(REPORT_DOMAIN, &bytes);
+        Ok(SignedReport {
+            report: self,
+            signature,
+        })
+    }
+}
+
+/// A report and the host's signature over it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReport {
+    pub report: Report,
+    pub signature: Signature,
+}
+
+impl SignedReport {
+    /// Checks the host's signature.
+    pub fn verify(&self, host_key: &PublicKey) -> Result<(), SignatureError> {
+        let bytes = postcard::to_allocvec(&self.report).map_err(|_| SignatureError::Invalid)?;
+        host_key.verify(REPORT_DOMAIN, &bytes, &self.signature)
+    }
+}

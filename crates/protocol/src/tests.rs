@@ -1,0 +1,196 @@
+//! Round trips, malformed bytes and golden bytes for the wire format.
+
+use super::*;
+
+fn sample_assignment(key: &SigningKey) -> Assignment {
+    Assignment {
+        replica_id: 7,
+        unit_id: 3,
+        batch_id: 1,
+        host_key: key.public_key(),
+        module: ContentHash::of(b"module"),
+        input: ContentHash::of(b"input"),
+        seed: 42,
+        fuel_limit: 1_000_000,
+        memory_limit_bytes: 64 << 20,
+        output_limit_bytes: 1 << 20,
+        deadline_ms: 1_700_000_000_000,
+    }
+}
+
+fn round_trip<T>(message: &T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let frame = encode_frame(message).expect("encode");
+    let header: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().expect("header");
+    let len = decode_header(header).expect("header length");
+    assert_eq!(len, frame.len() - HEADER_LEN);
+    decode_body(&frame[HEADER_LEN..]).expect("decode")
+}
+
+#[test]
+fn every_message_round_trips() {
+    let key = SigningKey::from_seed([9; 32]);
+    let signed = sample_assignment(&key).sign(&key).expect("sign");
+    let report = Report {
+        replica_id: 7,
+        outcome: Outcome::Countable(RunResult {
+            status: Status::Trap(TrapKind::Unreachable),
+            fuel: 123,
+            output_len: 5,
+            output_hash: ContentHash::of(b"hello"),
+        }),
+    }
+    .sign(&key)
+    .expect("sign");
+    let clients = vec![
+        ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            host_key: key.public_key(),
+            volunteer: "ada".into(),
+            team: Some("lovelace".into()),
+            cores: 4,
+        },
+        ClientMessage::RequestWork,
+        ClientMessage::FetchBlob {
+            hash: ContentHash::of(b"x"),
+        },
+        ClientMessage::Report {
+            report,
+            output: b"hello".to_vec(),
+        },
+    ];
+    for message in &clients {
+        assert_eq!(&round_trip(message), message);
+    }
+    let servers = vec![
+        ServerMessage::Welcome {
+            project_key: key.public_key(),
+        },
+        ServerMessage::Work(signed),
+        ServerMessage::NoWork {
+            retry_after_ms: 500,
+        },
+        ServerMessage::Blob {
+            hash: ContentHash::of(b"x"),
+            bytes: vec![1, 2, 3],
+        },
+        ServerMessage::ReportAccepted { replica_id: 7 },
+        ServerMessage::Error {
+            code: ErrorCode::BadSignature,
+            message: "no".into(),
+        },
+    ];
+    for message in &servers {
+        assert_eq!(&round_trip(message), message);
+    }
+}
+
+#[test]
+fn malformed_bytes_are_errors_not_panics() {
+    let bodies: &[&[u8]] = &[
+        &[],
+        &[0xff],
+        &[0, 0xff, 0xff, 0xff, 0xff, 0xff],
+        &[3, 1, 2, 3],
+        &[200; 64],
+    ];
+    for body in bodies {
+        assert!(
+            decode_body::<ClientMessage>(body).is_err(),
+            "{body:?} decoded"
+        );
+    }
+    // A valid message followed by junk is refused too.
+    let mut frame = encode_frame(&ClientMessage::RequestWork).expect("encode");
+    frame.push(0);
+    assert!(decode_body::<ClientMessage>(&frame[HEADER_LEN..]).is_err());
+}
+
+#[test]
+fn oversized_frames_are_refused_from_the_header() {
+    let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+    assert!(matches!(
+        decode_header(header),
+        Err(FrameError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn hello_golden_bytes() {
+    // Pins the encoding of the handshake: variant 0, then the version, first.
+    let hello = ClientMessage::Hello {
+        protocol_version: 1,
+        host_key: PublicKey([0; 32]),
+        volunteer: "a".into(),
+        team: None,
+        cores: 2,
+    };
+    let frame = encode_frame(&hello).expect("encode");
+    let mut expected = vec![0, 0, 0, 38, 0, 1];
+    expected.extend_from_slice(&[0; 32]);
+    expected.extend_from_slice(&[1, b'a', 0, 2]);
+    assert_eq!(frame, expected);
+}
+
+#[test]
+fn request_and_report_golden_bytes() {
+    assert_eq!(
+        encode_frame(&ClientMessage::RequestWork).expect("encode"),
+        vec![0, 0, 0, 1, 1]
+    );
+    assert_eq!(
+        encode_frame(&ServerMessage::NoWork {
+            retry_after_ms: 300
+        })
+        .expect("encode"),
+        vec![0, 0, 0, 3, 2, 0xac, 0x02]
+    );
+}
+
+#[test]
+fn signatures_check_out_and_tampering_is_caught() {
+    let project = SigningKey::from_seed([1; 32]);
+    let other = SigningKey::from_seed([2; 32]);
+    let mut signed = sample_assignment(&other).sign(&project).expect("sign");
+    assert_eq!(signed.verify(&project.public_key()), Ok(()));
+    assert_eq!(
+        signed.verify(&other.public_key()),
+        Err(SignatureError::Invalid)
+    );
+    signed.assignment.fuel_limit += 1;
+    assert_eq!(
+        signed.verify(&project.public_key()),
+        Err(SignatureError::Invalid)
+    );
+    // A truncated signature is an error, not a panic.
+    signed.signature.0.truncate(10);
+    assert!(signed.verify(&project.public_key()).is_err());
+}
+
+#[test]
+fn a_report_signature_is_not_an_assignment_signature() {
+    let key = SigningKey::from_seed([5; 32]);
+    let report = Report {
+        replica_id: 1,
+        outcome: Outcome::Aborted(AbortReason::Cancelled),
+    };
+    let signed = report.clone().sign(&key).expect("sign");
+    assert_eq!(signed.verify(&key.public_key()), Ok(()));
+    // The same key and bytes under the assignment domain must not verify.
+    let bytes = postcard::to_allocvec(&report).expect("encode");
+    assert!(
+        key.public_key()
+            .verify(b"herd assignment v1\0", &bytes, &signed.signature)
+            .is_err()
+    );
+}
+
+#[test]
+fn content_hashes_parse_and_refuse_junk() {
+    let hash = ContentHash::of(b"abc");
+    assert_eq!(hash.to_hex().parse::<ContentHash>().expect("parse"), hash);
+    assert!("zz".parse::<ContentHash>().is_err());
+    assert!("00".parse::<ContentHash>().is_err());
+}

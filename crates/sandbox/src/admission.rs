@@ -1,0 +1,101 @@
+//! Admission: the checks a module passes when it is submitted and again before it runs.
+//!
+//! Allowed Wasm features are listed here, explicitly; imports must come from the WASI preview 1
+//! functions the sandbox implements; `_start` and a memory named `memory` must be exported; start
+//! sections are refused (code would run during instantiation, outside the fuel budget); the
+//! module's size is capped.
+
+use wasmparser::{Parser, Payload};
+use wasmtime::{ExternType, Module, WasmFeatures};
+
+use crate::wasi;
+
+/// The largest module accepted: 16 MiB of binary WebAssembly.
+pub const MAX_MODULE_BYTES: usize = 16 << 20;
+
+/// Why a module was refused. Each names the offending import, feature, export or limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("module is {size} bytes, over the limit of {MAX_MODULE_BYTES}")]
+    TooLarge { size: usize },
+    #[error("module is not valid WebAssembly text: {0}")]
+    BadText(String),
+    #[error("module is not valid or uses a feature that is not allowed: {0}")]
+    Invalid(String),
+    #[error(
+        "module import `{module}.{name}` is not allowed (only the WASI preview 1 functions Herd provides)"
+    )]
+    ImportNotAllowed { module: String, name: String },
+    #[error("module must export a function `_start` taking and returning nothing")]
+    NoStart,
+    #[error("module must export its linear memory as `memory`")]
+    NoMemory,
+    #[error("module has a start section; put the entry point in `_start` instead")]
+    StartSection,
+}
+
+/// The Wasm features a unit may use: WebAssembly 1.0 plus the finished proposals that today's
+/// compilers emit by default for wasm32-wasip1. Threads, SIMD (whose float NaNs are not yet
+/// handled), relaxed SIMD, memory64, multi-memory, GC and exceptions stay out.
+pub(crate) fn allowed_features() -> WasmFeatures {
+    WasmFeatures::MUTABLE_GLOBAL
+        | WasmFeatures::SATURATING_FLOAT_TO_INT
+        | WasmFeatures::SIGN_EXTENSION
+        | WasmFeatures::MULTI_VALUE
+        | WasmFeatures::BULK_MEMORY
+        | WasmFeatures::REFERENCE_TYPES
+        | WasmFeatures::FLOATS
+}
+
+/// Turns a module file's bytes into binary WebAssembly: `.wat` text is assembled, binary passes
+/// through. The content hash of a module is always the hash of its binary form.
+pub fn module_bytes(source: &[u8]) -> Result<Vec<u8>, AdmissionError> {
+    if source.len() > MAX_MODULE_BYTES * 4 {
+        return Err(AdmissionError::TooLarge { size: source.len() });
+    }
+    let wasm = wat::parse_bytes(source)
+        .map_err(|e| AdmissionError::BadText(e.to_string()))?
+        .into_owned();
+    if wasm.len() > MAX_MODULE_BYTES {
+        return Err(AdmissionError::TooLarge { size: wasm.len() });
+    }
+    Ok(wasm)
+}
+
+/// Checks done on the raw bytes before compiling.
+pub(crate) fn check_structure(wasm: &[u8]) -> Result<(), AdmissionError> {
+    if wasm.len() > MAX_MODULE_BYTES {
+        return Err(AdmissionError::TooLarge { size: wasm.len() });
+    }
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| AdmissionError::Invalid(e.to_string()))? {
+            Payload::StartSection { .. } => return Err(AdmissionError::StartSection),
+            Payload::End(_) => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks done on the compiled module's imports and exports.
+pub(crate) fn check_interface(module: &Module) -> Result<(), AdmissionError> {
+    for import in module.imports() {
+        let allowed = import.module() == wasi::MODULE
+            && wasi::FUNCTIONS.contains(&import.name())
+            && matches!(import.ty(), ExternType::Func(_));
+        if !allowed {
+            return Err(AdmissionError::ImportNotAllowed {
+                module: import.module().to_string(),
+                name: import.name().to_string(),
+            });
+        }
+    }
+    match module.get_export("_start") {
+        Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {}
+        _ => return Err(AdmissionError::NoStart),
+    }
+    match module.get_export("memory") {
+        Some(ExternType::Memory(_)) => Ok(()),
+        _ => Err(AdmissionError::NoMemory),
+    }
+}

@@ -1,0 +1,250 @@
+//! The sandbox: everything Herd does with wasmtime, behind Herd's own types.
+//!
+//! A work unit is a WASI preview 1 core module with `_start`. Its input arrives on stdin, its output
+//! is what it writes to stdout (up to a cap), and nothing else of the host is visible: no files,
+//! sockets, environment or arguments; clocks are fixed and `random_get` returns bytes derived from
+//! the unit's seed. With NaN canonicalisation on and the Wasm features listed explicitly, a run is a
+//! pure function of (module, input, seed, limits): the same [`Outcome`] and the same fuel on every
+//! host, which is what lets replicas on strangers' machines agree bit for bit.
+//!
+//! Architecture Invariant: no wasmtime type appears in this crate's public API. Callers see
+//! [`AdmittedModule`], [`Limits`], [`Execution`] and the protocol's [`Outcome`].
+//!
+//! Architecture Invariant: `herd run` and the worker run units through the same [`Sandbox::run`].
+
+mod admission;
+mod wasi;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use herd_protocol::{AbortReason, ContentHash, Outcome, RunResult, Status, TrapKind};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, WasmFeatures};
+
+pub use admission::{AdmissionError, MAX_MODULE_BYTES, module_bytes};
+use wasi::{Exit, HostState, MemoryLimitExceeded, OutputLimitExceeded};
+
+/// Fuel charged for every host (WASI) call, on top of one unit per byte it moves: a module that
+/// calls the host in a tight loop spends its budget as surely as one that computes.
+pub const HOST_CALL_FUEL: u64 = 100;
+
+/// The largest memory limit a unit may ask for: 4 GiB, all a wasm32 memory can address.
+pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+
+/// The largest output limit a unit may ask for: 16 MiB (outputs travel in one frame).
+pub const MAX_OUTPUT_BYTES: u64 = 16 << 20;
+
+/// The wasm stack available to a unit. Recursion deeper than this fits ends in the
+/// `stack_overflow` trap; the depth it allows depends on the frames' sizes, which the same
+/// module compiled by the same engine makes the same on every x86-64 and aarch64 host.
+pub const MAX_WASM_STACK_BYTES: usize = 512 * 1024;
+
+/// The limits a unit runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel for the entry call: about one unit per WebAssembly operation.
+    pub fuel: u64,
+    /// Maximum linear memory in bytes.
+    pub memory_bytes: u64,
+    /// Maximum bytes written to stdout.
+    pub output_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 10_000_000_000,
+            memory_bytes: 256 << 20,
+            output_bytes: 8 << 20,
+        }
+    }
+}
+
+/// A module that passed admission and is compiled and pre-linked, ready to instantiate.
+#[derive(Clone)]
+pub struct AdmittedModule {
+    hash: ContentHash,
+    pre: InstancePre<HostState>,
+}
+
+impl AdmittedModule {
+    /// BLAKE3 of the module's binary bytes.
+    pub fn hash(&self) -> ContentHash {
+        self.hash
+    }
+}
+
+/// What one run produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Execution {
+    pub outcome: Outcome,
+    /// The bytes written to stdout (empty for an abort).
+    pub output: Vec<u8>,
+}
+
+/// Failure to set up the engine itself (never the fault of a module).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot configure the WebAssembly engine: {0}")]
+pub struct EngineError(String);
+
+/// The wasmtime engine with Herd's deterministic configuration, its WASI linker, and an in-memory
+/// cache of compiled modules keyed by content hash. Cheap to share across threads.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    compiled: Mutex<HashMap<ContentHash, AdmittedModule>>,
+}
+
+impl Sandbox {
+    /// Builds the engine. Every setting that could make two hosts disagree is set explicitly.
+    pub fn new() -> Result<Self, EngineError> {
+        let mut config = Config::new();
+        // Start from nothing and allow exactly the features listed in `allowed_features`:
+        // wasmtime's defaults grow with each release, and a feature we have not vetted for
+        // determinism must not slip in with an upgrade.
+        config.wasm_features(WasmFeatures::all(), false);
+        config.wasm_features(admission::allowed_features(), true);
+        config.cranelift_nan_canonicalization(true);
+        config.consume_fuel(true);
+        config.max_wasm_stack(MAX_WASM_STACK_BYTES);
+        let engine = Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasi::add_to_linker(&mut linker).map_err(|e| EngineError(format!("{e:#}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Checks a module (binary bytes) against Herd's admission rules and compiles it, or returns
+    /// the compiled module from the cache. The refusal names what was wrong.
+    pub fn admit(&self, wasm: &[u8]) -> Result<AdmittedModule, AdmissionError> {
+        let hash = ContentHash::of(wasm);
+        if let Some(module) = self.cache().get(&hash) {
+            return Ok(module.clone());
+        }
+        admission::check_structure(wasm)?;
+        let module = Module::new(&self.engine, wasm)
+            .map_err(|e| AdmissionError::Invalid(format!("{e:#}")))?;
+        admission::check_interface(&module)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| AdmissionError::Invalid(format!("{e:#}")))?;
+        let admitted = AdmittedModule { hash, pre };
+        self.cache().insert(hash, admitted.clone());
+        Ok(admitted)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, AdmittedModule>> {
+        // A panic while holding the lock cannot leave the map inconsistent (inserts are atomic).
+        self.compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `module` on `input` with `seed` under `limits`. Never panics on anything the module
+    /// does; every way a run can end is an [`Outcome`].
+    pub fn run(
+        &self,
+        module: &AdmittedModule,
+        input: &[u8],
+        seed: u64,
+        limits: &Limits,
+    ) -> Execution {
+        let mut store = Store::new(&self.engine, HostState::new(input, seed, limits));
+        store.limiter(|state| &mut state.limiter);
+        // Admission refuses start sections, so instantiation runs no wasm code; the fuel here
+        // only satisfies the engine and is never reported (instantiation's fuel is not portable).
+        let setup = store.set_fuel(u64::MAX / 2).and_then(|()| {
+            let instance = module.pre.instantiate(&mut store)?;
+            let memory = instance.get_memory(&mut store, "memory");
+            store.data_mut().memory = memory;
+            instance.get_typed_func::<(), ()>(&mut store, "_start")
+        });
+        let start = match setup {
+            Ok(start) => start,
+            Err(error) => return finish(store, classify(&error), 0),
+        };
+        if let Err(error) = store.set_fuel(limits.fuel) {
+            return abort(AbortReason::HostFailure(format!("set fuel: {error:#}")));
+        }
+        let result = start.call(&mut store, ());
+        let remaining = store.get_fuel().unwrap_or(0);
+        let fuel = limits.fuel.saturating_sub(remaining);
+        let ending = match result {
+            Ok(()) => Ending::Status(Status::Success),
+            Err(error) => classify(&error),
+        };
+        finish(store, ending, fuel)
+    }
+}
+
+/// How a run ended, before the output is attached.
+enum Ending {
+    Status(Status),
+    Abort(AbortReason),
+}
+
+fn abort(reason: AbortReason) -> Execution {
+    Execution {
+        outcome: Outcome::Aborted(reason),
+        output: Vec::new(),
+    }
+}
+
+fn finish(store: Store<HostState>, ending: Ending, fuel: u64) -> Execution {
+    match ending {
+        Ending::Abort(reason) => abort(reason),
+        Ending::Status(status) => {
+            let output = store.into_data().output;
+            Execution {
+                outcome: Outcome::Countable(RunResult {
+                    status,
+                    fuel,
+                    output_len: output.len() as u64,
+                    output_hash: ContentHash::of(&output),
+                }),
+                output,
+            }
+        }
+    }
+}
+
+/// Maps an error from instantiation or the entry call to how the run ended.
+fn classify(error: &wasmtime::Error) -> Ending {
+    if let Some(Exit(code)) = error.downcast_ref::<Exit>() {
+        return Ending::Status(if *code == 0 {
+            Status::Success
+        } else {
+            Status::ExitCode(*code)
+        });
+    }
+    if error.is::<OutputLimitExceeded>() {
+        return Ending::Status(Status::OutputLimit);
+    }
+    if error.is::<MemoryLimitExceeded>() {
+        return Ending::Status(Status::MemoryLimit);
+    }
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        let kind = match trap {
+            Trap::OutOfFuel => return Ending::Status(Status::OutOfFuel),
+            Trap::UnreachableCodeReached => TrapKind::Unreachable,
+            Trap::MemoryOutOfBounds => TrapKind::MemoryOutOfBounds,
+            Trap::IntegerDivisionByZero => TrapKind::IntegerDivisionByZero,
+            Trap::IntegerOverflow => TrapKind::IntegerOverflow,
+            Trap::BadConversionToInteger => TrapKind::BadConversionToInteger,
+            Trap::StackOverflow => TrapKind::StackOverflow,
+            Trap::IndirectCallToNull => TrapKind::IndirectCallToNull,
+            Trap::BadSignature => TrapKind::IndirectCallTypeMismatch,
+            Trap::TableOutOfBounds => TrapKind::TableOutOfBounds,
+            other => TrapKind::Other(format!("{other:?}")),
+        };
+        return Ending::Status(Status::Trap(kind));
+    }
+    Ending::Abort(AbortReason::HostFailure(format!("{error:#}")))
+}
+
+#[cfg(test)]
+mod tests;

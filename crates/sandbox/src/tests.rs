@@ -1,0 +1,188 @@
+//! Sandbox tests: determinism, every limit, admission refusals. Fixtures are `.wat` files in
+//! `fixtures/`.
+
+use super::*;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/fixtures/{name}.wat", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read(&path).expect("fixture exists");
+    module_bytes(&text).expect("fixture assembles")
+}
+
+fn run(name: &str, input: &[u8], seed: u64, limits: Limits) -> Execution {
+    let sandbox = Sandbox::new().expect("engine");
+    let module = sandbox.admit(&fixture(name)).expect("admitted");
+    sandbox.run(&module, input, seed, &limits)
+}
+
+fn result(execution: &Execution) -> &RunResult {
+    match &execution.outcome {
+        Outcome::Countable(result) => result,
+        Outcome::Aborted(reason) => panic!("aborted: {reason:?}"),
+    }
+}
+
+fn small_fuel() -> Limits {
+    Limits {
+        fuel: 1_000_000,
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn echo_reads_input_and_writes_output() {
+    let execution = run("echo", b"hello, herd", 0, Limits::default());
+    assert_eq!(result(&execution).status, Status::Success);
+    assert_eq!(execution.output, b"HELLO, HERD");
+    assert_eq!(
+        result(&execution).output_hash,
+        ContentHash::of(b"HELLO, HERD")
+    );
+    assert_eq!(result(&execution).output_len, 11);
+}
+
+#[test]
+fn repeated_runs_give_the_same_outcome_and_fuel() {
+    let sandbox = Sandbox::new().expect("engine");
+    let module = sandbox.admit(&fixture("echo")).expect("admitted");
+    let input = vec![b'x'; 200_000];
+    let first = sandbox.run(&module, &input, 1, &Limits::default());
+    assert!(result(&first).fuel > 0);
+    for _ in 0..3 {
+        assert_eq!(sandbox.run(&module, &input, 1, &Limits::default()), first);
+    }
+    // A fresh engine compiles the module anew and must agree too.
+    assert_eq!(run("echo", &input, 1, Limits::default()), first);
+}
+
+#[test]
+fn an_endless_loop_runs_out_of_fuel_with_exactly_the_budget() {
+    let execution = run("spin", b"", 0, small_fuel());
+    assert_eq!(result(&execution).status, Status::OutOfFuel);
+    assert_eq!(result(&execution).fuel, 1_000_000);
+}
+
+#[test]
+fn calling_the_host_in_a_loop_runs_out_of_fuel() {
+    let execution = run("host_call_loop", b"", 0, small_fuel());
+    assert_eq!(result(&execution).status, Status::OutOfFuel);
+}
+
+#[test]
+fn writing_forever_ends_at_the_output_limit() {
+    let limits = Limits {
+        output_bytes: 100_000,
+        ..Limits::default()
+    };
+    let execution = run("write_forever", b"", 0, limits);
+    assert_eq!(result(&execution).status, Status::OutputLimit);
+    assert_eq!(execution.output.len(), 100_000);
+}
+
+#[test]
+fn growing_memory_without_end_hits_the_memory_limit() {
+    let limits = Limits {
+        memory_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    let execution = run("grow_forever", b"", 0, limits);
+    assert_eq!(result(&execution).status, Status::MemoryLimit);
+}
+
+#[test]
+fn initial_memory_over_the_limit_is_a_memory_limit_outcome() {
+    let limits = Limits {
+        memory_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let execution = run("big_memory", b"", 0, limits);
+    assert_eq!(result(&execution).status, Status::MemoryLimit);
+    assert_eq!(result(&execution).fuel, 0);
+}
+
+#[test]
+fn endless_recursion_is_a_stack_overflow_trap_not_a_crash() {
+    let first = run("recurse", b"", 0, Limits::default());
+    assert_eq!(result(&first).status, Status::Trap(TrapKind::StackOverflow));
+    assert_eq!(run("recurse", b"", 0, Limits::default()), first);
+}
+
+#[test]
+fn exit_codes_are_reported() {
+    let execution = run("exit_code", b"", 0, Limits::default());
+    assert_eq!(result(&execution).status, Status::ExitCode(3));
+}
+
+#[test]
+fn random_bytes_follow_the_seed_and_clocks_are_fixed() {
+    let a = run("random", b"", 1, Limits::default());
+    let b = run("random", b"", 1, Limits::default());
+    let c = run("random", b"", 2, Limits::default());
+    assert_eq!(a, b);
+    assert_ne!(a.output[..32], c.output[..32]);
+    assert_eq!(a.output[32..40], wasi::FIXED_TIME_NS.to_le_bytes());
+}
+
+#[test]
+fn nan_bits_are_canonical() {
+    let execution = run("nan", b"", 0, Limits::default());
+    assert_eq!(execution.output, 0x7fc0_0000u32.to_le_bytes());
+}
+
+#[test]
+fn a_bad_guest_pointer_gets_efault_not_a_host_crash() {
+    let execution = run("bad_pointer", b"", 0, Limits::default());
+    assert_eq!(result(&execution).status, Status::ExitCode(21));
+}
+
+#[test]
+fn admission_refuses_with_a_message_that_names_the_problem() {
+    let sandbox = Sandbox::new().expect("engine");
+    let err = sandbox
+        .admit(&fixture("forbidden_import"))
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err,
+        AdmissionError::ImportNotAllowed {
+            module: "env".into(),
+            name: "system".into()
+        }
+    );
+    assert!(err.to_string().contains("`env.system`"));
+    let err = sandbox.admit(&fixture("path_open")).err().expect("refused");
+    assert!(err.to_string().contains("wasi_snapshot_preview1.path_open"));
+    assert_eq!(
+        sandbox.admit(&fixture("no_start")).err(),
+        Some(AdmissionError::NoStart)
+    );
+    assert!(matches!(
+        sandbox.admit(b"\0asm junk"),
+        Err(AdmissionError::Invalid(_))
+    ));
+    assert!(matches!(
+        module_bytes(b"(module (func"),
+        Err(AdmissionError::BadText(_))
+    ));
+}
+
+#[test]
+fn threads_and_simd_are_not_allowed() {
+    let sandbox = Sandbox::new().expect("engine");
+    let simd = module_bytes(
+        b"(module (memory (export \"memory\") 1) (func (export \"_start\") (drop (v128.const i32x4 0 0 0 0))))",
+    )
+    .expect("assembles");
+    assert!(matches!(
+        sandbox.admit(&simd),
+        Err(AdmissionError::Invalid(_))
+    ));
+    let shared = module_bytes(
+        b"(module (memory (export \"memory\") 1 1 shared) (func (export \"_start\")))",
+    )
+    .expect("assembles");
+    assert!(matches!(
+        sandbox.admit(&shared),
+        Err(AdmissionError::Invalid(_))
+    ));
+}
