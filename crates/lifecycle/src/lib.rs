@@ -1,1 +1,212 @@
-//! placeholder
+//! The work-unit lifecycle as a pure state machine: which replicas a unit still needs, when a
+//! quorum agrees, when a unit has failed, which replicas are past their deadline, and how much
+//! credit agreed fuel is worth. BOINC splits these jobs between its transitioner and validator;
+//! here they are plain functions of the unit's replicas and the time passed in.
+//!
+//! Architecture Invariant: this crate does no IO and reads no clock. The coordinator loads a
+//! unit's replicas from storage, asks [`evaluate`], and commits what it says.
+
+use herd_protocol::RunResult;
+use serde::{Deserialize, Serialize};
+
+/// Fuel per unit of credit: one credit is 10^9 fuel, about a billion WebAssembly operations.
+/// Credit derives only from fuel that a quorum of replicas agreed on, so it cannot be inflated.
+pub const FUEL_PER_CREDIT: u64 = 1_000_000_000;
+
+/// Converts agreed fuel to credit.
+pub fn credit_for_fuel(fuel: u64) -> f64 {
+    fuel as f64 / FUEL_PER_CREDIT as f64
+}
+
+/// The largest quorum a batch may ask for.
+pub const MAX_QUORUM: u32 = 16;
+
+/// A batch's replication policy; every unit of the batch follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Agreeing successful replicas needed to validate a unit.
+    pub quorum: u32,
+    /// Replicas a unit may ever have (including errors and timeouts) before it fails.
+    pub max_total_replicas: u32,
+    /// Aborted or timed-out replicas after which a unit fails.
+    pub max_error_replicas: u32,
+    /// How long a host has to report a replica, in milliseconds.
+    pub replica_deadline_ms: u64,
+}
+
+/// A policy value outside its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError(pub String);
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl Policy {
+    /// The defaults for a quorum: BOINC's sample ratios (at most 4x the quorum in replicas
+    /// overall, 2x in errors) and a one-day deadline per replica.
+    pub fn with_quorum(quorum: u32) -> Self {
+        Self {
+            quorum,
+            max_total_replicas: quorum.saturating_mul(4).max(4),
+            max_error_replicas: quorum.saturating_mul(2).max(2),
+            replica_deadline_ms: 86_400_000,
+        }
+    }
+
+    /// Checks every value is in range, naming the first that is not.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if !(1..=MAX_QUORUM).contains(&self.quorum) {
+            return Err(PolicyError(format!(
+                "quorum {} is outside 1..={MAX_QUORUM}",
+                self.quorum
+            )));
+        }
+        if self.max_total_replicas < self.quorum {
+            return Err(PolicyError(format!(
+                "max_total_replicas {} is below the quorum {}",
+                self.max_total_replicas, self.quorum
+            )));
+        }
+        if self.max_error_replicas == 0 {
+            return Err(PolicyError("max_error_replicas must be at least 1".into()));
+        }
+        if !(1_000..=30 * 86_400_000).contains(&self.replica_deadline_ms) {
+            return Err(PolicyError(format!(
+                "replica deadline {} ms is outside 1 second ..= 30 days",
+                self.replica_deadline_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where one replica stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// Sent to a host, not reported yet.
+    InProgress { deadline_ms: u64 },
+    /// Reported with a countable outcome.
+    Reported(RunResult),
+    /// Reported as aborted (never counts toward a quorum).
+    Aborted,
+    /// Not reported by its deadline.
+    TimedOut,
+}
+
+/// What the lifecycle needs to know of one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    pub id: u64,
+    pub volunteer_id: u64,
+    pub state: ReplicaState,
+}
+
+/// What should happen to a unit now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A quorum agrees: `canonical` is the unit's result. `agreeing` replicas are valid and earn
+    /// credit; `disagreeing` ones (reported, different result) are invalid.
+    Validated {
+        canonical: RunResult,
+        agreeing: Vec<u64>,
+        disagreeing: Vec<u64>,
+    },
+    /// The unit cannot reach agreement within its limits.
+    Failed { reason: String },
+    /// Still open; it wants this many new replicas sent now.
+    Open { wanted: u32 },
+}
+
+/// Decides a unit's fate from its replicas.
+///
+/// A unit wants as many replicas in flight as it is short of a quorum in its largest group of
+/// agreeing results: two at first for quorum 2, and one more after a disagreement. It fails when
+/// errors reach their limit, or when no replica is in flight and the total limit forbids more.
+pub fn evaluate(policy: &Policy, replicas: &[Replica]) -> Verdict {
+    // Group reported results; each group keeps its replicas in id order.
+    let mut groups: Vec<(&RunResult, Vec<u64>)> = Vec::new();
+    let mut ids: Vec<&Replica> = replicas.iter().collect();
+    ids.sort_by_key(|r| r.id);
+    for replica in &ids {
+        if let ReplicaState::Reported(result) = &replica.state {
+            match groups.iter_mut().find(|(r, _)| *r == result) {
+                Some((_, members)) => members.push(replica.id),
+                None => groups.push((result, vec![replica.id])),
+            }
+        }
+    }
+    // The largest group wins; between equal sizes, the one whose first replica came first.
+    let best = groups
+        .iter()
+        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.1[0].cmp(&a.1[0])));
+    let largest = best.map_or(0, |(_, members)| members.len() as u32);
+    if let Some((canonical, agreeing)) = best
+        && largest >= policy.quorum
+    {
+        let disagreeing = groups
+            .iter()
+            .filter(|(r, _)| r != canonical)
+            .flat_map(|(_, members)| members.iter().copied())
+            .collect();
+        return Verdict::Validated {
+            canonical: (*canonical).clone(),
+            agreeing: agreeing.clone(),
+            disagreeing,
+        };
+    }
+    let errors = replicas
+        .iter()
+        .filter(|r| matches!(r.state, ReplicaState::Aborted | ReplicaState::TimedOut))
+        .count() as u32;
+    if errors >= policy.max_error_replicas {
+        return Verdict::Failed {
+            reason: format!(
+                "{errors} replicas aborted or timed out (limit {})",
+                policy.max_error_replicas
+            ),
+        };
+    }
+    let in_flight = replicas
+        .iter()
+        .filter(|r| matches!(r.state, ReplicaState::InProgress { .. }))
+        .count() as u32;
+    let total = replicas.len() as u32;
+    let short = policy.quorum - largest;
+    let room = policy.max_total_replicas.saturating_sub(total);
+    let wanted = short.saturating_sub(in_flight).min(room);
+    if wanted == 0 && in_flight == 0 {
+        return Verdict::Failed {
+            reason: format!(
+                "no agreement after {total} replicas (limit {}): {} different results",
+                policy.max_total_replicas,
+                groups.len()
+            ),
+        };
+    }
+    Verdict::Open { wanted }
+}
+
+/// Whether a replica of this unit may go to `volunteer_id`: never two replicas of one unit to the
+/// same volunteer (BOINC's one_result_per_user_per_wu), so one person cannot form a quorum alone.
+pub fn may_assign_to(replicas: &[Replica], volunteer_id: u64) -> bool {
+    replicas.iter().all(|r| r.volunteer_id != volunteer_id)
+}
+
+/// The replicas whose deadline has passed at `now_ms`.
+pub fn expired(replicas: &[Replica], now_ms: u64) -> Vec<u64> {
+    replicas
+        .iter()
+        .filter(
+            |r| matches!(r.state, ReplicaState::InProgress { deadline_ms } if deadline_ms < now_ms),
+        )
+        .map(|r| r.id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

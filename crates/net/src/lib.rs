@@ -1,1 +1,186 @@
-//! placeholder
+//! Herd over QUIC: endpoints built on quinn and rustls, the coordinator's self-signed certificate
+//! pinned by fingerprint, the join string, and message IO on streams.
+//!
+//! A worker trusts exactly one certificate: the one whose SHA-256 fingerprint is in its join
+//! string. There is no certificate authority to compromise and nothing to configure.
+
+mod join;
+mod pinning;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_protocol::{ALPN, FrameError, HEADER_LEN, decode_body, decode_header, encode_frame};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use join::{JoinError, JoinString};
+pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+/// Streams a worker may have open at once on its connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// A connection with no traffic for this long is closed; workers send keep-alives well inside it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often a worker pings an idle connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// A network failure, or bytes from the peer that break the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("certificate generation: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("QUIC setup: {0}")]
+    Setup(String),
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("stream read: {0}")]
+    Read(String),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+}
+
+/// A freshly generated self-signed certificate and its key, both DER.
+pub struct Certificate {
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+/// Generates the coordinator's self-signed certificate.
+pub fn generate_certificate() -> Result<Certificate, NetError> {
+    let certified = rcgen::generate_simple_self_signed(vec!["herd-coordinator".to_string()])?;
+    Ok(Certificate {
+        cert_der: certified.cert.der().to_vec(),
+        key_der: certified.signing_key.serialize_der(),
+    })
+}
+
+/// The SHA-256 fingerprint of a DER certificate, as lowercase hex: what join strings pin.
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    pinning::fingerprint(cert_der)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport(keep_alive: bool) -> Result<Arc<quinn::TransportConfig>, NetError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .map_err(|e| NetError::Setup(format!("idle timeout: {e}")))?,
+    ));
+    if keep_alive {
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+    }
+    Ok(Arc::new(transport))
+}
+
+/// A server endpoint bound to `addr` presenting the given certificate.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    cert_der: &[u8],
+    key_der: &[u8],
+) -> Result<Endpoint, NetError> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert_der.to_vec())], key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(false)?);
+    Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+}
+
+/// Connects to the coordinator named by `join`, trusting only its pinned certificate.
+pub async fn connect(join: &JoinString) -> Result<Connection, NetError> {
+    let verifier = pinning::PinnedCertificate::new(join.cert_sha256.clone(), provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(true)?);
+    let local: SocketAddr = if join.addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|e| NetError::Setup(format!("{e}")))?;
+    let mut endpoint = Endpoint::client(local).map_err(|source| NetError::Bind {
+        addr: local,
+        source,
+    })?;
+    endpoint.set_default_client_config(config);
+    let connecting = endpoint
+        .connect(join.addr, "herd-coordinator")
+        .map_err(|e| NetError::Connect {
+            addr: join.addr,
+            message: e.to_string(),
+        })?;
+    connecting.await.map_err(|e| NetError::Connect {
+        addr: join.addr,
+        message: e.to_string(),
+    })
+}
+
+/// Writes one framed message to a stream.
+pub async fn write_message<T: Serialize>(
+    send: &mut SendStream,
+    message: &T,
+) -> Result<(), NetError> {
+    let frame = encode_frame(message)?;
+    send.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one framed message from a stream, refusing an oversized frame from its header.
+pub async fn read_message<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, NetError> {
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| NetError::Read(e.to_string()))?;
+    let len = decode_header(header)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| NetError::Read(e.to_string()))?;
+    Ok(decode_body(&body)?)
+}
+
+/// Sends one request on a new stream of `connection` and reads the one response.
+pub async fn request<Q: Serialize, R: DeserializeOwned>(
+    connection: &Connection,
+    message: &Q,
+) -> Result<R, NetError> {
+    let (mut send, mut recv) = connection.open_bi().await?;
+    write_message(&mut send, message).await?;
+    send.finish()?;
+    read_message(&mut recv).await
+}

@@ -1,1 +1,184 @@
-//! placeholder
+//! Storage: the coordinator's durable state, behind one seam.
+//!
+//! [`Store`] is the seam: the coordinator's shell calls only its methods, so the SQLite backend
+//! here ([`SqliteStore`]) can be joined by a PostgreSQL one without touching the coordinator.
+//! Rows (volunteers, hosts, batches, units, replicas, the credit ledger) live in the database;
+//! bytes (modules, inputs, outputs) live in the content-addressed [`BlobStore`] on disk.
+//!
+//! Architecture Invariant: every method that changes state commits its transaction before it
+//! returns, so whatever the coordinator acknowledges has been made durable.
+//!
+//! Architecture Invariant: a replica is credited at most once (the ledger's `replica_id` is
+//! unique), and only after a quorum agreed on its result.
+
+mod blobs;
+mod sqlite;
+
+use herd_lifecycle::Policy;
+use herd_protocol::{ContentHash, Outcome, PublicKey, RunResult};
+use serde::Serialize;
+
+pub use blobs::{BlobError, BlobStore};
+pub use sqlite::SqliteStore;
+
+/// A storage failure, or a request the stored state refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("replica {0} does not exist")]
+    UnknownReplica(u64),
+    #[error("replica {replica_id} was not assigned to this host")]
+    NotYourReplica { replica_id: u64 },
+    #[error("host is not registered")]
+    UnknownHost,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A registered host and its volunteer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecord {
+    pub host_id: u64,
+    pub volunteer_id: u64,
+    pub cores: u32,
+}
+
+/// A batch to create: one module, its policy and limits, and one unit per input.
+#[derive(Clone, Debug)]
+pub struct NewBatch {
+    pub module: ContentHash,
+    pub policy: Policy,
+    pub fuel_limit: u64,
+    pub memory_limit_bytes: u64,
+    pub output_limit_bytes: u64,
+    pub units: Vec<NewUnit>,
+}
+
+/// One unit of a new batch.
+#[derive(Clone, Debug)]
+pub struct NewUnit {
+    /// The researcher's name for it (its input file's name); outputs are named after it.
+    pub name: String,
+    pub input: ContentHash,
+    pub seed: u64,
+}
+
+/// A replica handed to a host, with everything the assignment message needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssignedReplica {
+    pub replica_id: u64,
+    pub unit_id: u64,
+    pub batch_id: u64,
+    pub module: ContentHash,
+    pub input: ContentHash,
+    pub seed: u64,
+    pub fuel_limit: u64,
+    pub memory_limit_bytes: u64,
+    pub output_limit_bytes: u64,
+    pub deadline_ms: u64,
+}
+
+/// What recording a report changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReportEffect {
+    /// The same report was already recorded: nothing changed.
+    Duplicate,
+    /// Recorded; the unit is still open.
+    Recorded,
+    /// Recorded, and it completed a quorum: the unit is validated.
+    Validated { unit_id: u64 },
+    /// Recorded, and the unit has failed.
+    Failed { unit_id: u64 },
+    /// A late report for a unit already validated: it agreed (and was credited) or not.
+    LateChecked { agreed: bool },
+}
+
+/// A unit's state as researchers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnitStatus {
+    pub id: u64,
+    pub name: String,
+    /// `open`, `validated` or `failed`.
+    pub state: String,
+    pub input: String,
+    /// The canonical result, once validated.
+    pub result: Option<RunResult>,
+    pub failure: Option<String>,
+    pub replicas: u32,
+}
+
+/// A batch's progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchStatus {
+    pub id: u64,
+    pub module: String,
+    pub quorum: u32,
+    pub total: u64,
+    pub open: u64,
+    pub validated: u64,
+    pub failed: u64,
+    pub created_ms: u64,
+    pub units: Vec<UnitStatus>,
+}
+
+/// Credit totals for one volunteer or team.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CreditLine {
+    pub name: String,
+    pub team: Option<String>,
+    /// Agreed fuel of every credited replica.
+    pub fuel: u64,
+    /// `fuel` in credits (see `herd_lifecycle::FUEL_PER_CREDIT`).
+    pub credit: f64,
+    pub replicas: u64,
+}
+
+/// Credit per volunteer and per team, highest first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CreditTotals {
+    pub fuel_per_credit: u64,
+    pub volunteers: Vec<CreditLine>,
+    pub teams: Vec<CreditLine>,
+}
+
+/// The coordinator's durable state. Implementations are synchronous (the coordinator calls them
+/// off its async threads) and make every change durable before returning.
+pub trait Store: Send + Sync {
+    /// Registers a host (or updates it) under its volunteer, creating the volunteer if new.
+    fn register_host(
+        &self,
+        key: &PublicKey,
+        volunteer: &str,
+        team: Option<&str>,
+        cores: u32,
+        now_ms: u64,
+    ) -> Result<HostRecord, StoreError>;
+
+    /// Creates a batch and its units; returns the batch id.
+    fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// Picks a unit that wants a replica and that this host's volunteer has not had, creates the
+    /// replica and returns it; `None` if there is nothing for this host (or it is at its cap).
+    fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<AssignedReplica>, StoreError>;
+
+    /// Records a host's report for one of its replicas and validates the unit if it can.
+    fn record_report(
+        &self,
+        host_id: u64,
+        replica_id: u64,
+        outcome: &Outcome,
+        now_ms: u64,
+    ) -> Result<ReportEffect, StoreError>;
+
+    /// Times out replicas past their deadline; returns how many.
+    fn expire_deadlines(&self, now_ms: u64) -> Result<usize, StoreError>;
+
+    /// A batch's progress and units, or `None` if there is no such batch.
+    fn batch_status(&self, batch_id: u64) -> Result<Option<BatchStatus>, StoreError>;
+
+    /// Credit totals per volunteer and team.
+    fn credit_totals(&self) -> Result<CreditTotals, StoreError>;
+}

@@ -1,0 +1,168 @@
+//! Lifecycle tests, written as scenarios: replicas come and go, the verdict is checked at each step.
+
+use herd_protocol::{ContentHash, Status};
+
+use super::*;
+
+fn result(output: &[u8], fuel: u64) -> RunResult {
+    RunResult {
+        status: Status::Success,
+        fuel,
+        output_len: output.len() as u64,
+        output_hash: ContentHash::of(output),
+    }
+}
+
+fn replica(id: u64, volunteer_id: u64, state: ReplicaState) -> Replica {
+    Replica {
+        id,
+        volunteer_id,
+        state,
+    }
+}
+
+fn in_progress(id: u64, volunteer_id: u64) -> Replica {
+    replica(
+        id,
+        volunteer_id,
+        ReplicaState::InProgress { deadline_ms: 1000 },
+    )
+}
+
+fn reported(id: u64, volunteer_id: u64, output: &[u8]) -> Replica {
+    replica(id, volunteer_id, ReplicaState::Reported(result(output, 10)))
+}
+
+#[test]
+fn a_new_unit_wants_a_quorum_of_replicas() {
+    let policy = Policy::with_quorum(2);
+    assert_eq!(evaluate(&policy, &[]), Verdict::Open { wanted: 2 });
+    assert_eq!(
+        evaluate(&policy, &[in_progress(1, 1)]),
+        Verdict::Open { wanted: 1 }
+    );
+    assert_eq!(
+        evaluate(&policy, &[in_progress(1, 1), in_progress(2, 2)]),
+        Verdict::Open { wanted: 0 }
+    );
+}
+
+#[test]
+fn agreement_validates_and_names_the_agreeing_replicas() {
+    let policy = Policy::with_quorum(2);
+    let verdict = evaluate(&policy, &[reported(1, 1, b"a"), reported(2, 2, b"a")]);
+    assert_eq!(
+        verdict,
+        Verdict::Validated {
+            canonical: result(b"a", 10),
+            agreeing: vec![1, 2],
+            disagreeing: vec![],
+        }
+    );
+}
+
+#[test]
+fn a_disagreement_sends_a_third_replica_which_decides() {
+    let policy = Policy::with_quorum(2);
+    let split = [reported(1, 1, b"a"), reported(2, 2, b"b")];
+    assert_eq!(evaluate(&policy, &split), Verdict::Open { wanted: 1 });
+    let third = [
+        reported(1, 1, b"a"),
+        reported(2, 2, b"b"),
+        reported(3, 3, b"b"),
+    ];
+    assert_eq!(
+        evaluate(&policy, &third),
+        Verdict::Validated {
+            canonical: result(b"b", 10),
+            agreeing: vec![2, 3],
+            disagreeing: vec![1],
+        }
+    );
+}
+
+#[test]
+fn the_same_output_with_different_fuel_is_a_disagreement() {
+    let policy = Policy::with_quorum(2);
+    let replicas = [
+        reported(1, 1, b"a"),
+        replica(2, 2, ReplicaState::Reported(result(b"a", 11))),
+    ];
+    assert_eq!(evaluate(&policy, &replicas), Verdict::Open { wanted: 1 });
+}
+
+#[test]
+fn aborts_and_timeouts_are_replaced_until_the_error_limit() {
+    let policy = Policy::with_quorum(2);
+    let replicas = [replica(1, 1, ReplicaState::Aborted), reported(2, 2, b"a")];
+    assert_eq!(evaluate(&policy, &replicas), Verdict::Open { wanted: 1 });
+    let replicas = [
+        replica(1, 1, ReplicaState::Aborted),
+        replica(2, 2, ReplicaState::TimedOut),
+        replica(3, 3, ReplicaState::Aborted),
+        replica(4, 4, ReplicaState::TimedOut),
+    ];
+    assert!(matches!(
+        evaluate(&policy, &replicas),
+        Verdict::Failed { reason } if reason.contains("4 replicas aborted or timed out")
+    ));
+}
+
+#[test]
+fn endless_disagreement_fails_at_the_total_limit() {
+    let policy = Policy::with_quorum(2);
+    let replicas: Vec<Replica> = (1..=8).map(|i| reported(i, i, &i.to_le_bytes())).collect();
+    assert!(matches!(
+        evaluate(&policy, &replicas),
+        Verdict::Failed { reason } if reason.contains("no agreement after 8 replicas")
+    ));
+}
+
+#[test]
+fn one_volunteer_never_gets_two_replicas_of_a_unit() {
+    let replicas = [in_progress(1, 7), reported(2, 8, b"a")];
+    assert!(!may_assign_to(&replicas, 7));
+    assert!(!may_assign_to(&replicas, 8));
+    assert!(may_assign_to(&replicas, 9));
+}
+
+#[test]
+fn replicas_past_their_deadline_expire() {
+    let replicas = [
+        replica(1, 1, ReplicaState::InProgress { deadline_ms: 500 }),
+        replica(2, 2, ReplicaState::InProgress { deadline_ms: 1500 }),
+        reported(3, 3, b"a"),
+    ];
+    assert_eq!(expired(&replicas, 1000), vec![1]);
+    assert_eq!(expired(&replicas, 2000), vec![1, 2]);
+}
+
+#[test]
+fn quorum_one_validates_on_the_first_success() {
+    let policy = Policy::with_quorum(1);
+    assert!(matches!(
+        evaluate(&policy, &[reported(1, 1, b"a")]),
+        Verdict::Validated { .. }
+    ));
+}
+
+#[test]
+fn policies_out_of_range_are_refused_by_name() {
+    let mut policy = Policy::with_quorum(0);
+    assert!(policy.validate().unwrap_err().0.contains("quorum 0"));
+    policy = Policy::with_quorum(2);
+    policy.max_total_replicas = 1;
+    assert!(
+        policy
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("max_total_replicas")
+    );
+    assert!(Policy::with_quorum(3).validate().is_ok());
+}
+
+#[test]
+fn credit_is_fuel_over_a_billion() {
+    assert_eq!(credit_for_fuel(2_500_000_000), 2.5);
+}

@@ -1,0 +1,69 @@
+//! QUIC on 127.0.0.1: a pinned connection carries framed messages; a wrong pin is refused; an
+//! oversized frame is refused from its header.
+
+use herd_net::{
+    JoinString, NetError, connect, generate_certificate, read_message, request, server_endpoint,
+    write_message,
+};
+use herd_protocol::{ClientMessage, PublicKey, ServerMessage};
+
+fn join_for(endpoint: &herd_net::Endpoint, cert_sha256: String) -> JoinString {
+    JoinString {
+        addr: endpoint.local_addr().expect("addr"),
+        cert_sha256,
+        project_key: PublicKey([1; 32]),
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_connection_carries_messages_and_a_wrong_pin_is_refused() {
+    let cert = generate_certificate().expect("cert");
+    let server = server_endpoint(
+        "127.0.0.1:0".parse().expect("addr"),
+        &cert.cert_der,
+        &cert.key_der,
+    )
+    .expect("server");
+    let accept = server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            let Ok(connection) = incoming.await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                    let answer = match read_message::<ClientMessage>(&mut recv).await {
+                        Ok(ClientMessage::RequestWork) => {
+                            ServerMessage::NoWork { retry_after_ms: 7 }
+                        }
+                        Ok(_) => ServerMessage::NoWork { retry_after_ms: 1 },
+                        Err(NetError::Frame(_)) => ServerMessage::NoWork { retry_after_ms: 0 },
+                        Err(_) => return,
+                    };
+                    let _ = write_message(&mut send, &answer).await;
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+
+    let good = join_for(&server, herd_net::fingerprint(&cert.cert_der));
+    let connection = connect(&good).await.expect("pinned connect");
+    let answer: ServerMessage = request(&connection, &ClientMessage::RequestWork)
+        .await
+        .expect("request");
+    assert_eq!(answer, ServerMessage::NoWork { retry_after_ms: 7 });
+
+    // A header announcing more than the limit is refused before any body is read.
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    send.write_all(&u32::MAX.to_be_bytes())
+        .await
+        .expect("write");
+    send.finish().expect("finish");
+    let answer: ServerMessage = read_message(&mut recv).await.expect("answer");
+    assert_eq!(answer, ServerMessage::NoWork { retry_after_ms: 0 });
+
+    let wrong = join_for(&server, "00".repeat(32));
+    let error = connect(&wrong).await.expect_err("wrong pin refused");
+    assert!(error.to_string().contains("does not match"), "{error}");
+}

@@ -1,0 +1,129 @@
+//! The content-addressed blob store: modules, inputs and outputs as files named by their BLAKE3
+//! hash, under `DIR/blobs/ab/abcdef...`. A blob is written to a temporary file, synced and
+//! renamed into place, so a crash never leaves a partial blob under a real name.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use herd_protocol::ContentHash;
+
+/// A blob could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob bytes hash to {actual}, not the claimed {claimed}")]
+    HashMismatch {
+        claimed: ContentHash,
+        actual: ContentHash,
+    },
+    #[error("blob {hash} on disk is corrupt (its bytes no longer match its hash)")]
+    Corrupt { hash: ContentHash },
+    #[error("blob store IO at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Blobs on disk, by hash.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| BlobError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        Ok(Self { root })
+    }
+
+    fn path(&self, hash: &ContentHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+
+    /// Whether the blob is present.
+    pub fn contains(&self, hash: &ContentHash) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// Stores `bytes` and returns their hash.
+    pub fn put(&self, bytes: &[u8]) -> Result<ContentHash, BlobError> {
+        let hash = ContentHash::of(bytes);
+        let path = self.path(&hash);
+        if path.is_file() {
+            return Ok(hash);
+        }
+        let io = |source| BlobError::Io {
+            path: path.clone(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.as_file().sync_all().map_err(io)?;
+        file.persist(&path).map_err(|e| io(e.error))?;
+        sync_dir(dir).map_err(io)?;
+        Ok(hash)
+    }
+
+    /// Stores `bytes` that are claimed to hash to `claimed`, refusing them if they do not.
+    pub fn put_verified(&self, claimed: &ContentHash, bytes: &[u8]) -> Result<(), BlobError> {
+        let actual = ContentHash::of(bytes);
+        if actual != *claimed {
+            return Err(BlobError::HashMismatch {
+                claimed: *claimed,
+                actual,
+            });
+        }
+        self.put(bytes).map(|_| ())
+    }
+
+    /// Reads a blob, checking its bytes still match its hash; `None` if absent.
+    pub fn get(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, BlobError> {
+        let path = self.path(hash);
+        match std::fs::read(&path) {
+            Ok(bytes) if ContentHash::of(&bytes) == *hash => Ok(Some(bytes)),
+            Ok(_) => Err(BlobError::Corrupt { hash: *hash }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(BlobError::Io { path, source }),
+        }
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Makes a rename durable by syncing the directory that holds it.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_are_verified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("open");
+        let hash = store.put(b"hello").expect("put");
+        assert!(store.contains(&hash));
+        assert_eq!(store.get(&hash).expect("get"), Some(b"hello".to_vec()));
+        assert_eq!(store.get(&ContentHash::of(b"nope")).expect("get"), None);
+        assert!(matches!(
+            store.put_verified(&ContentHash::of(b"x"), b"y"),
+            Err(BlobError::HashMismatch { .. })
+        ));
+        // Corruption on disk is detected, not served.
+        std::fs::write(store.path(&hash), b"tampered").expect("write");
+        assert!(matches!(store.get(&hash), Err(BlobError::Corrupt { .. })));
+    }
+}

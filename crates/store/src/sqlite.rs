@@ -1,0 +1,728 @@
+//! The SQLite backend of [`Store`]: one database file, WAL journal, `synchronous=FULL` so a
+//! committed transaction survives power loss. One connection behind a mutex: the coordinator's
+//! writes are serialised anyway, and SQLite allows one writer at a time.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use herd_lifecycle::{
+    Policy, Replica, ReplicaState, Verdict, credit_for_fuel, evaluate, may_assign_to,
+};
+use herd_protocol::{ContentHash, Outcome, PublicKey, RunResult};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use crate::{
+    AssignedReplica, BatchStatus, CreditLine, CreditTotals, HostRecord, NewBatch, ReportEffect,
+    Store, StoreError, UnitStatus,
+};
+
+/// The schema version this code writes; a database of another version is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Open units examined per assignment request before answering "no work".
+const ASSIGN_SCAN_LIMIT: i64 = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS volunteers (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    team TEXT
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    id INTEGER PRIMARY KEY,
+    public_key BLOB NOT NULL UNIQUE,
+    volunteer_id INTEGER NOT NULL REFERENCES volunteers(id),
+    cores INTEGER NOT NULL,
+    registered_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    module_hash TEXT NOT NULL,
+    quorum INTEGER NOT NULL,
+    max_total_replicas INTEGER NOT NULL,
+    max_error_replicas INTEGER NOT NULL,
+    replica_deadline_ms INTEGER NOT NULL,
+    fuel_limit INTEGER NOT NULL,
+    memory_limit_bytes INTEGER NOT NULL,
+    output_limit_bytes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS units (
+    id INTEGER PRIMARY KEY,
+    batch_id INTEGER NOT NULL REFERENCES batches(id),
+    name TEXT NOT NULL,
+    input_hash TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('open', 'validated', 'failed')),
+    canonical TEXT,
+    failure TEXT,
+    UNIQUE (batch_id, name)
+);
+CREATE INDEX IF NOT EXISTS units_by_state ON units (state, id);
+CREATE TABLE IF NOT EXISTS replicas (
+    id INTEGER PRIMARY KEY,
+    unit_id INTEGER NOT NULL REFERENCES units(id),
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    volunteer_id INTEGER NOT NULL REFERENCES volunteers(id),
+    assigned_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('in_progress', 'reported', 'aborted', 'timed_out')),
+    result TEXT,
+    abort_reason TEXT,
+    validity TEXT NOT NULL DEFAULT 'pending' CHECK (validity IN ('pending', 'valid', 'invalid')),
+    reported_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS replicas_by_unit ON replicas (unit_id);
+CREATE INDEX IF NOT EXISTS replicas_in_progress ON replicas (state, deadline_ms);
+CREATE INDEX IF NOT EXISTS replicas_by_host ON replicas (host_id, state);
+CREATE TABLE IF NOT EXISTS credit (
+    id INTEGER PRIMARY KEY,
+    replica_id INTEGER NOT NULL UNIQUE REFERENCES replicas(id),
+    volunteer_id INTEGER NOT NULL REFERENCES volunteers(id),
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    fuel INTEGER NOT NULL,
+    granted_ms INTEGER NOT NULL
+);
+";
+
+/// The coordinator's state in one SQLite file.
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path)?;
+        Self::init(connection)
+    }
+
+    /// An in-memory database, for tests of code above the seam.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(connection: Connection) -> Result<Self, StoreError> {
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        connection.execute_batch(SCHEMA)?;
+        let version: Option<i64> = connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match version {
+            None => {
+                connection.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "database schema version {other}, this coordinator reads {SCHEMA_VERSION}"
+                )));
+            }
+        }
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-transaction rolls the transaction back when it is dropped, so the
+        // connection is consistent even if the lock was poisoned.
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn parse_hash(text: &str) -> Result<ContentHash, StoreError> {
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{e}")))
+}
+
+fn parse_result(text: &str) -> Result<RunResult, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored result: {e}")))
+}
+
+fn encode_result(result: &RunResult) -> Result<String, StoreError> {
+    serde_json::to_string(result).map_err(|e| StoreError::Corrupt(format!("encode result: {e}")))
+}
+
+/// A batch's policy and limits, as stored.
+struct BatchRow {
+    module: ContentHash,
+    policy: Policy,
+    fuel_limit: u64,
+    memory_limit_bytes: u64,
+    output_limit_bytes: u64,
+}
+
+fn load_batch(tx: &Transaction<'_>, batch_id: u64) -> Result<BatchRow, StoreError> {
+    let row = tx.query_row(
+        "SELECT module_hash, quorum, max_total_replicas, max_error_replicas, replica_deadline_ms,
+                fuel_limit, memory_limit_bytes, output_limit_bytes
+         FROM batches WHERE id = ?1",
+        [to_i64(batch_id)],
+        |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, u32>(1)?,
+                row.get::<_, u32>(2)?,
+                row.get::<_, u32>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, i64>(6)?,
+                row.get::<_, i64>(7)?,
+            ))
+        },
+    )?;
+    Ok(BatchRow {
+        module: parse_hash(&row.0)?,
+        policy: Policy {
+            quorum: row.1,
+            max_total_replicas: row.2,
+            max_error_replicas: row.3,
+            replica_deadline_ms: to_u64(row.4),
+        },
+        fuel_limit: to_u64(row.5),
+        memory_limit_bytes: to_u64(row.6),
+        output_limit_bytes: to_u64(row.7),
+    })
+}
+
+/// A unit's replicas as the lifecycle sees them.
+fn load_replicas(tx: &Transaction<'_>, unit_id: u64) -> Result<Vec<Replica>, StoreError> {
+    let mut statement = tx.prepare_cached(
+        "SELECT id, volunteer_id, state, deadline_ms, result FROM replicas WHERE unit_id = ?1",
+    )?;
+    let rows = statement.query_map([to_i64(unit_id)], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, i64>(3)?,
+            row.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    let mut replicas = Vec::new();
+    for row in rows {
+        let (id, volunteer_id, state, deadline_ms, result) = row?;
+        let state = match (state.as_str(), result) {
+            ("in_progress", _) => ReplicaState::InProgress {
+                deadline_ms: to_u64(deadline_ms),
+            },
+            ("reported", Some(result)) => ReplicaState::Reported(parse_result(&result)?),
+            ("aborted", _) => ReplicaState::Aborted,
+            ("timed_out", _) => ReplicaState::TimedOut,
+            (other, _) => {
+                return Err(StoreError::Corrupt(format!(
+                    "replica {id} in state {other} without a result"
+                )));
+            }
+        };
+        replicas.push(Replica {
+            id: to_u64(id),
+            volunteer_id: to_u64(volunteer_id),
+            state,
+        });
+    }
+    Ok(replicas)
+}
+
+/// Applies the lifecycle's verdict for a unit, granting credit on validation.
+fn settle_unit(
+    tx: &Transaction<'_>,
+    unit_id: u64,
+    policy: &Policy,
+    now_ms: u64,
+) -> Result<Verdict, StoreError> {
+    let replicas = load_replicas(tx, unit_id)?;
+    let verdict = evaluate(policy, &replicas);
+    match &verdict {
+        Verdict::Validated {
+            canonical,
+            agreeing,
+            disagreeing,
+        } => {
+            tx.execute(
+                "UPDATE units SET state = 'validated', canonical = ?2 WHERE id = ?1",
+                params![to_i64(unit_id), encode_result(canonical)?],
+            )?;
+            for replica_id in agreeing {
+                mark_valid_and_credit(tx, *replica_id, canonical.fuel, now_ms)?;
+            }
+            for replica_id in disagreeing {
+                tx.execute(
+                    "UPDATE replicas SET validity = 'invalid' WHERE id = ?1",
+                    [to_i64(*replica_id)],
+                )?;
+            }
+        }
+        Verdict::Failed { reason } => {
+            tx.execute(
+                "UPDATE units SET state = 'failed', failure = ?2 WHERE id = ?1",
+                params![to_i64(unit_id), reason],
+            )?;
+        }
+        Verdict::Open { .. } => {}
+    }
+    Ok(verdict)
+}
+
+fn mark_valid_and_credit(
+    tx: &Transaction<'_>,
+    replica_id: u64,
+    fuel: u64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE replicas SET validity = 'valid' WHERE id = ?1",
+        [to_i64(replica_id)],
+    )?;
+    // The unique replica_id makes a second grant for the same replica impossible.
+    tx.execute(
+        "INSERT OR IGNORE INTO credit (replica_id, volunteer_id, host_id, fuel, granted_ms)
+         SELECT id, volunteer_id, host_id, ?2, ?3 FROM replicas WHERE id = ?1",
+        params![to_i64(replica_id), to_i64(fuel), to_i64(now_ms)],
+    )?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn register_host(
+        &self,
+        key: &PublicKey,
+        volunteer: &str,
+        team: Option<&str>,
+        cores: u32,
+        now_ms: u64,
+    ) -> Result<HostRecord, StoreError> {
+        let name = volunteer.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(StoreError::Invalid(format!(
+                "volunteer name `{}` must be 1 to 64 printable characters",
+                volunteer.escape_debug()
+            )));
+        }
+        if let Some(team) = team
+            && (team.trim().is_empty() || team.len() > 64 || team.chars().any(char::is_control))
+        {
+            return Err(StoreError::Invalid(format!(
+                "team name `{}` must be 1 to 64 printable characters",
+                team.escape_debug()
+            )));
+        }
+        if !(1..=1024).contains(&cores) {
+            return Err(StoreError::Invalid(format!(
+                "cores {cores} is outside 1..=1024"
+            )));
+        }
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO volunteers (name, team) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET team = excluded.team",
+            params![name, team.map(str::trim)],
+        )?;
+        let volunteer_id: i64 =
+            tx.query_row("SELECT id FROM volunteers WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })?;
+        tx.execute(
+            "INSERT INTO hosts (public_key, volunteer_id, cores, registered_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (public_key) DO UPDATE SET
+                volunteer_id = excluded.volunteer_id, cores = excluded.cores,
+                last_seen_ms = excluded.last_seen_ms",
+            params![&key.0[..], volunteer_id, cores, to_i64(now_ms)],
+        )?;
+        let host_id: i64 = tx.query_row(
+            "SELECT id FROM hosts WHERE public_key = ?1",
+            [&key.0[..]],
+            |row| row.get(0),
+        )?;
+        tx.commit()?;
+        Ok(HostRecord {
+            host_id: to_u64(host_id),
+            volunteer_id: to_u64(volunteer_id),
+            cores,
+        })
+    }
+
+    fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Result<u64, StoreError> {
+        batch
+            .policy
+            .validate()
+            .map_err(|e| StoreError::Invalid(e.0))?;
+        if batch.units.is_empty() {
+            return Err(StoreError::Invalid(
+                "a batch needs at least one unit".into(),
+            ));
+        }
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
+                replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                batch.module.to_hex(),
+                batch.policy.quorum,
+                batch.policy.max_total_replicas,
+                batch.policy.max_error_replicas,
+                to_i64(batch.policy.replica_deadline_ms),
+                to_i64(batch.fuel_limit),
+                to_i64(batch.memory_limit_bytes),
+                to_i64(batch.output_limit_bytes),
+                to_i64(now_ms),
+            ],
+        )?;
+        let batch_id = tx.last_insert_rowid();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO units (batch_id, name, input_hash, seed, state)
+                 VALUES (?1, ?2, ?3, ?4, 'open')",
+            )?;
+            for unit in &batch.units {
+                insert
+                    .execute(params![
+                        batch_id,
+                        unit.name,
+                        unit.input.to_hex(),
+                        to_i64(unit.seed)
+                    ])
+                    .map_err(|e| match e {
+                        rusqlite::Error::SqliteFailure(f, _)
+                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                        {
+                            StoreError::Invalid(format!("unit name `{}` appears twice", unit.name))
+                        }
+                        other => StoreError::Database(other),
+                    })?;
+            }
+        }
+        tx.commit()?;
+        Ok(to_u64(batch_id))
+    }
+
+    fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<AssignedReplica>, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let host: Option<(i64, u32)> = tx
+            .query_row(
+                "SELECT volunteer_id, cores FROM hosts WHERE id = ?1",
+                [to_i64(host_id)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((volunteer_id, cores)) = host else {
+            return Err(StoreError::UnknownHost);
+        };
+        tx.execute(
+            "UPDATE hosts SET last_seen_ms = ?2 WHERE id = ?1",
+            params![to_i64(host_id), to_i64(now_ms)],
+        )?;
+        let in_flight: u32 = tx.query_row(
+            "SELECT COUNT(*) FROM replicas WHERE host_id = ?1 AND state = 'in_progress'",
+            [to_i64(host_id)],
+            |row| row.get(0),
+        )?;
+        if in_flight >= cores {
+            tx.commit()?;
+            return Ok(None);
+        }
+        let candidates: Vec<(i64, i64, String, i64)> = {
+            let mut statement = tx.prepare_cached(
+                "SELECT id, batch_id, input_hash, seed FROM units
+                 WHERE state = 'open'
+                   AND NOT EXISTS (SELECT 1 FROM replicas r
+                                   WHERE r.unit_id = units.id AND r.volunteer_id = ?1)
+                 ORDER BY id LIMIT ?2",
+            )?;
+            statement
+                .query_map(params![volunteer_id, ASSIGN_SCAN_LIMIT], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?
+        };
+        for (unit_id, batch_id, input_hash, seed) in candidates {
+            let unit_id = to_u64(unit_id);
+            let batch = load_batch(&tx, to_u64(batch_id))?;
+            let replicas = load_replicas(&tx, unit_id)?;
+            let wanted = match evaluate(&batch.policy, &replicas) {
+                Verdict::Open { wanted } => wanted,
+                _ => 0,
+            };
+            if wanted == 0 || !may_assign_to(&replicas, to_u64(volunteer_id)) {
+                continue;
+            }
+            let deadline_ms = now_ms.saturating_add(batch.policy.replica_deadline_ms);
+            tx.execute(
+                "INSERT INTO replicas (unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'in_progress')",
+                params![
+                    to_i64(unit_id),
+                    to_i64(host_id),
+                    volunteer_id,
+                    to_i64(now_ms),
+                    to_i64(deadline_ms)
+                ],
+            )?;
+            let replica_id = to_u64(tx.last_insert_rowid());
+            tx.commit()?;
+            return Ok(Some(AssignedReplica {
+                replica_id,
+                unit_id,
+                batch_id: to_u64(batch_id),
+                module: batch.module,
+                input: parse_hash(&input_hash)?,
+                seed: to_u64(seed),
+                fuel_limit: batch.fuel_limit,
+                memory_limit_bytes: batch.memory_limit_bytes,
+                output_limit_bytes: batch.output_limit_bytes,
+                deadline_ms,
+            }));
+        }
+        tx.commit()?;
+        Ok(None)
+    }
+
+    fn record_report(
+        &self,
+        host_id: u64,
+        replica_id: u64,
+        outcome: &Outcome,
+        now_ms: u64,
+    ) -> Result<ReportEffect, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(i64, i64, String, Option<String>, Option<String>)> = tx
+            .query_row(
+                "SELECT unit_id, host_id, state, result, abort_reason FROM replicas WHERE id = ?1",
+                [to_i64(replica_id)],
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((unit_id, owner, state, stored_result, _stored_abort)) = row else {
+            return Err(StoreError::UnknownReplica(replica_id));
+        };
+        if to_u64(owner) != host_id {
+            return Err(StoreError::NotYourReplica { replica_id });
+        }
+        // Idempotence: a replica reports once; a repeat changes nothing and is acknowledged.
+        if state == "reported" || state == "aborted" {
+            let _ = stored_result;
+            return Ok(ReportEffect::Duplicate);
+        }
+        // In progress, or timed out but reporting late: record it either way.
+        match outcome {
+            Outcome::Countable(result) => {
+                tx.execute(
+                    "UPDATE replicas SET state = 'reported', result = ?2, reported_ms = ?3
+                     WHERE id = ?1",
+                    params![to_i64(replica_id), encode_result(result)?, to_i64(now_ms)],
+                )?;
+            }
+            Outcome::Aborted(reason) => {
+                let reason = serde_json::to_string(reason)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                tx.execute(
+                    "UPDATE replicas SET state = 'aborted', abort_reason = ?2, reported_ms = ?3
+                     WHERE id = ?1",
+                    params![to_i64(replica_id), reason, to_i64(now_ms)],
+                )?;
+            }
+        }
+        let (batch_id, unit_state, canonical): (i64, String, Option<String>) = tx.query_row(
+            "SELECT batch_id, state, canonical FROM units WHERE id = ?1",
+            [unit_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+        let unit_id = to_u64(unit_id);
+        let effect = match (unit_state.as_str(), outcome) {
+            ("open", _) => {
+                let batch = load_batch(&tx, to_u64(batch_id))?;
+                match settle_unit(&tx, unit_id, &batch.policy, now_ms)? {
+                    Verdict::Validated { .. } => ReportEffect::Validated { unit_id },
+                    Verdict::Failed { .. } => ReportEffect::Failed { unit_id },
+                    Verdict::Open { .. } => ReportEffect::Recorded,
+                }
+            }
+            ("validated", Outcome::Countable(result)) => {
+                let canonical = parse_result(canonical.as_deref().unwrap_or_default())?;
+                let agreed = *result == canonical;
+                if agreed {
+                    mark_valid_and_credit(&tx, replica_id, canonical.fuel, now_ms)?;
+                } else {
+                    tx.execute(
+                        "UPDATE replicas SET validity = 'invalid' WHERE id = ?1",
+                        [to_i64(replica_id)],
+                    )?;
+                }
+                ReportEffect::LateChecked { agreed }
+            }
+            _ => ReportEffect::Recorded,
+        };
+        tx.commit()?;
+        Ok(effect)
+    }
+
+    fn expire_deadlines(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let expired: Vec<(i64, i64, i64)> = {
+            let mut statement = tx.prepare_cached(
+                "SELECT r.id, r.unit_id, u.batch_id FROM replicas r JOIN units u ON u.id = r.unit_id
+                 WHERE r.state = 'in_progress' AND r.deadline_ms < ?1",
+            )?;
+            statement
+                .query_map([to_i64(now_ms)], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?
+        };
+        for (replica_id, _, _) in &expired {
+            tx.execute(
+                "UPDATE replicas SET state = 'timed_out' WHERE id = ?1",
+                [replica_id],
+            )?;
+        }
+        // A timeout may leave a unit unable to go on (too many errors).
+        for (_, unit_id, batch_id) in &expired {
+            let open: bool = tx.query_row(
+                "SELECT state = 'open' FROM units WHERE id = ?1",
+                [unit_id],
+                |row| row.get(0),
+            )?;
+            if open {
+                let batch = load_batch(&tx, to_u64(*batch_id))?;
+                settle_unit(&tx, to_u64(*unit_id), &batch.policy, now_ms)?;
+            }
+        }
+        tx.commit()?;
+        Ok(expired.len())
+    }
+
+    fn batch_status(&self, batch_id: u64) -> Result<Option<BatchStatus>, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let batch: Option<(String, u32, i64)> = tx
+            .query_row(
+                "SELECT module_hash, quorum, created_ms FROM batches WHERE id = ?1",
+                [to_i64(batch_id)],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        let Some((module, quorum, created_ms)) = batch else {
+            return Ok(None);
+        };
+        let mut units = Vec::new();
+        {
+            let mut statement = tx.prepare_cached(
+                "SELECT id, name, state, input_hash, canonical, failure,
+                        (SELECT COUNT(*) FROM replicas r WHERE r.unit_id = units.id)
+                 FROM units WHERE batch_id = ?1 ORDER BY id",
+            )?;
+            let rows = statement.query_map([to_i64(batch_id)], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, u32>(6)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, name, state, input, canonical, failure, replicas) = row?;
+                units.push(UnitStatus {
+                    id: to_u64(id),
+                    name,
+                    state,
+                    input,
+                    result: canonical.as_deref().map(parse_result).transpose()?,
+                    failure,
+                    replicas,
+                });
+            }
+        }
+        let count = |state: &str| units.iter().filter(|u| u.state == state).count() as u64;
+        Ok(Some(BatchStatus {
+            id: batch_id,
+            module,
+            quorum,
+            total: units.len() as u64,
+            open: count("open"),
+            validated: count("validated"),
+            failed: count("failed"),
+            created_ms: to_u64(created_ms),
+            units,
+        }))
+    }
+
+    fn credit_totals(&self) -> Result<CreditTotals, StoreError> {
+        let connection = self.lock();
+        let line = |row: &rusqlite::Row<'_>| -> rusqlite::Result<CreditLine> {
+            let fuel = to_u64(row.get::<_, i64>(2)?);
+            Ok(CreditLine {
+                name: row.get(0)?,
+                team: row.get(1)?,
+                fuel,
+                credit: credit_for_fuel(fuel),
+                replicas: to_u64(row.get::<_, i64>(3)?),
+            })
+        };
+        let volunteers = connection
+            .prepare(
+                "SELECT v.name, v.team, COALESCE(SUM(c.fuel), 0), COUNT(c.id)
+                 FROM volunteers v LEFT JOIN credit c ON c.volunteer_id = v.id
+                 GROUP BY v.id ORDER BY 3 DESC, v.name",
+            )?
+            .query_map([], line)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let teams = connection
+            .prepare(
+                "SELECT v.team, NULL, COALESCE(SUM(c.fuel), 0), COUNT(c.id)
+                 FROM volunteers v LEFT JOIN credit c ON c.volunteer_id = v.id
+                 WHERE v.team IS NOT NULL
+                 GROUP BY v.team ORDER BY 3 DESC, v.team",
+            )?
+            .query_map([], line)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CreditTotals {
+            fuel_per_credit: herd_lifecycle::FUEL_PER_CREDIT,
+            volunteers,
+            teams,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

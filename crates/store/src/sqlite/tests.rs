@@ -1,0 +1,308 @@
+//! The SQLite store driven through the [`Store`] seam: validation, credit, idempotence, refusals
+//! and durability across a reopen of the same file.
+
+use herd_protocol::{AbortReason, Status};
+
+use super::*;
+use crate::NewUnit;
+
+fn key(n: u8) -> PublicKey {
+    PublicKey([n; 32])
+}
+
+fn success(output: &[u8]) -> Outcome {
+    Outcome::Countable(RunResult {
+        status: Status::Success,
+        fuel: 3_000_000_000,
+        output_len: output.len() as u64,
+        output_hash: ContentHash::of(output),
+    })
+}
+
+fn batch(units: usize, quorum: u32) -> NewBatch {
+    NewBatch {
+        module: ContentHash::of(b"module"),
+        policy: Policy::with_quorum(quorum),
+        fuel_limit: 1_000_000,
+        memory_limit_bytes: 1 << 20,
+        output_limit_bytes: 1 << 10,
+        units: (0..units)
+            .map(|i| NewUnit {
+                name: format!("unit-{i}"),
+                input: ContentHash::of(&i.to_le_bytes()),
+                seed: i as u64,
+            })
+            .collect(),
+    }
+}
+
+fn hosts(store: &SqliteStore, n: u8) -> Vec<HostRecord> {
+    (1..=n)
+        .map(|i| {
+            store
+                .register_host(&key(i), &format!("volunteer-{i}"), Some("team"), 4, 0)
+                .expect("register")
+        })
+        .collect()
+}
+
+#[test]
+fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
+    let store = SqliteStore::in_memory().expect("open");
+    let batch_id = store.create_batch(&batch(1, 2), 0).expect("batch");
+    let hosts = hosts(&store, 3);
+    let a = store
+        .assign(hosts[0].host_id, 10)
+        .expect("assign")
+        .expect("work");
+    let b = store
+        .assign(hosts[1].host_id, 10)
+        .expect("assign")
+        .expect("work");
+    // Quorum 2 with two in flight: the third host gets nothing.
+    assert_eq!(store.assign(hosts[2].host_id, 10).expect("assign"), None);
+    assert_eq!(
+        store
+            .record_report(hosts[0].host_id, a.replica_id, &success(b"out"), 20)
+            .expect("report"),
+        ReportEffect::Recorded
+    );
+    assert_eq!(
+        store
+            .record_report(hosts[1].host_id, b.replica_id, &success(b"out"), 20)
+            .expect("report"),
+        ReportEffect::Validated { unit_id: a.unit_id }
+    );
+    // The same report again changes nothing and is acknowledged.
+    assert_eq!(
+        store
+            .record_report(hosts[1].host_id, b.replica_id, &success(b"out"), 30)
+            .expect("report"),
+        ReportEffect::Duplicate
+    );
+    let status = store
+        .batch_status(batch_id)
+        .expect("status")
+        .expect("batch");
+    assert_eq!(status.validated, 1);
+    assert_eq!(
+        status.units[0].result.as_ref().map(|r| r.output_hash),
+        Some(ContentHash::of(b"out"))
+    );
+    let credit = store.credit_totals().expect("credit");
+    let earned: Vec<(&str, f64)> = credit
+        .volunteers
+        .iter()
+        .map(|v| (v.name.as_str(), v.credit))
+        .collect();
+    assert_eq!(
+        earned,
+        vec![
+            ("volunteer-1", 3.0),
+            ("volunteer-2", 3.0),
+            ("volunteer-3", 0.0)
+        ]
+    );
+    assert_eq!(credit.teams[0].credit, 6.0);
+}
+
+#[test]
+fn a_disagreement_leads_to_a_third_replica_that_decides() {
+    let store = SqliteStore::in_memory().expect("open");
+    let batch_id = store.create_batch(&batch(1, 2), 0).expect("batch");
+    let hosts = hosts(&store, 3);
+    let a = store
+        .assign(hosts[0].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    let b = store
+        .assign(hosts[1].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    store
+        .record_report(hosts[0].host_id, a.replica_id, &success(b"right"), 1)
+        .expect("report");
+    store
+        .record_report(hosts[1].host_id, b.replica_id, &success(b"wrong"), 1)
+        .expect("report");
+    let c = store
+        .assign(hosts[2].host_id, 2)
+        .expect("assign")
+        .expect("a third replica is sent");
+    assert_eq!(c.unit_id, a.unit_id);
+    assert_eq!(
+        store
+            .record_report(hosts[2].host_id, c.replica_id, &success(b"right"), 3)
+            .expect("report"),
+        ReportEffect::Validated { unit_id: a.unit_id }
+    );
+    let credit = store.credit_totals().expect("credit");
+    let liar = credit
+        .volunteers
+        .iter()
+        .find(|v| v.name == "volunteer-2")
+        .expect("listed");
+    assert_eq!(liar.credit, 0.0);
+    let status = store
+        .batch_status(batch_id)
+        .expect("status")
+        .expect("batch");
+    assert_eq!(status.units[0].replicas, 3);
+}
+
+#[test]
+fn one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts() {
+    let store = SqliteStore::in_memory().expect("open");
+    store.create_batch(&batch(1, 2), 0).expect("batch");
+    let first = store
+        .register_host(&key(1), "ada", None, 4, 0)
+        .expect("register");
+    let second = store
+        .register_host(&key(2), "ada", None, 4, 0)
+        .expect("register");
+    assert!(store.assign(first.host_id, 0).expect("assign").is_some());
+    assert_eq!(store.assign(first.host_id, 0).expect("assign"), None);
+    assert_eq!(store.assign(second.host_id, 0).expect("assign"), None);
+}
+
+#[test]
+fn a_host_holds_no_more_replicas_than_its_cores() {
+    let store = SqliteStore::in_memory().expect("open");
+    store.create_batch(&batch(5, 1), 0).expect("batch");
+    let host = store
+        .register_host(&key(1), "ada", None, 2, 0)
+        .expect("register");
+    assert!(store.assign(host.host_id, 0).expect("assign").is_some());
+    assert!(store.assign(host.host_id, 0).expect("assign").is_some());
+    assert_eq!(store.assign(host.host_id, 0).expect("assign"), None);
+}
+
+#[test]
+fn reports_for_unknown_or_foreign_replicas_are_refused() {
+    let store = SqliteStore::in_memory().expect("open");
+    store.create_batch(&batch(1, 2), 0).expect("batch");
+    let hosts = hosts(&store, 2);
+    let a = store
+        .assign(hosts[0].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    assert!(matches!(
+        store.record_report(hosts[1].host_id, a.replica_id, &success(b"x"), 1),
+        Err(StoreError::NotYourReplica { .. })
+    ));
+    assert!(matches!(
+        store.record_report(hosts[0].host_id, 999, &success(b"x"), 1),
+        Err(StoreError::UnknownReplica(999))
+    ));
+}
+
+#[test]
+fn expired_replicas_are_replaced_and_a_late_report_is_still_checked() {
+    let store = SqliteStore::in_memory().expect("open");
+    let mut spec = batch(1, 1);
+    spec.policy.replica_deadline_ms = 1_000;
+    store.create_batch(&spec, 0).expect("batch");
+    let hosts = hosts(&store, 2);
+    let a = store
+        .assign(hosts[0].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    assert_eq!(store.assign(hosts[1].host_id, 500).expect("assign"), None);
+    assert_eq!(store.expire_deadlines(2_000).expect("expire"), 1);
+    let b = store
+        .assign(hosts[1].host_id, 2_000)
+        .expect("assign")
+        .expect("replacement");
+    store
+        .record_report(hosts[1].host_id, b.replica_id, &success(b"x"), 2_500)
+        .expect("report");
+    assert_eq!(
+        store
+            .record_report(hosts[0].host_id, a.replica_id, &success(b"x"), 3_000)
+            .expect("late report"),
+        ReportEffect::LateChecked { agreed: true }
+    );
+    let credit = store.credit_totals().expect("credit");
+    assert!(credit.volunteers.iter().all(|v| v.credit == 3.0));
+}
+
+#[test]
+fn aborts_never_count_and_too_many_fail_the_unit() {
+    let store = SqliteStore::in_memory().expect("open");
+    let batch_id = store.create_batch(&batch(1, 1), 0).expect("batch");
+    let hosts = hosts(&store, 3);
+    for host in &hosts[..2] {
+        let r = store
+            .assign(host.host_id, 0)
+            .expect("assign")
+            .expect("work");
+        store
+            .record_report(
+                host.host_id,
+                r.replica_id,
+                &Outcome::Aborted(AbortReason::HostFailure("disk".into())),
+                1,
+            )
+            .expect("report");
+    }
+    let status = store
+        .batch_status(batch_id)
+        .expect("status")
+        .expect("batch");
+    assert_eq!(status.failed, 1);
+    assert!(
+        status.units[0]
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("aborted"))
+    );
+}
+
+#[test]
+fn everything_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("herd.sqlite");
+    let (batch_id, replica_id, host_id) = {
+        let store = SqliteStore::open(&path).expect("open");
+        let batch_id = store.create_batch(&batch(2, 1), 0).expect("batch");
+        let host = store
+            .register_host(&key(1), "ada", Some("x"), 4, 0)
+            .expect("register");
+        let r = store
+            .assign(host.host_id, 0)
+            .expect("assign")
+            .expect("work");
+        (batch_id, r.replica_id, host.host_id)
+    };
+    let store = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(
+        store
+            .record_report(host_id, replica_id, &success(b"y"), 5)
+            .expect("report"),
+        ReportEffect::Validated { unit_id: 1 }
+    );
+    let status = store
+        .batch_status(batch_id)
+        .expect("status")
+        .expect("batch");
+    assert_eq!((status.validated, status.open), (1, 1));
+}
+
+#[test]
+fn bad_batches_and_names_are_refused_by_name() {
+    let store = SqliteStore::in_memory().expect("open");
+    let mut spec = batch(2, 2);
+    spec.units[1].name = spec.units[0].name.clone();
+    assert!(matches!(
+        store.create_batch(&spec, 0),
+        Err(StoreError::Invalid(m)) if m.contains("appears twice")
+    ));
+    assert!(matches!(
+        store.create_batch(&batch(1, 99), 0),
+        Err(StoreError::Invalid(m)) if m.contains("quorum 99")
+    ));
+    assert!(matches!(
+        store.register_host(&key(1), "", None, 1, 0),
+        Err(StoreError::Invalid(_))
+    ));
+}
