@@ -1,1 +1,127 @@
+//! The coordinator: the project's single source of truth. It serves workers over QUIC
+//! (registration, assignments, blobs, reports) and researchers and dashboards over HTTP, and keeps
+//! everything in its data directory: the SQLite database, the blob store, its TLS certificate,
+//! the project's signing key and the researcher token.
 //!
+//! This crate is the shell around the pure parts: the lifecycle decides, the [`Store`] commits,
+//! and only then does the coordinator answer.
+
+mod data_dir;
+mod http;
+mod quic;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use herd_blobs::BlobStore;
+use herd_protocol::SigningKey;
+use herd_sandbox::Sandbox;
+use herd_store::{SqliteStore, Store};
+use tokio::sync::watch;
+
+pub use data_dir::DataDir;
+
+/// How often replicas past their deadline are timed out.
+const DEADLINE_SWEEP: Duration = Duration::from_secs(2);
+
+/// Where the coordinator keeps its state and listens.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// The QUIC address workers connect to.
+    pub quic: SocketAddr,
+    /// The HTTP address of the researcher and dashboard API.
+    pub http: SocketAddr,
+}
+
+/// What every request handler shares.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: BlobStore,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) project_key: SigningKey,
+    pub(crate) researcher_token: String,
+}
+
+/// Milliseconds since the Unix epoch: the only clock the coordinator reads, passed to the pure
+/// parts as an argument.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs blocking work (SQLite, wasmtime) off the async threads.
+pub(crate) async fn blocking<T, F>(work: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("blocking task panicked")?
+}
+
+/// Starts the coordinator and runs until `shutdown` turns true.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let dir = DataDir::open(&config.data_dir)?;
+    let store = SqliteStore::open(&dir.database_path()).context("open the database")?;
+    let blobs = BlobStore::open(dir.blobs_path()).context("open the blob store")?;
+    let sandbox = Sandbox::new().context("configure the sandbox")?;
+    let shared = Arc::new(Shared {
+        store: Arc::new(store),
+        blobs,
+        sandbox,
+        project_key: SigningKey::from_seed(dir.project_key.seed()),
+        researcher_token: dir.researcher_token.clone(),
+    });
+
+    let endpoint = herd_net::server_endpoint(config.quic, &dir.cert_der, &dir.key_der)
+        .context("start the QUIC endpoint")?;
+    let quic_addr = endpoint.local_addr().context("QUIC local address")?;
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("bind HTTP on {}", config.http))?;
+    let http_addr = listener.local_addr().context("HTTP local address")?;
+
+    let join = herd_net::JoinString {
+        addr: quic_addr,
+        cert_sha256: herd_net::fingerprint(&dir.cert_der),
+        project_key: shared.project_key.public_key(),
+    };
+    let http_url = format!("http://{http_addr}");
+    dir.write_addresses(&join.to_string(), &http_url)?;
+    println!("join: {join}");
+    println!("http: {http_url}");
+    println!("token: {}", dir.token_path().display());
+
+    let quic_task = tokio::spawn(quic::serve(endpoint.clone(), shared.clone()));
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(http::serve(listener, shared.clone(), http_shutdown));
+    let sweeper = tokio::spawn(sweep_deadlines(shared.clone()));
+
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    tracing::info!("shutting down");
+    endpoint.close(0u32.into(), b"coordinator shutting down");
+    sweeper.abort();
+    quic_task.abort();
+    let _ = http_task.await;
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+async fn sweep_deadlines(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(DEADLINE_SWEEP);
+    loop {
+        interval.tick().await;
+        let store = shared.store.clone();
+        match blocking(move || Ok(store.expire_deadlines(now_ms())?)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} replicas passed their deadline and will be reissued"),
+            Err(error) => tracing::error!("expire deadlines: {error:#}"),
+        }
+    }
+}

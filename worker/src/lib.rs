@@ -1,1 +1,272 @@
+//! The volunteer's worker: connects to a coordinator over QUIC, asks for work, fetches the module
+//! and input by content hash (checking the hash), checks the project's signature on the
+//! assignment, runs the unit in the sandbox, and reports the outcome signed with its host key.
+//! It runs one unit per core it was given, and reconnects with backoff when the coordinator is away.
 //!
+//! Trust: the worker trusts the coordinator's certificate only by the fingerprint in its join
+//! string, and an assignment only with the project key's signature. It compiles every module
+//! itself; no compiled code ever comes over the network.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use herd_blobs::BlobStore;
+use herd_net::{Connection, JoinString};
+use herd_protocol::{
+    AbortReason, Assignment, ClientMessage, ContentHash, Outcome, PROTOCOL_VERSION, Report,
+    ServerMessage, SigningKey,
+};
+use herd_sandbox::{Execution, Limits, Sandbox};
+use tokio::sync::watch;
+
+/// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long to wait after a refused request before asking again.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// What the worker needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub join: JoinString,
+    pub volunteer: String,
+    pub team: Option<String>,
+    /// Units run at once.
+    pub cores: u32,
+}
+
+/// The worker's long-lived parts.
+struct Worker {
+    config: Config,
+    host_key: SigningKey,
+    cache: BlobStore,
+    sandbox: Arc<Sandbox>,
+}
+
+/// Runs the worker until `shutdown` turns true.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if config.cores == 0 {
+        bail!("--cores must be at least 1");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let host_key = herd_net::load_or_create_key(&config.data_dir.join("host.key"))
+        .context("load the host identity")?;
+    let cache = BlobStore::open(config.data_dir.join("cache")).context("open the blob cache")?;
+    let sandbox = Arc::new(Sandbox::new().context("configure the sandbox")?);
+    tracing::info!(
+        "host key {}; volunteer {}; {} cores",
+        host_key.public_key().to_hex(),
+        config.volunteer,
+        config.cores
+    );
+    let worker = Arc::new(Worker {
+        config,
+        host_key,
+        cache,
+        sandbox,
+    });
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let session = tokio::select! {
+            result = worker.clone().session() => result,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        match session {
+            Ok(()) => backoff = MIN_BACKOFF,
+            Err(error) => tracing::warn!("{error:#}; reconnecting in {backoff:?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+impl Worker {
+    /// One connection: handshake, then one loop per core until the connection fails.
+    async fn session(self: Arc<Self>) -> anyhow::Result<()> {
+        let join = &self.config.join;
+        let connection = herd_net::connect(join)
+            .await
+            .with_context(|| format!("connect to {}", join.addr))?;
+        let hello = ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            host_key: self.host_key.public_key(),
+            volunteer: self.config.volunteer.clone(),
+            team: self.config.team.clone(),
+            cores: self.config.cores,
+        };
+        match herd_net::request(&connection, &hello).await? {
+            ServerMessage::Welcome { project_key } if project_key == join.project_key => {}
+            ServerMessage::Welcome { project_key } => bail!(
+                "the coordinator's project key {} is not the join string's {}",
+                project_key.to_hex(),
+                join.project_key.to_hex()
+            ),
+            ServerMessage::Error { code, message } => {
+                bail!("the coordinator refused this worker ({code:?}): {message}")
+            }
+            other => bail!("unexpected answer to Hello: {other:?}"),
+        }
+        tracing::info!("connected to {}", join.addr);
+        let mut slots = tokio::task::JoinSet::new();
+        for slot in 0..self.config.cores {
+            let worker = self.clone();
+            let connection = connection.clone();
+            slots.spawn(async move { worker.slot(slot, connection).await });
+        }
+        // The first slot to stop means the connection is gone; the others follow.
+        let ended = slots.join_next().await;
+        slots.abort_all();
+        match ended {
+            Some(Ok(Err(error))) => Err(error),
+            Some(Err(panic)) => Err(anyhow::anyhow!("a work slot panicked: {panic}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks for work and runs it, forever; returns only when the connection fails.
+    async fn slot(self: Arc<Self>, slot: u32, connection: Connection) -> anyhow::Result<()> {
+        loop {
+            match herd_net::request(&connection, &ClientMessage::RequestWork).await? {
+                ServerMessage::Work(signed) => {
+                    let project_key = self.config.join.project_key;
+                    if let Err(problem) = signed.verify(&project_key) {
+                        tracing::error!("refusing an assignment with a bad signature: {problem}");
+                        tokio::time::sleep(ERROR_PAUSE).await;
+                        continue;
+                    }
+                    let assignment = signed.assignment;
+                    if assignment.host_key != self.host_key.public_key() {
+                        tracing::error!(
+                            "refusing replica {}: it was assigned to another host",
+                            assignment.replica_id
+                        );
+                        tokio::time::sleep(ERROR_PAUSE).await;
+                        continue;
+                    }
+                    self.compute_and_report(slot, &connection, assignment)
+                        .await?;
+                }
+                ServerMessage::NoWork { retry_after_ms } => {
+                    tokio::time::sleep(Duration::from_millis(
+                        retry_after_ms.clamp(50, 60_000).into(),
+                    ))
+                    .await;
+                }
+                ServerMessage::Error { code, message } => {
+                    tracing::warn!("work request refused ({code:?}): {message}");
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
+                other => bail!("unexpected answer to RequestWork: {other:?}"),
+            }
+        }
+    }
+
+    async fn compute_and_report(
+        &self,
+        slot: u32,
+        connection: &Connection,
+        assignment: Assignment,
+    ) -> anyhow::Result<()> {
+        let replica_id = assignment.replica_id;
+        let execution = match self.compute(connection, &assignment).await {
+            Ok(execution) => execution,
+            Err(error) => {
+                tracing::warn!("replica {replica_id}: {error:#}");
+                Execution {
+                    outcome: Outcome::Aborted(AbortReason::HostFailure(format!("{error:#}"))),
+                    output: Vec::new(),
+                }
+            }
+        };
+        match &execution.outcome {
+            Outcome::Countable(result) => tracing::info!(
+                "slot {slot}: replica {replica_id} (unit {}): {}, fuel {}, {} bytes out",
+                assignment.unit_id,
+                result.status.name(),
+                result.fuel,
+                result.output_len
+            ),
+            Outcome::Aborted(reason) => {
+                tracing::warn!("slot {slot}: replica {replica_id} aborted: {reason:?}")
+            }
+        }
+        let report = Report {
+            replica_id,
+            outcome: execution.outcome,
+        }
+        .sign(&self.host_key)?;
+        let message = ClientMessage::Report {
+            report,
+            output: execution.output,
+        };
+        match herd_net::request(connection, &message).await? {
+            ServerMessage::ReportAccepted { .. } => Ok(()),
+            ServerMessage::Error { code, message } => {
+                tracing::warn!("report for replica {replica_id} refused ({code:?}): {message}");
+                Ok(())
+            }
+            other => bail!("unexpected answer to Report: {other:?}"),
+        }
+    }
+
+    /// Fetches what the unit needs and runs it in the sandbox.
+    async fn compute(
+        &self,
+        connection: &Connection,
+        assignment: &Assignment,
+    ) -> anyhow::Result<Execution> {
+        let module = self.blob(connection, assignment.module).await?;
+        let input = self.blob(connection, assignment.input).await?;
+        let sandbox = self.sandbox.clone();
+        let limits = Limits {
+            fuel: assignment.fuel_limit,
+            memory_bytes: assignment.memory_limit_bytes,
+            output_bytes: assignment.output_limit_bytes,
+        };
+        let seed = assignment.seed;
+        let execution = tokio::task::spawn_blocking(move || match sandbox.admit(&module) {
+            Ok(admitted) => sandbox.run(&admitted, &input, seed, &limits),
+            Err(refusal) => Execution {
+                outcome: Outcome::Aborted(AbortReason::ModuleRejected(refusal.to_string())),
+                output: Vec::new(),
+            },
+        })
+        .await
+        .context("sandbox task panicked")?;
+        Ok(execution)
+    }
+
+    /// A blob from the local cache, or fetched from the coordinator and checked against its hash.
+    async fn blob(&self, connection: &Connection, hash: ContentHash) -> anyhow::Result<Vec<u8>> {
+        let cache = self.cache.clone();
+        let cached = tokio::task::spawn_blocking(move || cache.get(&hash)).await?;
+        match cached {
+            Ok(Some(bytes)) => return Ok(bytes),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!("cached blob {hash} is unusable ({error}); fetching again")
+            }
+        }
+        let bytes = match herd_net::request(connection, &ClientMessage::FetchBlob { hash }).await? {
+            ServerMessage::Blob { hash: got, bytes } if got == hash => bytes,
+            ServerMessage::Error { code, message } => {
+                bail!("fetch blob {hash} refused ({code:?}): {message}")
+            }
+            other => bail!("unexpected answer to FetchBlob: {other:?}"),
+        };
+        let cache = self.cache.clone();
+        let stored = bytes.clone();
+        tokio::task::spawn_blocking(move || cache.put_verified(&hash, &stored))
+            .await?
+            .with_context(|| format!("blob {hash} from the coordinator"))?;
+        Ok(bytes)
+    }
+}

@@ -1,1 +1,62 @@
-fn main() {}
+//! `herd-worker`: the volunteer's worker program. See the crate docs of `herd_worker`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// The Herd worker: lends this machine to a Herd project. It pulls WebAssembly work units from
+/// the coordinator over QUIC, runs them in a deterministic sandbox and reports signed results.
+#[derive(Parser, Debug)]
+#[command(name = "herd-worker", version)]
+struct Args {
+    /// Directory for this host's identity key and blob cache (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The coordinator's join string (herd://ADDR?cert=...&key=...), as it printed it.
+    #[arg(long)]
+    join: herd_net::JoinString,
+    /// The volunteer this machine computes for; credit goes to this name.
+    #[arg(long)]
+    name: String,
+    /// The volunteer's team.
+    #[arg(long)]
+    team: Option<String>,
+    /// Units to run at once (default: the number of CPUs).
+    #[arg(long)]
+    cores: Option<u32>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cores = match args.cores {
+        Some(cores) => cores,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    runtime.block_on(async {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            herd_net::shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        herd_worker::run(
+            herd_worker::Config {
+                data_dir: args.data_dir,
+                join: args.join,
+                volunteer: args.name,
+                team: args.team,
+                cores,
+            },
+            shutdown,
+        )
+        .await
+    })
+}

@@ -1,1 +1,207 @@
-fn main() {}
+//! `herd`: the researcher's command line. Runs a module locally in the workers' sandbox, submits
+//! batches to a coordinator, follows them, collects results, shows credit, and runs a whole
+//! project on this machine with `herd demo`.
+
+mod batch;
+mod client;
+mod demo;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herd_sandbox::Limits;
+
+/// Herd: volunteer computing with WebAssembly. Results are accepted only when a quorum of
+/// volunteers' machines agree on them bit for bit.
+///
+/// Exit codes: 0 success; 1 error; 2 module rejected; 3 a waited-for batch has failed units.
+#[derive(Parser, Debug)]
+#[command(name = "herd", version)]
+struct Cli {
+    /// The coordinator's HTTP address.
+    #[arg(
+        long,
+        global = true,
+        env = "HERD_COORDINATOR",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    coordinator: String,
+    /// The researcher token (the coordinator's DATA_DIR/researcher.token).
+    #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one module locally in exactly the sandbox the workers use; print its outcome as JSON.
+    Run {
+        /// The module (.wasm or .wat).
+        module: PathBuf,
+        /// File given to the module on stdin.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Seed for random_get.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Fuel budget.
+        #[arg(long, default_value_t = Limits::default().fuel)]
+        fuel: u64,
+        /// Memory limit in MiB.
+        #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
+        memory_mb: u64,
+        /// Write what the module printed on stdout to this file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Submit a batch: one work unit per file in the inputs directory.
+    Submit {
+        /// The module (.wasm or .wat).
+        module: PathBuf,
+        /// Directory whose files are the units' inputs (one unit each, named after the file).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Agreeing replicas needed to accept a result.
+        #[arg(long, default_value_t = 2)]
+        quorum: u32,
+        /// Fuel budget per unit.
+        #[arg(long)]
+        fuel: Option<u64>,
+        /// Memory limit per unit in MiB.
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        /// Follow the batch with a progress bar until every unit is validated or failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a batch's progress.
+    Status {
+        batch: u64,
+        /// Print the coordinator's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download the outputs of a batch's validated units, one file per unit named after its input.
+    Results {
+        batch: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show credit per volunteer and team.
+    Credit {
+        /// Print the coordinator's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a whole project on this machine: a coordinator, three workers and a Mandelbrot batch.
+    Demo {
+        /// Where to write the image.
+        #[arg(long, default_value = "herd-demo.png")]
+        out: PathBuf,
+        /// Keep the coordinator's and workers' data and logs in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("herd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = || client::Client::new(&cli.coordinator, cli.token.clone());
+    match &cli.command {
+        Command::Run {
+            module,
+            input,
+            seed,
+            fuel,
+            memory_mb,
+            output,
+        } => {
+            let limits = Limits {
+                fuel: *fuel,
+                memory_bytes: memory_mb.saturating_mul(1 << 20),
+                ..Limits::default()
+            };
+            Ok(
+                match run::run(module, input.as_deref(), *seed, limits, output.as_deref())? {
+                    run::RunEnd::Ran => ExitCode::SUCCESS,
+                    run::RunEnd::Rejected => ExitCode::from(2),
+                },
+            )
+        }
+        Command::Submit {
+            module,
+            inputs,
+            quorum,
+            fuel,
+            memory_mb,
+            wait,
+        } => {
+            let client = client();
+            let submission = batch::Submission {
+                module,
+                inputs: batch::read_inputs(inputs)?,
+                quorum: Some(*quorum),
+                fuel: *fuel,
+                memory_mb: *memory_mb,
+            };
+            let id = match batch::submit(&client, submission, false) {
+                Ok(id) => id,
+                Err(error) if format!("{error:#}").contains("is rejected") => {
+                    eprintln!("herd: {error:#}");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(error) => return Err(error),
+            };
+            println!("{id}");
+            if *wait {
+                let status = batch::wait(&client, id, false)?;
+                eprintln!("{}", batch::describe(&status));
+                if status["failed"].as_u64().unwrap_or(0) > 0 {
+                    return Ok(ExitCode::from(3));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { batch: id, json } => {
+            let status = client().batch_status(*id)?;
+            if *json {
+                println!("{status}");
+            } else {
+                println!("{}", batch::describe(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Results { batch: id, out } => {
+            let written = batch::results(&client(), *id, out)?;
+            eprintln!("{written} outputs in {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Credit { json } => {
+            let credit = client().credit()?;
+            if *json {
+                println!("{credit}");
+            } else {
+                println!("{}", batch::credit_table(&credit));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { out, keep } => {
+            demo::demo(out, keep.as_deref()).context("herd demo")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

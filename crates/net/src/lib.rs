@@ -4,6 +4,7 @@
 //! A worker trusts exactly one certificate: the one whose SHA-256 fingerprint is in its join
 //! string. There is no certificate authority to compromise and nothing to configure.
 
+mod files;
 mod join;
 mod pinning;
 
@@ -17,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use files::{FileError, load_or_create_key, random_bytes, write_file};
 pub use join::{JoinError, JoinString};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 
@@ -183,4 +185,20 @@ pub async fn request<Q: Serialize, R: DeserializeOwned>(
     write_message(&mut send, message).await?;
     send.finish()?;
     read_message(&mut recv).await
+}
+
+/// Waits for SIGINT or SIGTERM: how the coordinator and the worker are asked to stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -10,6 +10,7 @@ use crate::ContentHash;
 
 /// How a run ended, for countable outcomes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     /// `_start` returned, or the module called `proc_exit(0)`.
     Success,
@@ -27,6 +28,7 @@ pub enum Status {
 
 /// The kind of a WebAssembly trap. Every kind is deterministic for a given unit.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TrapKind {
     Unreachable,
     MemoryOutOfBounds,
@@ -87,6 +89,7 @@ pub struct RunResult {
 
 /// Why a run was abandoned without a countable outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AbortReason {
     /// The wall-clock watchdog fired (something fuel could not catch).
     Watchdog,
@@ -100,6 +103,7 @@ pub enum AbortReason {
 
 /// The outcome of one run of a work unit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Deterministic: goes to validation.
     Countable(RunResult),

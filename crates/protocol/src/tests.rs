@@ -194,3 +194,18 @@ fn content_hashes_parse_and_refuse_junk() {
     assert!("zz".parse::<ContentHash>().is_err());
     assert!("00".parse::<ContentHash>().is_err());
 }
+
+#[test]
+fn json_forms_are_readable() {
+    let result = RunResult {
+        status: Status::Trap(TrapKind::Unreachable),
+        fuel: 5,
+        output_len: 0,
+        output_hash: ContentHash::of(b""),
+    };
+    let json = serde_json::to_value(&result).expect("json");
+    assert_eq!(json["status"], serde_json::json!({"trap": "unreachable"}));
+    assert_eq!(json["output_hash"], ContentHash::of(b"").to_hex());
+    let back: RunResult = serde_json::from_value(json).expect("parse");
+    assert_eq!(back, result);
+}

@@ -3,7 +3,7 @@
 //! [`Store`] is the seam: the coordinator's shell calls only its methods, so the SQLite backend
 //! here ([`SqliteStore`]) can be joined by a PostgreSQL one without touching the coordinator.
 //! Rows (volunteers, hosts, batches, units, replicas, the credit ledger) live in the database;
-//! bytes (modules, inputs, outputs) live in the content-addressed [`BlobStore`] on disk.
+//! bytes (modules, inputs, outputs) live in the content-addressed blob store (`herd-blobs`).
 //!
 //! Architecture Invariant: every method that changes state commits its transaction before it
 //! returns, so whatever the coordinator acknowledges has been made durable.
@@ -11,14 +11,12 @@
 //! Architecture Invariant: a replica is credited at most once (the ledger's `replica_id` is
 //! unique), and only after a quorum agreed on its result.
 
-mod blobs;
 mod sqlite;
 
 use herd_lifecycle::Policy;
 use herd_protocol::{ContentHash, Outcome, PublicKey, RunResult};
 use serde::Serialize;
 
-pub use blobs::{BlobError, BlobStore};
 pub use sqlite::SqliteStore;
 
 /// A storage failure, or a request the stored state refuses.

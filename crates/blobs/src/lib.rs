@@ -1,4 +1,5 @@
-//! The content-addressed blob store: modules, inputs and outputs as files named by their BLAKE3
+//! The content-addressed blob store, shared by the coordinator (its store) and the worker (its
+//! cache): modules, inputs and outputs as files named by their BLAKE3
 //! hash, under `DIR/blobs/ab/abcdef...`. A blob is written to a temporary file, synced and
 //! renamed into place, so a crash never leaves a partial blob under a real name.
 

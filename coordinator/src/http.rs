@@ -1,0 +1,380 @@
+//! The HTTP API, JSON under `/api/v1`. Researcher endpoints need `Authorization: Bearer TOKEN`
+//! (401 without it, 403 with a wrong one); `/api/v1/credit` is public for dashboards.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | PUT | `/api/v1/blobs/{hash}` | upload a module or input (body: its bytes; refused if they do not hash to `{hash}`) |
+//! | GET | `/api/v1/blobs/{hash}` | download a blob (an output, by the hash in a unit's result) |
+//! | POST | `/api/v1/batches` | create a batch (see [`CreateBatch`]) |
+//! | GET | `/api/v1/batches/{id}` | a batch's progress and units |
+//! | GET | `/api/v1/credit` | credit per volunteer and team |
+//!
+//! Errors are `{"error": {"code": "...", "message": "..."}}` with a stable code.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use herd_lifecycle::Policy;
+use herd_protocol::ContentHash;
+use herd_sandbox::{Limits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_OUTPUT_BYTES};
+use herd_store::{NewBatch, NewUnit, StoreError};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::{Shared, blocking, now_ms};
+
+/// The largest request body: a 16 MiB blob, or a batch description of 100,000 units.
+const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// The most units one batch may have.
+pub(crate) const MAX_UNITS_PER_BATCH: usize = 100_000;
+
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/api/v1/blobs/{hash}", get(get_blob).put(put_blob))
+        .route("/api/v1/batches", post(create_batch))
+        .route("/api/v1/batches/{id}", get(batch_status))
+        .route("/api/v1/credit", get(credit))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared);
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!("HTTP server: {error}");
+    }
+}
+
+/// An API error: an HTTP status, a stable code and a message naming the problem.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        tracing::error!("internal error: {error:#}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the coordinator's log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// Checks the researcher token in constant time.
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing Authorization: Bearer TOKEN header",
+        ));
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim()
+        .as_bytes();
+    let expected = shared.researcher_token.as_bytes();
+    let same_length = presented.len() == expected.len();
+    let difference = presented
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if same_length && difference == 0 {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token is not valid for this coordinator",
+        ))
+    }
+}
+
+fn parse_hash(text: &str) -> Result<ContentHash, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request("bad_hash", format!("{e}")))
+}
+
+async fn put_blob(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    let claimed = parse_hash(&hash)?;
+    if body.len() > MAX_MODULE_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "blob is {} bytes, over the limit of {MAX_MODULE_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let actual = ContentHash::of(&body);
+    if actual != claimed {
+        return Err(ApiError::bad_request(
+            "hash_mismatch",
+            format!("body hashes to {actual}, not {claimed}"),
+        ));
+    }
+    let blobs = shared.blobs.clone();
+    blocking(move || Ok(blobs.put(&body)?)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "hash": claimed.to_hex() })),
+    )
+        .into_response())
+}
+
+async fn get_blob(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    let hash = parse_hash(&hash)?;
+    let blobs = shared.blobs.clone();
+    match blocking(move || Ok(blobs.get(&hash)?)).await? {
+        Some(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "blob_not_found",
+            format!("no blob {hash}"),
+        )),
+    }
+}
+
+/// The body of `POST /api/v1/batches`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateBatch {
+    /// The module's content hash (upload it first).
+    module: String,
+    units: Vec<CreateUnit>,
+    /// Agreeing replicas needed (default 2).
+    quorum: Option<u32>,
+    /// Fuel per unit (default 10^10).
+    fuel: Option<u64>,
+    /// Memory limit per unit in MiB (default 256).
+    memory_mb: Option<u64>,
+    /// Output limit per unit in bytes (default 8 MiB).
+    output_limit_bytes: Option<u64>,
+    /// Deadline for each replica in seconds (default one day).
+    deadline_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUnit {
+    name: String,
+    /// The input's content hash (upload it first).
+    input: String,
+    /// Seed for random_get (default: the unit's position in the batch).
+    seed: Option<u64>,
+}
+
+fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(
+            "out_of_range",
+            format!("{name} {value} is outside {min}..={max}"),
+        ))
+    }
+}
+
+async fn create_batch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    let request: CreateBatch = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("batch description: {e}")))?;
+    if request.units.is_empty() || request.units.len() > MAX_UNITS_PER_BATCH {
+        return Err(ApiError::bad_request(
+            "out_of_range",
+            format!(
+                "a batch has 1..={MAX_UNITS_PER_BATCH} units, not {}",
+                request.units.len()
+            ),
+        ));
+    }
+    let module = parse_hash(&request.module)?;
+    let mut policy = Policy::with_quorum(request.quorum.unwrap_or(2));
+    if let Some(secs) = request.deadline_secs {
+        policy.replica_deadline_ms = secs.saturating_mul(1000);
+    }
+    policy
+        .validate()
+        .map_err(|e| ApiError::bad_request("out_of_range", e.0))?;
+    let defaults = Limits::default();
+    let fuel = check_range(
+        "fuel",
+        request.fuel.unwrap_or(defaults.fuel),
+        1,
+        u64::MAX / 4,
+    )?;
+    let memory = check_range(
+        "memory_mb",
+        request.memory_mb.unwrap_or(defaults.memory_bytes >> 20),
+        1,
+        MAX_MEMORY_BYTES >> 20,
+    )? << 20;
+    let output = check_range(
+        "output_limit_bytes",
+        request.output_limit_bytes.unwrap_or(defaults.output_bytes),
+        0,
+        MAX_OUTPUT_BYTES,
+    )?;
+    let mut units = Vec::with_capacity(request.units.len());
+    for (index, unit) in request.units.into_iter().enumerate() {
+        if unit.name.is_empty()
+            || unit.name.len() > 255
+            || unit.name.contains(['/', '\\', '\0'])
+            || unit.name == "."
+            || unit.name == ".."
+        {
+            return Err(ApiError::bad_request(
+                "bad_unit_name",
+                format!(
+                    "unit name `{}` must be 1 to 255 bytes and usable as a file name",
+                    unit.name.escape_debug()
+                ),
+            ));
+        }
+        units.push(NewUnit {
+            input: parse_hash(&unit.input)?,
+            seed: unit.seed.unwrap_or(index as u64),
+            name: unit.name,
+        });
+    }
+    let batch = NewBatch {
+        module,
+        policy,
+        fuel_limit: fuel,
+        memory_limit_bytes: memory,
+        output_limit_bytes: output,
+        units,
+    };
+    let shared = shared.clone();
+    let created = blocking(move || {
+        let Some(wasm) = shared.blobs.get(&batch.module)? else {
+            return Ok(Err(ApiError::bad_request(
+                "module_missing",
+                format!("module {} has not been uploaded", batch.module),
+            )));
+        };
+        if let Err(refusal) = shared.sandbox.admit(&wasm) {
+            return Ok(Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "module_rejected",
+                refusal.to_string(),
+            )));
+        }
+        if let Some(unit) = batch
+            .units
+            .iter()
+            .find(|u| !shared.blobs.contains(&u.input))
+        {
+            return Ok(Err(ApiError::bad_request(
+                "input_missing",
+                format!(
+                    "input {} of unit `{}` has not been uploaded",
+                    unit.input, unit.name
+                ),
+            )));
+        }
+        Ok(match shared.store.create_batch(&batch, now_ms()) {
+            Ok(id) => Ok((id, batch.units.len())),
+            Err(StoreError::Invalid(message)) => {
+                Err(ApiError::bad_request("invalid_batch", message))
+            }
+            Err(other) => return Err(other.into()),
+        })
+    })
+    .await??;
+    let (id, units) = created;
+    tracing::info!("batch {id} created with {units} units");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": id, "units": units })),
+    )
+        .into_response())
+}
+
+async fn batch_status(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_batch_id", format!("`{id}` is not a batch id")))?;
+    let store = shared.store.clone();
+    match blocking(move || Ok(store.batch_status(id)?)).await? {
+        Some(status) => Ok(Json(status).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "batch_not_found",
+            format!("no batch {id}"),
+        )),
+    }
+}
+
+async fn credit(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let store = shared.store.clone();
+    let totals = blocking(move || Ok(store.credit_totals()?)).await?;
+    Ok(Json(totals).into_response())
+}

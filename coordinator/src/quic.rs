@@ -1,0 +1,328 @@
+//! The worker-facing QUIC service. Each worker holds one connection: its first stream carries
+//! `Hello` (protocol version, host key, volunteer), every later stream one request and its answer.
+//!
+//! A malformed frame, an unsupported version or a bad signature gets an `Error` message naming
+//! the problem and the connection is closed; the coordinator itself carries on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_net::{
+    Connection, Endpoint, NetError, RecvStream, SendStream, read_message, write_message,
+};
+use herd_protocol::{
+    Assignment, ClientMessage, ContentHash, ErrorCode, Outcome, PROTOCOL_VERSION, PublicKey,
+    ServerMessage,
+};
+use herd_store::{HostRecord, StoreError};
+use tokio::sync::Semaphore;
+
+use crate::{Shared, blocking, now_ms};
+
+/// Worker connections served at once; more wait at the door.
+const MAX_CONNECTIONS: usize = 10_000;
+
+/// How long a worker with nothing to do waits before asking again.
+const NO_WORK_RETRY_MS: u32 = 1_000;
+
+/// How long a refusal is given to reach the worker before the connection closes.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// QUIC application close codes.
+const CLOSE_PROTOCOL_ERROR: u32 = 1;
+
+/// The registered peer of one connection.
+struct Peer {
+    host: HostRecord,
+    key: PublicKey,
+}
+
+/// Accepts connections until the endpoint closes.
+pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => {
+                    if let Err(error) = serve_connection(connection, shared).await {
+                        tracing::info!("worker {remote}: {error:#}");
+                    }
+                }
+                Err(error) => tracing::info!("handshake with {remote} failed: {error}"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Sends a refusal, lets it arrive, and closes the connection.
+async fn refuse(connection: &Connection, mut send: SendStream, code: ErrorCode, message: String) {
+    tracing::info!("refusing {}: {message}", connection.remote_address());
+    let _ = write_message(
+        &mut send,
+        &ServerMessage::Error {
+            code,
+            message: message.clone(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(CLOSE_GRACE, send.stopped()).await;
+    connection.close(CLOSE_PROTOCOL_ERROR.into(), message.as_bytes());
+}
+
+async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let (mut send, mut recv) = connection.accept_bi().await?;
+    let hello = match read_message::<ClientMessage>(&mut recv).await {
+        Ok(hello) => hello,
+        Err(error) => {
+            refuse(
+                &connection,
+                send,
+                ErrorCode::Malformed,
+                format!("bad hello: {error}"),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let ClientMessage::Hello {
+        protocol_version,
+        host_key,
+        volunteer,
+        team,
+        cores,
+    } = hello
+    else {
+        refuse(
+            &connection,
+            send,
+            ErrorCode::NotRegistered,
+            "the first message must be Hello".into(),
+        )
+        .await;
+        return Ok(());
+    };
+    if protocol_version != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version {protocol_version} is not supported; this coordinator speaks {PROTOCOL_VERSION}"
+        );
+        refuse(&connection, send, ErrorCode::UnsupportedVersion, message).await;
+        return Ok(());
+    }
+    let store = shared.store.clone();
+    let registered = blocking(move || {
+        Ok(store.register_host(&host_key, &volunteer, team.as_deref(), cores, now_ms()))
+    })
+    .await?;
+    let host = match registered {
+        Ok(host) => host,
+        Err(StoreError::Invalid(message)) => {
+            refuse(&connection, send, ErrorCode::Malformed, message).await;
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    tracing::info!(
+        "host {} registered (host {}, volunteer {}, {} cores)",
+        connection.remote_address(),
+        host.host_id,
+        host.volunteer_id,
+        host.cores
+    );
+    write_message(
+        &mut send,
+        &ServerMessage::Welcome {
+            project_key: shared.project_key.public_key(),
+        },
+    )
+    .await?;
+    send.finish()?;
+    let peer = Arc::new(Peer {
+        host,
+        key: host_key,
+    });
+    loop {
+        let (send, recv) = match connection.accept_bi().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::info!("host {} disconnected: {error}", peer.host.host_id);
+                return Ok(());
+            }
+        };
+        let shared = shared.clone();
+        let peer = peer.clone();
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_stream(&connection, send, recv, &shared, &peer).await {
+                tracing::warn!("host {}: {error:#}", peer.host.host_id);
+            }
+        });
+    }
+}
+
+/// What to do after answering a request.
+enum After {
+    KeepOpen,
+    Close,
+}
+
+async fn serve_stream(
+    connection: &Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+) -> anyhow::Result<()> {
+    let request = match read_message::<ClientMessage>(&mut recv).await {
+        Ok(request) => request,
+        Err(NetError::Frame(error)) => {
+            refuse(
+                connection,
+                send,
+                ErrorCode::Malformed,
+                format!("malformed frame: {error}"),
+            )
+            .await;
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let (answer, after) = answer(request, shared, peer).await?;
+    if let (ServerMessage::Error { code, message }, After::Close) = (&answer, &after) {
+        refuse(connection, send, *code, message.clone()).await;
+        return Ok(());
+    }
+    write_message(&mut send, &answer).await?;
+    send.finish()?;
+    Ok(())
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+async fn answer(
+    request: ClientMessage,
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+) -> anyhow::Result<(ServerMessage, After)> {
+    match request {
+        ClientMessage::Hello { .. } => Ok((
+            error(
+                ErrorCode::Malformed,
+                "Hello was already sent on this connection",
+            ),
+            After::Close,
+        )),
+        ClientMessage::RequestWork => Ok((assign(shared, peer).await?, After::KeepOpen)),
+        ClientMessage::FetchBlob { hash } => Ok((fetch_blob(shared, hash).await?, After::KeepOpen)),
+        ClientMessage::Report { report, output } => {
+            if let Err(problem) = report.verify(&peer.key) {
+                return Ok((
+                    error(
+                        ErrorCode::BadSignature,
+                        format!("report for replica {}: {problem}", report.report.replica_id),
+                    ),
+                    After::Close,
+                ));
+            }
+            let replica_id = report.report.replica_id;
+            let outcome = report.report.outcome;
+            if let Outcome::Countable(result) = &outcome {
+                let actual = ContentHash::of(&output);
+                if actual != result.output_hash || output.len() as u64 != result.output_len {
+                    return Ok((
+                        error(
+                            ErrorCode::BadOutput,
+                            format!(
+                                "replica {replica_id}: output bytes hash to {actual} ({} bytes), the report claims {} ({} bytes)",
+                                output.len(),
+                                result.output_hash,
+                                result.output_len
+                            ),
+                        ),
+                        After::KeepOpen,
+                    ));
+                }
+            }
+            let shared = shared.clone();
+            let host_id = peer.host.host_id;
+            let recorded = blocking(move || {
+                if matches!(outcome, Outcome::Countable(_)) {
+                    shared.blobs.put(&output)?;
+                }
+                Ok(shared
+                    .store
+                    .record_report(host_id, replica_id, &outcome, now_ms()))
+            })
+            .await?;
+            Ok(match recorded {
+                Ok(effect) => {
+                    tracing::debug!("replica {replica_id}: {effect:?}");
+                    (
+                        ServerMessage::ReportAccepted { replica_id },
+                        After::KeepOpen,
+                    )
+                }
+                Err(StoreError::UnknownReplica(id)) => (
+                    error(
+                        ErrorCode::UnknownReplica,
+                        format!("replica {id} does not exist"),
+                    ),
+                    After::KeepOpen,
+                ),
+                Err(StoreError::NotYourReplica { replica_id }) => (
+                    error(
+                        ErrorCode::NotYourReplica,
+                        format!("replica {replica_id} was not assigned to this host"),
+                    ),
+                    After::KeepOpen,
+                ),
+                Err(other) => return Err(other.into()),
+            })
+        }
+    }
+}
+
+async fn assign(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<ServerMessage> {
+    let store = shared.store.clone();
+    let host_id = peer.host.host_id;
+    let assigned = blocking(move || Ok(store.assign(host_id, now_ms())?)).await?;
+    let Some(r) = assigned else {
+        return Ok(ServerMessage::NoWork {
+            retry_after_ms: NO_WORK_RETRY_MS,
+        });
+    };
+    let assignment = Assignment {
+        replica_id: r.replica_id,
+        unit_id: r.unit_id,
+        batch_id: r.batch_id,
+        host_key: peer.key,
+        module: r.module,
+        input: r.input,
+        seed: r.seed,
+        fuel_limit: r.fuel_limit,
+        memory_limit_bytes: r.memory_limit_bytes,
+        output_limit_bytes: r.output_limit_bytes,
+        deadline_ms: r.deadline_ms,
+    };
+    Ok(ServerMessage::Work(assignment.sign(&shared.project_key)?))
+}
+
+async fn fetch_blob(shared: &Arc<Shared>, hash: ContentHash) -> anyhow::Result<ServerMessage> {
+    let blobs = shared.blobs.clone();
+    let bytes = blocking(move || Ok(blobs.get(&hash)?)).await?;
+    Ok(match bytes {
+        Some(bytes) => ServerMessage::Blob { hash, bytes },
+        None => error(ErrorCode::BlobNotFound, format!("no blob {hash}")),
+    })
+}

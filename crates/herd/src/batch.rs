@@ -1,0 +1,227 @@
+//! `herd submit`, `status`, `results` and `credit`: the researcher's side of a batch.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use herd_protocol::ContentHash;
+use herd_sandbox::Sandbox;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::client::{BatchSpec, Client, UnitSpec};
+use crate::run::read_module;
+
+/// How often `--wait` polls the batch.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What the researcher asks of a new batch.
+pub(crate) struct Submission<'a> {
+    pub(crate) module: &'a Path,
+    pub(crate) inputs: Vec<(String, Vec<u8>)>,
+    pub(crate) quorum: Option<u32>,
+    pub(crate) fuel: Option<u64>,
+    pub(crate) memory_mb: Option<u64>,
+}
+
+/// Reads every file in `dir` (sorted by name) as one unit's input.
+pub(crate) fn read_inputs(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read input directory {}", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    paths.retain(|p| p.is_file());
+    paths.sort();
+    if paths.is_empty() {
+        bail!("input directory {} has no files", dir.display());
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("input file name {} is not UTF-8", path.display()))?
+                .to_string();
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok((name, bytes))
+        })
+        .collect()
+}
+
+fn bar(len: u64, message: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// Uploads the module and inputs and creates the batch; returns its id.
+pub(crate) fn submit(
+    client: &Client,
+    submission: Submission<'_>,
+    quiet: bool,
+) -> anyhow::Result<u64> {
+    let wasm = read_module(submission.module)?;
+    // Refuse locally, with the same rules and message as the coordinator, before uploading.
+    Sandbox::new()?
+        .admit(&wasm)
+        .with_context(|| format!("module {} is rejected", submission.module.display()))?;
+    let module = client.put_blob(&wasm)?;
+    let progress = if quiet {
+        ProgressBar::hidden()
+    } else {
+        bar(submission.inputs.len() as u64, "uploading")
+    };
+    let mut units = Vec::with_capacity(submission.inputs.len());
+    for (name, bytes) in &submission.inputs {
+        let input = client.put_blob(bytes)?;
+        units.push(UnitSpec {
+            name: name.clone(),
+            input: input.to_hex(),
+        });
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    client.create_batch(&BatchSpec {
+        module: module.to_hex(),
+        units,
+        quorum: submission.quorum,
+        fuel: submission.fuel,
+        memory_mb: submission.memory_mb,
+    })
+}
+
+fn count(status: &Value, field: &str) -> u64 {
+    status[field].as_u64().unwrap_or(0)
+}
+
+/// Follows a batch with a progress bar until every unit is validated or failed; returns the
+/// final status.
+pub(crate) fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let mut status = client.batch_status(id)?;
+    let total = count(&status, "total");
+    let progress = if quiet {
+        ProgressBar::hidden()
+    } else {
+        bar(total, "validated")
+    };
+    loop {
+        let (validated, failed) = (count(&status, "validated"), count(&status, "failed"));
+        progress.set_position(validated);
+        let done = validated + failed;
+        let eta = if done > 0 && done < total {
+            let per_unit = started.elapsed().as_secs_f64() / done as f64;
+            format!("ETA {:.0}s", per_unit * (total - done) as f64)
+        } else {
+            String::new()
+        };
+        progress.set_message(format!("{failed} failed {eta}"));
+        if done >= total {
+            progress.finish_and_clear();
+            return Ok(status);
+        }
+        std::thread::sleep(POLL);
+        status = client.batch_status(id)?;
+    }
+}
+
+/// A human summary of a batch's status.
+pub(crate) fn describe(status: &Value) -> String {
+    let mut text = format!(
+        "batch {}: {} units: {} validated, {} failed, {} open (quorum {})",
+        status["id"],
+        count(status, "total"),
+        count(status, "validated"),
+        count(status, "failed"),
+        count(status, "open"),
+        status["quorum"]
+    );
+    for unit in status["units"].as_array().into_iter().flatten() {
+        if unit["state"] == "failed" {
+            text.push_str(&format!(
+                "\n  {} failed: {}",
+                unit["name"].as_str().unwrap_or("?"),
+                unit["failure"].as_str().unwrap_or("no reason given")
+            ));
+        }
+    }
+    text
+}
+
+/// Whether a name from the coordinator is safe to use as a file name in the output directory.
+fn safe_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// Downloads every validated unit's output into `out`, named after its input; returns how many.
+pub(crate) fn results(client: &Client, id: u64, out: &Path) -> anyhow::Result<usize> {
+    let status = client.batch_status(id)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut written = 0;
+    for unit in status["units"].as_array().into_iter().flatten() {
+        let name = unit["name"].as_str().unwrap_or_default();
+        if unit["state"] != "validated" {
+            continue;
+        }
+        if !safe_file_name(name) {
+            bail!("the coordinator sent a unit name unsafe as a file name: {name:?}");
+        }
+        let hash: ContentHash = unit["result"]["output_hash"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("unit {name}: no output hash"))?;
+        let path = out.join(name);
+        // Resuming: an output already on disk with the right hash is not downloaded again.
+        if std::fs::read(&path).is_ok_and(|bytes| ContentHash::of(&bytes) == hash) {
+            written += 1;
+            continue;
+        }
+        let bytes = client.get_blob(&hash)?;
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The credit table for humans.
+pub(crate) fn credit_table(credit: &Value) -> String {
+    let mut text = format!(
+        "{:<16} {:<20} {:>14} {:>9}\n",
+        "volunteer", "team", "credit", "replicas"
+    );
+    for line in credit["volunteers"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "{:<16} {:<20} {:>14.6} {:>9}\n",
+            line["name"].as_str().unwrap_or("?"),
+            line["team"].as_str().unwrap_or("-"),
+            line["credit"].as_f64().unwrap_or(0.0),
+            line["replicas"]
+        ));
+    }
+    text.push_str(&format!(
+        "\n{:<37} {:>14} {:>9}\n",
+        "team", "credit", "replicas"
+    ));
+    for line in credit["teams"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "{:<37} {:>14.6} {:>9}\n",
+            line["name"].as_str().unwrap_or("?"),
+            line["credit"].as_f64().unwrap_or(0.0),
+            line["replicas"]
+        ));
+    }
+    text.push_str(&format!(
+        "(1 credit = {} fuel agreed by a quorum)",
+        credit["fuel_per_credit"]
+    ));
+    text
+}

@@ -1,0 +1,153 @@
+//! The researcher's HTTP client for the coordinator's `/api/v1`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use herd_protocol::ContentHash;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// The largest response read: a 16 MiB output with room to spare.
+const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
+/// A connection to one coordinator's HTTP API.
+pub(crate) struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// A unit of a new batch, as the API takes it.
+#[derive(Serialize)]
+pub(crate) struct UnitSpec {
+    pub(crate) name: String,
+    pub(crate) input: String,
+}
+
+/// The batch parameters a researcher chooses.
+#[derive(Serialize, Default)]
+pub(crate) struct BatchSpec {
+    pub(crate) module: String,
+    pub(crate) units: Vec<UnitSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) quorum: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fuel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) memory_mb: Option<u64>,
+}
+
+impl Client {
+    pub(crate) fn new(base: &str, token: Option<String>) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            agent,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1/{path}", self.base)
+    }
+
+    fn auth(&self) -> anyhow::Result<String> {
+        match &self.token {
+            Some(token) => Ok(format!("Bearer {}", token.trim())),
+            None => bail!("no researcher token: pass --token or set HERD_TOKEN"),
+        }
+    }
+
+    /// Turns a response into its body, or an error carrying the API's code and message.
+    fn finish(
+        &self,
+        what: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let mut response =
+            response.with_context(|| format!("{what}: cannot reach {}", self.base))?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec()
+            .with_context(|| format!("{what}: read the response"))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        match parsed.as_ref().and_then(|v| v.get("error")) {
+            Some(error) => bail!(
+                "{what}: {} ({})",
+                error["message"].as_str().unwrap_or("no message"),
+                error["code"].as_str().unwrap_or("no code")
+            ),
+            None => bail!("{what}: HTTP {status}"),
+        }
+    }
+
+    fn json<T: DeserializeOwned>(what: &str, body: &[u8]) -> anyhow::Result<T> {
+        serde_json::from_slice(body).with_context(|| format!("{what}: unexpected response"))
+    }
+
+    /// Uploads a blob; returns its hash.
+    pub(crate) fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<ContentHash> {
+        let hash = ContentHash::of(bytes);
+        let response = self
+            .agent
+            .put(&self.url(&format!("blobs/{hash}")))
+            .header("Authorization", &self.auth()?)
+            .send(bytes);
+        self.finish("upload blob", response)?;
+        Ok(hash)
+    }
+
+    pub(crate) fn get_blob(&self, hash: &ContentHash) -> anyhow::Result<Vec<u8>> {
+        let response = self
+            .agent
+            .get(&self.url(&format!("blobs/{hash}")))
+            .header("Authorization", &self.auth()?)
+            .call();
+        let bytes = self.finish("download blob", response)?;
+        if ContentHash::of(&bytes) != *hash {
+            bail!("download blob: the coordinator sent bytes that do not hash to {hash}");
+        }
+        Ok(bytes)
+    }
+
+    /// Creates a batch; returns its id.
+    pub(crate) fn create_batch(&self, spec: &BatchSpec) -> anyhow::Result<u64> {
+        let response = self
+            .agent
+            .post(&self.url("batches"))
+            .header("Authorization", &self.auth()?)
+            .send_json(spec);
+        let body = self.finish("create batch", response)?;
+        let created: Value = Self::json("create batch", &body)?;
+        created["id"]
+            .as_u64()
+            .context("create batch: the response has no batch id")
+    }
+
+    pub(crate) fn batch_status(&self, id: u64) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .get(&self.url(&format!("batches/{id}")))
+            .header("Authorization", &self.auth()?)
+            .call();
+        let body = self.finish("batch status", response)?;
+        Self::json("batch status", &body)
+    }
+
+    pub(crate) fn credit(&self) -> anyhow::Result<Value> {
+        let response = self.agent.get(&self.url("credit")).call();
+        let body = self.finish("credit", response)?;
+        Self::json("credit", &body)
+    }
+}

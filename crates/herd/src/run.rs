@@ -1,0 +1,89 @@
+//! `herd run`: one module, run locally in exactly the sandbox the workers use.
+
+use std::path::Path;
+
+use anyhow::Context;
+use herd_protocol::{Outcome, RunResult, Status};
+use herd_sandbox::{Limits, Sandbox, module_bytes};
+use serde_json::{Value, json};
+
+/// A run's outcome as the flat JSON object `herd run` prints.
+pub(crate) fn result_json(result: &RunResult) -> Value {
+    let mut value = json!({
+        "status": result.status.name(),
+        "fuel": result.fuel,
+        "output_len": result.output_len,
+        "output_hash": result.output_hash.to_hex(),
+    });
+    match &result.status {
+        Status::ExitCode(code) => value["exit_code"] = json!(code),
+        Status::Trap(kind) => value["trap"] = json!(kind.name()),
+        _ => {}
+    }
+    value
+}
+
+/// Reads a `.wasm` or `.wat` file as binary WebAssembly.
+pub(crate) fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let source =
+        std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
+    module_bytes(&source).with_context(|| format!("module {} is rejected", path.display()))
+}
+
+/// What `herd run` ended with, for its exit code.
+pub(crate) enum RunEnd {
+    Ran,
+    Rejected,
+}
+
+pub(crate) fn run(
+    module: &Path,
+    input: Option<&Path>,
+    seed: u64,
+    limits: Limits,
+    output: Option<&Path>,
+) -> anyhow::Result<RunEnd> {
+    let rejected = |message: String| {
+        println!(
+            "{}",
+            json!({ "status": "module_rejected", "error": message })
+        );
+        eprintln!("herd run: {message}");
+        Ok(RunEnd::Rejected)
+    };
+    let wasm = match read_module(module) {
+        Ok(wasm) => wasm,
+        Err(error) => return rejected(format!("{error:#}")),
+    };
+    let input = match input {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let sandbox = Sandbox::new()?;
+    let admitted = match sandbox.admit(&wasm) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            return rejected(format!(
+                "module {} is rejected: {refusal}",
+                module.display()
+            ));
+        }
+    };
+    let execution = sandbox.run(&admitted, &input, seed, &limits);
+    match &execution.outcome {
+        Outcome::Countable(result) => println!("{}", result_json(result)),
+        Outcome::Aborted(reason) => {
+            println!(
+                "{}",
+                json!({ "status": "aborted", "reason": format!("{reason:?}") })
+            )
+        }
+    }
+    if let Some(path) = output {
+        std::fs::write(path, &execution.output)
+            .with_context(|| format!("cannot write output {}", path.display()))?;
+    }
+    Ok(RunEnd::Ran)
+}
