@@ -1,1 +1,295 @@
-fn main() {}
+//! End-to-end: a real coordinator and real workers on 127.0.0.1, driven through the `herd` CLI.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use herd_e2e::{Coordinator, eventually, free_udp_port, start_worker};
+use herd_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PublicKey, ServerMessage};
+
+#[path = "../sample-jobs/mandelbrot/src/tile.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod tile;
+
+const VOLUNTEERS: [(&str, &str); 3] = [
+    ("ada", "engines"),
+    ("grace", "engines"),
+    ("alan", "bletchley"),
+];
+
+/// Writes `count` Mandelbrot tile inputs into `dir`; returns (name, input text).
+fn write_tiles(dir: &Path, count: usize) -> Vec<(String, String)> {
+    std::fs::create_dir_all(dir).expect("inputs dir");
+    (0..count)
+        .map(|i| {
+            let x = -2.0 + 0.12 * i as f64;
+            let text = herd_samples::mandelbrot_input((x, -0.6), (x + 0.12, 0.6), (48, 32), 300);
+            let name = format!("tile-{i:02}");
+            std::fs::write(dir.join(&name), &text).expect("write input");
+            (name, text)
+        })
+        .collect()
+}
+
+fn submit(coordinator: &Coordinator, root: &Path, inputs: &Path, wait: bool) -> u64 {
+    let module = root.join("mandelbrot.wasm");
+    std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
+    let module = module.display().to_string();
+    let inputs = inputs.display().to_string();
+    let mut args = vec!["submit", &module, "--inputs", &inputs, "--quorum", "2"];
+    if wait {
+        args.push("--wait");
+    }
+    let output = coordinator.herd(&args);
+    assert!(
+        output.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("submit prints the batch id")
+}
+
+/// Checks every output against the known answer (the job's own code, run natively).
+fn check_results(coordinator: &Coordinator, root: &Path, batch: u64, tiles: &[(String, String)]) {
+    let out = root.join(format!("results-{batch}"));
+    let output = coordinator.herd(&[
+        "results",
+        &batch.to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for (name, text) in tiles {
+        let expected = tile::render(&tile::parse_tile(text).expect("valid tile"));
+        let actual = std::fs::read(out.join(name)).expect("output written");
+        assert!(
+            actual == expected,
+            "output of {name} differs from the known answer"
+        );
+    }
+}
+
+/// Credit must equal exactly two grants of each unit's agreed fuel, and no replica is credited
+/// twice; no volunteer ever held two replicas of one unit.
+fn check_ledger(coordinator: &Coordinator, status: &serde_json::Value) {
+    let agreed: u64 = status["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|u| u["result"]["fuel"].as_u64().expect("fuel"))
+        .sum();
+    let credit = coordinator.herd_json(&["credit", "--json"]);
+    let fuel: u64 = credit["volunteers"]
+        .as_array()
+        .expect("volunteers")
+        .iter()
+        .map(|v| v["fuel"].as_u64().expect("fuel"))
+        .sum();
+    assert_eq!(
+        fuel,
+        2 * agreed,
+        "credit is two agreeing replicas' fuel per unit"
+    );
+    let db = rusqlite::Connection::open_with_flags(
+        coordinator.data_dir.join("herd.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open database");
+    let doubled: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM (SELECT unit_id, volunteer_id FROM replicas
+             GROUP BY unit_id, volunteer_id HAVING COUNT(*) > 1)",
+            [],
+            |row| row.get(0),
+        )
+        .expect("query");
+    assert_eq!(doubled, 0, "a volunteer held two replicas of one unit");
+    let (ledger, distinct): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT replica_id) FROM credit",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .expect("query");
+    assert_eq!(ledger, distinct);
+}
+
+#[test]
+fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let _workers: Vec<_> = VOLUNTEERS
+        .iter()
+        .map(|(name, team)| {
+            start_worker(root.path(), &coordinator.join, name, team, 2).expect("worker")
+        })
+        .collect();
+    let tiles = write_tiles(&root.path().join("inputs"), 20);
+    let batch = submit(&coordinator, root.path(), &root.path().join("inputs"), true);
+    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    assert_eq!(status["total"], 20);
+    assert_eq!(status["validated"], 20, "{status}");
+    for unit in status["units"].as_array().expect("units") {
+        assert_eq!(unit["result"]["status"], "success");
+        assert!(unit["replicas"].as_u64().expect("replicas") >= 2);
+    }
+    check_results(&coordinator, root.path(), batch, &tiles);
+    check_ledger(&coordinator, &status);
+    let credit = coordinator.herd_json(&["credit", "--json"]);
+    let teams: HashMap<String, f64> = credit["teams"]
+        .as_array()
+        .expect("teams")
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().expect("name").to_string(),
+                t["credit"].as_f64().expect("credit"),
+            )
+        })
+        .collect();
+    assert!(teams["engines"] > 0.0 && teams["bletchley"] >= 0.0);
+    let table = coordinator.herd(&["credit"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("ada"));
+}
+
+#[test]
+fn a_coordinator_killed_mid_batch_resumes_with_nothing_lost_or_credited_twice() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let mut coordinator = Coordinator::start(root.path(), port).expect("coordinator");
+    let _workers: Vec<_> = VOLUNTEERS
+        .iter()
+        .map(|(name, team)| {
+            start_worker(root.path(), &coordinator.join, name, team, 1).expect("worker")
+        })
+        .collect();
+    let tiles = write_tiles(&root.path().join("inputs"), 30);
+    let batch = submit(
+        &coordinator,
+        root.path(),
+        &root.path().join("inputs"),
+        false,
+    );
+    eventually(Duration::from_secs(120), "some units validated", || {
+        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"].as_u64()? >= 3).then_some(())
+    });
+    coordinator.process.kill();
+    let join = coordinator.join.clone();
+    drop(coordinator);
+    let coordinator = Coordinator::start(root.path(), port).expect("restart");
+    assert_eq!(
+        coordinator.join, join,
+        "the restarted coordinator keeps its identity"
+    );
+    let status = eventually(Duration::from_secs(180), "every unit validated", || {
+        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"] == 30).then_some(status)
+    });
+    check_results(&coordinator, root.path(), batch, &tiles);
+    check_ledger(&coordinator, &status);
+}
+
+/// Sends `hello` as the first message of a fresh connection and returns the answer.
+async fn hello_answer(join: &herd_net::JoinString, frame: Vec<u8>) -> ServerMessage {
+    let connection = herd_net::connect(join).await.expect("connect");
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    send.write_all(&frame).await.expect("write");
+    send.finish().expect("finish");
+    let answer = herd_net::read_message(&mut recv).await.expect("an answer");
+    // The coordinator closes the connection after refusing.
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await;
+    assert!(closed.is_ok(), "the connection was not closed");
+    answer
+}
+
+#[test]
+fn bad_versions_and_malformed_frames_get_clear_errors_and_the_coordinator_carries_on() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let join: herd_net::JoinString = coordinator.join.parse().expect("join string");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let old = herd_protocol::encode_frame(&ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION + 98,
+            host_key: PublicKey([3; 32]),
+            volunteer: "eve".into(),
+            team: None,
+            cores: 1,
+            held_replicas: Vec::new(),
+        })
+        .expect("encode");
+        match hello_answer(&join, old).await {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::UnsupportedVersion);
+                assert!(message.contains("protocol version 99"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let junk = vec![0, 0, 0, 3, 0xff, 0xff, 0xff];
+        match hello_answer(&join, junk).await {
+            ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::Malformed),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    // Still serving.
+    let credit = coordinator.herd_json(&["credit", "--json"]);
+    assert!(credit["volunteers"].is_array());
+}
+
+#[test]
+fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let coordinator_unused = root.path().join("unused");
+    let _ = coordinator_unused;
+    let module = root.path().join("m.wasm");
+    std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
+    let input = root.path().join("tile");
+    let text = herd_samples::mandelbrot_input((-2.0, -1.0), (1.0, 1.0), (30, 20), 100);
+    std::fs::write(&input, &text).expect("input");
+    let out = root.path().join("out");
+    let run = |args: &[&str]| {
+        std::process::Command::new(herd_e2e::bin_dir().join("herd"))
+            .args(args)
+            .output()
+            .expect("run herd")
+    };
+    let output = run(&[
+        "run",
+        &module.display().to_string(),
+        "--input",
+        &input.display().to_string(),
+        "--output",
+        &out.display().to_string(),
+    ]);
+    assert!(output.status.success());
+    let outcome: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(outcome["status"], "success");
+    assert!(outcome["fuel"].as_u64().expect("fuel") > 0);
+    let expected = tile::render(&tile::parse_tile(&text).expect("tile"));
+    assert_eq!(std::fs::read(&out).expect("output"), expected);
+    assert_eq!(outcome["output_len"], expected.len());
+
+    let forbidden = root.path().join("bad.wat");
+    std::fs::write(
+        &forbidden,
+        r#"(module (import "env" "system" (func (param i32))) (memory (export "memory") 1) (func (export "_start")))"#,
+    )
+    .expect("write");
+    let output = run(&["run", &forbidden.display().to_string()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`env.system`"));
+    let outcome: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(outcome["status"], "module_rejected");
+
+    let output = run(&["run", "/nonexistent/module.wasm"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read module"));
+}

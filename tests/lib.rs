@@ -1,1 +1,192 @@
-//!
+//! The harness of the end-to-end tests: real `herd-coordinator`, `herd-worker` and `herd`
+//! processes on 127.0.0.1, started from the binaries `cargo build` leaves in the target directory.
+//! Every process is killed when its handle is dropped, so a failing test leaves nothing behind.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The directory holding the workspace's binaries: the test executable lives in its `deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf();
+    for name in ["herd-coordinator", "herd-worker", "herd"] {
+        assert!(
+            dir.join(name).is_file(),
+            "{name} is not built in {}: run `cargo build --workspace` before `cargo test` (README's test command does)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// A process killed (SIGKILL) when dropped.
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Kills the process at once, as a crash or power loss would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Process> {
+    let file = std::fs::File::create(&log)?;
+    let child = Command::new(program)
+        .args(args)
+        .env("HERD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("start {}", program.display()))?;
+    Ok(Process { child, log })
+}
+
+/// A free UDP port on 127.0.0.1 (so a restarted coordinator can take the same one).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("bind a UDP port on 127.0.0.1")
+}
+
+/// A running coordinator and how to reach it.
+pub struct Coordinator {
+    pub process: Process,
+    pub data_dir: PathBuf,
+    pub join: String,
+    pub http: String,
+    pub token: String,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on 127.0.0.1 with the given QUIC port (0 for any).
+    pub fn start(root: &Path, quic_port: u16) -> anyhow::Result<Self> {
+        let data_dir = root.join("coordinator");
+        // Stale address files from an earlier run must not be mistaken for this one's.
+        let _ = std::fs::remove_file(data_dir.join("join"));
+        let _ = std::fs::remove_file(data_dir.join("http"));
+        let args = vec![
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--quic".into(),
+            format!("127.0.0.1:{quic_port}"),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+        ];
+        let log = root.join(format!("coordinator-{}.log", free_udp_port()));
+        let mut process = spawn(&bin_dir().join("herd-coordinator"), &args, log)?;
+        let started = Instant::now();
+        loop {
+            let join = std::fs::read_to_string(data_dir.join("join"));
+            let http = std::fs::read_to_string(data_dir.join("http"));
+            if let (Ok(join), Ok(http)) = (join, http) {
+                let token = std::fs::read_to_string(data_dir.join("researcher.token"))?;
+                return Ok(Self {
+                    process,
+                    data_dir,
+                    join: join.trim().into(),
+                    http: http.trim().into(),
+                    token: token.trim().into(),
+                });
+            }
+            if !process.is_running() {
+                bail!(
+                    "coordinator exited: {}",
+                    std::fs::read_to_string(&process.log).unwrap_or_default()
+                );
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("coordinator did not start within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs the `herd` CLI against this coordinator.
+    pub fn herd(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("herd"))
+            .args(args)
+            .env("HERD_COORDINATOR", &self.http)
+            .env("HERD_TOKEN", &self.token)
+            .output()
+            .expect("run herd")
+    }
+
+    /// Runs `herd` and parses its stdout as JSON, failing loudly if it failed.
+    pub fn herd_json(&self, args: &[&str]) -> serde_json::Value {
+        let output = self.herd(args);
+        assert!(
+            output.status.success(),
+            "herd {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("herd printed JSON")
+    }
+}
+
+/// Starts a worker for `volunteer` in `root/worker-NAME`.
+pub fn start_worker(
+    root: &Path,
+    join: &str,
+    volunteer: &str,
+    team: &str,
+    cores: u32,
+) -> anyhow::Result<Process> {
+    let dir = root.join(format!("worker-{volunteer}"));
+    let args = vec![
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--join".into(),
+        join.into(),
+        "--name".into(),
+        volunteer.into(),
+        "--team".into(),
+        team.into(),
+        "--cores".into(),
+        cores.to_string(),
+    ];
+    spawn(
+        &bin_dir().join("herd-worker"),
+        &args,
+        root.join(format!("worker-{volunteer}-{}.log", free_udp_port())),
+    )
+}
+
+/// Polls `check` until it returns `Some`, or fails after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

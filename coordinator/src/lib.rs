@@ -79,8 +79,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         researcher_token: dir.researcher_token.clone(),
     });
 
-    let endpoint = herd_net::server_endpoint(config.quic, &dir.cert_der, &dir.key_der)
-        .context("start the QUIC endpoint")?;
+    // Derived from the project key so it survives restarts; see `server_endpoint`.
+    let reset_secret = blake3::derive_key("herd quic stateless reset v1", &dir.project_key.seed());
+    let endpoint =
+        herd_net::server_endpoint(config.quic, &dir.cert_der, &dir.key_der, &reset_secret)
+            .context("start the QUIC endpoint")?;
     let quic_addr = endpoint.local_addr().context("QUIC local address")?;
     let listener = tokio::net::TcpListener::bind(config.http)
         .await

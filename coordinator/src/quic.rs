@@ -97,6 +97,7 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         volunteer,
         team,
         cores,
+        held_replicas,
     } = hello
     else {
         refuse(
@@ -117,7 +118,19 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
     }
     let store = shared.store.clone();
     let registered = blocking(move || {
-        Ok(store.register_host(&host_key, &volunteer, team.as_deref(), cores, now_ms()))
+        let now = now_ms();
+        let host = match store.register_host(&host_key, &volunteer, team.as_deref(), cores, now) {
+            Ok(host) => host,
+            Err(error) => return Ok(Err(error)),
+        };
+        let lost = store.release_lost_replicas(host.host_id, &held_replicas, now)?;
+        if lost > 0 {
+            tracing::info!(
+                "host {}: {lost} lost replicas will be reissued",
+                host.host_id
+            );
+        }
+        Ok(Ok(host))
     })
     .await?;
     let host = match registered {

@@ -8,7 +8,7 @@
 //! itself; no compiled code ever comes over the network.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -45,6 +45,16 @@ struct Worker {
     host_key: SigningKey,
     cache: BlobStore,
     sandbox: Arc<Sandbox>,
+    /// Finished replicas whose report has not been acknowledged: sent again, first thing, on the
+    /// next connection. (Kept in memory; a disk spool that survives a restart of the worker
+    /// comes with the volunteer-worker issue.)
+    unacknowledged: Mutex<Vec<PendingReport>>,
+}
+
+/// A signed report waiting for the coordinator's acknowledgement.
+struct PendingReport {
+    replica_id: u64,
+    message: ClientMessage,
 }
 
 /// Runs the worker until `shutdown` turns true.
@@ -69,6 +79,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         host_key,
         cache,
         sandbox,
+        unacknowledged: Mutex::new(Vec::new()),
     });
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -101,6 +112,7 @@ impl Worker {
             volunteer: self.config.volunteer.clone(),
             team: self.config.team.clone(),
             cores: self.config.cores,
+            held_replicas: self.pending().iter().map(|p| p.replica_id).collect(),
         };
         match herd_net::request(&connection, &hello).await? {
             ServerMessage::Welcome { project_key } if project_key == join.project_key => {}
@@ -115,19 +127,64 @@ impl Worker {
             other => bail!("unexpected answer to Hello: {other:?}"),
         }
         tracing::info!("connected to {}", join.addr);
+        self.flush_reports(&connection).await?;
         let mut slots = tokio::task::JoinSet::new();
         for slot in 0..self.config.cores {
             let worker = self.clone();
             let connection = connection.clone();
             slots.spawn(async move { worker.slot(slot, connection).await });
         }
-        // The first slot to stop means the connection is gone; the others follow.
-        let ended = slots.join_next().await;
-        slots.abort_all();
-        match ended {
-            Some(Ok(Err(error))) => Err(error),
-            Some(Err(panic)) => Err(anyhow::anyhow!("a work slot panicked: {panic}")),
-            _ => Ok(()),
+        // A slot stops only when the connection fails. The others are not cut short: each
+        // notices on its next request, and one that is computing finishes its unit and keeps the
+        // report for the next connection, so no finished work is thrown away.
+        let mut first_error = None;
+        while let Some(ended) = slots.join_next().await {
+            let error = match ended {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error,
+                Err(panic) => anyhow::anyhow!("a work slot panicked: {panic}"),
+            };
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Vec<PendingReport>> {
+        // The vector is only pushed to and drained; a poisoned lock still holds valid reports.
+        self.unacknowledged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends the reports an earlier connection could not deliver.
+    async fn flush_reports(&self, connection: &Connection) -> anyhow::Result<()> {
+        let waiting: Vec<PendingReport> = std::mem::take(&mut *self.pending());
+        if !waiting.is_empty() {
+            tracing::info!("re-sending {} unacknowledged reports", waiting.len());
+        }
+        let mut waiting = waiting.into_iter();
+        while let Some(report) = waiting.next() {
+            if let Err(error) = self.deliver(connection, &report).await {
+                let mut pending = self.pending();
+                pending.push(report);
+                pending.extend(waiting);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one report; `Err` only if the connection failed (the report must be kept).
+    async fn deliver(&self, connection: &Connection, report: &PendingReport) -> anyhow::Result<()> {
+        let replica_id = report.replica_id;
+        match herd_net::request(connection, &report.message).await? {
+            ServerMessage::ReportAccepted { .. } => Ok(()),
+            ServerMessage::Error { code, message } => {
+                // Refused for good (unknown replica, bad output): keeping it would not help.
+                tracing::warn!("report for replica {replica_id} refused ({code:?}): {message}");
+                Ok(())
+            }
+            other => bail!("unexpected answer to Report: {other:?}"),
         }
     }
 
@@ -203,18 +260,18 @@ impl Worker {
             outcome: execution.outcome,
         }
         .sign(&self.host_key)?;
-        let message = ClientMessage::Report {
-            report,
-            output: execution.output,
+        let pending = PendingReport {
+            replica_id,
+            message: ClientMessage::Report {
+                report,
+                output: execution.output,
+            },
         };
-        match herd_net::request(connection, &message).await? {
-            ServerMessage::ReportAccepted { .. } => Ok(()),
-            ServerMessage::Error { code, message } => {
-                tracing::warn!("report for replica {replica_id} refused ({code:?}): {message}");
-                Ok(())
-            }
-            other => bail!("unexpected answer to Report: {other:?}"),
+        if let Err(error) = self.deliver(connection, &pending).await {
+            self.pending().push(pending);
+            return Err(error.context(format!("report replica {replica_id}")));
         }
+        Ok(())
     }
 
     /// Fetches what the unit needs and runs it in the sandbox.

@@ -26,10 +26,10 @@ pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// A connection with no traffic for this long is closed; workers send keep-alives well inside it.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a worker pings an idle connection.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// A network failure, or bytes from the peer that break the protocol.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +99,15 @@ fn transport(keep_alive: bool) -> Result<Arc<quinn::TransportConfig>, NetError> 
 }
 
 /// A server endpoint bound to `addr` presenting the given certificate.
+///
+/// `reset_secret` keys QUIC's stateless resets. Keeping it across restarts (the coordinator
+/// derives it from its project key) lets a restarted coordinator tell workers at once that their
+/// old connection is gone, instead of leaving them to wait out the idle timeout.
 pub fn server_endpoint(
     addr: SocketAddr,
     cert_der: &[u8],
     key_der: &[u8],
+    reset_secret: &[u8; 32],
 ) -> Result<Endpoint, NetError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -113,7 +118,26 @@ pub fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(false)?);
-    Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection IDs carry a keyed hash that the endpoint checks before answering a packet for
+    // an unknown connection; the key must survive restarts too, or the restarted endpoint drops
+    // old connections' packets silently instead of resetting them.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&reset_secret[24..]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+    Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| NetError::Bind { addr, source })
 }
 
 /// Connects to the coordinator named by `join`, trusting only its pinned certificate.

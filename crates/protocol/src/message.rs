@@ -27,6 +27,9 @@ pub enum ClientMessage {
         team: Option<String>,
         /// Units this host runs at once; caps its in-flight replicas.
         cores: u32,
+        /// Replicas this host still holds from an earlier connection (running, or finished and
+        /// not yet acknowledged). Its other in-progress replicas were lost and are reissued.
+        held_replicas: Vec<u64>,
     },
     /// Ask for one replica to run.
     RequestWork,

@@ -51,6 +51,7 @@ fn every_message_round_trips() {
             volunteer: "ada".into(),
             team: Some("lovelace".into()),
             cores: 4,
+            held_replicas: vec![1, 300],
         },
         ClientMessage::RequestWork,
         ClientMessage::FetchBlob {
@@ -126,11 +127,12 @@ fn hello_golden_bytes() {
         volunteer: "a".into(),
         team: None,
         cores: 2,
+        held_replicas: vec![5],
     };
     let frame = encode_frame(&hello).expect("encode");
-    let mut expected = vec![0, 0, 0, 38, 0, 1];
+    let mut expected = vec![0, 0, 0, 40, 0, 1];
     expected.extend_from_slice(&[0; 32]);
-    expected.extend_from_slice(&[1, b'a', 0, 2]);
+    expected.extend_from_slice(&[1, b'a', 0, 2, 1, 5]);
     assert_eq!(frame, expected);
 }
 

@@ -174,6 +174,16 @@ pub trait Store: Send + Sync {
     /// Times out replicas past their deadline; returns how many.
     fn expire_deadlines(&self, now_ms: u64) -> Result<usize, StoreError>;
 
+    /// Called when a host (re)connects holding the replicas `held`: its other in-progress
+    /// replicas were lost (an assignment whose answer never arrived, a crash), so they are timed
+    /// out now and reissued instead of waiting for their deadline. Returns how many.
+    fn release_lost_replicas(
+        &self,
+        host_id: u64,
+        held: &[u64],
+        now_ms: u64,
+    ) -> Result<usize, StoreError>;
+
     /// A batch's progress and units, or `None` if there is no such batch.
     fn batch_status(&self, batch_id: u64) -> Result<Option<BatchStatus>, StoreError>;
 

@@ -306,6 +306,26 @@ fn mark_valid_and_credit(
     Ok(())
 }
 
+/// Marks replicas as timed out (no reply) so their units are reissued, and fails any unit that
+/// can no longer go on.
+fn time_out(tx: &Transaction<'_>, replica_ids: &[i64], now_ms: u64) -> Result<(), StoreError> {
+    for replica_id in replica_ids {
+        let (unit_id, batch_id, unit_open): (i64, i64, bool) = tx.query_row(
+            "UPDATE replicas SET state = 'timed_out' WHERE id = ?1
+             RETURNING unit_id,
+                       (SELECT batch_id FROM units WHERE id = replicas.unit_id),
+                       (SELECT state = 'open' FROM units WHERE id = replicas.unit_id)",
+            [replica_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+        if unit_open {
+            let batch = load_batch(tx, to_u64(batch_id))?;
+            settle_unit(tx, to_u64(unit_id), &batch.policy, now_ms)?;
+        }
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn register_host(
         &self,
@@ -596,37 +616,35 @@ impl Store for SqliteStore {
     fn expire_deadlines(&self, now_ms: u64) -> Result<usize, StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let expired: Vec<(i64, i64, i64)> = {
-            let mut statement = tx.prepare_cached(
-                "SELECT r.id, r.unit_id, u.batch_id FROM replicas r JOIN units u ON u.id = r.unit_id
-                 WHERE r.state = 'in_progress' AND r.deadline_ms < ?1",
-            )?;
-            statement
-                .query_map([to_i64(now_ms)], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })?
-                .collect::<Result<_, _>>()?
-        };
-        for (replica_id, _, _) in &expired {
-            tx.execute(
-                "UPDATE replicas SET state = 'timed_out' WHERE id = ?1",
-                [replica_id],
-            )?;
-        }
-        // A timeout may leave a unit unable to go on (too many errors).
-        for (_, unit_id, batch_id) in &expired {
-            let open: bool = tx.query_row(
-                "SELECT state = 'open' FROM units WHERE id = ?1",
-                [unit_id],
-                |row| row.get(0),
-            )?;
-            if open {
-                let batch = load_batch(&tx, to_u64(*batch_id))?;
-                settle_unit(&tx, to_u64(*unit_id), &batch.policy, now_ms)?;
-            }
-        }
+        let expired: Vec<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM replicas WHERE state = 'in_progress' AND deadline_ms < ?1",
+            )?
+            .query_map([to_i64(now_ms)], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        time_out(&tx, &expired, now_ms)?;
         tx.commit()?;
         Ok(expired.len())
+    }
+
+    fn release_lost_replicas(
+        &self,
+        host_id: u64,
+        held: &[u64],
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let lost: Vec<i64> = tx
+            .prepare_cached("SELECT id FROM replicas WHERE host_id = ?1 AND state = 'in_progress'")?
+            .query_map([to_i64(host_id)], |row| row.get(0))?
+            .collect::<Result<Vec<i64>, _>>()?
+            .into_iter()
+            .filter(|id| !held.contains(&to_u64(*id)))
+            .collect();
+        time_out(&tx, &lost, now_ms)?;
+        tx.commit()?;
+        Ok(lost.len())
     }
 
     fn batch_status(&self, batch_id: u64) -> Result<Option<BatchStatus>, StoreError> {
