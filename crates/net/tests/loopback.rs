@@ -22,6 +22,7 @@ async fn a_pinned_connection_carries_messages_and_a_wrong_pin_is_refused() {
         "127.0.0.1:0".parse().expect("addr"),
         &cert.cert_der,
         &cert.key_der,
+        &[9; 32],
     )
     .expect("server");
     let accept = server.clone();

@@ -534,22 +534,14 @@ impl Store for SqliteStore {
     ) -> Result<ReportEffect, StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(i64, i64, String, Option<String>, Option<String>)> = tx
+        let row: Option<(i64, i64, String)> = tx
             .query_row(
-                "SELECT unit_id, host_id, state, result, abort_reason FROM replicas WHERE id = ?1",
+                "SELECT unit_id, host_id, state FROM replicas WHERE id = ?1",
                 [to_i64(replica_id)],
-                |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                    ))
-                },
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
-        let Some((unit_id, owner, state, stored_result, _stored_abort)) = row else {
+        let Some((unit_id, owner, state)) = row else {
             return Err(StoreError::UnknownReplica(replica_id));
         };
         if to_u64(owner) != host_id {
@@ -557,7 +549,6 @@ impl Store for SqliteStore {
         }
         // Idempotence: a replica reports once; a repeat changes nothing and is acknowledged.
         if state == "reported" || state == "aborted" {
-            let _ = stored_result;
             return Ok(ReportEffect::Duplicate);
         }
         // In progress, or timed out but reporting late: record it either way.
