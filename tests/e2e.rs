@@ -211,7 +211,8 @@ async fn hello_answer(join: &herd_net::JoinString, frame: Vec<u8>) -> ServerMess
 }
 
 #[test]
-fn bad_versions_and_malformed_frames_get_clear_errors_and_the_coordinator_carries_on() {
+fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_coordinator_carries_on()
+ {
     let root = tempfile::tempdir().expect("tempdir");
     let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
     let join: herd_net::JoinString = coordinator.join.parse().expect("join string");
@@ -233,6 +234,52 @@ fn bad_versions_and_malformed_frames_get_clear_errors_and_the_coordinator_carrie
             }
             other => panic!("unexpected {other:?}"),
         }
+        // A report signed by another key than the host's: refused, connection closed.
+        let host = herd_protocol::SigningKey::from_seed([4; 32]);
+        let impostor = herd_protocol::SigningKey::from_seed([5; 32]);
+        let connection = herd_net::connect(&join).await.expect("connect");
+        let welcome: ServerMessage = herd_net::request(
+            &connection,
+            &ClientMessage::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                host_key: host.public_key(),
+                volunteer: "mallory".into(),
+                team: None,
+                cores: 1,
+                held_replicas: Vec::new(),
+            },
+        )
+        .await
+        .expect("hello");
+        assert!(
+            matches!(welcome, ServerMessage::Welcome { .. }),
+            "{welcome:?}"
+        );
+        let forged = herd_protocol::Report {
+            replica_id: 1,
+            outcome: herd_protocol::Outcome::Aborted(herd_protocol::AbortReason::Cancelled),
+        }
+        .sign(&impostor)
+        .expect("sign");
+        let answer: ServerMessage = herd_net::request(
+            &connection,
+            &ClientMessage::Report {
+                report: forged,
+                output: Vec::new(),
+            },
+        )
+        .await
+        .expect("an answer");
+        match answer {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::BadSignature);
+                assert!(message.contains("signature"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await;
+        assert!(closed.is_ok(), "the connection was not closed");
+
         let junk = vec![0, 0, 0, 3, 0xff, 0xff, 0xff];
         match hello_answer(&join, junk).await {
             ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::Malformed),
@@ -242,13 +289,45 @@ fn bad_versions_and_malformed_frames_get_clear_errors_and_the_coordinator_carrie
     // Still serving.
     let credit = coordinator.herd_json(&["credit", "--json"]);
     assert!(credit["volunteers"].is_array());
+
+    // A module with a forbidden import is refused before anything is created, naming the import.
+    let bad = root.path().join("bad.wat");
+    std::fs::write(
+        &bad,
+        r#"(module (import "env" "system" (func (param i32))) (memory (export "memory") 1) (func (export "_start")))"#,
+    )
+    .expect("write");
+    let inputs = root.path().join("inputs");
+    write_tiles(&inputs, 1);
+    let output = coordinator.herd(&[
+        "submit",
+        &bad.display().to_string(),
+        "--inputs",
+        &inputs.display().to_string(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`env.system`"));
+
+    // A wrong token gets 403 and a message, never data.
+    let output = std::process::Command::new(herd_e2e::bin_dir().join("herd"))
+        .args([
+            "status",
+            "1",
+            "--coordinator",
+            &coordinator.http,
+            "--token",
+            "wrong-token-0000",
+        ])
+        .output()
+        .expect("run herd");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("forbidden"), "{stderr}");
 }
 
 #[test]
 fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
     let root = tempfile::tempdir().expect("tempdir");
-    let coordinator_unused = root.path().join("unused");
-    let _ = coordinator_unused;
     let module = root.path().join("m.wasm");
     std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
     let input = root.path().join("tile");

@@ -160,7 +160,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let id = match batch::submit(&client, submission, false) {
                 Ok(id) => id,
-                Err(error) if format!("{error:#}").contains("is rejected") => {
+                Err(error)
+                    if error
+                        .downcast_ref::<herd_sandbox::AdmissionError>()
+                        .is_some() =>
+                {
                     eprintln!("herd: {error:#}");
                     return Ok(ExitCode::from(2));
                 }
