@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             herd_net::shutdown_signal().await;
@@ -58,5 +58,9 @@ fn main() -> anyhow::Result<()> {
             shutdown,
         )
         .await
-    })
+    });
+    // A unit still computing on a blocking thread is abandoned, not waited for: stopping the
+    // worker must give the machine back promptly.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
