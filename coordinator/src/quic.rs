@@ -11,8 +11,7 @@ use herd_net::{
     Connection, Endpoint, NetError, RecvStream, SendStream, read_message, write_message,
 };
 use herd_protocol::{
-    Assignment, ClientMessage, ContentHash, ErrorCode, Outcome, PROTOCOL_VERSION, PublicKey,
-    ServerMessage,
+    ClientMessage, ContentHash, ErrorCode, Outcome, PROTOCOL_VERSION, PublicKey, ServerMessage,
 };
 use herd_store::{HostRecord, StoreError};
 use tokio::sync::Semaphore;
@@ -310,23 +309,10 @@ async fn assign(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<Server
     let store = shared.store.clone();
     let host_id = peer.host.host_id;
     let assigned = blocking(move || Ok(store.assign(host_id, now_ms())?)).await?;
-    let Some(r) = assigned else {
+    let Some(assignment) = assigned else {
         return Ok(ServerMessage::NoWork {
             retry_after_ms: NO_WORK_RETRY_MS,
         });
-    };
-    let assignment = Assignment {
-        replica_id: r.replica_id,
-        unit_id: r.unit_id,
-        batch_id: r.batch_id,
-        host_key: peer.key,
-        module: r.module,
-        input: r.input,
-        seed: r.seed,
-        fuel_limit: r.fuel_limit,
-        memory_limit_bytes: r.memory_limit_bytes,
-        output_limit_bytes: r.output_limit_bytes,
-        deadline_ms: r.deadline_ms,
     };
     Ok(ServerMessage::Work(assignment.sign(&shared.project_key)?))
 }

@@ -29,13 +29,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    herd_net::init_logging();
     let cores = match args.cores {
         Some(cores) => cores,
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),

@@ -226,3 +226,13 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// Logs to stderr with the filter in `HERD_LOG` (default `info`), for the coordinator and worker.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

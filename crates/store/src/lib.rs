@@ -14,7 +14,7 @@
 mod sqlite;
 
 use herd_lifecycle::Policy;
-use herd_protocol::{ContentHash, Outcome, PublicKey, RunResult};
+use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey, RunResult};
 use serde::Serialize;
 
 pub use sqlite::SqliteStore;
@@ -62,21 +62,6 @@ pub struct NewUnit {
     pub name: String,
     pub input: ContentHash,
     pub seed: u64,
-}
-
-/// A replica handed to a host, with everything the assignment message needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AssignedReplica {
-    pub replica_id: u64,
-    pub unit_id: u64,
-    pub batch_id: u64,
-    pub module: ContentHash,
-    pub input: ContentHash,
-    pub seed: u64,
-    pub fuel_limit: u64,
-    pub memory_limit_bytes: u64,
-    pub output_limit_bytes: u64,
-    pub deadline_ms: u64,
 }
 
 /// What recording a report changed.
@@ -159,8 +144,9 @@ pub trait Store: Send + Sync {
     fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Result<u64, StoreError>;
 
     /// Picks a unit that wants a replica and that this host's volunteer has not had, creates the
-    /// replica and returns it; `None` if there is nothing for this host (or it is at its cap).
-    fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<AssignedReplica>, StoreError>;
+    /// replica and returns its (unsigned) assignment; `None` if there is nothing for this host
+    /// (or it is at its cap).
+    fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<Assignment>, StoreError>;
 
     /// Records a host's report for one of its replicas and validates the unit if it can.
     fn record_report(

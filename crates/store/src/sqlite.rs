@@ -8,12 +8,12 @@ use std::sync::{Mutex, MutexGuard};
 use herd_lifecycle::{
     Policy, Replica, ReplicaState, Verdict, credit_for_fuel, evaluate, may_assign_to,
 };
-use herd_protocol::{ContentHash, Outcome, PublicKey, RunResult};
+use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey, RunResult};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::{
-    AssignedReplica, BatchStatus, CreditLine, CreditTotals, HostRecord, NewBatch, ReportEffect,
-    Store, StoreError, UnitStatus,
+    BatchStatus, CreditLine, CreditTotals, HostRecord, NewBatch, ReportEffect, Store, StoreError,
+    UnitStatus,
 };
 
 /// The schema version this code writes; a database of another version is refused.
@@ -443,19 +443,24 @@ impl Store for SqliteStore {
         Ok(to_u64(batch_id))
     }
 
-    fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<AssignedReplica>, StoreError> {
+    fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<Assignment>, StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let host: Option<(i64, u32)> = tx
+        let host: Option<(i64, u32, Vec<u8>)> = tx
             .query_row(
-                "SELECT volunteer_id, cores FROM hosts WHERE id = ?1",
+                "SELECT volunteer_id, cores, public_key FROM hosts WHERE id = ?1",
                 [to_i64(host_id)],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
-        let Some((volunteer_id, cores)) = host else {
+        let Some((volunteer_id, cores, host_key)) = host else {
             return Err(StoreError::UnknownHost);
         };
+        let host_key = PublicKey(
+            host_key
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(format!("host {host_id} has a malformed key")))?,
+        );
         tx.execute(
             "UPDATE hosts SET last_seen_ms = ?2 WHERE id = ?1",
             params![to_i64(host_id), to_i64(now_ms)],
@@ -507,13 +512,16 @@ impl Store for SqliteStore {
                 ],
             )?;
             let replica_id = to_u64(tx.last_insert_rowid());
+            // Parse before committing: a corrupt row must not leave a replica nobody was sent.
+            let input = parse_hash(&input_hash)?;
             tx.commit()?;
-            return Ok(Some(AssignedReplica {
+            return Ok(Some(Assignment {
                 replica_id,
                 unit_id,
                 batch_id: to_u64(batch_id),
+                host_key,
                 module: batch.module,
-                input: parse_hash(&input_hash)?,
+                input,
                 seed: to_u64(seed),
                 fuel_limit: batch.fuel_limit,
                 memory_limit_bytes: batch.memory_limit_bytes,
