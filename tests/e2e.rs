@@ -7,7 +7,7 @@ use std::time::Duration;
 use herd_e2e::{Coordinator, eventually, free_udp_port, start_worker};
 use herd_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PublicKey, ServerMessage};
 
-#[path = "../sample-jobs/mandelbrot/src/tile.rs"]
+#[path = "../sample-jobs/mandelbrot/src/kernel.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod tile;
 

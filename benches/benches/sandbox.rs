@@ -8,7 +8,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use herd_sandbox::{Limits, Sandbox, module_bytes};
 
-#[path = "../../sample-jobs/mandelbrot/src/tile.rs"]
+#[path = "../../sample-jobs/mandelbrot/src/kernel.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod tile;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip1";
-const JOBS: &[&str] = &["mandelbrot"];
+const JOBS: &[&str] = &["mandelbrot", "primes", "montecarlo", "nbody", "flame"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

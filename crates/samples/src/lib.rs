@@ -1,8 +1,29 @@
 //! The sample jobs as WebAssembly modules, built from `sample-jobs/` by this crate's build
 //! script. `herd demo`, the end-to-end tests and the benchmarks take their modules from here.
 
-/// The Mandelbrot tile renderer (`sample-jobs/mandelbrot`).
+/// The Mandelbrot tile renderer (`sample-jobs/mandelbrot`): f64, loop-heavy.
 pub const MANDELBROT_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mandelbrot.wasm"));
+
+/// Primes over a range by trial division (`sample-jobs/primes`): integer-only.
+pub const PRIMES_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/primes.wasm"));
+
+/// A Monte Carlo estimate of pi from `random_get` (`sample-jobs/montecarlo`): the seed matters.
+pub const MONTECARLO_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/montecarlo.wasm"));
+
+/// An n-body simulation writing raw f64 bits (`sample-jobs/nbody`): NaN bits are visible.
+pub const NBODY_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nbody.wasm"));
+
+/// A fractal-flame renderer writing a PPM image (`sample-jobs/flame`): f64 with sin/cos.
+pub const FLAME_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flame.wasm"));
+
+/// Every sample job: (name, module, a small input that runs in well under a second).
+pub const ALL: &[(&str, &[u8], &str)] = &[
+    ("mandelbrot", MANDELBROT_WASM, "-2.0 -1.0 1.0 1.0 64 48 200\n"),
+    ("primes", PRIMES_WASM, "2 200000\n"),
+    ("montecarlo", MONTECARLO_WASM, "200000\n"),
+    ("nbody", NBODY_WASM, "32 50 0.001 0.01 42\n"),
+    ("flame", FLAME_WASM, "96 64 200000 7\n"),
+];
 
 /// Writes a tile description in the Mandelbrot job's input format.
 pub fn mandelbrot_input(
