@@ -287,6 +287,7 @@ impl Worker {
             fuel: assignment.fuel_limit,
             memory_bytes: assignment.memory_limit_bytes,
             output_bytes: assignment.output_limit_bytes,
+            ..Limits::default()
         };
         let seed = assignment.seed;
         let execution = tokio::task::spawn_blocking(move || match sandbox.admit(&module) {

@@ -17,8 +17,19 @@ pub(crate) fn result_json(result: &RunResult) -> Value {
     });
     match &result.status {
         Status::ExitCode(code) => value["exit_code"] = json!(code),
-        Status::Trap(kind) => value["trap"] = json!(kind.name()),
-        _ => {}
+        Status::Trap { kind, function } => {
+            value["trap"] = json!(kind.name());
+            value["function"] = json!(function);
+        }
+        Status::OutputLimit { limit_bytes } => value["limit_bytes"] = json!(limit_bytes),
+        Status::MemoryLimit {
+            limit_bytes,
+            requested_bytes,
+        } => {
+            value["limit_bytes"] = json!(limit_bytes);
+            value["requested_bytes"] = json!(requested_bytes);
+        }
+        Status::Success | Status::OutOfFuel => {}
     }
     value
 }

@@ -16,14 +16,18 @@ pub enum Status {
     Success,
     /// The module called `proc_exit` with this non-zero code.
     ExitCode(u32),
-    /// The module trapped.
-    Trap(TrapKind),
+    /// The module trapped, in `function` (its name from the module's name section, or
+    /// `func[INDEX]` without one).
+    Trap { kind: TrapKind, function: String },
     /// The fuel budget was spent (by instructions or by host calls charged for their bytes).
     OutOfFuel,
-    /// The module wrote more than the output limit; the output is cut at the limit.
-    OutputLimit,
-    /// The module asked for more linear memory than the memory limit.
-    MemoryLimit,
+    /// The module wrote more than `limit_bytes`; the output is cut at the limit.
+    OutputLimit { limit_bytes: u64 },
+    /// The module asked for `requested_bytes` of linear memory, over `limit_bytes`.
+    MemoryLimit {
+        limit_bytes: u64,
+        requested_bytes: u64,
+    },
 }
 
 /// The kind of a WebAssembly trap. Every kind is deterministic for a given unit.
@@ -49,10 +53,10 @@ impl Status {
         match self {
             Status::Success => "success",
             Status::ExitCode(_) => "exit_code",
-            Status::Trap(_) => "trap",
+            Status::Trap { .. } => "trap",
             Status::OutOfFuel => "out_of_fuel",
-            Status::OutputLimit => "output_limit",
-            Status::MemoryLimit => "memory_limit",
+            Status::OutputLimit { .. } => "output_limit",
+            Status::MemoryLimit { .. } => "memory_limit",
         }
     }
 }
@@ -91,8 +95,9 @@ pub struct RunResult {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AbortReason {
-    /// The wall-clock watchdog fired (something fuel could not catch).
-    Watchdog,
+    /// The wall-clock watchdog fired after this many milliseconds of running (time paused is
+    /// not counted): something fuel could not catch.
+    Watchdog { after_ms: u64 },
     /// The worker cancelled the run (its user or a preference took the machine back).
     Cancelled,
     /// The module was refused by the worker's admission check.

@@ -36,7 +36,10 @@ fn every_message_round_trips() {
     let report = Report {
         replica_id: 7,
         outcome: Outcome::Countable(RunResult {
-            status: Status::Trap(TrapKind::Unreachable),
+            status: Status::Trap {
+                kind: TrapKind::Unreachable,
+                function: "main".into(),
+            },
             fuel: 123,
             output_len: 5,
             output_hash: ContentHash::of(b"hello"),
@@ -200,13 +203,19 @@ fn content_hashes_parse_and_refuse_junk() {
 #[test]
 fn json_forms_are_readable() {
     let result = RunResult {
-        status: Status::Trap(TrapKind::Unreachable),
+        status: Status::Trap {
+            kind: TrapKind::Unreachable,
+            function: "f".into(),
+        },
         fuel: 5,
         output_len: 0,
         output_hash: ContentHash::of(b""),
     };
     let json = serde_json::to_value(&result).expect("json");
-    assert_eq!(json["status"], serde_json::json!({"trap": "unreachable"}));
+    assert_eq!(
+        json["status"],
+        serde_json::json!({"trap": {"kind": "unreachable", "function": "f"}})
+    );
     assert_eq!(json["output_hash"], ContentHash::of(b"").to_hex());
     let back: RunResult = serde_json::from_value(json).expect("parse");
     assert_eq!(back, result);

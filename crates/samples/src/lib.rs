@@ -18,7 +18,11 @@ pub const FLAME_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flame.wa
 
 /// Every sample job: (name, module, a small input that runs in well under a second).
 pub const ALL: &[(&str, &[u8], &str)] = &[
-    ("mandelbrot", MANDELBROT_WASM, "-2.0 -1.0 1.0 1.0 64 48 200\n"),
+    (
+        "mandelbrot",
+        MANDELBROT_WASM,
+        "-2.0 -1.0 1.0 1.0 64 48 200\n",
+    ),
     ("primes", PRIMES_WASM, "2 200000\n"),
     ("montecarlo", MONTECARLO_WASM, "200000\n"),
     ("nbody", NBODY_WASM, "32 50 0.001 0.01 42\n"),

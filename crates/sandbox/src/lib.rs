@@ -13,16 +13,30 @@
 //! Architecture Invariant: `herd run` and the worker run units through the same [`Sandbox::run`].
 
 mod admission;
+mod control;
 mod wasi;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use herd_protocol::{AbortReason, ContentHash, Outcome, RunResult, Status, TrapKind};
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, WasmFeatures};
+use wasmtime::{
+    Config, Engine, InstancePre, Linker, Module, Store, Trap, UpdateDeadline, WasmBacktrace,
+    WasmFeatures,
+};
 
 pub use admission::{AdmissionError, MAX_MODULE_BYTES, module_bytes};
+pub use control::{Controlled, RunControl};
 use wasi::{Exit, HostState, MemoryLimitExceeded, OutputLimitExceeded};
+
+/// Fuel between two points where a run yields to its caller: the pause latency is the time this
+/// much fuel takes to burn (about 5 ms on the machines we measured).
+pub const YIELD_FUEL: u64 = 5_000_000;
+
+/// The watchdog's clock: the engine's epoch advances this often.
+pub const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 
 /// Fuel charged for every host (WASI) call, on top of one unit per byte it moves: a module that
 /// calls the host in a tight loop spends its budget as surely as one that computes.
@@ -48,6 +62,10 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Maximum bytes written to stdout.
     pub output_bytes: u64,
+    /// Wall-clock time the unit may spend running (paused time is not counted) before the
+    /// watchdog aborts it. An abort, never a countable outcome: fuel is the deterministic limit,
+    /// the watchdog only catches what fuel cannot.
+    pub watchdog: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +74,7 @@ impl Default for Limits {
             fuel: 10_000_000_000,
             memory_bytes: 256 << 20,
             output_bytes: 8 << 20,
+            watchdog: Duration::from_secs(600),
         }
     }
 }
@@ -95,6 +114,24 @@ pub struct Sandbox {
     compiled: Mutex<HashMap<ContentHash, AdmittedModule>>,
 }
 
+/// Advances the engine's epoch every [`WATCHDOG_TICK`] until the engine is dropped.
+fn start_watchdog_clock(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("herd-watchdog".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(WATCHDOG_TICK);
+            }
+        });
+    // Without the clock the watchdog never fires; fuel still bounds every unit.
+    if let Err(error) = spawned {
+        eprintln!("herd-sandbox: cannot start the watchdog clock: {error}");
+    }
+}
+
 impl Sandbox {
     /// Builds the engine. Every setting that could make two hosts disagree is set explicitly.
     pub fn new() -> Result<Self, EngineError> {
@@ -106,8 +143,10 @@ impl Sandbox {
         config.wasm_features(admission::allowed_features(), true);
         config.cranelift_nan_canonicalization(true);
         config.consume_fuel(true);
+        config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK_BYTES);
         let engine = Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
+        start_watchdog_clock(&engine);
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| EngineError(format!("{e:#}")))?;
         Ok(Self {
@@ -144,8 +183,8 @@ impl Sandbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs `module` on `input` with `seed` under `limits`. Never panics on anything the module
-    /// does; every way a run can end is an [`Outcome`].
+    /// Runs `module` on `input` with `seed` under `limits` on this thread, straight through.
+    /// Never panics on anything the module does; every way a run can end is an [`Outcome`].
     pub fn run(
         &self,
         module: &AdmittedModule,
@@ -153,32 +192,80 @@ impl Sandbox {
         seed: u64,
         limits: &Limits,
     ) -> Execution {
-        let mut store = Store::new(&self.engine, HostState::new(input, seed, limits));
-        store.limiter(|state| &mut state.limiter);
-        // Admission refuses start sections, so instantiation runs no wasm code; the fuel here
-        // only satisfies the engine and is never reported (instantiation's fuel is not portable).
-        let setup = store.set_fuel(u64::MAX / 2).and_then(|()| {
-            let instance = module.pre.instantiate(&mut store)?;
-            let memory = instance.get_memory(&mut store, "memory");
-            store.data_mut().memory = memory;
-            instance.get_typed_func::<(), ()>(&mut store, "_start")
-        });
-        let start = match setup {
-            Ok(start) => start,
-            Err(error) => return finish(store, classify(&error), 0),
-        };
-        if let Err(error) = store.set_fuel(limits.fuel) {
-            return abort(AbortReason::HostFailure(format!("set fuel: {error:#}")));
-        }
-        let result = start.call(&mut store, ());
-        let remaining = store.get_fuel().unwrap_or(0);
-        let fuel = limits.fuel.saturating_sub(remaining);
-        let ending = match result {
-            Ok(()) => Ending::Status(Status::Success),
-            Err(error) => classify(&error),
-        };
-        finish(store, ending, fuel)
+        control::block_on(self.start(module, input, seed, limits, RunControl::new()))
     }
+
+    /// The same run as a future that `control` can pause, resume and cancel. It yields every
+    /// [`YIELD_FUEL`] fuel; whoever polls it decides where it runs.
+    pub fn start(
+        &self,
+        module: &AdmittedModule,
+        input: &[u8],
+        seed: u64,
+        limits: &Limits,
+        control: Arc<RunControl>,
+    ) -> Controlled<impl Future<Output = Execution> + Send + 'static> {
+        let engine = self.engine.clone();
+        let pre = module.pre.clone();
+        let state = HostState::new(input, seed, limits);
+        let limits = *limits;
+        Controlled {
+            run: Box::pin(execute(engine, pre, state, limits)),
+            control,
+        }
+    }
+}
+
+/// The watchdog fired.
+#[derive(Debug, thiserror::Error)]
+#[error("watchdog: the unit ran for more than {0:?}")]
+struct WatchdogFired(Duration);
+
+async fn execute(
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    state: HostState,
+    limits: Limits,
+) -> Execution {
+    let mut store = Store::new(&engine, state);
+    store.limiter(|state| &mut state.limiter);
+    // Admission refuses start sections, so instantiation runs no wasm code; the fuel here
+    // only satisfies the engine and is never reported (instantiation's fuel is not portable).
+    let setup = async {
+        store.set_fuel(u64::MAX / 2)?;
+        store.fuel_async_yield_interval(Some(YIELD_FUEL))?;
+        let instance = pre.instantiate_async(&mut store).await?;
+        let memory = instance.get_memory(&mut store, "memory");
+        store.data_mut().memory = memory;
+        instance.get_typed_func::<(), ()>(&mut store, "_start")
+    };
+    let start = match setup.await {
+        Ok(start) => start,
+        Err(error) => return finish(store, classify(&error), 0),
+    };
+    if let Err(error) = store.set_fuel(limits.fuel) {
+        return abort(AbortReason::HostFailure(format!("set fuel: {error:#}")));
+    }
+    // The deadline is checked only while wasm runs, so ticks counted here are running time.
+    let allowed_ticks = limits.watchdog.as_millis() / WATCHDOG_TICK.as_millis().max(1);
+    let mut ticks = 0u128;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        ticks += 1;
+        if ticks > allowed_ticks {
+            Err(wasmtime::Error::new(WatchdogFired(limits.watchdog)))
+        } else {
+            Ok(UpdateDeadline::Continue(1))
+        }
+    });
+    let result = start.call_async(&mut store, ()).await;
+    let remaining = store.get_fuel().unwrap_or(0);
+    let fuel = limits.fuel.saturating_sub(remaining);
+    let ending = match result {
+        Ok(()) => Ending::Status(Status::Success),
+        Err(error) => classify(&error),
+    };
+    finish(store, ending, fuel)
 }
 
 /// How a run ended, before the output is attached.
@@ -221,11 +308,21 @@ fn classify(error: &wasmtime::Error) -> Ending {
             Status::ExitCode(*code)
         });
     }
-    if error.is::<OutputLimitExceeded>() {
-        return Ending::Status(Status::OutputLimit);
+    if let Some(OutputLimitExceeded(limit_bytes)) = error.downcast_ref::<OutputLimitExceeded>() {
+        return Ending::Status(Status::OutputLimit {
+            limit_bytes: *limit_bytes,
+        });
     }
-    if error.is::<MemoryLimitExceeded>() {
-        return Ending::Status(Status::MemoryLimit);
+    if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return Ending::Status(Status::MemoryLimit {
+            limit_bytes: exceeded.limit,
+            requested_bytes: exceeded.desired,
+        });
+    }
+    if let Some(WatchdogFired(after)) = error.downcast_ref::<WatchdogFired>() {
+        return Ending::Abort(AbortReason::Watchdog {
+            after_ms: after.as_millis() as u64,
+        });
     }
     if let Some(trap) = error.downcast_ref::<Trap>() {
         let kind = match trap {
@@ -241,9 +338,26 @@ fn classify(error: &wasmtime::Error) -> Ending {
             Trap::TableOutOfBounds => TrapKind::TableOutOfBounds,
             other => TrapKind::Other(format!("{other:?}")),
         };
-        return Ending::Status(Status::Trap(kind));
+        return Ending::Status(Status::Trap {
+            kind,
+            function: trapping_function(error),
+        });
     }
     Ending::Abort(AbortReason::HostFailure(format!("{error:#}")))
+}
+
+/// The innermost wasm function of a trap: its name, or `func[INDEX]` in a module without names.
+fn trapping_function(error: &wasmtime::Error) -> String {
+    error
+        .downcast_ref::<WasmBacktrace>()
+        .and_then(|trace| trace.frames().first())
+        .map_or_else(
+            || "unknown".to_string(),
+            |frame| match frame.func_name() {
+                Some(name) => name.to_string(),
+                None => format!("func[{}]", frame.func_index()),
+            },
+        )
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Sandbox tests: determinism, every limit, admission refusals. Fixtures are `.wat` files in
 //! `fixtures/`.
 
+use herd_protocol::AbortReason;
+
 use super::*;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -75,7 +77,12 @@ fn writing_forever_ends_at_the_output_limit() {
         ..Limits::default()
     };
     let execution = run("write_forever", b"", 0, limits);
-    assert_eq!(result(&execution).status, Status::OutputLimit);
+    assert_eq!(
+        result(&execution).status,
+        Status::OutputLimit {
+            limit_bytes: 100_000
+        }
+    );
     assert_eq!(execution.output.len(), 100_000);
 }
 
@@ -86,7 +93,14 @@ fn growing_memory_without_end_hits_the_memory_limit() {
         ..Limits::default()
     };
     let execution = run("grow_forever", b"", 0, limits);
-    assert_eq!(result(&execution).status, Status::MemoryLimit);
+    // One page, then 1 MiB at a time: the ninth growth asks for 64 KiB + 8 MiB.
+    assert_eq!(
+        result(&execution).status,
+        Status::MemoryLimit {
+            limit_bytes: 8 << 20,
+            requested_bytes: (64 << 10) + (8 << 20)
+        }
+    );
 }
 
 #[test]
@@ -96,14 +110,26 @@ fn initial_memory_over_the_limit_is_a_memory_limit_outcome() {
         ..Limits::default()
     };
     let execution = run("big_memory", b"", 0, limits);
-    assert_eq!(result(&execution).status, Status::MemoryLimit);
+    assert_eq!(
+        result(&execution).status,
+        Status::MemoryLimit {
+            limit_bytes: 1 << 20,
+            requested_bytes: 64 << 20
+        }
+    );
     assert_eq!(result(&execution).fuel, 0);
 }
 
 #[test]
 fn endless_recursion_is_a_stack_overflow_trap_not_a_crash() {
     let first = run("recurse", b"", 0, Limits::default());
-    assert_eq!(result(&first).status, Status::Trap(TrapKind::StackOverflow));
+    assert_eq!(
+        result(&first).status,
+        Status::Trap {
+            kind: TrapKind::StackOverflow,
+            function: "f".into()
+        }
+    );
     assert_eq!(run("recurse", b"", 0, Limits::default()), first);
 }
 
@@ -185,4 +211,94 @@ fn threads_and_simd_are_not_allowed() {
         sandbox.admit(&shared),
         Err(AdmissionError::Invalid(_))
     ));
+}
+
+#[test]
+fn a_trap_names_its_kind_and_function() {
+    let sandbox = Sandbox::new().expect("engine");
+    let wasm = module_bytes(
+        b"(module (memory (export \"memory\") 1)
+           (func $divide (param i32) (result i32) (i32.div_u (i32.const 1) (local.get 0)))
+           (func (export \"_start\") (drop (call $divide (i32.const 0)))))",
+    )
+    .expect("assembles");
+    let module = sandbox.admit(&wasm).expect("admitted");
+    let execution = sandbox.run(&module, b"", 0, &Limits::default());
+    assert_eq!(
+        result(&execution).status,
+        Status::Trap {
+            kind: TrapKind::IntegerDivisionByZero,
+            function: "divide".into()
+        }
+    );
+}
+
+#[test]
+fn the_watchdog_aborts_what_fuel_does_not_catch() {
+    let limits = Limits {
+        fuel: u64::MAX / 4,
+        watchdog: std::time::Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let started = std::time::Instant::now();
+    let execution = run("spin", b"", 0, limits);
+    assert_eq!(
+        execution.outcome,
+        Outcome::Aborted(AbortReason::Watchdog { after_ms: 200 })
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// Polls a controlled run by hand, pausing it `pauses` times, and returns its execution.
+fn run_with_pauses(
+    sandbox: &Sandbox,
+    module: &AdmittedModule,
+    input: &[u8],
+    seed: u64,
+    pauses: usize,
+) -> Execution {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let control = RunControl::new();
+    let mut future =
+        Box::pin(sandbox.start(module, input, seed, &Limits::default(), control.clone()));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut paused = 0;
+    loop {
+        if let Poll::Ready(execution) = future.as_mut().poll(&mut cx) {
+            return execution;
+        }
+        if paused < pauses {
+            control.pause();
+            // While paused, polling does not drive the unit.
+            assert!(future.as_mut().poll(&mut cx).is_pending());
+            control.resume();
+            paused += 1;
+        }
+    }
+}
+
+#[test]
+fn pausing_and_resuming_changes_nothing_and_cancelling_aborts() {
+    let sandbox = Sandbox::new().expect("engine");
+    let module = sandbox.admit(&fixture("echo")).expect("admitted");
+    let input = vec![b'y'; 3_000_000];
+    let straight = sandbox.run(&module, &input, 3, &Limits::default());
+    assert!(
+        result(&straight).fuel > 2 * YIELD_FUEL,
+        "the run must yield a few times"
+    );
+    for pauses in [1, 5, 1000] {
+        assert_eq!(
+            run_with_pauses(&sandbox, &module, &input, 3, pauses),
+            straight
+        );
+    }
+    let control = RunControl::new();
+    let future = sandbox.start(&module, &input, 3, &Limits::default(), control.clone());
+    control.cancel();
+    assert_eq!(
+        control::block_on(future).outcome,
+        Outcome::Aborted(AbortReason::Cancelled)
+    );
 }

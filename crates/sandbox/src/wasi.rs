@@ -65,14 +65,14 @@ pub(crate) struct Exit(pub(crate) u32);
 /// The module wrote past its output limit.
 #[derive(Debug, thiserror::Error)]
 #[error("output limit of {0} bytes exceeded")]
-pub(crate) struct OutputLimitExceeded(u64);
+pub(crate) struct OutputLimitExceeded(pub(crate) u64);
 
 /// The module asked for more memory than its limit.
 #[derive(Debug, thiserror::Error)]
 #[error("memory limit of {limit} bytes exceeded (asked for {desired})")]
 pub(crate) struct MemoryLimitExceeded {
-    limit: u64,
-    desired: u64,
+    pub(crate) limit: u64,
+    pub(crate) desired: u64,
 }
 
 /// Decides memory growth from the unit's limit alone, so the answer is the same on every host.
