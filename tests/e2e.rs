@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use herd_e2e::{Coordinator, eventually, free_udp_port, start_worker};
+use herd_e2e::{Coordinator, LogsOnFailure, eventually, free_udp_port, start_worker};
 use herd_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PublicKey, ServerMessage};
 
 #[path = "../sample-jobs/mandelbrot/src/kernel.rs"]
@@ -124,6 +124,7 @@ fn check_ledger(coordinator: &Coordinator, status: &serde_json::Value) {
 #[test]
 fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
     let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
     let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
     let _workers: Vec<_> = VOLUNTEERS
         .iter()
@@ -162,6 +163,7 @@ fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
 #[test]
 fn a_coordinator_killed_mid_batch_resumes_with_nothing_lost_or_credited_twice() {
     let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
     let port = free_udp_port();
     let mut coordinator = Coordinator::start(root.path(), port).expect("coordinator");
     let _workers: Vec<_> = VOLUNTEERS
@@ -189,7 +191,7 @@ fn a_coordinator_killed_mid_batch_resumes_with_nothing_lost_or_credited_twice() 
         coordinator.join, join,
         "the restarted coordinator keeps its identity"
     );
-    let status = eventually(Duration::from_secs(180), "every unit validated", || {
+    let status = eventually(Duration::from_secs(40), "every unit validated", || {
         let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
         (status["validated"] == 30).then_some(status)
     });
