@@ -77,7 +77,7 @@ fn check_results(coordinator: &Coordinator, root: &Path, batch: u64, tiles: &[(S
 }
 
 /// Credit must equal exactly two grants of each unit's agreed fuel, and no replica is credited
-/// twice; no volunteer ever held two replicas of one unit.
+/// twice; no volunteer reported two replicas of one unit.
 fn check_ledger(coordinator: &Coordinator, status: &serde_json::Value) {
     let agreed: u64 = status["units"]
         .as_array()
@@ -105,6 +105,7 @@ fn check_ledger(coordinator: &Coordinator, status: &serde_json::Value) {
     let doubled: i64 = db
         .query_row(
             "SELECT COUNT(*) FROM (SELECT unit_id, volunteer_id FROM replicas
+             WHERE state = 'reported'
              GROUP BY unit_id, volunteer_id HAVING COUNT(*) > 1)",
             [],
             |row| row.get(0),

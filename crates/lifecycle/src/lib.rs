@@ -191,10 +191,17 @@ pub fn evaluate(policy: &Policy, replicas: &[Replica]) -> Verdict {
     Verdict::Open { wanted }
 }
 
-/// Whether a replica of this unit may go to `volunteer_id`: never two replicas of one unit to the
-/// same volunteer (BOINC's one_result_per_user_per_wu), so one person cannot form a quorum alone.
+/// Whether a replica of this unit may go to `volunteer_id`: never while the volunteer holds or has
+/// reported one (BOINC's one_result_per_user_per_wu), so one person cannot form a quorum alone.
+///
+/// A replica of theirs that aborted or timed out does not count: it can never join a quorum, and
+/// counting it would leave a unit on a small grid with no volunteer left to finish it. Repeated
+/// aborts are bounded by the policy's error limit.
 pub fn may_assign_to(replicas: &[Replica], volunteer_id: u64) -> bool {
-    replicas.iter().all(|r| r.volunteer_id != volunteer_id)
+    replicas.iter().all(|r| {
+        r.volunteer_id != volunteer_id
+            || matches!(r.state, ReplicaState::Aborted | ReplicaState::TimedOut)
+    })
 }
 
 /// The replicas whose deadline has passed at `now_ms`.

@@ -124,6 +124,13 @@ fn one_volunteer_never_gets_two_replicas_of_a_unit() {
     assert!(!may_assign_to(&replicas, 7));
     assert!(!may_assign_to(&replicas, 8));
     assert!(may_assign_to(&replicas, 9));
+    // An aborted or timed-out replica can never count, so its volunteer may try again.
+    let failed = [
+        replica(1, 7, ReplicaState::Aborted),
+        replica(2, 8, ReplicaState::TimedOut),
+    ];
+    assert!(may_assign_to(&failed, 7));
+    assert!(may_assign_to(&failed, 8));
 }
 
 #[test]

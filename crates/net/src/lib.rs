@@ -126,6 +126,10 @@ pub fn server_endpoint(
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&reset_secret[24..]);
     let cid_key = u64::from_le_bytes(cid_key);
+    // Many workers notice a restart at the same moment; at the default of one reset per 20 ms
+    // most would wait out retransmission backoff instead. A reset is smaller than the packet that
+    // provokes it, so answering more often amplifies nothing.
+    endpoint_config.min_reset_interval(Duration::from_millis(1));
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });

@@ -479,7 +479,8 @@ impl Store for SqliteStore {
                 "SELECT id, batch_id, input_hash, seed FROM units
                  WHERE state = 'open'
                    AND NOT EXISTS (SELECT 1 FROM replicas r
-                                   WHERE r.unit_id = units.id AND r.volunteer_id = ?1)
+                                   WHERE r.unit_id = units.id AND r.volunteer_id = ?1
+                                     AND r.state IN ('in_progress', 'reported'))
                  ORDER BY id LIMIT ?2",
             )?;
             statement

@@ -306,3 +306,43 @@ fn bad_batches_and_names_are_refused_by_name() {
         Err(StoreError::Invalid(_))
     ));
 }
+
+#[test]
+fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
+    // Two volunteers, quorum 2: if an abort barred its volunteer, the unit could never finish.
+    let store = SqliteStore::in_memory().expect("open");
+    let batch_id = store.create_batch(&batch(1, 2), 0).expect("batch");
+    let hosts = hosts(&store, 2);
+    let a = store
+        .assign(hosts[0].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    let b = store
+        .assign(hosts[1].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    store
+        .record_report(
+            hosts[0].host_id,
+            a.replica_id,
+            &Outcome::Aborted(AbortReason::HostFailure("lost the network".into())),
+            1,
+        )
+        .expect("report");
+    let again = store
+        .assign(hosts[0].host_id, 2)
+        .expect("assign")
+        .expect("the same volunteer may try again");
+    assert_eq!(again.unit_id, a.unit_id);
+    store
+        .record_report(hosts[1].host_id, b.replica_id, &success(b"x"), 3)
+        .expect("report");
+    store
+        .record_report(hosts[0].host_id, again.replica_id, &success(b"x"), 4)
+        .expect("report");
+    let status = store
+        .batch_status(batch_id)
+        .expect("status")
+        .expect("batch");
+    assert_eq!(status.validated, 1);
+}
