@@ -67,7 +67,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let host_key = herd_net::load_or_create_key(&config.data_dir.join("host.key"))
         .context("load the host identity")?;
     let cache = BlobStore::open(config.data_dir.join("cache")).context("open the blob cache")?;
-    let sandbox = Arc::new(Sandbox::new().context("configure the sandbox")?);
+    let sandbox = Arc::new(
+        Sandbox::with_disk_cache(&config.data_dir.join("compiled"))
+            .context("configure the sandbox")?,
+    );
     tracing::info!(
         "host key {}; volunteer {}; {} cores",
         host_key.public_key().to_hex(),

@@ -14,6 +14,7 @@
 
 mod admission;
 mod control;
+mod disk_cache;
 mod wasi;
 
 use std::collections::HashMap;
@@ -112,6 +113,8 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     compiled: Mutex<HashMap<ContentHash, AdmittedModule>>,
+    /// Compiled modules kept across restarts, if the caller gave a directory.
+    disk: Option<disk_cache::DiskCache>,
 }
 
 /// Advances the engine's epoch every [`WATCHDOG_TICK`] until the engine is dropped.
@@ -133,8 +136,19 @@ fn start_watchdog_clock(engine: &Engine) {
 }
 
 impl Sandbox {
-    /// Builds the engine. Every setting that could make two hosts disagree is set explicitly.
+    /// Builds the engine, with a cache of compiled modules in memory only.
     pub fn new() -> Result<Self, EngineError> {
+        Self::build(None)
+    }
+
+    /// Builds the engine, keeping compiled modules in `dir` too (created, mode 0700), so they are
+    /// compiled once per host rather than once per start.
+    pub fn with_disk_cache(dir: &std::path::Path) -> Result<Self, EngineError> {
+        Self::build(Some(dir))
+    }
+
+    /// Every setting that could make two hosts disagree is set explicitly here, in one place.
+    fn build(cache_dir: Option<&std::path::Path>) -> Result<Self, EngineError> {
         let mut config = Config::new();
         // Start from nothing and allow exactly the features listed in `allowed_features`:
         // wasmtime's defaults grow with each release, and a feature we have not vetted for
@@ -149,10 +163,17 @@ impl Sandbox {
         start_watchdog_clock(&engine);
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| EngineError(format!("{e:#}")))?;
+        let disk = match cache_dir {
+            Some(dir) => Some(disk_cache::DiskCache::open(dir, &engine).map_err(|e| {
+                EngineError(format!("compiled-module cache at {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
         Ok(Self {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            disk,
         })
     }
 
@@ -164,8 +185,21 @@ impl Sandbox {
             return Ok(module.clone());
         }
         admission::check_structure(wasm)?;
-        let module = Module::new(&self.engine, wasm)
-            .map_err(|e| AdmissionError::Invalid(format!("{e:#}")))?;
+        let cached = self
+            .disk
+            .as_ref()
+            .and_then(|disk| disk.load(&self.engine, &hash));
+        let module = match cached {
+            Some(module) => module,
+            None => {
+                let module = Module::new(&self.engine, wasm)
+                    .map_err(|e| AdmissionError::Invalid(format!("{e:#}")))?;
+                if let Some(disk) = &self.disk {
+                    disk.store(&hash, &module);
+                }
+                module
+            }
+        };
         admission::check_interface(&module)?;
         let pre = self
             .linker

@@ -70,7 +70,45 @@ fn every_sample_job_is_deterministic() {
         }
         // Paused and resumed at every yield.
         assert_eq!(paused(wasm, input, 11), first, "{name}: paused");
+        // Compiled once into a disk cache, then loaded from it by a fresh engine.
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..2 {
+            let sandbox = Sandbox::with_disk_cache(dir.path()).expect("engine");
+            let module = sandbox.admit(wasm).expect("admitted");
+            assert_eq!(
+                sandbox.run(&module, input.as_bytes(), 11, &Limits::default()),
+                first,
+                "{name}: cached"
+            );
+        }
     }
+}
+
+#[test]
+fn the_disk_cache_is_used_and_a_corrupt_entry_is_recompiled_not_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = herd_samples::PRIMES_WASM;
+    let expected = straight(wasm, "2 1000", 0);
+    let sandbox = Sandbox::with_disk_cache(dir.path()).expect("engine");
+    sandbox.admit(wasm).expect("admitted");
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(entries.len(), 1, "one compiled module on disk");
+    // Flip a byte in the compiled code: the checksum catches it and the module is recompiled.
+    let mut bytes = std::fs::read(&entries[0]).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entries[0], &bytes).expect("write");
+    let fresh = Sandbox::with_disk_cache(dir.path()).expect("engine");
+    let module = fresh.admit(wasm).expect("admitted");
+    assert_eq!(
+        fresh.run(&module, b"2 1000", 0, &Limits::default()),
+        expected
+    );
+    let repaired = std::fs::read(&entries[0]).expect("rewritten");
+    assert_ne!(repaired, bytes, "the corrupt entry was replaced");
 }
 
 #[test]
