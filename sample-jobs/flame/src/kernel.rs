@@ -24,7 +24,8 @@ pub fn parse(text: &str) -> Result<Setup, String> {
         ));
     };
     let int = |name: &str, s: &str| -> Result<u64, String> {
-        s.parse().map_err(|_| format!("{name} `{s}` is not a whole number"))
+        s.parse()
+            .map_err(|_| format!("{name} `{s}` is not a whole number"))
     };
     let setup = Setup {
         width: int("width", width)? as u32,

@@ -34,10 +34,12 @@ pub fn parse(text: &str) -> Result<Setup, String> {
         ));
     };
     let int = |name: &str, s: &str| -> Result<u64, String> {
-        s.parse().map_err(|_| format!("{name} `{s}` is not a whole number"))
+        s.parse()
+            .map_err(|_| format!("{name} `{s}` is not a whole number"))
     };
     let float = |name: &str, s: &str| -> Result<f64, String> {
-        s.parse().map_err(|_| format!("{name} `{s}` is not a number"))
+        s.parse()
+            .map_err(|_| format!("{name} `{s}` is not a number"))
     };
     let setup = Setup {
         bodies: int("bodies", bodies)? as usize,
@@ -80,7 +82,11 @@ pub fn initial(setup: &Setup) -> Vec<Body> {
                     velocity: [0.0; 3],
                 };
             }
-            let position = [symmetric(&mut state), symmetric(&mut state), symmetric(&mut state)];
+            let position = [
+                symmetric(&mut state),
+                symmetric(&mut state),
+                symmetric(&mut state),
+            ];
             let velocity = [
                 0.1 * symmetric(&mut state),
                 0.1 * symmetric(&mut state),

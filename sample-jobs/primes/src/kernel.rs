@@ -20,10 +20,14 @@ pub struct Summary {
 pub fn parse(text: &str) -> Result<(u64, u64), String> {
     let fields: Vec<&str> = text.split_whitespace().collect();
     let [start, end] = fields[..] else {
-        return Err(format!("expected 2 fields (start end), got {}", fields.len()));
+        return Err(format!(
+            "expected 2 fields (start end), got {}",
+            fields.len()
+        ));
     };
     let number = |name: &str, s: &str| -> Result<u64, String> {
-        s.parse().map_err(|_| format!("{name} `{s}` is not a whole number"))
+        s.parse()
+            .map_err(|_| format!("{name} `{s}` is not a whole number"))
     };
     let (start, end) = (number("start", start)?, number("end", end)?);
     if start < 2 || start > end || end > MAX_END || end - start > 1_000_000_000 {
