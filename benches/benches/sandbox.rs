@@ -13,19 +13,19 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use herd_sandbox::{Limits, Sandbox, module_bytes};
 
 #[path = "../../sample-jobs/flame/src/kernel.rs"]
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, clippy::all)]
 mod flame;
 #[path = "../../sample-jobs/mandelbrot/src/kernel.rs"]
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, clippy::all)]
 mod mandelbrot;
 #[path = "../../sample-jobs/montecarlo/src/kernel.rs"]
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, clippy::all)]
 mod montecarlo;
 #[path = "../../sample-jobs/nbody/src/kernel.rs"]
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, clippy::all)]
 mod nbody;
 #[path = "../../sample-jobs/primes/src/kernel.rs"]
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, clippy::all)]
 mod primes;
 
 /// One kernel: its module, its benchmark input, and the native computation of the same output.

@@ -59,8 +59,12 @@ struct PendingReport {
 
 /// Runs the worker until `shutdown` turns true.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    if config.cores == 0 {
-        bail!("--cores must be at least 1");
+    if !(1..=herd_sandbox::MAX_CONCURRENT_UNITS).contains(&config.cores) {
+        bail!(
+            "--cores {} is outside 1..={}",
+            config.cores,
+            herd_sandbox::MAX_CONCURRENT_UNITS
+        );
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;

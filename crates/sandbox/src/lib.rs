@@ -36,6 +36,11 @@ use wasi::{Exit, HostState, MemoryLimitExceeded, OutputLimitExceeded};
 /// much fuel takes to burn (about 5 ms on the machines we measured).
 pub const YIELD_FUEL: u64 = 5_000_000;
 
+/// Units one sandbox can run at once: the pooling allocator keeps this many instance, memory and
+/// stack slots ready, so starting a unit allocates nothing. A unit started beyond it waits for
+/// nothing and fails with a host-failure abort, so callers run at most this many at a time.
+pub const MAX_CONCURRENT_UNITS: u32 = 256;
+
 /// The watchdog's clock: the engine's epoch advances this often.
 pub const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 
@@ -159,6 +164,17 @@ impl Sandbox {
         config.consume_fuel(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK_BYTES);
+        // Pre-allocated slots for instances, memories, tables and async stacks: the per-unit cost
+        // of a cached module stays in microseconds. Memory slots are address space, reserved for
+        // the largest memory a unit may ask for, and committed only as a unit touches them.
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_core_instances(MAX_CONCURRENT_UNITS)
+            .total_memories(MAX_CONCURRENT_UNITS)
+            .total_tables(MAX_CONCURRENT_UNITS)
+            .total_stacks(MAX_CONCURRENT_UNITS)
+            .max_memory_size(MAX_MEMORY_BYTES as usize)
+            .table_elements(wasi::MAX_TABLE_ELEMENTS);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
         start_watchdog_clock(&engine);
         let mut linker = Linker::new(&engine);

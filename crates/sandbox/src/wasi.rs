@@ -41,7 +41,7 @@ pub(crate) const FUNCTIONS: &[&str] = &[
 pub(crate) const FIXED_TIME_NS: u64 = 1_735_689_600_000_000_000;
 
 /// Table elements a unit may have.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Scatter/gather vectors one call may pass (POSIX's IOV_MAX).
 const MAX_IOVS: u32 = 1024;
