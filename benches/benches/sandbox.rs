@@ -28,12 +28,15 @@ mod nbody;
 #[allow(dead_code, unreachable_pub, clippy::all)]
 mod primes;
 
+/// A kernel compiled natively: input text to output bytes.
+type NativeKernel = Box<dyn Fn(&str) -> Vec<u8>>;
+
 /// One kernel: its module, its benchmark input, and the native computation of the same output.
 struct Kernel {
     name: &'static str,
     wasm: &'static [u8],
     input: String,
-    native: Box<dyn Fn(&str) -> Vec<u8>>,
+    native: NativeKernel,
     /// Whether native and wasm outputs must match byte for byte (not for kernels whose libm
     /// calls or random source differ between the builds).
     same_output: bool,
