@@ -311,6 +311,26 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("`env.system`"));
 
+    // A module that could never run under the batch's memory limit is refused, naming both.
+    let big = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/sandbox/fixtures/big_memory.wat"
+    );
+    let output = coordinator.herd(&[
+        "submit",
+        big,
+        "--inputs",
+        &inputs.display().to_string(),
+        "--memory-mb",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("67108864 bytes of initial memory") && stderr.contains("1048576"),
+        "{stderr}"
+    );
+
     // A wrong token gets 403 and a message, never data.
     let output = std::process::Command::new(herd_e2e::bin_dir().join("herd"))
         .args([

@@ -315,7 +315,11 @@ async fn create_batch(
                 format!("module {} has not been uploaded", batch.module),
             )));
         };
-        if let Err(refusal) = shared.sandbox.admit(&wasm) {
+        let admitted = shared
+            .sandbox
+            .admit(&wasm)
+            .and_then(|module| module.check_memory_limit(batch.memory_limit_bytes));
+        if let Err(refusal) = admitted {
             return Ok(Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "module_rejected",

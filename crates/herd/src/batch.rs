@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use herd_protocol::ContentHash;
-use herd_sandbox::Sandbox;
+use herd_sandbox::{Limits, Sandbox};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
@@ -70,8 +70,13 @@ pub(crate) fn submit(
 ) -> anyhow::Result<u64> {
     let wasm = read_module(submission.module)?;
     // Refuse locally, with the same rules and message as the coordinator, before uploading.
+    let memory_limit = submission
+        .memory_mb
+        .unwrap_or(Limits::default().memory_bytes >> 20)
+        .saturating_mul(1 << 20);
     Sandbox::new()?
         .admit(&wasm)
+        .and_then(|module| module.check_memory_limit(memory_limit))
         .with_context(|| format!("module {} is rejected", submission.module.display()))?;
     let module = client.put_blob(&wasm)?;
     let progress = if quiet {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use herd_protocol::{Outcome, RunResult, Status};
+use herd_protocol::{AbortReason, Outcome, RunResult, Status};
 use herd_sandbox::{Limits, Sandbox, module_bytes};
 use serde_json::{Value, json};
 
@@ -32,6 +32,22 @@ pub(crate) fn result_json(result: &RunResult) -> Value {
         Status::Success | Status::OutOfFuel => {}
     }
     value
+}
+
+/// An abort as JSON: `status` is `aborted`, `reason` names why, with its details.
+pub(crate) fn abort_json(reason: &AbortReason) -> Value {
+    match reason {
+        AbortReason::Watchdog { after_ms } => {
+            json!({ "status": "aborted", "reason": "watchdog", "after_ms": after_ms })
+        }
+        AbortReason::Cancelled => json!({ "status": "aborted", "reason": "cancelled" }),
+        AbortReason::ModuleRejected(message) => {
+            json!({ "status": "aborted", "reason": "module_rejected", "error": message })
+        }
+        AbortReason::HostFailure(message) => {
+            json!({ "status": "aborted", "reason": "host_failure", "error": message })
+        }
+    }
 }
 
 /// Reads a `.wasm` or `.wat` file as binary WebAssembly.
@@ -85,12 +101,7 @@ pub(crate) fn run(
     let execution = sandbox.run(&admitted, &input, seed, &limits);
     match &execution.outcome {
         Outcome::Countable(result) => println!("{}", result_json(result)),
-        Outcome::Aborted(reason) => {
-            println!(
-                "{}",
-                json!({ "status": "aborted", "reason": format!("{reason:?}") })
-            )
-        }
+        Outcome::Aborted(reason) => println!("{}", abort_json(reason)),
     }
     if let Some(path) = output {
         std::fs::write(path, &execution.output)

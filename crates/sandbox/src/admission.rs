@@ -32,6 +32,10 @@ pub enum AdmissionError {
     NoMemory,
     #[error("module has a start section; put the entry point in `_start` instead")]
     StartSection,
+    #[error(
+        "module declares {declared} bytes of initial memory, over the memory limit of {limit} bytes"
+    )]
+    InitialMemoryOverLimit { declared: u64, limit: u64 },
 }
 
 /// The Wasm features a unit may use: WebAssembly 1.0 plus the finished proposals that today's
@@ -98,4 +102,15 @@ pub(crate) fn check_interface(module: &Module) -> Result<(), AdmissionError> {
         Some(ExternType::Memory(_)) => Ok(()),
         _ => Err(AdmissionError::NoMemory),
     }
+}
+
+/// Bytes of linear memory the module declares it starts with.
+pub(crate) fn initial_memory_bytes(module: &Module) -> u64 {
+    module
+        .exports()
+        .filter_map(|export| match export.ty() {
+            ExternType::Memory(memory) => Some(memory.minimum().saturating_mul(memory.page_size())),
+            _ => None,
+        })
+        .sum()
 }

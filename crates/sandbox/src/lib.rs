@@ -90,12 +90,30 @@ impl Default for Limits {
 pub struct AdmittedModule {
     hash: ContentHash,
     pre: InstancePre<HostState>,
+    initial_memory_bytes: u64,
 }
 
 impl AdmittedModule {
     /// BLAKE3 of the module's binary bytes.
     pub fn hash(&self) -> ContentHash {
         self.hash
+    }
+
+    /// The linear memory the module declares it starts with.
+    pub fn initial_memory_bytes(&self) -> u64 {
+        self.initial_memory_bytes
+    }
+
+    /// Refuses the module for a batch whose memory limit it could never run under: it would end
+    /// every unit with `memory_limit` before running a single instruction.
+    pub fn check_memory_limit(&self, limit_bytes: u64) -> Result<(), AdmissionError> {
+        if self.initial_memory_bytes > limit_bytes {
+            return Err(AdmissionError::InitialMemoryOverLimit {
+                declared: self.initial_memory_bytes,
+                limit: limit_bytes,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -221,7 +239,11 @@ impl Sandbox {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| AdmissionError::Invalid(format!("{e:#}")))?;
-        let admitted = AdmittedModule { hash, pre };
+        let admitted = AdmittedModule {
+            hash,
+            initial_memory_bytes: admission::initial_memory_bytes(&module),
+            pre,
+        };
         self.cache().insert(hash, admitted.clone());
         Ok(admitted)
     }

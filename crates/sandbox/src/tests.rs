@@ -193,6 +193,19 @@ fn admission_refuses_with_a_message_that_names_the_problem() {
 }
 
 #[test]
+fn a_module_whose_initial_memory_exceeds_the_limit_is_refused_by_name() {
+    let sandbox = Sandbox::new().expect("engine");
+    let module = sandbox.admit(&fixture("big_memory")).expect("admitted");
+    assert_eq!(module.initial_memory_bytes(), 64 << 20);
+    assert!(module.check_memory_limit(64 << 20).is_ok());
+    let refusal = module.check_memory_limit(1 << 20).expect_err("refused");
+    assert_eq!(
+        refusal.to_string(),
+        "module declares 67108864 bytes of initial memory, over the memory limit of 1048576 bytes"
+    );
+}
+
+#[test]
 fn threads_and_simd_are_not_allowed() {
     let sandbox = Sandbox::new().expect("engine");
     let simd = module_bytes(
