@@ -159,6 +159,40 @@ fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
     assert!(teams["engines"] > 0.0 && teams["bletchley"] >= 0.0);
     let table = coordinator.herd(&["credit"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("ada"));
+    for volunteer in credit["volunteers"].as_array().expect("volunteers") {
+        let (credit, rac) = (
+            volunteer["credit"].as_f64().expect("credit"),
+            volunteer["recent_average_credit"].as_f64().expect("rac"),
+        );
+        assert_eq!(credit > 0.0, rac > 0.0, "{volunteer}");
+    }
+    // Host records: every credited replica is a valid one, and nobody lied or failed.
+    let hosts = coordinator.herd_json(&["hosts", "--json"]);
+    let hosts = hosts["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 3);
+    let valid: u64 = hosts
+        .iter()
+        .map(|h| h["valid"].as_u64().expect("valid"))
+        .sum();
+    let replicas: u64 = credit["volunteers"]
+        .as_array()
+        .expect("volunteers")
+        .iter()
+        .map(|v| v["replicas"].as_u64().expect("replicas"))
+        .sum();
+    assert_eq!(valid, replicas);
+    assert_eq!(valid, 40);
+    for host in hosts {
+        assert_eq!(
+            (
+                host["invalid"].as_u64(),
+                host["errors"].as_u64(),
+                host["refused_reports"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{host}"
+        );
+    }
 }
 
 #[test]
@@ -200,6 +234,14 @@ fn a_coordinator_killed_mid_batch_resumes_with_nothing_lost_or_credited_twice() 
     check_ledger(&coordinator, &status);
 }
 
+/// The public host records, fetched with a plain HTTP client (no token).
+fn coordinator_hosts(http: &str) -> serde_json::Value {
+    let mut response = ureq::get(&format!("{http}/api/v1/hosts"))
+        .call()
+        .expect("GET /api/v1/hosts");
+    response.body_mut().read_json().expect("JSON")
+}
+
 /// Sends `hello` as the first message of a fresh connection and returns the answer.
 async fn hello_answer(join: &herd_net::JoinString, frame: Vec<u8>) -> ServerMessage {
     let connection = herd_net::connect(join).await.expect("connect");
@@ -219,6 +261,7 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     let root = tempfile::tempdir().expect("tempdir");
     let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
     let join: herd_net::JoinString = coordinator.join.parse().expect("join string");
+    let coordinator_http = coordinator.http.clone();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let old = herd_protocol::encode_frame(&ClientMessage::Hello {
@@ -280,6 +323,16 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
             }
             other => panic!("unexpected {other:?}"),
         }
+        // ...and counted against the host in its public record.
+        let hosts: serde_json::Value = coordinator_hosts(&coordinator_http);
+        let mallory = hosts["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .find(|h| h["volunteer"] == "mallory")
+            .expect("mallory's host is listed")
+            .clone();
+        assert_eq!(mallory["refused_reports"], 1, "{mallory}");
         let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await;
         assert!(closed.is_ok(), "the connection was not closed");
 

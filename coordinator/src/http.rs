@@ -1,5 +1,5 @@
 //! The HTTP API, JSON under `/api/v1`. Researcher endpoints need `Authorization: Bearer TOKEN`
-//! (401 without it, 403 with a wrong one); `/api/v1/credit` is public for dashboards.
+//! (401 without it, 403 with a wrong one); `/api/v1/credit` and `/api/v1/hosts` are public for dashboards.
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -7,7 +7,8 @@
 //! | GET | `/api/v1/blobs/{hash}` | download a blob (an output, by the hash in a unit's result) |
 //! | POST | `/api/v1/batches` | create a batch (see [`CreateBatch`]) |
 //! | GET | `/api/v1/batches/{id}` | a batch's progress and units |
-//! | GET | `/api/v1/credit` | credit per volunteer and team |
+//! | GET | `/api/v1/credit` | credit and recent average credit per volunteer and team |
+//! | GET | `/api/v1/hosts` | every host's record: valid, invalid, error, timed-out replicas, refused reports, credit |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
@@ -44,6 +45,7 @@ pub(crate) async fn serve(
         .route("/api/v1/batches", post(create_batch))
         .route("/api/v1/batches/{id}", get(batch_status))
         .route("/api/v1/credit", get(credit))
+        .route("/api/v1/hosts", get(hosts))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared);
@@ -379,6 +381,12 @@ async fn batch_status(
 
 async fn credit(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
     let store = shared.store.clone();
-    let totals = blocking(move || Ok(store.credit_totals()?)).await?;
+    let totals = blocking(move || Ok(store.credit_totals(now_ms())?)).await?;
     Ok(Json(totals).into_response())
+}
+
+async fn hosts(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let store = shared.store.clone();
+    let hosts = blocking(move || Ok(store.hosts(now_ms())?)).await?;
+    Ok(Json(serde_json::json!({ "hosts": hosts })).into_response())
 }

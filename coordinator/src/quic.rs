@@ -206,6 +206,20 @@ async fn serve_stream(
         Err(error) => return Err(error.into()),
     };
     let (answer, after) = answer(request, shared, peer).await?;
+    if let ServerMessage::Error {
+        code:
+            ErrorCode::BadSignature
+            | ErrorCode::NotYourReplica
+            | ErrorCode::UnknownReplica
+            | ErrorCode::BadOutput,
+        ..
+    } = &answer
+    {
+        // A refused report counts against the host, in its public record.
+        let store = shared.store.clone();
+        let host_id = peer.host.host_id;
+        blocking(move || Ok(store.record_refused_report(host_id)?)).await?;
+    }
     if let (ServerMessage::Error { code, message }, After::Close) = (&answer, &after) {
         refuse(connection, send, *code, message.clone()).await;
         return Ok(());

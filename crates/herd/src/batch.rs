@@ -200,33 +200,69 @@ pub(crate) fn results(client: &Client, id: u64, out: &Path) -> anyhow::Result<us
 /// The credit table for humans.
 pub(crate) fn credit_table(credit: &Value) -> String {
     let mut text = format!(
-        "{:<16} {:<20} {:>14} {:>9}\n",
-        "volunteer", "team", "credit", "replicas"
+        "{:<16} {:<20} {:>14} {:>12} {:>9}\n",
+        "volunteer", "team", "credit", "RAC/day", "replicas"
     );
     for line in credit["volunteers"].as_array().into_iter().flatten() {
         text.push_str(&format!(
-            "{:<16} {:<20} {:>14.6} {:>9}\n",
+            "{:<16} {:<20} {:>14.6} {:>12.6} {:>9}\n",
             line["name"].as_str().unwrap_or("?"),
             line["team"].as_str().unwrap_or("-"),
             line["credit"].as_f64().unwrap_or(0.0),
+            line["recent_average_credit"].as_f64().unwrap_or(0.0),
             line["replicas"]
         ));
     }
     text.push_str(&format!(
-        "\n{:<37} {:>14} {:>9}\n",
-        "team", "credit", "replicas"
+        "\n{:<37} {:>14} {:>12} {:>9}\n",
+        "team", "credit", "RAC/day", "replicas"
     ));
     for line in credit["teams"].as_array().into_iter().flatten() {
         text.push_str(&format!(
-            "{:<37} {:>14.6} {:>9}\n",
+            "{:<37} {:>14.6} {:>12.6} {:>9}\n",
             line["name"].as_str().unwrap_or("?"),
             line["credit"].as_f64().unwrap_or(0.0),
+            line["recent_average_credit"].as_f64().unwrap_or(0.0),
             line["replicas"]
         ));
     }
     text.push_str(&format!(
-        "(1 credit = {} fuel agreed by a quorum)",
+        "(1 credit = {} fuel agreed by a quorum; RAC: recent average credit per day, 7-day half-life)",
         credit["fuel_per_credit"]
     ));
+    text
+}
+
+/// The host records for humans.
+pub(crate) fn hosts_table(hosts: &Value) -> String {
+    let mut text = format!(
+        "{:>5} {:<16} {:<12} {:>5} {:>7} {:>7} {:>6} {:>9} {:>8} {:>12}\n",
+        "host",
+        "volunteer",
+        "key",
+        "cores",
+        "valid",
+        "invalid",
+        "errors",
+        "timed out",
+        "refused",
+        "credit"
+    );
+    for host in hosts["hosts"].as_array().into_iter().flatten() {
+        let key = host["public_key"].as_str().unwrap_or("?");
+        text.push_str(&format!(
+            "{:>5} {:<16} {:<12} {:>5} {:>7} {:>7} {:>6} {:>9} {:>8} {:>12.6}\n",
+            host["id"],
+            host["volunteer"].as_str().unwrap_or("?"),
+            &key[..key.len().min(12)],
+            host["cores"],
+            host["valid"],
+            host["invalid"],
+            host["errors"],
+            host["timed_out"],
+            host["refused_reports"],
+            host["credit"].as_f64().unwrap_or(0.0),
+        ));
+    }
     text
 }

@@ -145,6 +145,12 @@ impl Client {
         Self::json("batch status", &body)
     }
 
+    pub(crate) fn hosts(&self) -> anyhow::Result<Value> {
+        let response = self.agent.get(&self.url("hosts")).call();
+        let body = self.finish("hosts", response)?;
+        Self::json("hosts", &body)
+    }
+
     pub(crate) fn credit(&self) -> anyhow::Result<Value> {
         let response = self.agent.get(&self.url("credit")).call();
         let body = self.finish("credit", response)?;

@@ -97,6 +97,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show every host's record: valid, invalid, error and timed-out replicas, refused reports,
+    /// credit.
+    Hosts {
+        /// Print the coordinator's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a whole project on this machine: a coordinator, three workers and a Mandelbrot batch.
     Demo {
         /// Where to write the image.
@@ -200,6 +207,15 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{credit}");
             } else {
                 println!("{}", batch::credit_table(&credit));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hosts { json } => {
+            let hosts = client().hosts()?;
+            if *json {
+                println!("{hosts}");
+            } else {
+                print!("{}", batch::hosts_table(&hosts));
             }
             Ok(ExitCode::SUCCESS)
         }

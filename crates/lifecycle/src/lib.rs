@@ -18,6 +18,43 @@ pub fn credit_for_fuel(fuel: u64) -> f64 {
     fuel as f64 / FUEL_PER_CREDIT as f64
 }
 
+/// The half-life of recent average credit: 7 days, as BOINC's dashboards expect.
+pub const RAC_HALF_LIFE_MS: u64 = 7 * 86_400_000;
+
+/// Recent average credit (RAC): credit per day, averaged with exponentially decaying weight so
+/// that credit earned one half-life ago counts half. Kept as a value and the time it was last
+/// brought up to date; both pure, so the coordinator stores them and passes time in.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RecentAverage {
+    /// Credit per day as of `as_of_ms`.
+    pub per_day: f64,
+    pub as_of_ms: u64,
+}
+
+impl RecentAverage {
+    /// The average as of `now_ms`: decayed by 2^(-elapsed / half-life). Time never runs backwards
+    /// here: an earlier `now_ms` leaves the value as it is.
+    pub fn at(self, now_ms: u64) -> Self {
+        let elapsed = now_ms.saturating_sub(self.as_of_ms) as f64;
+        Self {
+            per_day: self.per_day
+                * (-elapsed * std::f64::consts::LN_2 / RAC_HALF_LIFE_MS as f64).exp(),
+            as_of_ms: self.as_of_ms.max(now_ms),
+        }
+    }
+
+    /// The average after `credit` is granted at `now_ms`. A grant adds credit x ln 2 / half-life
+    /// (in days), so a steady rate of `r` credits per day converges to an average of `r`.
+    pub fn granted(self, credit: f64, now_ms: u64) -> Self {
+        let decayed = self.at(now_ms);
+        let half_life_days = RAC_HALF_LIFE_MS as f64 / 86_400_000.0;
+        Self {
+            per_day: decayed.per_day + credit * std::f64::consts::LN_2 / half_life_days,
+            as_of_ms: decayed.as_of_ms,
+        }
+    }
+}
+
 /// The largest quorum a batch may ask for.
 pub const MAX_QUORUM: u32 = 16;
 

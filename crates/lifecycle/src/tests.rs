@@ -173,3 +173,19 @@ fn policies_out_of_range_are_refused_by_name() {
 fn credit_is_fuel_over_a_billion() {
     assert_eq!(credit_for_fuel(2_500_000_000), 2.5);
 }
+
+#[test]
+fn recent_average_credit_halves_in_a_week_and_converges_to_the_daily_rate() {
+    let day = 86_400_000;
+    let rac = RecentAverage::default().granted(10.0, 0);
+    let week_later = rac.at(7 * day);
+    assert!((week_later.per_day - rac.per_day / 2.0).abs() < 1e-9);
+    // 100 credits a day, every day, for a year: the average is 100 a day.
+    let mut rac = RecentAverage::default();
+    for d in 0..365 {
+        rac = rac.granted(100.0, d * day);
+    }
+    assert!((rac.at(364 * day).per_day - 100.0).abs() < 6.0, "{rac:?}");
+    // Time passed in out of order changes nothing.
+    assert_eq!(rac.at(0), rac);
+}

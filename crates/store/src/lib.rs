@@ -116,7 +116,34 @@ pub struct CreditLine {
     pub fuel: u64,
     /// `fuel` in credits (see `herd_lifecycle::FUEL_PER_CREDIT`).
     pub credit: f64,
+    /// Credit per day, decaying with a 7-day half-life (BOINC's RAC).
+    pub recent_average_credit: f64,
     pub replicas: u64,
+}
+
+/// One host's record: what it computed and how it behaved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostLine {
+    pub id: u64,
+    pub volunteer: String,
+    /// The host's ed25519 key, hex.
+    pub public_key: String,
+    pub cores: u32,
+    pub last_seen_ms: u64,
+    /// Replicas that agreed with the canonical result.
+    pub valid: u64,
+    /// Replicas that disagreed with it.
+    pub invalid: u64,
+    /// Replicas reported as aborted.
+    pub errors: u64,
+    /// Replicas not reported by their deadline (or lost).
+    pub timed_out: u64,
+    pub in_progress: u64,
+    /// Reports refused: bad signature, someone else's replica, unknown replica, bad output.
+    pub refused_reports: u64,
+    pub fuel: u64,
+    pub credit: f64,
+    pub recent_average_credit: f64,
 }
 
 /// Credit per volunteer and per team, highest first.
@@ -173,6 +200,12 @@ pub trait Store: Send + Sync {
     /// A batch's progress and units, or `None` if there is no such batch.
     fn batch_status(&self, batch_id: u64) -> Result<Option<BatchStatus>, StoreError>;
 
-    /// Credit totals per volunteer and team.
-    fn credit_totals(&self) -> Result<CreditTotals, StoreError>;
+    /// Credit totals and recent average credit (as of `now_ms`) per volunteer and team.
+    fn credit_totals(&self, now_ms: u64) -> Result<CreditTotals, StoreError>;
+
+    /// Every host's record, with recent average credit as of `now_ms`.
+    fn hosts(&self, now_ms: u64) -> Result<Vec<HostLine>, StoreError>;
+
+    /// Counts a refused report against a host.
+    fn record_refused_report(&self, host_id: u64) -> Result<(), StoreError>;
 }

@@ -6,18 +6,28 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use herd_lifecycle::{
-    Policy, Replica, ReplicaState, Verdict, credit_for_fuel, evaluate, may_assign_to,
+    Policy, RecentAverage, Replica, ReplicaState, Verdict, credit_for_fuel, evaluate, may_assign_to,
 };
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey, RunResult};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::{
-    BatchStatus, CreditLine, CreditTotals, HostRecord, NewBatch, ReportEffect, Store, StoreError,
-    UnitStatus,
+    BatchStatus, CreditLine, CreditTotals, HostLine, HostRecord, NewBatch, ReportEffect, Store,
+    StoreError, UnitStatus,
 };
 
-/// The schema version this code writes; a database of another version is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes; an older database is migrated, a newer one refused.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
+const MIGRATIONS: &[&str] = &[
+    // 2: recent average credit per volunteer and host; refused reports counted against hosts.
+    "ALTER TABLE volunteers ADD COLUMN rac REAL NOT NULL DEFAULT 0;
+     ALTER TABLE volunteers ADD COLUMN rac_ms INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE hosts ADD COLUMN rac REAL NOT NULL DEFAULT 0;
+     ALTER TABLE hosts ADD COLUMN rac_ms INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE hosts ADD COLUMN refused_reports INTEGER NOT NULL DEFAULT 0;",
+];
 
 /// Open units examined per assignment request before answering "no work".
 const ASSIGN_SCAN_LIMIT: i64 = 512;
@@ -109,27 +119,37 @@ impl SqliteStore {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        // `SCHEMA` is version 1; a new database is created at 1 and migrated like an old one.
         connection.execute_batch(SCHEMA)?;
-        let version: Option<i64> = connection
-            .query_row(
+        connection.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', 1)",
+            [],
+        )?;
+        let mut connection = connection;
+        loop {
+            let version: i64 = connection.query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
                 [],
                 |row| row.get(0),
-            )
-            .optional()?;
-        match version {
-            None => {
-                connection.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION],
-                )?;
+            )?;
+            if version == SCHEMA_VERSION {
+                break;
             }
-            Some(SCHEMA_VERSION) => {}
-            Some(other) => {
-                return Err(StoreError::Corrupt(format!(
-                    "database schema version {other}, this coordinator reads {SCHEMA_VERSION}"
-                )));
-            }
+            let migration = usize::try_from(version - 1)
+                .ok()
+                .and_then(|i| MIGRATIONS.get(i))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "database schema version {version}, this coordinator reads up to {SCHEMA_VERSION}"
+                    ))
+                })?;
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(migration)?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+                [version + 1],
+            )?;
+            tx.commit()?;
         }
         Ok(Self {
             connection: Mutex::new(connection),
@@ -298,12 +318,46 @@ fn mark_valid_and_credit(
         [to_i64(replica_id)],
     )?;
     // The unique replica_id makes a second grant for the same replica impossible.
-    tx.execute(
+    let granted = tx.execute(
         "INSERT OR IGNORE INTO credit (replica_id, volunteer_id, host_id, fuel, granted_ms)
          SELECT id, volunteer_id, host_id, ?2, ?3 FROM replicas WHERE id = ?1",
         params![to_i64(replica_id), to_i64(fuel), to_i64(now_ms)],
     )?;
+    if granted == 1 {
+        let (volunteer_id, host_id): (i64, i64) = tx.query_row(
+            "SELECT volunteer_id, host_id FROM replicas WHERE id = ?1",
+            [to_i64(replica_id)],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let credit = credit_for_fuel(fuel);
+        for (table, id) in [("volunteers", volunteer_id), ("hosts", host_id)] {
+            let (per_day, as_of_ms): (f64, i64) = tx.query_row(
+                &format!("SELECT rac, rac_ms FROM {table} WHERE id = ?1"),
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            let rac = RecentAverage {
+                per_day,
+                as_of_ms: to_u64(as_of_ms),
+            }
+            .granted(credit, now_ms);
+            tx.execute(
+                &format!("UPDATE {table} SET rac = ?2, rac_ms = ?3 WHERE id = ?1"),
+                params![id, rac.per_day, to_i64(rac.as_of_ms)],
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// A stored recent average, brought up to `now_ms`.
+fn rac_at(per_day: f64, as_of_ms: i64, now_ms: u64) -> f64 {
+    RecentAverage {
+        per_day,
+        as_of_ms: to_u64(as_of_ms),
+    }
+    .at(now_ms)
+    .per_day
 }
 
 /// Marks replicas as timed out (no reply) so their units are reissued, and fails any unit that
@@ -705,40 +759,106 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn credit_totals(&self) -> Result<CreditTotals, StoreError> {
+    fn credit_totals(&self, now_ms: u64) -> Result<CreditTotals, StoreError> {
         let connection = self.lock();
-        let line = |row: &rusqlite::Row<'_>| -> rusqlite::Result<CreditLine> {
-            let fuel = to_u64(row.get::<_, i64>(2)?);
-            Ok(CreditLine {
-                name: row.get(0)?,
-                team: row.get(1)?,
-                fuel,
-                credit: credit_for_fuel(fuel),
-                replicas: to_u64(row.get::<_, i64>(3)?),
-            })
-        };
         let volunteers = connection
             .prepare(
-                "SELECT v.name, v.team, COALESCE(SUM(c.fuel), 0), COUNT(c.id)
+                "SELECT v.name, v.team, COALESCE(SUM(c.fuel), 0), COUNT(c.id), v.rac, v.rac_ms
                  FROM volunteers v LEFT JOIN credit c ON c.volunteer_id = v.id
                  GROUP BY v.id ORDER BY 3 DESC, v.name",
             )?
-            .query_map([], line)?
+            .query_map([], |row| {
+                let fuel = to_u64(row.get::<_, i64>(2)?);
+                Ok(CreditLine {
+                    name: row.get(0)?,
+                    team: row.get(1)?,
+                    fuel,
+                    credit: credit_for_fuel(fuel),
+                    recent_average_credit: rac_at(row.get(4)?, row.get(5)?, now_ms),
+                    replicas: to_u64(row.get::<_, i64>(3)?),
+                })
+            })?
             .collect::<Result<Vec<_>, _>>()?;
-        let teams = connection
-            .prepare(
-                "SELECT v.team, NULL, COALESCE(SUM(c.fuel), 0), COUNT(c.id)
-                 FROM volunteers v LEFT JOIN credit c ON c.volunteer_id = v.id
-                 WHERE v.team IS NOT NULL
-                 GROUP BY v.team ORDER BY 3 DESC, v.team",
-            )?
-            .query_map([], line)?
-            .collect::<Result<Vec<_>, _>>()?;
+        // A team's figures are its members' sums.
+        let mut teams: Vec<CreditLine> = Vec::new();
+        for volunteer in &volunteers {
+            let Some(team) = &volunteer.team else {
+                continue;
+            };
+            match teams.iter_mut().find(|t| &t.name == team) {
+                Some(line) => {
+                    line.fuel += volunteer.fuel;
+                    line.replicas += volunteer.replicas;
+                    line.recent_average_credit += volunteer.recent_average_credit;
+                }
+                None => teams.push(CreditLine {
+                    name: team.clone(),
+                    team: None,
+                    fuel: volunteer.fuel,
+                    credit: 0.0,
+                    recent_average_credit: volunteer.recent_average_credit,
+                    replicas: volunteer.replicas,
+                }),
+            }
+        }
+        for team in &mut teams {
+            team.credit = credit_for_fuel(team.fuel);
+        }
+        teams.sort_by(|a, b| b.fuel.cmp(&a.fuel).then_with(|| a.name.cmp(&b.name)));
         Ok(CreditTotals {
             fuel_per_credit: herd_lifecycle::FUEL_PER_CREDIT,
             volunteers,
             teams,
         })
+    }
+
+    fn hosts(&self, now_ms: u64) -> Result<Vec<HostLine>, StoreError> {
+        let connection = self.lock();
+        let hosts = connection
+            .prepare(
+                "SELECT h.id, v.name, h.public_key, h.cores, h.last_seen_ms, h.rac, h.rac_ms,
+                        h.refused_reports,
+                        COALESCE(SUM(r.validity = 'valid'), 0),
+                        COALESCE(SUM(r.validity = 'invalid'), 0),
+                        COALESCE(SUM(r.state = 'aborted'), 0),
+                        COALESCE(SUM(r.state = 'timed_out'), 0),
+                        COALESCE(SUM(r.state = 'in_progress'), 0),
+                        (SELECT COALESCE(SUM(c.fuel), 0) FROM credit c WHERE c.host_id = h.id)
+                 FROM hosts h JOIN volunteers v ON v.id = h.volunteer_id
+                 LEFT JOIN replicas r ON r.host_id = h.id
+                 GROUP BY h.id ORDER BY h.id",
+            )?
+            .query_map([], |row| {
+                let key: Vec<u8> = row.get(2)?;
+                let fuel = to_u64(row.get::<_, i64>(13)?);
+                Ok(HostLine {
+                    id: to_u64(row.get::<_, i64>(0)?),
+                    volunteer: row.get(1)?,
+                    public_key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                    cores: row.get(3)?,
+                    last_seen_ms: to_u64(row.get::<_, i64>(4)?),
+                    recent_average_credit: rac_at(row.get(5)?, row.get(6)?, now_ms),
+                    refused_reports: to_u64(row.get::<_, i64>(7)?),
+                    valid: to_u64(row.get::<_, i64>(8)?),
+                    invalid: to_u64(row.get::<_, i64>(9)?),
+                    errors: to_u64(row.get::<_, i64>(10)?),
+                    timed_out: to_u64(row.get::<_, i64>(11)?),
+                    in_progress: to_u64(row.get::<_, i64>(12)?),
+                    fuel,
+                    credit: credit_for_fuel(fuel),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(hosts)
+    }
+
+    fn record_refused_report(&self, host_id: u64) -> Result<(), StoreError> {
+        let connection = self.lock();
+        connection.execute(
+            "UPDATE hosts SET refused_reports = refused_reports + 1 WHERE id = ?1",
+            [to_i64(host_id)],
+        )?;
+        Ok(())
     }
 }
 

@@ -89,7 +89,7 @@ fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
         status.units[0].result.as_ref().map(|r| r.output_hash),
         Some(ContentHash::of(b"out"))
     );
-    let credit = store.credit_totals().expect("credit");
+    let credit = store.credit_totals(10_000).expect("credit");
     let earned: Vec<(&str, f64)> = credit
         .volunteers
         .iter()
@@ -136,7 +136,7 @@ fn a_disagreement_leads_to_a_third_replica_that_decides() {
             .expect("report"),
         ReportEffect::Validated { unit_id: a.unit_id }
     );
-    let credit = store.credit_totals().expect("credit");
+    let credit = store.credit_totals(10_000).expect("credit");
     let liar = credit
         .volunteers
         .iter()
@@ -222,7 +222,7 @@ fn expired_replicas_are_replaced_and_a_late_report_is_still_checked() {
             .expect("late report"),
         ReportEffect::LateChecked { agreed: true }
     );
-    let credit = store.credit_totals().expect("credit");
+    let credit = store.credit_totals(10_000).expect("credit");
     assert!(credit.volunteers.iter().all(|v| v.credit == 3.0));
 }
 
@@ -345,4 +345,84 @@ fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
         .expect("status")
         .expect("batch");
     assert_eq!(status.validated, 1);
+}
+
+#[test]
+fn credit_carries_a_recent_average_and_hosts_keep_their_record() {
+    let store = SqliteStore::in_memory().expect("open");
+    store.create_batch(&batch(1, 2), 0).expect("batch");
+    let hosts = hosts(&store, 3);
+    let a = store
+        .assign(hosts[0].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    let b = store
+        .assign(hosts[1].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    store
+        .record_report(hosts[0].host_id, a.replica_id, &success(b"right"), 0)
+        .expect("report");
+    store
+        .record_report(hosts[1].host_id, b.replica_id, &success(b"wrong"), 0)
+        .expect("report");
+    let c = store
+        .assign(hosts[2].host_id, 0)
+        .expect("assign")
+        .expect("work");
+    store
+        .record_report(hosts[2].host_id, c.replica_id, &success(b"right"), 0)
+        .expect("report");
+    store
+        .record_refused_report(hosts[1].host_id)
+        .expect("count");
+    let week = 7 * 86_400_000;
+    let now = store.credit_totals(0).expect("credit");
+    let later = store.credit_totals(week).expect("credit");
+    let rac = |totals: &CreditTotals, name: &str| {
+        totals
+            .volunteers
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.recent_average_credit)
+            .expect("listed")
+    };
+    assert!(rac(&now, "volunteer-1") > 0.0);
+    assert!((rac(&later, "volunteer-1") - rac(&now, "volunteer-1") / 2.0).abs() < 1e-9);
+    assert_eq!(rac(&now, "volunteer-2"), 0.0);
+    assert!((now.teams[0].recent_average_credit - 2.0 * rac(&now, "volunteer-1")).abs() < 1e-9);
+    let records = store.hosts(0).expect("hosts");
+    let line = |i: usize| &records[i];
+    assert_eq!((line(0).valid, line(0).invalid), (1, 0));
+    assert_eq!(
+        (line(1).valid, line(1).invalid, line(1).refused_reports),
+        (0, 1, 1)
+    );
+    assert_eq!(line(2).valid, 1);
+    assert_eq!(line(1).credit, 0.0);
+    assert_eq!(line(0).public_key, "01".repeat(32));
+}
+
+#[test]
+fn a_version_1_database_is_migrated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.sqlite");
+    {
+        let old = rusqlite::Connection::open(&path).expect("open");
+        old.execute_batch(SCHEMA).expect("schema v1");
+        old.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', 1)",
+            [],
+        )
+        .expect("version");
+        old.execute(
+            "INSERT INTO volunteers (name, team) VALUES ('ada', NULL)",
+            [],
+        )
+        .expect("row");
+    }
+    let store = SqliteStore::open(&path).expect("migrated");
+    let totals = store.credit_totals(0).expect("credit");
+    assert_eq!(totals.volunteers[0].name, "ada");
+    assert_eq!(totals.volunteers[0].recent_average_credit, 0.0);
 }
