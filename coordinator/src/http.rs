@@ -212,6 +212,16 @@ pub(crate) struct CreateBatch {
     output_limit_bytes: Option<u64>,
     /// Deadline for each replica in seconds (default one day).
     deadline_secs: Option<u64>,
+    /// Replicas sent at first (default: the quorum).
+    initial_replicas: Option<u32>,
+    /// Aborted or timed-out replicas after which a unit fails (default 4 x quorum).
+    max_error_replicas: Option<u32>,
+    /// Replicas a unit may ever have (default 8 x quorum).
+    max_total_replicas: Option<u32>,
+    /// Successful replicas without agreement after which a unit fails (default 4 x quorum).
+    max_success_replicas: Option<u32>,
+    /// Higher goes first (-100..=100, default 0); equal priorities share workers fairly.
+    priority: Option<i32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +266,25 @@ async fn create_batch(
     let mut policy = Policy::with_quorum(request.quorum.unwrap_or(2));
     if let Some(secs) = request.deadline_secs {
         policy.replica_deadline_ms = secs.saturating_mul(1000);
+    }
+    if let Some(n) = request.initial_replicas {
+        policy.initial_replicas = n;
+    }
+    if let Some(n) = request.max_error_replicas {
+        policy.max_error_replicas = n;
+    }
+    if let Some(n) = request.max_total_replicas {
+        policy.max_total_replicas = n;
+    }
+    if let Some(n) = request.max_success_replicas {
+        policy.max_success_replicas = n;
+    }
+    let priority = request.priority.unwrap_or(0);
+    if !(-100..=100).contains(&priority) {
+        return Err(ApiError::bad_request(
+            "out_of_range",
+            format!("priority {priority} is outside -100..=100"),
+        ));
     }
     policy
         .validate()
@@ -307,6 +336,7 @@ async fn create_batch(
         fuel_limit: fuel,
         memory_limit_bytes: memory,
         output_limit_bytes: output,
+        priority,
         units,
     };
     let shared = shared.clone();

@@ -22,6 +22,7 @@ pub(crate) struct Submission<'a> {
     pub(crate) quorum: Option<u32>,
     pub(crate) fuel: Option<u64>,
     pub(crate) memory_mb: Option<u64>,
+    pub(crate) priority: Option<i32>,
 }
 
 /// Reads every file in `dir` (sorted by name) as one unit's input.
@@ -100,6 +101,7 @@ pub(crate) fn submit(
         quorum: submission.quorum,
         fuel: submission.fuel,
         memory_mb: submission.memory_mb,
+        priority: submission.priority,
     })
 }
 

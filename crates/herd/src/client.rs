@@ -36,6 +36,8 @@ pub(crate) struct BatchSpec {
     pub(crate) fuel: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) memory_mb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) priority: Option<i32>,
 }
 
 impl Client {

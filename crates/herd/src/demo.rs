@@ -230,6 +230,7 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
             quorum: Some(2),
             fuel: None,
             memory_mb: None,
+            priority: None,
         },
         false,
     )?;

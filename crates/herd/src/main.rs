@@ -74,6 +74,9 @@ enum Command {
         /// Memory limit per unit in MiB.
         #[arg(long)]
         memory_mb: Option<u64>,
+        /// Higher goes first (-100..=100); batches of equal priority share workers fairly.
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i32>,
         /// Follow the batch with a progress bar until every unit is validated or failed.
         #[arg(long)]
         wait: bool,
@@ -155,6 +158,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             quorum,
             fuel,
             memory_mb,
+            priority,
             wait,
         } => {
             let client = client();
@@ -164,6 +168,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 quorum: Some(*quorum),
                 fuel: *fuel,
                 memory_mb: *memory_mb,
+                priority: *priority,
             };
             let id = match batch::submit(&client, submission, false) {
                 Ok(id) => id,

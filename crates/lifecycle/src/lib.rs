@@ -58,15 +58,24 @@ impl RecentAverage {
 /// The largest quorum a batch may ask for.
 pub const MAX_QUORUM: u32 = 16;
 
+/// The most replicas of one unit any limit may allow.
+pub const MAX_REPLICAS: u32 = 256;
+
 /// A batch's replication policy; every unit of the batch follows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
-    /// Agreeing successful replicas needed to validate a unit.
+    /// Agreeing successful replicas needed to validate a unit (BOINC's `min_quorum`).
     pub quorum: u32,
+    /// Replicas sent at first (BOINC's `target_nresults`); more than the quorum finishes units
+    /// sooner when some hosts are slow, at the cost of extra work.
+    pub initial_replicas: u32,
     /// Replicas a unit may ever have (including errors and timeouts) before it fails.
     pub max_total_replicas: u32,
     /// Aborted or timed-out replicas after which a unit fails.
     pub max_error_replicas: u32,
+    /// Successful replicas without a quorum agreeing after which a unit fails: its job looks
+    /// nondeterministic (BOINC's `max_success_results`).
+    pub max_success_replicas: u32,
     /// How long a host has to report a replica, in milliseconds.
     pub replica_deadline_ms: u64,
 }
@@ -84,13 +93,16 @@ impl std::fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 impl Policy {
-    /// The defaults for a quorum: BOINC's sample ratios (at most 4x the quorum in replicas
-    /// overall, 2x in errors) and a one-day deadline per replica.
+    /// The defaults for a quorum, in BOINC's sample ratios: as many initial replicas as the
+    /// quorum, at most 4x the quorum in errors, 4x in successes without agreement and 8x in
+    /// replicas overall, and a one-day deadline per replica.
     pub fn with_quorum(quorum: u32) -> Self {
         Self {
             quorum,
-            max_total_replicas: quorum.saturating_mul(4).max(4),
-            max_error_replicas: quorum.saturating_mul(2).max(2),
+            initial_replicas: quorum,
+            max_total_replicas: quorum.saturating_mul(8),
+            max_error_replicas: quorum.saturating_mul(4),
+            max_success_replicas: quorum.saturating_mul(4),
             replica_deadline_ms: 86_400_000,
         }
     }
@@ -103,14 +115,29 @@ impl Policy {
                 self.quorum
             )));
         }
-        if self.max_total_replicas < self.quorum {
+        if !(self.quorum..=self.max_total_replicas).contains(&self.initial_replicas) {
             return Err(PolicyError(format!(
-                "max_total_replicas {} is below the quorum {}",
+                "initial_replicas {} is outside quorum ..= max_total_replicas ({} ..= {})",
+                self.initial_replicas, self.quorum, self.max_total_replicas
+            )));
+        }
+        if !(self.quorum..=MAX_REPLICAS).contains(&self.max_total_replicas) {
+            return Err(PolicyError(format!(
+                "max_total_replicas {} is outside the quorum {} ..= {MAX_REPLICAS}",
                 self.max_total_replicas, self.quorum
             )));
         }
-        if self.max_error_replicas == 0 {
-            return Err(PolicyError("max_error_replicas must be at least 1".into()));
+        if !(1..=MAX_REPLICAS).contains(&self.max_error_replicas) {
+            return Err(PolicyError(format!(
+                "max_error_replicas {} is outside 1..={MAX_REPLICAS}",
+                self.max_error_replicas
+            )));
+        }
+        if !(self.quorum..=MAX_REPLICAS).contains(&self.max_success_replicas) {
+            return Err(PolicyError(format!(
+                "max_success_replicas {} is outside the quorum {} ..= {MAX_REPLICAS}",
+                self.max_success_replicas, self.quorum
+            )));
         }
         if !(1_000..=30 * 86_400_000).contains(&self.replica_deadline_ms) {
             return Err(PolicyError(format!(
@@ -161,9 +188,11 @@ pub enum Verdict {
 
 /// Decides a unit's fate from its replicas.
 ///
-/// A unit wants as many replicas in flight as it is short of a quorum in its largest group of
-/// agreeing results: two at first for quorum 2, and one more after a disagreement. It fails when
-/// errors reach their limit, or when no replica is in flight and the total limit forbids more.
+/// A unit wants enough replicas in flight that, if they all agree with its largest group of
+/// agreeing results, a quorum is reached; and at first, `initial_replicas` of them. For quorum 2
+/// that is two at first and one more after a disagreement. It fails when errors reach their limit,
+/// when successes without agreement reach theirs, or when nothing is in flight and the total
+/// limit forbids more.
 pub fn evaluate(policy: &Policy, replicas: &[Replica]) -> Verdict {
     // Group reported results; each group keeps its replicas in id order.
     let mut groups: Vec<(&RunResult, Vec<u64>)> = Vec::new();
@@ -208,14 +237,30 @@ pub fn evaluate(policy: &Policy, replicas: &[Replica]) -> Verdict {
             ),
         };
     }
+    let successes = replicas
+        .iter()
+        .filter(|r| matches!(r.state, ReplicaState::Reported(_)))
+        .count() as u32;
+    if successes >= policy.max_success_replicas {
+        return Verdict::Failed {
+            reason: format!(
+                "no agreement among {successes} successful replicas (limit {}): {} different results, the job looks nondeterministic",
+                policy.max_success_replicas,
+                groups.len()
+            ),
+        };
+    }
     let in_flight = replicas
         .iter()
         .filter(|r| matches!(r.state, ReplicaState::InProgress { .. }))
         .count() as u32;
     let total = replicas.len() as u32;
-    let short = policy.quorum - largest;
+    let live = successes + in_flight;
+    let target = policy
+        .initial_replicas
+        .max(successes + (policy.quorum - largest));
     let room = policy.max_total_replicas.saturating_sub(total);
-    let wanted = short.saturating_sub(in_flight).min(room);
+    let wanted = target.saturating_sub(live).min(room);
     if wanted == 0 && in_flight == 0 {
         return Verdict::Failed {
             reason: format!(

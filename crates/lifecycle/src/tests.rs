@@ -96,26 +96,78 @@ fn aborts_and_timeouts_are_replaced_until_the_error_limit() {
     let policy = Policy::with_quorum(2);
     let replicas = [replica(1, 1, ReplicaState::Aborted), reported(2, 2, b"a")];
     assert_eq!(evaluate(&policy, &replicas), Verdict::Open { wanted: 1 });
-    let replicas = [
-        replica(1, 1, ReplicaState::Aborted),
-        replica(2, 2, ReplicaState::TimedOut),
-        replica(3, 3, ReplicaState::Aborted),
-        replica(4, 4, ReplicaState::TimedOut),
-    ];
+    let replicas: Vec<Replica> = (1..=8)
+        .map(|i| {
+            let state = if i % 2 == 0 {
+                ReplicaState::Aborted
+            } else {
+                ReplicaState::TimedOut
+            };
+            replica(i, i, state)
+        })
+        .collect();
+    assert_eq!(
+        evaluate(&policy, &replicas[..7]),
+        Verdict::Open { wanted: 2 }
+    );
     assert!(matches!(
         evaluate(&policy, &replicas),
-        Verdict::Failed { reason } if reason.contains("4 replicas aborted or timed out")
+        Verdict::Failed { reason } if reason.contains("8 replicas aborted or timed out (limit 8)")
     ));
 }
 
 #[test]
-fn endless_disagreement_fails_at_the_total_limit() {
+fn endless_disagreement_fails_at_the_success_limit() {
     let policy = Policy::with_quorum(2);
     let replicas: Vec<Replica> = (1..=8).map(|i| reported(i, i, &i.to_le_bytes())).collect();
+    assert_eq!(
+        evaluate(&policy, &replicas[..7]),
+        Verdict::Open { wanted: 1 }
+    );
     assert!(matches!(
         evaluate(&policy, &replicas),
-        Verdict::Failed { reason } if reason.contains("no agreement after 8 replicas")
+        Verdict::Failed { reason }
+            if reason.contains("no agreement among 8 successful replicas (limit 8)")
     ));
+}
+
+#[test]
+fn the_total_limit_ends_a_unit_that_cannot_get_more_replicas() {
+    let mut policy = Policy::with_quorum(2);
+    policy.max_total_replicas = 3;
+    let replicas = [
+        reported(1, 1, b"a"),
+        reported(2, 2, b"b"),
+        replica(3, 3, ReplicaState::TimedOut),
+    ];
+    assert!(matches!(
+        evaluate(&policy, &replicas),
+        Verdict::Failed { reason } if reason.contains("no agreement after 3 replicas (limit 3)")
+    ));
+}
+
+#[test]
+fn extra_initial_replicas_are_sent_at_first_only() {
+    let mut policy = Policy::with_quorum(2);
+    policy.initial_replicas = 3;
+    assert_eq!(evaluate(&policy, &[]), Verdict::Open { wanted: 3 });
+    // Two agree while the third is still out: validated without waiting for it.
+    let replicas = [
+        reported(1, 1, b"a"),
+        reported(2, 2, b"a"),
+        in_progress(3, 3),
+    ];
+    assert!(matches!(
+        evaluate(&policy, &replicas),
+        Verdict::Validated { .. }
+    ));
+    // Two disagree, one in flight: that one may decide, no fourth yet.
+    let replicas = [
+        reported(1, 1, b"a"),
+        reported(2, 2, b"b"),
+        in_progress(3, 3),
+    ];
+    assert_eq!(evaluate(&policy, &replicas), Verdict::Open { wanted: 0 });
 }
 
 #[test]
@@ -159,12 +211,28 @@ fn policies_out_of_range_are_refused_by_name() {
     assert!(policy.validate().unwrap_err().0.contains("quorum 0"));
     policy = Policy::with_quorum(2);
     policy.max_total_replicas = 1;
+    let message = policy.validate().unwrap_err().0;
+    assert!(
+        message.contains("initial_replicas 2 is outside"),
+        "{message}"
+    );
+    policy = Policy::with_quorum(2);
+    policy.initial_replicas = 1;
     assert!(
         policy
             .validate()
             .unwrap_err()
             .0
-            .contains("max_total_replicas")
+            .contains("initial_replicas 1")
+    );
+    policy = Policy::with_quorum(2);
+    policy.max_success_replicas = 1;
+    assert!(
+        policy
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("max_success_replicas 1")
     );
     assert!(Policy::with_quorum(3).validate().is_ok());
 }

@@ -301,6 +301,7 @@ proptest! {
     #[test]
     fn the_lifecycle_holds_its_properties(
         quorum in 1u32..=3,
+        extra_initial in 0u32..=1,
         units in 1usize..=25,
         others in prop::collection::vec(behaviour(), 0..8),
         seed in any::<u64>(),
@@ -318,6 +319,7 @@ proptest! {
             behaviours.push(b);
         }
         let mut policy = Policy::with_quorum(quorum);
+        policy.initial_replicas = quorum + extra_initial;
         policy.replica_deadline_ms = 20; // ticks of virtual time
         let mut sim = Simulation::new(policy, units, &behaviours, seed);
         sim.run(100_000);

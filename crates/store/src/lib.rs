@@ -52,6 +52,8 @@ pub struct NewBatch {
     pub fuel_limit: u64,
     pub memory_limit_bytes: u64,
     pub output_limit_bytes: u64,
+    /// Higher goes first; batches of equal priority share the workers fairly.
+    pub priority: i32,
     pub units: Vec<NewUnit>,
 }
 

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// The schema version this code writes; an older database is migrated, a newer one refused.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -27,6 +27,12 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE hosts ADD COLUMN rac REAL NOT NULL DEFAULT 0;
      ALTER TABLE hosts ADD COLUMN rac_ms INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE hosts ADD COLUMN refused_reports INTEGER NOT NULL DEFAULT 0;",
+    // 3: the rest of BOINC's replication policy per batch, and batch priority.
+    "ALTER TABLE batches ADD COLUMN initial_replicas INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE batches ADD COLUMN max_success_replicas INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE batches ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+     UPDATE batches SET initial_replicas = quorum, max_success_replicas = 4 * quorum;
+     CREATE INDEX units_by_batch ON units (batch_id, state, id);",
 ];
 
 /// Open units examined per assignment request before answering "no work".
@@ -198,7 +204,8 @@ struct BatchRow {
 fn load_batch(tx: &Transaction<'_>, batch_id: u64) -> Result<BatchRow, StoreError> {
     let row = tx.query_row(
         "SELECT module_hash, quorum, max_total_replicas, max_error_replicas, replica_deadline_ms,
-                fuel_limit, memory_limit_bytes, output_limit_bytes
+                fuel_limit, memory_limit_bytes, output_limit_bytes, initial_replicas,
+                max_success_replicas
          FROM batches WHERE id = ?1",
         [to_i64(batch_id)],
         |row| {
@@ -211,6 +218,8 @@ fn load_batch(tx: &Transaction<'_>, batch_id: u64) -> Result<BatchRow, StoreErro
                 row.get::<_, i64>(5)?,
                 row.get::<_, i64>(6)?,
                 row.get::<_, i64>(7)?,
+                row.get::<_, u32>(8)?,
+                row.get::<_, u32>(9)?,
             ))
         },
     )?;
@@ -218,8 +227,10 @@ fn load_batch(tx: &Transaction<'_>, batch_id: u64) -> Result<BatchRow, StoreErro
         module: parse_hash(&row.0)?,
         policy: Policy {
             quorum: row.1,
+            initial_replicas: row.8,
             max_total_replicas: row.2,
             max_error_replicas: row.3,
+            max_success_replicas: row.9,
             replica_deadline_ms: to_u64(row.4),
         },
         fuel_limit: to_u64(row.5),
@@ -455,8 +466,9 @@ impl Store for SqliteStore {
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
-                replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
+                initial_replicas, max_success_replicas, priority)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 batch.module.to_hex(),
                 batch.policy.quorum,
@@ -467,6 +479,9 @@ impl Store for SqliteStore {
                 to_i64(batch.memory_limit_bytes),
                 to_i64(batch.output_limit_bytes),
                 to_i64(now_ms),
+                batch.policy.initial_replicas,
+                batch.policy.max_success_replicas,
+                batch.priority,
             ],
         )?;
         let batch_id = tx.last_insert_rowid();
@@ -528,21 +543,40 @@ impl Store for SqliteStore {
             tx.commit()?;
             return Ok(None);
         }
-        let candidates: Vec<(i64, i64, String, i64)> = {
+        // Batches with open units, served by priority, then fairly: the batch with the fewest
+        // replicas in flight goes next, so one large batch cannot starve the others.
+        let mut batches: Vec<(i64, i32, i64)> = tx
+            .prepare_cached(
+                "SELECT b.id, b.priority,
+                        (SELECT COUNT(*) FROM replicas r JOIN units u ON u.id = r.unit_id
+                         WHERE u.batch_id = b.id AND r.state = 'in_progress')
+                 FROM batches b
+                 WHERE EXISTS (SELECT 1 FROM units u WHERE u.batch_id = b.id AND u.state = 'open')",
+            )?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        batches.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+        let mut candidates: Vec<(i64, i64, String, i64)> = Vec::new();
+        for (batch_id, _, _) in batches {
+            let budget = ASSIGN_SCAN_LIMIT - candidates.len() as i64;
+            if budget <= 0 {
+                break;
+            }
             let mut statement = tx.prepare_cached(
                 "SELECT id, batch_id, input_hash, seed FROM units
-                 WHERE state = 'open'
+                 WHERE batch_id = ?3 AND state = 'open'
                    AND NOT EXISTS (SELECT 1 FROM replicas r
                                    WHERE r.unit_id = units.id AND r.volunteer_id = ?1
                                      AND r.state IN ('in_progress', 'reported'))
                  ORDER BY id LIMIT ?2",
             )?;
-            statement
-                .query_map(params![volunteer_id, ASSIGN_SCAN_LIMIT], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                })?
-                .collect::<Result<_, _>>()?
-        };
+            let rows = statement.query_map(params![volunteer_id, budget, batch_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?;
+            for row in rows {
+                candidates.push(row?);
+            }
+        }
         for (unit_id, batch_id, input_hash, seed) in candidates {
             let unit_id = to_u64(unit_id);
             let batch = load_batch(&tx, to_u64(batch_id))?;

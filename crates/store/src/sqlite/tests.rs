@@ -26,6 +26,7 @@ fn batch(units: usize, quorum: u32) -> NewBatch {
         fuel_limit: 1_000_000,
         memory_limit_bytes: 1 << 20,
         output_limit_bytes: 1 << 10,
+        priority: 0,
         units: (0..units)
             .map(|i| NewUnit {
                 name: format!("unit-{i}"),
@@ -229,7 +230,9 @@ fn expired_replicas_are_replaced_and_a_late_report_is_still_checked() {
 #[test]
 fn aborts_never_count_and_too_many_fail_the_unit() {
     let store = SqliteStore::in_memory().expect("open");
-    let batch_id = store.create_batch(&batch(1, 1), 0).expect("batch");
+    let mut spec = batch(1, 1);
+    spec.policy.max_error_replicas = 2;
+    let batch_id = store.create_batch(&spec, 0).expect("batch");
     let hosts = hosts(&store, 3);
     for host in &hosts[..2] {
         let r = store
@@ -425,4 +428,39 @@ fn a_version_1_database_is_migrated() {
     let totals = store.credit_totals(0).expect("credit");
     assert_eq!(totals.volunteers[0].name, "ada");
     assert_eq!(totals.volunteers[0].recent_average_credit, 0.0);
+}
+
+#[test]
+fn batches_share_workers_fairly_and_priority_goes_first() {
+    let store = SqliteStore::in_memory().expect("open");
+    let first = store.create_batch(&batch(10, 1), 0).expect("batch");
+    let second = store.create_batch(&batch(10, 1), 0).expect("batch");
+    let host = store
+        .register_host(&key(1), "ada", None, 8, 0)
+        .expect("register");
+    // Equal priority: the batch with fewer replicas in flight goes next, so they alternate.
+    let served: Vec<u64> = (0..4)
+        .map(|_| {
+            store
+                .assign(host.host_id, 0)
+                .expect("assign")
+                .expect("work")
+                .batch_id
+        })
+        .collect();
+    assert_eq!(served, vec![first, second, first, second]);
+    // A batch of higher priority is served before both.
+    let mut urgent = batch(2, 1);
+    urgent.priority = 5;
+    let urgent = store.create_batch(&urgent, 0).expect("batch");
+    let next: Vec<u64> = (0..3)
+        .map(|_| {
+            store
+                .assign(host.host_id, 0)
+                .expect("assign")
+                .expect("work")
+                .batch_id
+        })
+        .collect();
+    assert_eq!(next, vec![urgent, urgent, first]);
 }
