@@ -193,6 +193,51 @@ fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
             "{host}"
         );
     }
+
+    // Retire with an archive: rows and unshared blobs go, credit stays, the archive holds it all.
+    let before = coordinator.herd_json(&["credit", "--json"]);
+    let retired = coordinator.herd_json(&["retire", &batch.to_string(), "--archive", "--json"]);
+    assert_eq!(
+        (retired["units"].as_u64(), retired["replicas"].as_u64()),
+        (Some(20), Some(40))
+    );
+    let archive = std::path::PathBuf::from(retired["archive"].as_str().expect("archive path"));
+    assert!(archive.join("status.json").is_file());
+    for (name, text) in &tiles {
+        let expected = tile::render(&tile::parse_tile(text).expect("valid tile"));
+        assert!(std::fs::read(archive.join("outputs").join(name)).expect("archived") == expected);
+    }
+    let output_hash = status["units"][0]["result"]["output_hash"]
+        .as_str()
+        .expect("hash");
+    let blob = coordinator
+        .data_dir
+        .join("blobs")
+        .join(&output_hash[..2])
+        .join(output_hash);
+    assert!(!blob.exists(), "the output blob was purged");
+    let gone = coordinator.herd(&["status", &batch.to_string()]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no batch"));
+    // (Recent average credit decays between the two reads; the ledger's totals do not move.)
+    let totals = |credit: &serde_json::Value| -> Vec<(String, u64, u64)> {
+        credit["volunteers"]
+            .as_array()
+            .expect("volunteers")
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().expect("name").to_string(),
+                    v["fuel"].as_u64().expect("fuel"),
+                    v["replicas"].as_u64().expect("replicas"),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        totals(&coordinator.herd_json(&["credit", "--json"])),
+        totals(&before)
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! | GET | `/api/v1/blobs/{hash}` | download a blob (an output, by the hash in a unit's result) |
 //! | POST | `/api/v1/batches` | create a batch (see [`CreateBatch`]) |
 //! | GET | `/api/v1/batches/{id}` | a batch's progress and units |
+//! | POST | `/api/v1/batches/{id}/retire` | purge a batch's rows and blobs; `{"archive": true}` keeps a copy first |
 //! | GET | `/api/v1/credit` | credit and recent average credit per volunteer and team |
 //! | GET | `/api/v1/hosts` | every host's record: valid, invalid, error, timed-out replicas, refused reports, credit |
 //!
@@ -44,6 +45,7 @@ pub(crate) async fn serve(
         .route("/api/v1/blobs/{hash}", get(get_blob).put(put_blob))
         .route("/api/v1/batches", post(create_batch))
         .route("/api/v1/batches/{id}", get(batch_status))
+        .route("/api/v1/batches/{id}/retire", post(retire_batch))
         .route("/api/v1/credit", get(credit))
         .route("/api/v1/hosts", get(hosts))
         .fallback(not_found)
@@ -395,9 +397,7 @@ async fn batch_status(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers)?;
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request("bad_batch_id", format!("`{id}` is not a batch id")))?;
+    let id = parse_batch_id(&id)?;
     let store = shared.store.clone();
     match blocking(move || Ok(store.batch_status(id)?)).await? {
         Some(status) => Ok(Json(status).into_response()),
@@ -407,6 +407,105 @@ async fn batch_status(
             format!("no batch {id}"),
         )),
     }
+}
+
+/// The body of `POST /api/v1/batches/{id}/retire`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetireBatch {
+    /// Write the batch's status and validated outputs to `DIR/archive/batch-ID` first.
+    #[serde(default)]
+    archive: bool,
+}
+
+fn parse_batch_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request("bad_batch_id", format!("`{id}` is not a batch id")))
+}
+
+/// Retires a batch: optionally archives it, purges its rows (one committed transaction), then
+/// deletes the blobs nothing else refers to. A crash between the two leaves orphan blobs, never
+/// a row that refers to a missing blob.
+async fn retire_batch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    let id = parse_batch_id(&id)?;
+    let request: RetireBatch = if body.is_empty() {
+        RetireBatch::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("bad_json", format!("retire request: {e}")))?
+    };
+    let shared = shared.clone();
+    let retired = blocking(move || {
+        let archive = if request.archive {
+            let Some(status) = shared.store.batch_status(id)? else {
+                return Ok(None);
+            };
+            Some(archive_batch(&shared, &status)?)
+        } else {
+            None
+        };
+        let Some(retired) = shared.store.retire_batch(id)? else {
+            return Ok(None);
+        };
+        for hash in &retired.unreferenced_blobs {
+            shared.blobs.remove(hash)?;
+        }
+        Ok(Some((retired, archive)))
+    })
+    .await?;
+    match retired {
+        Some((retired, archive)) => {
+            tracing::info!(
+                "batch {id} retired: {} units, {} replicas, {} blobs removed",
+                retired.units,
+                retired.replicas,
+                retired.unreferenced_blobs.len()
+            );
+            Ok(Json(serde_json::json!({
+                "id": id,
+                "units": retired.units,
+                "replicas": retired.replicas,
+                "blobs_removed": retired.unreferenced_blobs.len(),
+                "archive": archive.map(|p| p.display().to_string()),
+            }))
+            .into_response())
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "batch_not_found",
+            format!("no batch {id}"),
+        )),
+    }
+}
+
+/// Writes `DIR/archive/batch-ID/status.json` and each validated unit's output, named after the
+/// unit, next to it.
+fn archive_batch(
+    shared: &Shared,
+    status: &herd_store::BatchStatus,
+) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let dir = shared.archive_dir.join(format!("batch-{}", status.id));
+    let outputs = dir.join("outputs");
+    std::fs::create_dir_all(&outputs).with_context(|| format!("create {}", outputs.display()))?;
+    let json = serde_json::to_vec_pretty(status).context("encode the batch status")?;
+    std::fs::write(dir.join("status.json"), json).context("write status.json")?;
+    for unit in &status.units {
+        if let Some(result) = &unit.result
+            && let Some(bytes) = shared.blobs.get(&result.output_hash)?
+        {
+            // Unit names were checked to be file names when the batch was created.
+            std::fs::write(outputs.join(&unit.name), bytes)
+                .with_context(|| format!("archive the output of {}", unit.name))?;
+        }
+    }
+    Ok(dir)
 }
 
 async fn credit(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {

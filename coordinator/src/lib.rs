@@ -41,6 +41,8 @@ pub struct Config {
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: BlobStore,
+    /// Where retired batches are archived when the researcher asks (`DIR/archive`).
+    pub(crate) archive_dir: PathBuf,
     pub(crate) sandbox: Sandbox,
     pub(crate) project_key: SigningKey,
     pub(crate) researcher_token: String,
@@ -74,6 +76,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let shared = Arc::new(Shared {
         store: Arc::new(store),
         blobs,
+        archive_dir: config.data_dir.join("archive"),
         sandbox,
         project_key: SigningKey::from_seed(dir.project_key.seed()),
         researcher_token: dir.researcher_token.clone(),

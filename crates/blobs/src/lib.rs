@@ -96,6 +96,16 @@ impl BlobStore {
         }
     }
 
+    /// Deletes a blob; deleting one that is absent is not an error.
+    pub fn remove(&self, hash: &ContentHash) -> Result<(), BlobError> {
+        let path = self.path(hash);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(BlobError::Io { path, source }),
+        }
+    }
+
     /// The directory the store lives in.
     pub fn root(&self) -> &Path {
         &self.root
@@ -126,5 +136,8 @@ mod tests {
         // Corruption on disk is detected, not served.
         std::fs::write(store.path(&hash), b"tampered").expect("write");
         assert!(matches!(store.get(&hash), Err(BlobError::Corrupt { .. })));
+        store.remove(&hash).expect("remove");
+        assert!(!store.contains(&hash));
+        store.remove(&hash).expect("removing twice is fine");
     }
 }

@@ -147,6 +147,17 @@ impl Client {
         Self::json("batch status", &body)
     }
 
+    /// Retires a batch, archiving it on the coordinator first if asked.
+    pub(crate) fn retire(&self, id: u64, archive: bool) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .post(&self.url(&format!("batches/{id}/retire")))
+            .header("Authorization", &self.auth()?)
+            .send_json(serde_json::json!({ "archive": archive }));
+        let body = self.finish("retire batch", response)?;
+        Self::json("retire batch", &body)
+    }
+
     pub(crate) fn hosts(&self) -> anyhow::Result<Value> {
         let response = self.agent.get(&self.url("hosts")).call();
         let body = self.finish("hosts", response)?;

@@ -94,6 +94,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Retire a batch: delete its units, replicas and the blobs nothing else uses (credit granted
+    /// stays). Download its results first, or pass --archive.
+    Retire {
+        batch: u64,
+        /// Keep the batch's status and validated outputs in the coordinator's DIR/archive.
+        #[arg(long)]
+        archive: bool,
+        /// Print the coordinator's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show credit per volunteer and team.
     Credit {
         /// Print the coordinator's JSON.
@@ -212,6 +223,28 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{credit}");
             } else {
                 println!("{}", batch::credit_table(&credit));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retire {
+            batch: id,
+            archive,
+            json,
+        } => {
+            let retired = client().retire(*id, *archive)?;
+            if *json {
+                println!("{retired}");
+            } else {
+                println!(
+                    "batch {id} retired: {} units, {} replicas and {} blobs removed{}",
+                    retired["units"],
+                    retired["replicas"],
+                    retired["blobs_removed"],
+                    retired["archive"]
+                        .as_str()
+                        .map(|path| format!("; archived in {path}"))
+                        .unwrap_or_default()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

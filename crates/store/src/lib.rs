@@ -123,6 +123,15 @@ pub struct CreditLine {
     pub replicas: u64,
 }
 
+/// What retiring a batch removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetiredBatch {
+    pub units: u64,
+    pub replicas: u64,
+    /// Modules, inputs and outputs that no remaining batch refers to.
+    pub unreferenced_blobs: Vec<ContentHash>,
+}
+
 /// One host's record: what it computed and how it behaved.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HostLine {
@@ -207,6 +216,11 @@ pub trait Store: Send + Sync {
 
     /// Every host's record, with recent average credit as of `now_ms`.
     fn hosts(&self, now_ms: u64) -> Result<Vec<HostLine>, StoreError>;
+
+    /// Purges a batch: its units and replicas are deleted (the credit ledger keeps its grants),
+    /// and the blobs no other batch refers to are named so the caller can archive and delete
+    /// them. `None` if there is no such batch. Committed before it returns.
+    fn retire_batch(&self, batch_id: u64) -> Result<Option<RetiredBatch>, StoreError>;
 
     /// Counts a refused report against a host.
     fn record_refused_report(&self, host_id: u64) -> Result<(), StoreError>;

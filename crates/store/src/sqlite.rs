@@ -12,12 +12,12 @@ use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey, RunResult};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::{
-    BatchStatus, CreditLine, CreditTotals, HostLine, HostRecord, NewBatch, ReportEffect, Store,
-    StoreError, UnitStatus,
+    BatchStatus, CreditLine, CreditTotals, HostLine, HostRecord, NewBatch, ReportEffect,
+    RetiredBatch, Store, StoreError, UnitStatus,
 };
 
 /// The schema version this code writes; an older database is migrated, a newer one refused.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -33,6 +33,24 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE batches ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
      UPDATE batches SET initial_replicas = quorum, max_success_replicas = 4 * quorum;
      CREATE INDEX units_by_batch ON units (batch_id, state, id);",
+    // 4: the credit ledger outlives the replicas it records (a retired batch's rows are purged,
+    // its grants stay), so `replica_id` is no longer a foreign key; it stays unique.
+    "CREATE TABLE credit_v4 (
+         id INTEGER PRIMARY KEY,
+         replica_id INTEGER NOT NULL UNIQUE,
+         volunteer_id INTEGER NOT NULL REFERENCES volunteers(id),
+         host_id INTEGER NOT NULL REFERENCES hosts(id),
+         fuel INTEGER NOT NULL,
+         granted_ms INTEGER NOT NULL
+     );
+     INSERT INTO credit_v4 SELECT id, replica_id, volunteer_id, host_id, fuel, granted_ms FROM credit;
+     DROP TABLE credit;
+     ALTER TABLE credit_v4 RENAME TO credit;
+     ALTER TABLE replicas ADD COLUMN output_hash TEXT;
+     UPDATE replicas SET output_hash = json_extract(result, '$.output_hash')
+         WHERE result IS NOT NULL;
+     CREATE INDEX replicas_by_output ON replicas (output_hash);
+     CREATE INDEX units_by_input ON units (input_hash);",
 ];
 
 /// Open units examined per assignment request before answering "no work".
@@ -652,9 +670,15 @@ impl Store for SqliteStore {
         match outcome {
             Outcome::Countable(result) => {
                 tx.execute(
-                    "UPDATE replicas SET state = 'reported', result = ?2, reported_ms = ?3
+                    "UPDATE replicas SET state = 'reported', result = ?2, reported_ms = ?3,
+                                        output_hash = ?4
                      WHERE id = ?1",
-                    params![to_i64(replica_id), encode_result(result)?, to_i64(now_ms)],
+                    params![
+                        to_i64(replica_id),
+                        encode_result(result)?,
+                        to_i64(now_ms),
+                        result.output_hash.to_hex()
+                    ],
                 )?;
             }
             Outcome::Aborted(reason) => {
@@ -884,6 +908,64 @@ impl Store for SqliteStore {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(hosts)
+    }
+
+    fn retire_batch(&self, batch_id: u64) -> Result<Option<RetiredBatch>, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = to_i64(batch_id);
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM batches WHERE id = ?1)",
+            [id],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            return Ok(None);
+        }
+        // Every blob the batch refers to: its module, its inputs, every reported output.
+        let mut referenced: Vec<String> = tx
+            .prepare_cached(
+                "SELECT module_hash FROM batches WHERE id = ?1
+                 UNION SELECT input_hash FROM units WHERE batch_id = ?1",
+            )?
+            .query_map([id], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let outputs: Vec<String> = tx
+            .prepare_cached(
+                "SELECT r.output_hash FROM replicas r JOIN units u ON u.id = r.unit_id
+                 WHERE u.batch_id = ?1 AND r.output_hash IS NOT NULL",
+            )?
+            .query_map([id], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        referenced.extend(outputs);
+        referenced.sort();
+        referenced.dedup();
+        let replicas = tx.execute(
+            "DELETE FROM replicas WHERE unit_id IN (SELECT id FROM units WHERE batch_id = ?1)",
+            [id],
+        )?;
+        let units = tx.execute("DELETE FROM units WHERE batch_id = ?1", [id])?;
+        tx.execute("DELETE FROM batches WHERE id = ?1", [id])?;
+        // Blobs that no remaining batch refers to may go.
+        let mut unreferenced = Vec::new();
+        for hash in referenced {
+            let still_used: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM batches WHERE module_hash = ?1)
+                     OR EXISTS (SELECT 1 FROM units WHERE input_hash = ?1)
+                     OR EXISTS (SELECT 1 FROM replicas WHERE output_hash = ?1)",
+                [&hash],
+                |row| row.get(0),
+            )?;
+            if !still_used {
+                unreferenced.push(parse_hash(&hash)?);
+            }
+        }
+        tx.commit()?;
+        Ok(Some(RetiredBatch {
+            units: units as u64,
+            replicas: replicas as u64,
+            unreferenced_blobs: unreferenced,
+        }))
     }
 
     fn record_refused_report(&self, host_id: u64) -> Result<(), StoreError> {

@@ -464,3 +464,46 @@ fn batches_share_workers_fairly_and_priority_goes_first() {
         .collect();
     assert_eq!(next, vec![urgent, urgent, first]);
 }
+
+#[test]
+fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs() {
+    let store = SqliteStore::in_memory().expect("open");
+    let first = store.create_batch(&batch(2, 1), 0).expect("batch");
+    // The second batch shares the module and the first unit's input.
+    let mut shared = batch(1, 1);
+    shared.units[0].name = "other".into();
+    let second = store.create_batch(&shared, 0).expect("batch");
+    let host = store
+        .register_host(&key(1), "ada", None, 4, 0)
+        .expect("register");
+    for _ in 0..3 {
+        let r = store
+            .assign(host.host_id, 0)
+            .expect("assign")
+            .expect("work");
+        let output = format!("out {}", r.unit_id);
+        store
+            .record_report(host.host_id, r.replica_id, &success(output.as_bytes()), 1)
+            .expect("report");
+    }
+    let before = store.credit_totals(1).expect("credit");
+    let retired = store.retire_batch(first).expect("retire").expect("existed");
+    assert_eq!((retired.units, retired.replicas), (2, 2));
+    let mut expected = vec![
+        ContentHash::of(&1usize.to_le_bytes()),
+        ContentHash::of(b"out 1"),
+        ContentHash::of(b"out 2"),
+    ];
+    expected.sort();
+    let mut named = retired.unreferenced_blobs.clone();
+    named.sort();
+    assert_eq!(named, expected, "the module and the shared input stay");
+    assert_eq!(store.batch_status(first).expect("status"), None);
+    assert!(store.batch_status(second).expect("status").is_some());
+    assert_eq!(
+        store.credit_totals(1).expect("credit"),
+        before,
+        "grants outlive the rows"
+    );
+    assert_eq!(store.retire_batch(first).expect("retire"), None);
+}
