@@ -34,6 +34,10 @@ pub enum StoreError {
     UnknownHost,
     #[error("{0}")]
     Invalid(String),
+    #[error("could not commit: {0}")]
+    Commit(String),
+    #[error("the store is closed")]
+    Closed,
 }
 
 /// A registered host and its volunteer.

@@ -3,13 +3,13 @@
 //! writes are serialised anyway, and SQLite allows one writer at a time.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc;
 
 use herd_lifecycle::{
     Policy, RecentAverage, Replica, ReplicaState, Verdict, credit_for_fuel, evaluate, may_assign_to,
 };
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey, RunResult};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
     BatchStatus, CreditLine, CreditTotals, HostLine, HostRecord, NewBatch, ReportEffect,
@@ -121,9 +121,78 @@ CREATE TABLE IF NOT EXISTS credit (
 );
 ";
 
+/// Operations committed together at most: bounds the latency one group adds to its last member.
+const MAX_GROUP: usize = 512;
+
+/// One operation for the writer: it runs inside the group's transaction (in its own savepoint)
+/// and returns whether it succeeded and how to answer its caller once the group's fate is known.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 /// The coordinator's state in one SQLite file.
+///
+/// Group commit: every operation is handed to one writer thread that owns the connection. The
+/// writer takes all the operations waiting, runs each in its own savepoint inside one
+/// transaction (a failing one is rolled back alone), commits once, and only then answers each
+/// caller. One fsync serves many acknowledgements, and nothing is acknowledged before it is
+/// durable. Reads go through the same thread, so they see every committed write.
 pub struct SqliteStore {
-    connection: Mutex<Connection>,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has finished what it holds.
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The writer thread: groups waiting jobs into one transaction each.
+fn write_loop(mut connection: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(error) => {
+                // Each job's reply must still be sent: run none, fail all.
+                let message = error.to_string();
+                drop(group);
+                eprintln!("herd-store: cannot begin a transaction: {message}");
+                continue;
+            }
+        };
+        let mut replies = Vec::with_capacity(group.len());
+        for job in group {
+            let Ok(mut savepoint) = tx.savepoint() else {
+                replies.push(Box::new(|_: Result<(), String>| {}) as Reply);
+                continue;
+            };
+            let (ok, reply) = job(&savepoint);
+            if ok {
+                if let Err(error) = savepoint.commit() {
+                    reply(Err(error.to_string()));
+                    continue;
+                }
+            } else {
+                let _ = savepoint.rollback();
+            }
+            replies.push(reply);
+        }
+        let committed = tx.commit().map_err(|e| e.to_string());
+        for reply in replies {
+            reply(committed.clone());
+        }
+    }
 }
 
 impl SqliteStore {
@@ -175,17 +244,39 @@ impl SqliteStore {
             )?;
             tx.commit()?;
         }
+        let (sender, receiver) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("herd-store-writer".into())
+            .spawn(move || write_loop(connection, receiver))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
-            connection: Mutex::new(connection),
+            jobs: Some(sender),
+            writer: Some(writer),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic mid-transaction rolls the transaction back when it is dropped, so the
-        // connection is consistent even if the lock was poisoned.
-        self.connection
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Runs `work` on the writer thread inside the current group's transaction and returns its
+    /// result once the group is committed (or the error that stopped it).
+    fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (answer, result) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |connection: &Connection| {
+            let outcome = work(connection);
+            let ok = outcome.is_ok();
+            let reply: Reply = Box::new(move |committed: Result<(), String>| {
+                let _ = answer.send(match committed {
+                    Ok(()) => outcome,
+                    Err(message) => Err(StoreError::Commit(message)),
+                });
+            });
+            (ok, reply)
+        });
+        let jobs = self.jobs.as_ref().ok_or(StoreError::Closed)?;
+        jobs.send(job).map_err(|_| StoreError::Closed)?;
+        result.recv().map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -219,7 +310,7 @@ struct BatchRow {
     output_limit_bytes: u64,
 }
 
-fn load_batch(tx: &Transaction<'_>, batch_id: u64) -> Result<BatchRow, StoreError> {
+fn load_batch(tx: &Connection, batch_id: u64) -> Result<BatchRow, StoreError> {
     let row = tx.query_row(
         "SELECT module_hash, quorum, max_total_replicas, max_error_replicas, replica_deadline_ms,
                 fuel_limit, memory_limit_bytes, output_limit_bytes, initial_replicas,
@@ -258,7 +349,7 @@ fn load_batch(tx: &Transaction<'_>, batch_id: u64) -> Result<BatchRow, StoreErro
 }
 
 /// A unit's replicas as the lifecycle sees them.
-fn load_replicas(tx: &Transaction<'_>, unit_id: u64) -> Result<Vec<Replica>, StoreError> {
+fn load_replicas(tx: &Connection, unit_id: u64) -> Result<Vec<Replica>, StoreError> {
     let mut statement = tx.prepare_cached(
         "SELECT id, volunteer_id, state, deadline_ms, result FROM replicas WHERE unit_id = ?1",
     )?;
@@ -298,7 +389,7 @@ fn load_replicas(tx: &Transaction<'_>, unit_id: u64) -> Result<Vec<Replica>, Sto
 
 /// Applies the lifecycle's verdict for a unit, granting credit on validation.
 fn settle_unit(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     unit_id: u64,
     policy: &Policy,
     now_ms: u64,
@@ -337,7 +428,7 @@ fn settle_unit(
 }
 
 fn mark_valid_and_credit(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     replica_id: u64,
     fuel: u64,
     now_ms: u64,
@@ -391,7 +482,7 @@ fn rac_at(per_day: f64, as_of_ms: i64, now_ms: u64) -> f64 {
 
 /// Marks replicas as timed out (no reply) so their units are reissued, and fails any unit that
 /// can no longer go on.
-fn time_out(tx: &Transaction<'_>, replica_ids: &[i64], now_ms: u64) -> Result<(), StoreError> {
+fn time_out(tx: &Connection, replica_ids: &[i64], now_ms: u64) -> Result<(), StoreError> {
     for replica_id in replica_ids {
         let (unit_id, batch_id, unit_open): (i64, i64, bool) = tx.query_row(
             "UPDATE replicas SET state = 'timed_out' WHERE id = ?1
@@ -438,35 +529,37 @@ impl Store for SqliteStore {
                 "cores {cores} is outside 1..=1024"
             )));
         }
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO volunteers (name, team) VALUES (?1, ?2)
+        let key = *key;
+        let name = name.to_string();
+        let team = team.map(|t| t.trim().to_string());
+        self.run(move |tx: &Connection| {
+            tx.execute(
+                "INSERT INTO volunteers (name, team) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE SET team = excluded.team",
-            params![name, team.map(str::trim)],
-        )?;
-        let volunteer_id: i64 =
-            tx.query_row("SELECT id FROM volunteers WHERE name = ?1", [name], |row| {
-                row.get(0)
-            })?;
-        tx.execute(
-            "INSERT INTO hosts (public_key, volunteer_id, cores, registered_ms, last_seen_ms)
+                params![name, team],
+            )?;
+            let volunteer_id: i64 =
+                tx.query_row("SELECT id FROM volunteers WHERE name = ?1", [name], |row| {
+                    row.get(0)
+                })?;
+            tx.execute(
+                "INSERT INTO hosts (public_key, volunteer_id, cores, registered_ms, last_seen_ms)
              VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (public_key) DO UPDATE SET
                 volunteer_id = excluded.volunteer_id, cores = excluded.cores,
                 last_seen_ms = excluded.last_seen_ms",
-            params![&key.0[..], volunteer_id, cores, to_i64(now_ms)],
-        )?;
-        let host_id: i64 = tx.query_row(
-            "SELECT id FROM hosts WHERE public_key = ?1",
-            [&key.0[..]],
-            |row| row.get(0),
-        )?;
-        tx.commit()?;
-        Ok(HostRecord {
-            host_id: to_u64(host_id),
-            volunteer_id: to_u64(volunteer_id),
-            cores,
+                params![&key.0[..], volunteer_id, cores, to_i64(now_ms)],
+            )?;
+            let host_id: i64 = tx.query_row(
+                "SELECT id FROM hosts WHERE public_key = ?1",
+                [&key.0[..]],
+                |row| row.get(0),
+            )?;
+            Ok(HostRecord {
+                host_id: to_u64(host_id),
+                volunteer_id: to_u64(volunteer_id),
+                cores,
+            })
         })
     }
 
@@ -480,59 +573,61 @@ impl Store for SqliteStore {
                 "a batch needs at least one unit".into(),
             ));
         }
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
+        let batch = batch.clone();
+        self.run(move |tx: &Connection| {
+            tx.execute(
+                "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
                 replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
                 initial_replicas, max_success_replicas, priority)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                batch.module.to_hex(),
-                batch.policy.quorum,
-                batch.policy.max_total_replicas,
-                batch.policy.max_error_replicas,
-                to_i64(batch.policy.replica_deadline_ms),
-                to_i64(batch.fuel_limit),
-                to_i64(batch.memory_limit_bytes),
-                to_i64(batch.output_limit_bytes),
-                to_i64(now_ms),
-                batch.policy.initial_replicas,
-                batch.policy.max_success_replicas,
-                batch.priority,
-            ],
-        )?;
-        let batch_id = tx.last_insert_rowid();
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO units (batch_id, name, input_hash, seed, state)
-                 VALUES (?1, ?2, ?3, ?4, 'open')",
+                params![
+                    batch.module.to_hex(),
+                    batch.policy.quorum,
+                    batch.policy.max_total_replicas,
+                    batch.policy.max_error_replicas,
+                    to_i64(batch.policy.replica_deadline_ms),
+                    to_i64(batch.fuel_limit),
+                    to_i64(batch.memory_limit_bytes),
+                    to_i64(batch.output_limit_bytes),
+                    to_i64(now_ms),
+                    batch.policy.initial_replicas,
+                    batch.policy.max_success_replicas,
+                    batch.priority,
+                ],
             )?;
-            for unit in &batch.units {
-                insert
-                    .execute(params![
-                        batch_id,
-                        unit.name,
-                        unit.input.to_hex(),
-                        to_i64(unit.seed)
-                    ])
-                    .map_err(|e| match e {
-                        rusqlite::Error::SqliteFailure(f, _)
-                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                        {
-                            StoreError::Invalid(format!("unit name `{}` appears twice", unit.name))
-                        }
-                        other => StoreError::Database(other),
-                    })?;
+            let batch_id = tx.last_insert_rowid();
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO units (batch_id, name, input_hash, seed, state)
+                 VALUES (?1, ?2, ?3, ?4, 'open')",
+                )?;
+                for unit in &batch.units {
+                    insert
+                        .execute(params![
+                            batch_id,
+                            unit.name,
+                            unit.input.to_hex(),
+                            to_i64(unit.seed)
+                        ])
+                        .map_err(|e| match e {
+                            rusqlite::Error::SqliteFailure(f, _)
+                                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                            {
+                                StoreError::Invalid(format!(
+                                    "unit name `{}` appears twice",
+                                    unit.name
+                                ))
+                            }
+                            other => StoreError::Database(other),
+                        })?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(to_u64(batch_id))
+            Ok(to_u64(batch_id))
+        })
     }
 
     fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<Assignment>, StoreError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.run(move |tx: &Connection| {
         let host: Option<(i64, u32, Vec<u8>)> = tx
             .query_row(
                 "SELECT volunteer_id, cores, public_key FROM hosts WHERE id = ?1",
@@ -558,7 +653,6 @@ impl Store for SqliteStore {
             |row| row.get(0),
         )?;
         if in_flight >= cores {
-            tx.commit()?;
             return Ok(None);
         }
         // Batches with open units, served by priority, then fairly: the batch with the fewest
@@ -597,8 +691,8 @@ impl Store for SqliteStore {
         }
         for (unit_id, batch_id, input_hash, seed) in candidates {
             let unit_id = to_u64(unit_id);
-            let batch = load_batch(&tx, to_u64(batch_id))?;
-            let replicas = load_replicas(&tx, unit_id)?;
+            let batch = load_batch(tx, to_u64(batch_id))?;
+            let replicas = load_replicas(tx, unit_id)?;
             let wanted = match evaluate(&batch.policy, &replicas) {
                 Verdict::Open { wanted } => wanted,
                 _ => 0,
@@ -621,7 +715,6 @@ impl Store for SqliteStore {
             let replica_id = to_u64(tx.last_insert_rowid());
             // Parse before committing: a corrupt row must not leave a replica nobody was sent.
             let input = parse_hash(&input_hash)?;
-            tx.commit()?;
             return Ok(Some(Assignment {
                 replica_id,
                 unit_id,
@@ -636,8 +729,8 @@ impl Store for SqliteStore {
                 deadline_ms,
             }));
         }
-        tx.commit()?;
         Ok(None)
+        })
     }
 
     fn record_report(
@@ -647,96 +740,95 @@ impl Store for SqliteStore {
         outcome: &Outcome,
         now_ms: u64,
     ) -> Result<ReportEffect, StoreError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(i64, i64, String)> = tx
-            .query_row(
-                "SELECT unit_id, host_id, state FROM replicas WHERE id = ?1",
-                [to_i64(replica_id)],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()?;
-        let Some((unit_id, owner, state)) = row else {
-            return Err(StoreError::UnknownReplica(replica_id));
-        };
-        if to_u64(owner) != host_id {
-            return Err(StoreError::NotYourReplica { replica_id });
-        }
-        // Idempotence: a replica reports once; a repeat changes nothing and is acknowledged.
-        if state == "reported" || state == "aborted" {
-            return Ok(ReportEffect::Duplicate);
-        }
-        // In progress, or timed out but reporting late: record it either way.
-        match outcome {
-            Outcome::Countable(result) => {
-                tx.execute(
-                    "UPDATE replicas SET state = 'reported', result = ?2, reported_ms = ?3,
+        let outcome = outcome.clone();
+        self.run(move |tx: &Connection| {
+            let row: Option<(i64, i64, String)> = tx
+                .query_row(
+                    "SELECT unit_id, host_id, state FROM replicas WHERE id = ?1",
+                    [to_i64(replica_id)],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            let Some((unit_id, owner, state)) = row else {
+                return Err(StoreError::UnknownReplica(replica_id));
+            };
+            if to_u64(owner) != host_id {
+                return Err(StoreError::NotYourReplica { replica_id });
+            }
+            // Idempotence: a replica reports once; a repeat changes nothing and is acknowledged.
+            if state == "reported" || state == "aborted" {
+                return Ok(ReportEffect::Duplicate);
+            }
+            // In progress, or timed out but reporting late: record it either way.
+            match &outcome {
+                Outcome::Countable(result) => {
+                    tx.execute(
+                        "UPDATE replicas SET state = 'reported', result = ?2, reported_ms = ?3,
                                         output_hash = ?4
                      WHERE id = ?1",
-                    params![
-                        to_i64(replica_id),
-                        encode_result(result)?,
-                        to_i64(now_ms),
-                        result.output_hash.to_hex()
-                    ],
-                )?;
-            }
-            Outcome::Aborted(reason) => {
-                let reason = serde_json::to_string(reason)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                tx.execute(
-                    "UPDATE replicas SET state = 'aborted', abort_reason = ?2, reported_ms = ?3
-                     WHERE id = ?1",
-                    params![to_i64(replica_id), reason, to_i64(now_ms)],
-                )?;
-            }
-        }
-        let (batch_id, unit_state, canonical): (i64, String, Option<String>) = tx.query_row(
-            "SELECT batch_id, state, canonical FROM units WHERE id = ?1",
-            [unit_id],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )?;
-        let unit_id = to_u64(unit_id);
-        let effect = match (unit_state.as_str(), outcome) {
-            ("open", _) => {
-                let batch = load_batch(&tx, to_u64(batch_id))?;
-                match settle_unit(&tx, unit_id, &batch.policy, now_ms)? {
-                    Verdict::Validated { .. } => ReportEffect::Validated { unit_id },
-                    Verdict::Failed { .. } => ReportEffect::Failed { unit_id },
-                    Verdict::Open { .. } => ReportEffect::Recorded,
-                }
-            }
-            ("validated", Outcome::Countable(result)) => {
-                let canonical = parse_result(canonical.as_deref().unwrap_or_default())?;
-                let agreed = *result == canonical;
-                if agreed {
-                    mark_valid_and_credit(&tx, replica_id, canonical.fuel, now_ms)?;
-                } else {
-                    tx.execute(
-                        "UPDATE replicas SET validity = 'invalid' WHERE id = ?1",
-                        [to_i64(replica_id)],
+                        params![
+                            to_i64(replica_id),
+                            encode_result(result)?,
+                            to_i64(now_ms),
+                            result.output_hash.to_hex()
+                        ],
                     )?;
                 }
-                ReportEffect::LateChecked { agreed }
+                Outcome::Aborted(reason) => {
+                    let reason = serde_json::to_string(reason)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    tx.execute(
+                        "UPDATE replicas SET state = 'aborted', abort_reason = ?2, reported_ms = ?3
+                     WHERE id = ?1",
+                        params![to_i64(replica_id), reason, to_i64(now_ms)],
+                    )?;
+                }
             }
-            _ => ReportEffect::Recorded,
-        };
-        tx.commit()?;
-        Ok(effect)
+            let (batch_id, unit_state, canonical): (i64, String, Option<String>) = tx.query_row(
+                "SELECT batch_id, state, canonical FROM units WHERE id = ?1",
+                [unit_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
+            let unit_id = to_u64(unit_id);
+            let effect = match (unit_state.as_str(), &outcome) {
+                ("open", _) => {
+                    let batch = load_batch(tx, to_u64(batch_id))?;
+                    match settle_unit(tx, unit_id, &batch.policy, now_ms)? {
+                        Verdict::Validated { .. } => ReportEffect::Validated { unit_id },
+                        Verdict::Failed { .. } => ReportEffect::Failed { unit_id },
+                        Verdict::Open { .. } => ReportEffect::Recorded,
+                    }
+                }
+                ("validated", Outcome::Countable(result)) => {
+                    let canonical = parse_result(canonical.as_deref().unwrap_or_default())?;
+                    let agreed = *result == canonical;
+                    if agreed {
+                        mark_valid_and_credit(tx, replica_id, canonical.fuel, now_ms)?;
+                    } else {
+                        tx.execute(
+                            "UPDATE replicas SET validity = 'invalid' WHERE id = ?1",
+                            [to_i64(replica_id)],
+                        )?;
+                    }
+                    ReportEffect::LateChecked { agreed }
+                }
+                _ => ReportEffect::Recorded,
+            };
+            Ok(effect)
+        })
     }
 
     fn expire_deadlines(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let expired: Vec<i64> = tx
-            .prepare_cached(
-                "SELECT id FROM replicas WHERE state = 'in_progress' AND deadline_ms < ?1",
-            )?
-            .query_map([to_i64(now_ms)], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        time_out(&tx, &expired, now_ms)?;
-        tx.commit()?;
-        Ok(expired.len())
+        self.run(move |tx: &Connection| {
+            let expired: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM replicas WHERE state = 'in_progress' AND deadline_ms < ?1",
+                )?
+                .query_map([to_i64(now_ms)], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            time_out(tx, &expired, now_ms)?;
+            Ok(expired.len())
+        })
     }
 
     fn release_lost_replicas(
@@ -745,136 +837,139 @@ impl Store for SqliteStore {
         held: &[u64],
         now_ms: u64,
     ) -> Result<usize, StoreError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let lost: Vec<i64> = tx
-            .prepare_cached("SELECT id FROM replicas WHERE host_id = ?1 AND state = 'in_progress'")?
-            .query_map([to_i64(host_id)], |row| row.get(0))?
-            .collect::<Result<Vec<i64>, _>>()?
-            .into_iter()
-            .filter(|id| !held.contains(&to_u64(*id)))
-            .collect();
-        time_out(&tx, &lost, now_ms)?;
-        tx.commit()?;
-        Ok(lost.len())
+        let held = held.to_vec();
+        self.run(move |tx: &Connection| {
+            let lost: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM replicas WHERE host_id = ?1 AND state = 'in_progress'",
+                )?
+                .query_map([to_i64(host_id)], |row| row.get(0))?
+                .collect::<Result<Vec<i64>, _>>()?
+                .into_iter()
+                .filter(|id| !held.contains(&to_u64(*id)))
+                .collect();
+            time_out(tx, &lost, now_ms)?;
+            Ok(lost.len())
+        })
     }
 
     fn batch_status(&self, batch_id: u64) -> Result<Option<BatchStatus>, StoreError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction()?;
-        let batch: Option<(String, u32, i64)> = tx
-            .query_row(
-                "SELECT module_hash, quorum, created_ms FROM batches WHERE id = ?1",
-                [to_i64(batch_id)],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()?;
-        let Some((module, quorum, created_ms)) = batch else {
-            return Ok(None);
-        };
-        let mut units = Vec::new();
-        {
-            let mut statement = tx.prepare_cached(
-                "SELECT id, name, state, input_hash, canonical, failure,
+        self.run(move |tx: &Connection| {
+            let batch: Option<(String, u32, i64)> = tx
+                .query_row(
+                    "SELECT module_hash, quorum, created_ms FROM batches WHERE id = ?1",
+                    [to_i64(batch_id)],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            let Some((module, quorum, created_ms)) = batch else {
+                return Ok(None);
+            };
+            let mut units = Vec::new();
+            {
+                let mut statement = tx.prepare_cached(
+                    "SELECT id, name, state, input_hash, canonical, failure,
                         (SELECT COUNT(*) FROM replicas r WHERE r.unit_id = units.id)
                  FROM units WHERE batch_id = ?1 ORDER BY id",
-            )?;
-            let rows = statement.query_map([to_i64(batch_id)], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, Option<String>>(4)?,
-                    row.get::<_, Option<String>>(5)?,
-                    row.get::<_, u32>(6)?,
-                ))
-            })?;
-            for row in rows {
-                let (id, name, state, input, canonical, failure, replicas) = row?;
-                units.push(UnitStatus {
-                    id: to_u64(id),
-                    name,
-                    state,
-                    input,
-                    result: canonical.as_deref().map(parse_result).transpose()?,
-                    failure,
-                    replicas,
-                });
+                )?;
+                let rows = statement.query_map([to_i64(batch_id)], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                        row.get::<_, u32>(6)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (id, name, state, input, canonical, failure, replicas) = row?;
+                    units.push(UnitStatus {
+                        id: to_u64(id),
+                        name,
+                        state,
+                        input,
+                        result: canonical.as_deref().map(parse_result).transpose()?,
+                        failure,
+                        replicas,
+                    });
+                }
             }
-        }
-        let count = |state: &str| units.iter().filter(|u| u.state == state).count() as u64;
-        Ok(Some(BatchStatus {
-            id: batch_id,
-            module,
-            quorum,
-            total: units.len() as u64,
-            open: count("open"),
-            validated: count("validated"),
-            failed: count("failed"),
-            created_ms: to_u64(created_ms),
-            units,
-        }))
+            let count = |state: &str| units.iter().filter(|u| u.state == state).count() as u64;
+            Ok(Some(BatchStatus {
+                id: batch_id,
+                module,
+                quorum,
+                total: units.len() as u64,
+                open: count("open"),
+                validated: count("validated"),
+                failed: count("failed"),
+                created_ms: to_u64(created_ms),
+                units,
+            }))
+        })
     }
 
     fn credit_totals(&self, now_ms: u64) -> Result<CreditTotals, StoreError> {
-        let connection = self.lock();
-        let volunteers = connection
-            .prepare(
-                "SELECT v.name, v.team, COALESCE(SUM(c.fuel), 0), COUNT(c.id), v.rac, v.rac_ms
+        self.run(move |connection: &Connection| {
+            let volunteers = connection
+                .prepare(
+                    "SELECT v.name, v.team, COALESCE(SUM(c.fuel), 0), COUNT(c.id), v.rac, v.rac_ms
                  FROM volunteers v LEFT JOIN credit c ON c.volunteer_id = v.id
                  GROUP BY v.id ORDER BY 3 DESC, v.name",
-            )?
-            .query_map([], |row| {
-                let fuel = to_u64(row.get::<_, i64>(2)?);
-                Ok(CreditLine {
-                    name: row.get(0)?,
-                    team: row.get(1)?,
-                    fuel,
-                    credit: credit_for_fuel(fuel),
-                    recent_average_credit: rac_at(row.get(4)?, row.get(5)?, now_ms),
-                    replicas: to_u64(row.get::<_, i64>(3)?),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        // A team's figures are its members' sums.
-        let mut teams: Vec<CreditLine> = Vec::new();
-        for volunteer in &volunteers {
-            let Some(team) = &volunteer.team else {
-                continue;
-            };
-            match teams.iter_mut().find(|t| &t.name == team) {
-                Some(line) => {
-                    line.fuel += volunteer.fuel;
-                    line.replicas += volunteer.replicas;
-                    line.recent_average_credit += volunteer.recent_average_credit;
+                )?
+                .query_map([], |row| {
+                    let fuel = to_u64(row.get::<_, i64>(2)?);
+                    Ok(CreditLine {
+                        name: row.get(0)?,
+                        team: row.get(1)?,
+                        fuel,
+                        credit: credit_for_fuel(fuel),
+                        recent_average_credit: rac_at(row.get(4)?, row.get(5)?, now_ms),
+                        replicas: to_u64(row.get::<_, i64>(3)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            // A team's figures are its members' sums.
+            let mut teams: Vec<CreditLine> = Vec::new();
+            for volunteer in &volunteers {
+                let Some(team) = &volunteer.team else {
+                    continue;
+                };
+                match teams.iter_mut().find(|t| &t.name == team) {
+                    Some(line) => {
+                        line.fuel += volunteer.fuel;
+                        line.replicas += volunteer.replicas;
+                        line.recent_average_credit += volunteer.recent_average_credit;
+                    }
+                    None => teams.push(CreditLine {
+                        name: team.clone(),
+                        team: None,
+                        fuel: volunteer.fuel,
+                        credit: 0.0,
+                        recent_average_credit: volunteer.recent_average_credit,
+                        replicas: volunteer.replicas,
+                    }),
                 }
-                None => teams.push(CreditLine {
-                    name: team.clone(),
-                    team: None,
-                    fuel: volunteer.fuel,
-                    credit: 0.0,
-                    recent_average_credit: volunteer.recent_average_credit,
-                    replicas: volunteer.replicas,
-                }),
             }
-        }
-        for team in &mut teams {
-            team.credit = credit_for_fuel(team.fuel);
-        }
-        teams.sort_by(|a, b| b.fuel.cmp(&a.fuel).then_with(|| a.name.cmp(&b.name)));
-        Ok(CreditTotals {
-            fuel_per_credit: herd_lifecycle::FUEL_PER_CREDIT,
-            volunteers,
-            teams,
+            for team in &mut teams {
+                team.credit = credit_for_fuel(team.fuel);
+            }
+            teams.sort_by(|a, b| b.fuel.cmp(&a.fuel).then_with(|| a.name.cmp(&b.name)));
+            Ok(CreditTotals {
+                fuel_per_credit: herd_lifecycle::FUEL_PER_CREDIT,
+                volunteers,
+                teams,
+            })
         })
     }
 
     fn hosts(&self, now_ms: u64) -> Result<Vec<HostLine>, StoreError> {
-        let connection = self.lock();
-        let hosts = connection
-            .prepare(
-                "SELECT h.id, v.name, h.public_key, h.cores, h.last_seen_ms, h.rac, h.rac_ms,
+        self.run(move |connection: &Connection| {
+            let hosts = connection
+                .prepare(
+                    "SELECT h.id, v.name, h.public_key, h.cores, h.last_seen_ms, h.rac, h.rac_ms,
                         h.refused_reports,
                         COALESCE(SUM(r.validity = 'valid'), 0),
                         COALESCE(SUM(r.validity = 'invalid'), 0),
@@ -885,96 +980,97 @@ impl Store for SqliteStore {
                  FROM hosts h JOIN volunteers v ON v.id = h.volunteer_id
                  LEFT JOIN replicas r ON r.host_id = h.id
                  GROUP BY h.id ORDER BY h.id",
-            )?
-            .query_map([], |row| {
-                let key: Vec<u8> = row.get(2)?;
-                let fuel = to_u64(row.get::<_, i64>(13)?);
-                Ok(HostLine {
-                    id: to_u64(row.get::<_, i64>(0)?),
-                    volunteer: row.get(1)?,
-                    public_key: key.iter().map(|b| format!("{b:02x}")).collect(),
-                    cores: row.get(3)?,
-                    last_seen_ms: to_u64(row.get::<_, i64>(4)?),
-                    recent_average_credit: rac_at(row.get(5)?, row.get(6)?, now_ms),
-                    refused_reports: to_u64(row.get::<_, i64>(7)?),
-                    valid: to_u64(row.get::<_, i64>(8)?),
-                    invalid: to_u64(row.get::<_, i64>(9)?),
-                    errors: to_u64(row.get::<_, i64>(10)?),
-                    timed_out: to_u64(row.get::<_, i64>(11)?),
-                    in_progress: to_u64(row.get::<_, i64>(12)?),
-                    fuel,
-                    credit: credit_for_fuel(fuel),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(hosts)
+                )?
+                .query_map([], |row| {
+                    let key: Vec<u8> = row.get(2)?;
+                    let fuel = to_u64(row.get::<_, i64>(13)?);
+                    Ok(HostLine {
+                        id: to_u64(row.get::<_, i64>(0)?),
+                        volunteer: row.get(1)?,
+                        public_key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                        cores: row.get(3)?,
+                        last_seen_ms: to_u64(row.get::<_, i64>(4)?),
+                        recent_average_credit: rac_at(row.get(5)?, row.get(6)?, now_ms),
+                        refused_reports: to_u64(row.get::<_, i64>(7)?),
+                        valid: to_u64(row.get::<_, i64>(8)?),
+                        invalid: to_u64(row.get::<_, i64>(9)?),
+                        errors: to_u64(row.get::<_, i64>(10)?),
+                        timed_out: to_u64(row.get::<_, i64>(11)?),
+                        in_progress: to_u64(row.get::<_, i64>(12)?),
+                        fuel,
+                        credit: credit_for_fuel(fuel),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(hosts)
+        })
     }
 
     fn retire_batch(&self, batch_id: u64) -> Result<Option<RetiredBatch>, StoreError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let id = to_i64(batch_id);
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM batches WHERE id = ?1)",
-            [id],
-            |row| row.get(0),
-        )?;
-        if !exists {
-            return Ok(None);
-        }
-        // Every blob the batch refers to: its module, its inputs, every reported output.
-        let mut referenced: Vec<String> = tx
-            .prepare_cached(
-                "SELECT module_hash FROM batches WHERE id = ?1
-                 UNION SELECT input_hash FROM units WHERE batch_id = ?1",
-            )?
-            .query_map([id], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        let outputs: Vec<String> = tx
-            .prepare_cached(
-                "SELECT r.output_hash FROM replicas r JOIN units u ON u.id = r.unit_id
-                 WHERE u.batch_id = ?1 AND r.output_hash IS NOT NULL",
-            )?
-            .query_map([id], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        referenced.extend(outputs);
-        referenced.sort();
-        referenced.dedup();
-        let replicas = tx.execute(
-            "DELETE FROM replicas WHERE unit_id IN (SELECT id FROM units WHERE batch_id = ?1)",
-            [id],
-        )?;
-        let units = tx.execute("DELETE FROM units WHERE batch_id = ?1", [id])?;
-        tx.execute("DELETE FROM batches WHERE id = ?1", [id])?;
-        // Blobs that no remaining batch refers to may go.
-        let mut unreferenced = Vec::new();
-        for hash in referenced {
-            let still_used: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM batches WHERE module_hash = ?1)
-                     OR EXISTS (SELECT 1 FROM units WHERE input_hash = ?1)
-                     OR EXISTS (SELECT 1 FROM replicas WHERE output_hash = ?1)",
-                [&hash],
+        self.run(move |tx: &Connection| {
+            let id = to_i64(batch_id);
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM batches WHERE id = ?1)",
+                [id],
                 |row| row.get(0),
             )?;
-            if !still_used {
-                unreferenced.push(parse_hash(&hash)?);
+            if !exists {
+                return Ok(None);
             }
-        }
-        tx.commit()?;
-        Ok(Some(RetiredBatch {
-            units: units as u64,
-            replicas: replicas as u64,
-            unreferenced_blobs: unreferenced,
-        }))
+            // Every blob the batch refers to: its module, its inputs, every reported output.
+            let mut referenced: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT module_hash FROM batches WHERE id = ?1
+                 UNION SELECT input_hash FROM units WHERE batch_id = ?1",
+                )?
+                .query_map([id], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let outputs: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT r.output_hash FROM replicas r JOIN units u ON u.id = r.unit_id
+                 WHERE u.batch_id = ?1 AND r.output_hash IS NOT NULL",
+                )?
+                .query_map([id], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            referenced.extend(outputs);
+            referenced.sort();
+            referenced.dedup();
+            let replicas = tx.execute(
+                "DELETE FROM replicas WHERE unit_id IN (SELECT id FROM units WHERE batch_id = ?1)",
+                [id],
+            )?;
+            let units = tx.execute("DELETE FROM units WHERE batch_id = ?1", [id])?;
+            tx.execute("DELETE FROM batches WHERE id = ?1", [id])?;
+            // Blobs that no remaining batch refers to may go.
+            let mut unreferenced = Vec::new();
+            for hash in referenced {
+                let still_used: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM batches WHERE module_hash = ?1)
+                     OR EXISTS (SELECT 1 FROM units WHERE input_hash = ?1)
+                     OR EXISTS (SELECT 1 FROM replicas WHERE output_hash = ?1)",
+                    [&hash],
+                    |row| row.get(0),
+                )?;
+                if !still_used {
+                    unreferenced.push(parse_hash(&hash)?);
+                }
+            }
+            Ok(Some(RetiredBatch {
+                units: units as u64,
+                replicas: replicas as u64,
+                unreferenced_blobs: unreferenced,
+            }))
+        })
     }
 
     fn record_refused_report(&self, host_id: u64) -> Result<(), StoreError> {
-        let connection = self.lock();
-        connection.execute(
-            "UPDATE hosts SET refused_reports = refused_reports + 1 WHERE id = ?1",
-            [to_i64(host_id)],
-        )?;
-        Ok(())
+        self.run(move |connection: &Connection| {
+            connection.execute(
+                "UPDATE hosts SET refused_reports = refused_reports + 1 WHERE id = ?1",
+                [to_i64(host_id)],
+            )?;
+            Ok(())
+        })
     }
 }
 
