@@ -2,8 +2,8 @@
 //! validate, credit.
 //! - `lifecycle/core`: the pure lifecycle alone (`evaluate` and `may_assign_to` on in-memory
 //!   replicas), no storage;
-//! - `lifecycle/sqlite`: the real `SqliteStore` on a file (WAL, `synchronous=FULL`), driven by
-//!   four threads standing in for the coordinator's request handlers, each assigning a replica to
+//! - `lifecycle/sqlite`: the real `SqliteStore` on a file (WAL, `synchronous=FULL`), driven by sixteen
+//!   threads standing in for the coordinator's request handlers, each assigning a replica to
 //!   a host and reporting it, until every unit of a batch is validated.
 
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use herd_store::{NewBatch, NewUnit, SqliteStore, Store};
 
 const UNITS: usize = 2_000;
 const HOSTS: u8 = 16;
-const THREADS: usize = 4;
+const THREADS: usize = 16;
 
 fn result() -> RunResult {
     RunResult {

@@ -668,66 +668,71 @@ impl Store for SqliteStore {
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<Result<_, _>>()?;
         batches.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
-        let mut candidates: Vec<(i64, i64, String, i64)> = Vec::new();
+        // Examine open units batch by batch, lazily, and take the first that wants a replica
+        // and may go to this volunteer. A unit with `initial_replicas` in flight cannot want
+        // more (see `evaluate`), so SQL skips those.
+        let mut budget = ASSIGN_SCAN_LIMIT;
         for (batch_id, _, _) in batches {
-            let budget = ASSIGN_SCAN_LIMIT - candidates.len() as i64;
             if budget <= 0 {
                 break;
             }
+            let batch = load_batch(tx, to_u64(batch_id))?;
             let mut statement = tx.prepare_cached(
-                "SELECT id, batch_id, input_hash, seed FROM units
+                "SELECT id, input_hash, seed FROM units
                  WHERE batch_id = ?3 AND state = 'open'
+                   AND (SELECT COUNT(*) FROM replicas r
+                        WHERE r.unit_id = units.id AND r.state = 'in_progress') < ?4
                    AND NOT EXISTS (SELECT 1 FROM replicas r
                                    WHERE r.unit_id = units.id AND r.volunteer_id = ?1
                                      AND r.state IN ('in_progress', 'reported'))
                  ORDER BY id LIMIT ?2",
             )?;
-            let rows = statement.query_map(params![volunteer_id, budget, batch_id], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })?;
-            for row in rows {
-                candidates.push(row?);
+            let mut rows = statement.query(params![
+                volunteer_id,
+                budget,
+                batch_id,
+                batch.policy.initial_replicas
+            ])?;
+            while let Some(row) = rows.next()? {
+                budget -= 1;
+                let unit_id = to_u64(row.get::<_, i64>(0)?);
+                let replicas = load_replicas(tx, unit_id)?;
+                let wanted = match evaluate(&batch.policy, &replicas) {
+                    Verdict::Open { wanted } => wanted,
+                    _ => 0,
+                };
+                if wanted == 0 || !may_assign_to(&replicas, to_u64(volunteer_id)) {
+                    continue;
+                }
+                // Parse before inserting: a corrupt row must not leave a replica nobody was sent.
+                let input = parse_hash(&row.get::<_, String>(1)?)?;
+                let seed = to_u64(row.get::<_, i64>(2)?);
+                let deadline_ms = now_ms.saturating_add(batch.policy.replica_deadline_ms);
+                tx.execute(
+                    "INSERT INTO replicas (unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'in_progress')",
+                    params![
+                        to_i64(unit_id),
+                        to_i64(host_id),
+                        volunteer_id,
+                        to_i64(now_ms),
+                        to_i64(deadline_ms)
+                    ],
+                )?;
+                return Ok(Some(Assignment {
+                    replica_id: to_u64(tx.last_insert_rowid()),
+                    unit_id,
+                    batch_id: to_u64(batch_id),
+                    host_key,
+                    module: batch.module,
+                    input,
+                    seed,
+                    fuel_limit: batch.fuel_limit,
+                    memory_limit_bytes: batch.memory_limit_bytes,
+                    output_limit_bytes: batch.output_limit_bytes,
+                    deadline_ms,
+                }));
             }
-        }
-        for (unit_id, batch_id, input_hash, seed) in candidates {
-            let unit_id = to_u64(unit_id);
-            let batch = load_batch(tx, to_u64(batch_id))?;
-            let replicas = load_replicas(tx, unit_id)?;
-            let wanted = match evaluate(&batch.policy, &replicas) {
-                Verdict::Open { wanted } => wanted,
-                _ => 0,
-            };
-            if wanted == 0 || !may_assign_to(&replicas, to_u64(volunteer_id)) {
-                continue;
-            }
-            let deadline_ms = now_ms.saturating_add(batch.policy.replica_deadline_ms);
-            tx.execute(
-                "INSERT INTO replicas (unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'in_progress')",
-                params![
-                    to_i64(unit_id),
-                    to_i64(host_id),
-                    volunteer_id,
-                    to_i64(now_ms),
-                    to_i64(deadline_ms)
-                ],
-            )?;
-            let replica_id = to_u64(tx.last_insert_rowid());
-            // Parse before committing: a corrupt row must not leave a replica nobody was sent.
-            let input = parse_hash(&input_hash)?;
-            return Ok(Some(Assignment {
-                replica_id,
-                unit_id,
-                batch_id: to_u64(batch_id),
-                host_key,
-                module: batch.module,
-                input,
-                seed: to_u64(seed),
-                fuel_limit: batch.fuel_limit,
-                memory_limit_bytes: batch.memory_limit_bytes,
-                output_limit_bytes: batch.output_limit_bytes,
-                deadline_ms,
-            }));
         }
         Ok(None)
         })
