@@ -643,8 +643,10 @@ impl Store for SqliteStore {
                 .try_into()
                 .map_err(|_| StoreError::Corrupt(format!("host {host_id} has a malformed key")))?,
         );
+        // "Last seen" to the minute is all a host record needs; not rewriting the row on every
+        // request saves a write per assignment.
         tx.execute(
-            "UPDATE hosts SET last_seen_ms = ?2 WHERE id = ?1",
+            "UPDATE hosts SET last_seen_ms = ?2 WHERE id = ?1 AND last_seen_ms < ?2 - 60000",
             params![to_i64(host_id), to_i64(now_ms)],
         )?;
         let in_flight: u32 = tx.query_row(
