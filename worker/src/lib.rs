@@ -287,15 +287,20 @@ impl Worker {
         connection: &Connection,
         assignment: &Assignment,
     ) -> anyhow::Result<Execution> {
-        let module = self.blob(connection, assignment.module).await?;
-        let input = self.blob(connection, assignment.input).await?;
-        let sandbox = self.sandbox.clone();
         let limits = Limits {
             fuel: assignment.fuel_limit,
             memory_bytes: assignment.memory_limit_bytes,
             output_bytes: assignment.output_limit_bytes,
             ..Limits::default()
         };
+        // Even a signed assignment is checked: limits past the sandbox's maxima are refused, not
+        // quietly lowered (replicas elsewhere would run under other limits and disagree).
+        if let Err(problem) = limits.check() {
+            bail!("assignment {}: {problem}", assignment.replica_id);
+        }
+        let module = self.blob(connection, assignment.module).await?;
+        let input = self.blob(connection, assignment.input).await?;
+        let sandbox = self.sandbox.clone();
         let seed = assignment.seed;
         let execution = tokio::task::spawn_blocking(move || match sandbox.admit(&module) {
             Ok(admitted) => sandbox.run(&admitted, &input, seed, &limits),

@@ -85,6 +85,30 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Checks every limit is within what the sandbox allows, naming the first that is not. A
+    /// worker refuses an assignment that fails this rather than run it under other limits than
+    /// its replicas elsewhere.
+    pub fn check(&self) -> Result<(), String> {
+        if self.fuel == 0 {
+            return Err("fuel limit 0: a unit needs some fuel".into());
+        }
+        if self.memory_bytes > MAX_MEMORY_BYTES {
+            return Err(format!(
+                "memory limit {} bytes is over the maximum of {MAX_MEMORY_BYTES}",
+                self.memory_bytes
+            ));
+        }
+        if self.output_bytes > MAX_OUTPUT_BYTES {
+            return Err(format!(
+                "output limit {} bytes is over the maximum of {MAX_OUTPUT_BYTES}",
+                self.output_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A module that passed admission and is compiled and pre-linked, ready to instantiate.
 #[derive(Clone)]
 pub struct AdmittedModule {

@@ -315,3 +315,23 @@ fn pausing_and_resuming_changes_nothing_and_cancelling_aborts() {
         Outcome::Aborted(AbortReason::Cancelled)
     );
 }
+
+#[test]
+fn limits_beyond_the_maxima_are_refused_by_name() {
+    assert_eq!(Limits::default().check(), Ok(()));
+    let huge_output = Limits {
+        output_bytes: MAX_OUTPUT_BYTES + 1,
+        ..Limits::default()
+    };
+    assert!(huge_output.check().unwrap_err().contains("output limit"));
+    let huge_memory = Limits {
+        memory_bytes: u64::MAX,
+        ..Limits::default()
+    };
+    assert!(huge_memory.check().unwrap_err().contains("memory limit"));
+    let no_fuel = Limits {
+        fuel: 0,
+        ..Limits::default()
+    };
+    assert!(no_fuel.check().is_err());
+}
