@@ -27,11 +27,7 @@ fn main() -> anyhow::Result<()> {
     herd_net::init_logging();
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            herd_net::shutdown_signal().await;
-            let _ = stop.send(true);
-        });
+        let shutdown = herd_net::shutdown_on_signal();
         herd_coordinator::run(
             herd_coordinator::Config {
                 data_dir: args.data_dir,

@@ -36,11 +36,7 @@ fn main() -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let result = runtime.block_on(async {
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            herd_net::shutdown_signal().await;
-            let _ = stop.send(true);
-        });
+        let shutdown = herd_net::shutdown_on_signal();
         herd_worker::run(
             herd_worker::Config {
                 data_dir: args.data_dir,

@@ -105,11 +105,6 @@ impl BlobStore {
             Err(source) => Err(BlobError::Io { path, source }),
         }
     }
-
-    /// The directory the store lives in.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
 }
 
 /// Makes a rename durable by syncing the directory that holds it.

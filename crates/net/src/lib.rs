@@ -215,20 +215,26 @@ pub async fn request<Q: Serialize, R: DeserializeOwned>(
     read_message(&mut recv).await
 }
 
-/// Waits for SIGINT or SIGTERM: how the coordinator and the worker are asked to stop.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+/// A shutdown flag that turns true on SIGINT or SIGTERM: how the coordinator and the worker are
+/// asked to stop. Must be called inside a tokio runtime.
+pub fn shutdown_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+        let _ = stop.send(true);
+    });
+    shutdown
 }
 
 /// Logs to stderr with the filter in `HERD_LOG` (default `info`), for the coordinator and worker.

@@ -112,17 +112,11 @@ impl Limits {
 /// A module that passed admission and is compiled and pre-linked, ready to instantiate.
 #[derive(Clone)]
 pub struct AdmittedModule {
-    hash: ContentHash,
     pre: InstancePre<HostState>,
     initial_memory_bytes: u64,
 }
 
 impl AdmittedModule {
-    /// BLAKE3 of the module's binary bytes.
-    pub fn hash(&self) -> ContentHash {
-        self.hash
-    }
-
     /// The linear memory the module declares it starts with.
     pub fn initial_memory_bytes(&self) -> u64 {
         self.initial_memory_bytes
@@ -264,7 +258,6 @@ impl Sandbox {
             .instantiate_pre(&module)
             .map_err(|e| AdmissionError::Invalid(format!("{e:#}")))?;
         let admitted = AdmittedModule {
-            hash,
             initial_memory_bytes: admission::initial_memory_bytes(&module),
             pre,
         };
