@@ -1,16 +1,18 @@
 //! The real coordinator over QUIC on 127.0.0.1: validated units per second at quorum 2 with many
-//! simulated workers, each its own QUIC connection and host key, asking for work and reporting
-//! at once (no sandbox: this measures the coordinator, not the units). Also prints the
-//! coordinator's resident memory per connected worker.
+//! simulated workers, each its own QUIC connection and host key, keeping one request in flight
+//! per core (no sandbox: this measures the coordinator, not the units). Also prints the
+//! coordinator's CPU time per validated unit and its resident memory per connected worker.
 //!
-//! The coordinator runs in this process (`herd_coordinator::run`), with its SQLite database and
-//! blob store in a temporary directory, exactly as the binary runs it.
+//! The coordinator runs in its own process: this benchmark binary re-executes itself with
+//! `HERD_BENCH_COORDINATOR_DIR` set, and that child runs `herd_coordinator::run` exactly as the
+//! `herd-coordinator` binary does, with its SQLite database and blob store in a temporary
+//! directory. The simulated workers share this machine's two cores with it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use herd_net::JoinString;
 use herd_protocol::{
     ClientMessage, ContentHash, Outcome, PROTOCOL_VERSION, Report, RunResult, ServerMessage,
@@ -19,26 +21,49 @@ use herd_protocol::{
 
 const UNITS: usize = 2_000;
 const WORKERS: usize = 32;
+/// Requests each simulated worker keeps in flight at once (its cores).
+const CORES: usize = 4;
 
-/// The coordinator under test, and how to reach it.
+/// Set in the child process: run the coordinator on this data directory.
+const CHILD_ENV: &str = "HERD_BENCH_COORDINATOR_DIR";
+
+/// The coordinator under test (a child process), and how to reach it.
 struct Running {
     join: JoinString,
     http: String,
     token: String,
+    child: std::process::Child,
     _dir: tempfile::TempDir,
 }
 
-fn start(runtime: &tokio::runtime::Runtime) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side: runs the coordinator until killed.
+fn run_coordinator(dir: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let config = herd_coordinator::Config {
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.into(),
         quic: "127.0.0.1:0".parse().expect("addr"),
         http: "127.0.0.1:0".parse().expect("addr"),
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    // The coordinator runs until the process ends.
-    std::mem::forget(_stop);
-    runtime.spawn(async move { herd_coordinator::run(config, shutdown).await });
+    runtime
+        .block_on(herd_coordinator::run(config, shutdown))
+        .expect("coordinator");
+}
+
+fn start() -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .env(CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the coordinator process");
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).ok();
     let started = Instant::now();
     while read("http").is_none() {
@@ -56,12 +81,13 @@ fn start(runtime: &tokio::runtime::Runtime) -> Running {
             .expect("join string"),
         http: read("http").expect("http").trim().to_string(),
         token: read("researcher.token").expect("token").trim().to_string(),
+        child,
         _dir: dir,
     }
 }
 
 /// Uploads a trivial module and `UNITS` inputs and creates a quorum-2 batch; returns its id.
-fn create_batch(coordinator: &Running, round: usize) -> u64 {
+fn create_batch(coordinator: &Running) -> u64 {
     let agent = ureq::Agent::new_with_defaults();
     let auth = format!("Bearer {}", coordinator.token);
     let put = |bytes: &[u8]| {
@@ -79,7 +105,8 @@ fn create_batch(coordinator: &Running, round: usize) -> u64 {
     .expect("module"));
     let units: Vec<serde_json::Value> = (0..UNITS)
         .map(|i| {
-            let input = put(format!("{round} {i}").as_bytes());
+            // The same inputs every round: after the first, uploads find them stored.
+            let input = put(format!("{i}").as_bytes());
             serde_json::json!({ "name": format!("u{i}"), "input": input.to_hex() })
         })
         .collect();
@@ -103,14 +130,14 @@ fn validated(coordinator: &Running, batch: u64) -> u64 {
 
 /// A simulated worker: connects, says hello, then asks and reports until told to stop.
 async fn worker(join: JoinString, index: usize, stop: Arc<AtomicBool>) {
-    let key = SigningKey::from_seed([index as u8 + 1; 32]);
+    let key = Arc::new(SigningKey::from_seed([index as u8 + 1; 32]));
     let connection = herd_net::connect(&join).await.expect("connect");
     let hello = ClientMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
         host_key: key.public_key(),
         volunteer: format!("sim-{index}"),
         team: None,
-        cores: 4,
+        cores: CORES as u32,
         held_replicas: Vec::new(),
     };
     let _: ServerMessage = herd_net::request(&connection, &hello).await.expect("hello");
@@ -120,6 +147,29 @@ async fn worker(join: JoinString, index: usize, stop: Arc<AtomicBool>) {
         output_len: 0,
         output_hash: ContentHash::of(b""),
     };
+    // One slot per core, as the real worker runs them.
+    let slots: Vec<_> = (0..CORES)
+        .map(|_| {
+            tokio::spawn(slot(
+                connection.clone(),
+                key.clone(),
+                result.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    for slot in slots {
+        slot.await.expect("slot");
+    }
+}
+
+/// One core of a simulated worker: asks for work and reports it, until told to stop.
+async fn slot(
+    connection: herd_net::Connection,
+    key: Arc<SigningKey>,
+    result: RunResult,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let answer: ServerMessage = herd_net::request(&connection, &ClientMessage::RequestWork)
             .await
@@ -146,32 +196,49 @@ async fn worker(join: JoinString, index: usize, stop: Arc<AtomicBool>) {
     }
 }
 
-fn resident_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A field of `/proc/PID/status` in KiB (e.g. `VmRSS`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with the last ')'): utime and stime are the
+    // 12th and 13th, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 fn over_quic(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let coordinator = start(&runtime);
-    let mut round = 0;
+    let coordinator = start();
+    let pid = coordinator.child.id();
     let mut group = c.benchmark_group("coordinator");
     group.throughput(Throughput::Elements(UNITS as u64));
     group.sample_size(10);
+    let mut cpu_spent = Duration::ZERO;
+    let mut units_timed = 0u64;
     group.bench_function("quic_32_workers", |b| {
         b.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
-                round += 1;
-                let batch = create_batch(&coordinator, round);
+                let batch = create_batch(&coordinator);
                 let stop = Arc::new(AtomicBool::new(false));
+                let cpu_before = cpu_time(pid);
                 let started = Instant::now();
                 let workers: Vec<_> = (0..WORKERS)
                     .map(|i| runtime.spawn(worker(coordinator.join.clone(), i, stop.clone())))
@@ -180,6 +247,8 @@ fn over_quic(c: &mut Criterion) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 total += started.elapsed();
+                cpu_spent += cpu_time(pid).saturating_sub(cpu_before);
+                units_timed += UNITS as u64;
                 stop.store(true, Ordering::Relaxed);
                 for worker in workers {
                     runtime.block_on(worker).expect("worker");
@@ -189,10 +258,17 @@ fn over_quic(c: &mut Criterion) {
         })
     });
     group.finish();
+    let per_unit = cpu_spent.as_secs_f64() / units_timed.max(1) as f64;
+    println!(
+        "coordinator/cpu_per_unit: {:.0} µs of coordinator CPU per validated unit ({} units; {:.0} units/s per core)",
+        per_unit * 1e6,
+        units_timed,
+        1.0 / per_unit.max(1e-12)
+    );
 
-    // Memory per connected worker: resident memory of this process (the coordinator and the
-    // clients' connections both live here, so this is an upper bound) with 500 idle workers.
-    let before = resident_kib();
+    // Memory per connected worker: the coordinator process's resident memory with 500 idle
+    // workers connected (each registered), against before they came.
+    let before = status_kib(pid, "VmRSS:");
     let connections: Vec<_> = runtime.block_on(async {
         let mut connections = Vec::new();
         for i in 0..500 {
@@ -212,9 +288,9 @@ fn over_quic(c: &mut Criterion) {
         connections
     });
     std::thread::sleep(Duration::from_millis(500));
-    let after = resident_kib();
+    let after = status_kib(pid, "VmRSS:");
     println!(
-        "coordinator/memory_per_worker: {:.1} KiB resident per connected worker (500 workers: {} KiB -> {} KiB, coordinator and clients together)",
+        "coordinator/memory_per_worker: {:.1} KiB resident per connected worker (coordinator process alone; 500 workers: {} KiB -> {} KiB)",
         (after.saturating_sub(before)) as f64 / 500.0,
         before,
         after
@@ -223,4 +299,12 @@ fn over_quic(c: &mut Criterion) {
 }
 
 criterion_group!(benches, over_quic);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        run_coordinator(&dir);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -14,8 +14,8 @@ use herd_protocol::{ContentHash, Outcome, PublicKey, RunResult, Status};
 use herd_store::{NewBatch, NewUnit, SqliteStore, Store};
 
 const UNITS: usize = 2_000;
-const HOSTS: u8 = 16;
-const THREADS: usize = 16;
+const HOSTS: u8 = 64;
+const THREADS: usize = 64;
 
 fn result() -> RunResult {
     RunResult {

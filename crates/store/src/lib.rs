@@ -11,6 +11,7 @@
 //! Architecture Invariant: a replica is credited at most once (the ledger's `replica_id` is
 //! unique), and only after a quorum agreed on its result.
 
+mod live;
 mod sqlite;
 
 use herd_lifecycle::Policy;

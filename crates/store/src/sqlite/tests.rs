@@ -1,6 +1,7 @@
 //! The SQLite store driven through the [`Store`] seam: validation, credit, idempotence, refusals
 //! and durability across a reopen of the same file.
 
+use herd_lifecycle::Policy;
 use herd_protocol::{AbortReason, Status};
 
 use super::*;
@@ -506,4 +507,195 @@ fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs()
         "grants outlive the rows"
     );
     assert_eq!(store.retire_batch(first).expect("retire"), None);
+}
+
+mod mirror {
+    //! Property: whatever sequence of operations the coordinator makes, the live work held in
+    //! memory equals what loading it from the database gives, so a restart (which loads it)
+    //! continues exactly where the running coordinator was.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Register {
+            host: u8,
+            volunteer: u8,
+            cores: u32,
+        },
+        Batch {
+            units: usize,
+            quorum: u32,
+            extra: u32,
+        },
+        Assign {
+            host: u8,
+        },
+        Report {
+            host: u8,
+            pick: usize,
+            kind: u8,
+        },
+        Advance {
+            ms: u64,
+        },
+        Expire,
+        Release {
+            host: u8,
+            keep: u8,
+        },
+        Retire {
+            pick: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..5u8, 0..3u8, 1..4u32).prop_map(|(host, volunteer, cores)| Op::Register {
+                host,
+                volunteer,
+                cores
+            }),
+            (1..4usize, 1..4u32, 0..2u32).prop_map(|(units, quorum, extra)| Op::Batch {
+                units,
+                quorum,
+                extra
+            }),
+            (0..5u8).prop_map(|host| Op::Assign { host }),
+            (0..5u8).prop_map(|host| Op::Assign { host }),
+            (0..5u8, 0..8usize, 0..5u8).prop_map(|(host, pick, kind)| Op::Report {
+                host,
+                pick,
+                kind
+            }),
+            (0..5u8, 0..8usize, 0..5u8).prop_map(|(host, pick, kind)| Op::Report {
+                host,
+                pick,
+                kind
+            }),
+            (0..1_500u64).prop_map(|ms| Op::Advance { ms }),
+            Just(Op::Expire),
+            (0..5u8, 0..255u8).prop_map(|(host, keep)| Op::Release { host, keep }),
+            (0..4usize).prop_map(|pick| Op::Retire { pick }),
+        ]
+    }
+
+    fn outcome(unit_id: u64, kind: u8) -> Outcome {
+        match kind {
+            // Mostly the true result, sometimes a wrong one or an abort.
+            0..=2 => success(&unit_id.to_le_bytes()),
+            3 => success(b"wrong"),
+            _ => Outcome::Aborted(AbortReason::Cancelled),
+        }
+    }
+
+    fn run(ops: Vec<Op>) {
+        let store = SqliteStore::in_memory().expect("open");
+        let mut now = 0u64;
+        let mut host_ids: std::collections::BTreeMap<u8, u64> = Default::default();
+        let mut held: std::collections::BTreeMap<u8, Vec<(u64, u64)>> = Default::default();
+        let mut batches = Vec::new();
+        for op in ops {
+            match op {
+                Op::Register {
+                    host,
+                    volunteer,
+                    cores,
+                } => {
+                    let record = store
+                        .register_host(&key(host + 1), &format!("v{volunteer}"), None, cores, now)
+                        .expect("register");
+                    host_ids.insert(host, record.host_id);
+                }
+                Op::Batch {
+                    units,
+                    quorum,
+                    extra,
+                } => {
+                    let mut new = batch(units, quorum);
+                    new.policy.initial_replicas = quorum + extra;
+                    new.policy.replica_deadline_ms = 1_000;
+                    for unit in &mut new.units {
+                        unit.name = format!("{}-{}", batches.len(), unit.name);
+                    }
+                    batches.push(store.create_batch(&new, now).expect("batch"));
+                }
+                Op::Assign { host } => {
+                    let Some(host_id) = host_ids.get(&host) else {
+                        continue;
+                    };
+                    if let Some(assignment) = store.assign(*host_id, now).expect("assign") {
+                        held.entry(host)
+                            .or_default()
+                            .push((assignment.replica_id, assignment.unit_id));
+                        // A new replica never takes a host past its cores.
+                        let line = store
+                            .hosts(now)
+                            .expect("hosts")
+                            .into_iter()
+                            .find(|line| line.id == *host_id)
+                            .expect("host line");
+                        assert!(line.in_progress <= u64::from(line.cores), "{line:?}");
+                    }
+                }
+                Op::Report { host, pick, kind } => {
+                    let Some(host_id) = host_ids.get(&host) else {
+                        continue;
+                    };
+                    let Some(&(replica_id, unit_id)) =
+                        held.get(&host).and_then(|h| h.get(pick % h.len().max(1)))
+                    else {
+                        continue;
+                    };
+                    match store.record_report(*host_id, replica_id, &outcome(unit_id, kind), now) {
+                        Ok(_) | Err(StoreError::UnknownReplica(_)) => {}
+                        // A host re-registered under another key index may not own it.
+                        Err(StoreError::NotYourReplica { .. }) => {}
+                        Err(other) => panic!("report: {other}"),
+                    }
+                }
+                Op::Advance { ms } => now += ms,
+                Op::Expire => {
+                    store.expire_deadlines(now).expect("expire");
+                }
+                Op::Release { host, keep } => {
+                    let Some(host_id) = host_ids.get(&host) else {
+                        continue;
+                    };
+                    let kept: Vec<u64> = held
+                        .get(&host)
+                        .map(|h| {
+                            h.iter()
+                                .enumerate()
+                                .filter(|(i, _)| keep & (1 << (i % 8)) != 0)
+                                .map(|(_, (replica, _))| *replica)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    store
+                        .release_lost_replicas(*host_id, &kept, now)
+                        .expect("release");
+                }
+                Op::Retire { pick } => {
+                    if !batches.is_empty() {
+                        let batch_id = batches.remove(pick % batches.len());
+                        store.retire_batch(batch_id).expect("retire");
+                    }
+                }
+            }
+            if let Some(difference) = store.live_mirrors_database().expect("mirror") {
+                panic!("live work differs from the database: {difference}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn live_work_always_mirrors_the_database(ops in proptest::collection::vec(op(), 1..60)) {
+            run(ops);
+        }
+    }
 }

@@ -1,0 +1,748 @@
+//! The hot path of the SQLite store: loading the live work into memory, registering hosts,
+//! creating batches, assigning, recording reports, timing out replicas and granting credit.
+//! Each operation decides from [`Live`] and writes its decision to SQLite, in the writer's group
+//! transaction; the database stays the truth and `Live` is rebuilt from it after any failure.
+//!
+//! Rule that keeps `Live` a true mirror: an operation refuses a request (unknown host or replica,
+//! someone else's replica, a bad batch) before it changes anything; any other error marks `Live`
+//! stale, and the writer rebuilds it once the group has been rolled back or committed.
+
+use herd_lifecycle::{Policy, RecentAverage, Replica, ReplicaState, Verdict, credit_for_fuel};
+use herd_protocol::{Assignment, Outcome, PublicKey};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{encode_result, parse_hash, parse_result, to_i64, to_u64};
+use crate::live::{Live, LiveBatch, LiveHost, LiveReplica, LiveUnit, ReplicaRef};
+use crate::{HostRecord, NewBatch, ReportEffect, StoreError};
+
+/// Units examined per assignment request before answering "no work".
+const ASSIGN_SCAN_LIMIT: usize = 512;
+
+/// "Last seen" is kept to the minute: rewriting a host's row on every request would cost a write
+/// per assignment.
+const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
+
+/// Columns of `batches` read by [`batch_from_row`], in its order.
+const BATCH_COLUMNS: &str = "id, module_hash, quorum, max_total_replicas, max_error_replicas,
+    replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, initial_replicas,
+    max_success_replicas, priority";
+
+fn batch_from_row(row: &rusqlite::Row<'_>) -> Result<(u64, String, LiveBatch), rusqlite::Error> {
+    let module: String = row.get(1)?;
+    Ok((
+        to_u64(row.get(0)?),
+        module,
+        LiveBatch {
+            // Parsed by the caller (a rusqlite row closure cannot return a StoreError).
+            module: herd_protocol::ContentHash::of(b""),
+            policy: Policy {
+                quorum: row.get(2)?,
+                max_total_replicas: row.get(3)?,
+                max_error_replicas: row.get(4)?,
+                replica_deadline_ms: to_u64(row.get(5)?),
+                initial_replicas: row.get(9)?,
+                max_success_replicas: row.get(10)?,
+            },
+            fuel_limit: to_u64(row.get(6)?),
+            memory_limit_bytes: to_u64(row.get(7)?),
+            output_limit_bytes: to_u64(row.get(8)?),
+            priority: row.get(11)?,
+            in_flight: 0,
+            open_units: 0,
+            wanting: Default::default(),
+        },
+    ))
+}
+
+fn host_key(bytes: Vec<u8>, host_id: u64) -> Result<PublicKey, StoreError> {
+    Ok(PublicKey(bytes.try_into().map_err(|_| {
+        StoreError::Corrupt(format!("host {host_id} has a malformed key"))
+    })?))
+}
+
+/// Reads a host's row into a [`LiveHost`] (with nothing in flight), or `None`.
+fn load_host(tx: &Connection, host_id: u64) -> Result<Option<LiveHost>, StoreError> {
+    let row: Option<(i64, u32, Vec<u8>, i64)> = tx
+        .prepare_cached(
+            "SELECT volunteer_id, cores, public_key, last_seen_ms FROM hosts WHERE id = ?1",
+        )?
+        .query_row([to_i64(host_id)], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .optional()?;
+    let Some((volunteer_id, cores, key, last_seen_ms)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(LiveHost {
+        volunteer_id: to_u64(volunteer_id),
+        cores,
+        key: host_key(key, host_id)?,
+        last_seen_ms: to_u64(last_seen_ms),
+        in_flight: Default::default(),
+    }))
+}
+
+/// Builds the live work from the database: batches with open units, their open units and
+/// replicas, replicas in progress of closed units, and the hosts holding work.
+pub(super) fn load_live(tx: &Connection) -> Result<Live, StoreError> {
+    let mut live = Live::default();
+    let batches: Vec<(u64, String, LiveBatch)> = tx
+        .prepare(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches b
+             WHERE EXISTS (SELECT 1 FROM units u WHERE u.batch_id = b.id AND u.state = 'open')"
+        ))?
+        .query_map([], batch_from_row)?
+        .collect::<Result<_, _>>()?;
+    for (id, module, mut batch) in batches {
+        batch.module = parse_hash(&module)?;
+        live.batches.insert(id, batch);
+    }
+    let host_ids: Vec<i64> = tx
+        .prepare("SELECT DISTINCT host_id FROM replicas WHERE state = 'in_progress'")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for host_id in host_ids {
+        let host_id = to_u64(host_id);
+        let host = load_host(tx, host_id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "a replica is held by host {host_id}, which does not exist"
+            ))
+        })?;
+        live.hosts.insert(host_id, host);
+    }
+    // Open units and their replicas, grouped by unit (both in unit order).
+    let mut replicas: std::collections::HashMap<u64, Vec<LiveReplica>> = Default::default();
+    {
+        let mut statement = tx.prepare(
+            "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result
+             FROM replicas r JOIN units u ON u.id = r.unit_id WHERE u.state = 'open'",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, Option<String>>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, unit_id, host_id, volunteer_id, state, deadline_ms, result) = row?;
+            let state = replica_state(to_u64(id), &state, to_u64(deadline_ms), result)?;
+            replicas
+                .entry(to_u64(unit_id))
+                .or_default()
+                .push(LiveReplica {
+                    replica: Replica {
+                        id: to_u64(id),
+                        volunteer_id: to_u64(volunteer_id),
+                        state,
+                    },
+                    host_id: to_u64(host_id),
+                });
+        }
+    }
+    let units: Vec<(i64, i64, String, i64)> = tx
+        .prepare("SELECT id, batch_id, input_hash, seed FROM units WHERE state = 'open'")?
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (unit_id, batch_id, input, seed) in units {
+        let unit_id = to_u64(unit_id);
+        let mut unit_replicas = replicas.remove(&unit_id).unwrap_or_default();
+        unit_replicas.sort_by_key(|r| r.replica.id);
+        live.insert_unit(
+            unit_id,
+            LiveUnit {
+                batch_id: to_u64(batch_id),
+                input: parse_hash(&input)?,
+                seed: to_u64(seed),
+                replicas: unit_replicas,
+            },
+        );
+    }
+    let orphans: Vec<(i64, i64, i64, i64, i64, i64)> = tx
+        .prepare(
+            "SELECT r.id, r.unit_id, u.batch_id, r.host_id, r.volunteer_id, r.deadline_ms
+             FROM replicas r JOIN units u ON u.id = r.unit_id
+             WHERE r.state = 'in_progress' AND u.state != 'open'",
+        )?
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (id, unit_id, batch_id, host_id, volunteer_id, deadline_ms) in orphans {
+        live.insert_orphan_in_progress(
+            to_u64(id),
+            ReplicaRef {
+                unit_id: to_u64(unit_id),
+                batch_id: to_u64(batch_id),
+                host_id: to_u64(host_id),
+                volunteer_id: to_u64(volunteer_id),
+                deadline_ms: Some(to_u64(deadline_ms)),
+            },
+        );
+    }
+    live.recount_in_flight();
+    Ok(live)
+}
+
+fn replica_state(
+    id: u64,
+    state: &str,
+    deadline_ms: u64,
+    result: Option<String>,
+) -> Result<ReplicaState, StoreError> {
+    Ok(match (state, result) {
+        ("in_progress", _) => ReplicaState::InProgress { deadline_ms },
+        ("reported", Some(result)) => ReplicaState::Reported(parse_result(&result)?),
+        ("aborted", _) => ReplicaState::Aborted,
+        ("timed_out", _) => ReplicaState::TimedOut,
+        (other, _) => {
+            return Err(StoreError::Corrupt(format!(
+                "replica {id} in state {other} without a result"
+            )));
+        }
+    })
+}
+
+/// Registers (or updates) a host under its volunteer; names were checked by the caller.
+pub(super) fn register_host(
+    tx: &Connection,
+    live: &mut Live,
+    key: &PublicKey,
+    volunteer: &str,
+    team: Option<&str>,
+    cores: u32,
+    now_ms: u64,
+) -> Result<HostRecord, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO volunteers (name, team) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET team = excluded.team",
+    )?
+    .execute(params![volunteer, team])?;
+    let volunteer_id: i64 = tx
+        .prepare_cached("SELECT id FROM volunteers WHERE name = ?1")?
+        .query_row([volunteer], |row| row.get(0))?;
+    tx.prepare_cached(
+        "INSERT INTO hosts (public_key, volunteer_id, cores, registered_ms, last_seen_ms)
+         VALUES (?1, ?2, ?3, ?4, ?4)
+         ON CONFLICT (public_key) DO UPDATE SET
+            volunteer_id = excluded.volunteer_id, cores = excluded.cores,
+            last_seen_ms = excluded.last_seen_ms",
+    )?
+    .execute(params![&key.0[..], volunteer_id, cores, to_i64(now_ms)])?;
+    let host_id: i64 = tx
+        .prepare_cached("SELECT id FROM hosts WHERE public_key = ?1")?
+        .query_row([&key.0[..]], |row| row.get(0))?;
+    let (host_id, volunteer_id) = (to_u64(host_id), to_u64(volunteer_id));
+    let host = live.hosts.entry(host_id).or_insert_with(|| LiveHost {
+        volunteer_id,
+        cores,
+        key: *key,
+        last_seen_ms: now_ms,
+        in_flight: Default::default(),
+    });
+    host.volunteer_id = volunteer_id;
+    host.cores = cores;
+    host.key = *key;
+    host.last_seen_ms = now_ms;
+    Ok(HostRecord {
+        host_id,
+        volunteer_id,
+        cores,
+    })
+}
+
+/// Creates a batch and its units (the caller validated the policy).
+pub(super) fn create_batch(
+    tx: &Connection,
+    live: &mut Live,
+    batch: &NewBatch,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    tx.execute(
+        "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
+            replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
+            initial_replicas, max_success_replicas, priority)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            batch.module.to_hex(),
+            batch.policy.quorum,
+            batch.policy.max_total_replicas,
+            batch.policy.max_error_replicas,
+            to_i64(batch.policy.replica_deadline_ms),
+            to_i64(batch.fuel_limit),
+            to_i64(batch.memory_limit_bytes),
+            to_i64(batch.output_limit_bytes),
+            to_i64(now_ms),
+            batch.policy.initial_replicas,
+            batch.policy.max_success_replicas,
+            batch.priority,
+        ],
+    )?;
+    let batch_id = to_u64(tx.last_insert_rowid());
+    let mut unit_ids = Vec::with_capacity(batch.units.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO units (batch_id, name, input_hash, seed, state)
+             VALUES (?1, ?2, ?3, ?4, 'open')",
+        )?;
+        for unit in &batch.units {
+            insert
+                .execute(params![
+                    to_i64(batch_id),
+                    unit.name,
+                    unit.input.to_hex(),
+                    to_i64(unit.seed)
+                ])
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        StoreError::Invalid(format!("unit name `{}` appears twice", unit.name))
+                    }
+                    other => StoreError::Database(other),
+                })?;
+            unit_ids.push(to_u64(tx.last_insert_rowid()));
+        }
+    }
+    live.batches.insert(
+        batch_id,
+        LiveBatch {
+            module: batch.module,
+            policy: batch.policy,
+            fuel_limit: batch.fuel_limit,
+            memory_limit_bytes: batch.memory_limit_bytes,
+            output_limit_bytes: batch.output_limit_bytes,
+            priority: batch.priority,
+            in_flight: 0,
+            open_units: 0,
+            wanting: Default::default(),
+        },
+    );
+    for (unit, unit_id) in batch.units.iter().zip(unit_ids) {
+        live.insert_unit(
+            unit_id,
+            LiveUnit {
+                batch_id,
+                input: unit.input,
+                seed: unit.seed,
+                replicas: Vec::new(),
+            },
+        );
+    }
+    Ok(batch_id)
+}
+
+/// The live host, loaded from its row if it is not in memory yet.
+fn live_host<'a>(
+    tx: &Connection,
+    live: &'a mut Live,
+    host_id: u64,
+) -> Result<&'a mut LiveHost, StoreError> {
+    match live.hosts.entry(host_id) {
+        std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+        std::collections::hash_map::Entry::Vacant(entry) => {
+            let host = load_host(tx, host_id)?.ok_or(StoreError::UnknownHost)?;
+            Ok(entry.insert(host))
+        }
+    }
+}
+
+pub(super) fn assign(
+    tx: &Connection,
+    live: &mut Live,
+    host_id: u64,
+    now_ms: u64,
+) -> Result<Option<Assignment>, StoreError> {
+    let host = live_host(tx, live, host_id)?;
+    if host.last_seen_ms.saturating_add(LAST_SEEN_RESOLUTION_MS) < now_ms {
+        tx.prepare_cached("UPDATE hosts SET last_seen_ms = ?2 WHERE id = ?1")?
+            .execute(params![to_i64(host_id), to_i64(now_ms)])?;
+        host.last_seen_ms = now_ms;
+    }
+    if host.in_flight.len() >= host.cores as usize {
+        return Ok(None);
+    }
+    let (volunteer_id, key) = (host.volunteer_id, host.key);
+    let Some(pick) = live.pick(host_id, volunteer_id, ASSIGN_SCAN_LIMIT) else {
+        return Ok(None);
+    };
+    let (Some(batch), Some(unit)) = (
+        live.batches.get(&pick.batch_id),
+        live.units.get(&pick.unit_id),
+    ) else {
+        return Err(StoreError::Corrupt(format!(
+            "picked unit {} is not live",
+            pick.unit_id
+        )));
+    };
+    let deadline_ms = now_ms.saturating_add(batch.policy.replica_deadline_ms);
+    tx.prepare_cached(
+        "INSERT INTO replicas (unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'in_progress')",
+    )?
+    .execute(params![
+        to_i64(pick.unit_id),
+        to_i64(host_id),
+        to_i64(volunteer_id),
+        to_i64(now_ms),
+        to_i64(deadline_ms)
+    ])?;
+    let replica_id = to_u64(tx.last_insert_rowid());
+    let assignment = Assignment {
+        replica_id,
+        unit_id: pick.unit_id,
+        batch_id: pick.batch_id,
+        host_key: key,
+        module: batch.module,
+        input: unit.input,
+        seed: unit.seed,
+        fuel_limit: batch.fuel_limit,
+        memory_limit_bytes: batch.memory_limit_bytes,
+        output_limit_bytes: batch.output_limit_bytes,
+        deadline_ms,
+    };
+    live.add_replica(
+        &pick,
+        Replica {
+            id: replica_id,
+            volunteer_id,
+            state: ReplicaState::InProgress { deadline_ms },
+        },
+        host_id,
+        deadline_ms,
+    );
+    Ok(Some(assignment))
+}
+
+/// Writes a report into the replica's row.
+fn write_report(
+    tx: &Connection,
+    replica_id: u64,
+    outcome: &Outcome,
+    now_ms: u64,
+) -> Result<ReplicaState, StoreError> {
+    Ok(match outcome {
+        Outcome::Countable(result) => {
+            tx.prepare_cached(
+                "UPDATE replicas SET state = 'reported', result = ?2, reported_ms = ?3,
+                                     output_hash = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                to_i64(replica_id),
+                encode_result(result)?,
+                to_i64(now_ms),
+                result.output_hash.to_hex()
+            ])?;
+            ReplicaState::Reported(result.clone())
+        }
+        Outcome::Aborted(reason) => {
+            let reason =
+                serde_json::to_string(reason).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.prepare_cached(
+                "UPDATE replicas SET state = 'aborted', abort_reason = ?2, reported_ms = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![to_i64(replica_id), reason, to_i64(now_ms)])?;
+            ReplicaState::Aborted
+        }
+    })
+}
+
+pub(super) fn record_report(
+    tx: &Connection,
+    live: &mut Live,
+    host_id: u64,
+    replica_id: u64,
+    outcome: &Outcome,
+    now_ms: u64,
+) -> Result<ReportEffect, StoreError> {
+    let Some(reference) = live.replicas.get(&replica_id).copied() else {
+        return record_report_of_closed_unit(tx, live, host_id, replica_id, outcome, now_ms);
+    };
+    if reference.host_id != host_id {
+        return Err(StoreError::NotYourReplica { replica_id });
+    }
+    let unit_open = match live.units.get(&reference.unit_id) {
+        Some(unit) => {
+            let state = unit
+                .replicas
+                .iter()
+                .find(|r| r.replica.id == replica_id)
+                .map(|r| &r.replica.state);
+            // Idempotence: a replica reports once; a repeat changes nothing and is acknowledged.
+            if matches!(
+                state,
+                Some(ReplicaState::Reported(_) | ReplicaState::Aborted)
+            ) {
+                return Ok(ReportEffect::Duplicate);
+            }
+            true
+        }
+        None => false,
+    };
+    // In progress, or timed out but reporting late: record it either way.
+    let state = write_report(tx, replica_id, outcome, now_ms)?;
+    live.end_in_progress(replica_id, state);
+    if unit_open {
+        Ok(match settle(tx, live, reference.unit_id, now_ms)? {
+            Verdict::Validated { .. } => ReportEffect::Validated {
+                unit_id: reference.unit_id,
+            },
+            Verdict::Failed { .. } => ReportEffect::Failed {
+                unit_id: reference.unit_id,
+            },
+            Verdict::Open { .. } => ReportEffect::Recorded,
+        })
+    } else {
+        check_late(tx, live, &reference, replica_id, outcome, now_ms)
+    }
+}
+
+/// A report for a replica `Live` does not hold: unknown, someone else's, a repeat, or a late
+/// report of a timed-out replica whose unit has closed since. Rare, so answered from SQL.
+fn record_report_of_closed_unit(
+    tx: &Connection,
+    live: &mut Live,
+    host_id: u64,
+    replica_id: u64,
+    outcome: &Outcome,
+    now_ms: u64,
+) -> Result<ReportEffect, StoreError> {
+    let row: Option<(i64, i64, i64, String, i64)> = tx
+        .prepare_cached(
+            "SELECT r.unit_id, r.host_id, r.volunteer_id, r.state, u.batch_id
+             FROM replicas r JOIN units u ON u.id = r.unit_id WHERE r.id = ?1",
+        )?
+        .query_row([to_i64(replica_id)], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((unit_id, owner, volunteer_id, state, batch_id)) = row else {
+        return Err(StoreError::UnknownReplica(replica_id));
+    };
+    if to_u64(owner) != host_id {
+        return Err(StoreError::NotYourReplica { replica_id });
+    }
+    if state != "timed_out" {
+        return Ok(ReportEffect::Duplicate);
+    }
+    write_report(tx, replica_id, outcome, now_ms)?;
+    let reference = ReplicaRef {
+        unit_id: to_u64(unit_id),
+        batch_id: to_u64(batch_id),
+        host_id,
+        volunteer_id: to_u64(volunteer_id),
+        deadline_ms: None,
+    };
+    check_late(tx, live, &reference, replica_id, outcome, now_ms)
+}
+
+/// A late report for a unit that has closed: checked against the canonical result, credited if
+/// it agrees.
+fn check_late(
+    tx: &Connection,
+    live: &mut Live,
+    reference: &ReplicaRef,
+    replica_id: u64,
+    outcome: &Outcome,
+    now_ms: u64,
+) -> Result<ReportEffect, StoreError> {
+    let Outcome::Countable(result) = outcome else {
+        return Ok(ReportEffect::Recorded);
+    };
+    let canonical: Option<String> = tx
+        .prepare_cached("SELECT canonical FROM units WHERE id = ?1 AND state = 'validated'")?
+        .query_row([to_i64(reference.unit_id)], |row| row.get(0))
+        .optional()?
+        .flatten();
+    let Some(canonical) = canonical else {
+        return Ok(ReportEffect::Recorded);
+    };
+    let canonical = parse_result(&canonical)?;
+    let agreed = *result == canonical;
+    if agreed {
+        grant(tx, live, replica_id, reference, canonical.fuel, now_ms)?;
+    } else {
+        mark_invalid(tx, replica_id)?;
+    }
+    Ok(ReportEffect::LateChecked { agreed })
+}
+
+fn mark_invalid(tx: &Connection, replica_id: u64) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE replicas SET validity = 'invalid' WHERE id = ?1")?
+        .execute([to_i64(replica_id)])?;
+    Ok(())
+}
+
+/// Applies the lifecycle's verdict for an open unit, granting credit on validation.
+fn settle(
+    tx: &Connection,
+    live: &mut Live,
+    unit_id: u64,
+    now_ms: u64,
+) -> Result<Verdict, StoreError> {
+    let verdict = live
+        .verdict(unit_id)
+        .ok_or_else(|| StoreError::Corrupt(format!("unit {unit_id} is not live")))?;
+    match &verdict {
+        Verdict::Validated {
+            canonical,
+            agreeing,
+            disagreeing,
+        } => {
+            tx.prepare_cached(
+                "UPDATE units SET state = 'validated', canonical = ?2 WHERE id = ?1",
+            )?
+            .execute(params![to_i64(unit_id), encode_result(canonical)?])?;
+            for replica_id in agreeing {
+                let reference = live.replicas.get(replica_id).copied().ok_or_else(|| {
+                    StoreError::Corrupt(format!("replica {replica_id} is not live"))
+                })?;
+                grant(tx, live, *replica_id, &reference, canonical.fuel, now_ms)?;
+            }
+            for replica_id in disagreeing {
+                mark_invalid(tx, *replica_id)?;
+            }
+            live.close_unit(unit_id);
+        }
+        Verdict::Failed { reason } => {
+            tx.prepare_cached("UPDATE units SET state = 'failed', failure = ?2 WHERE id = ?1")?
+                .execute(params![to_i64(unit_id), reason])?;
+            live.close_unit(unit_id);
+        }
+        Verdict::Open { .. } => live.refresh_wanting(unit_id),
+    }
+    Ok(verdict)
+}
+
+/// Marks a replica valid and writes its credit grant to the ledger (once: the ledger's
+/// `replica_id` is unique), updating its volunteer's and host's recent average credit.
+fn grant(
+    tx: &Connection,
+    live: &mut Live,
+    replica_id: u64,
+    reference: &ReplicaRef,
+    fuel: u64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE replicas SET validity = 'valid' WHERE id = ?1")?
+        .execute([to_i64(replica_id)])?;
+    let granted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO credit (replica_id, volunteer_id, host_id, fuel, granted_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            to_i64(replica_id),
+            to_i64(reference.volunteer_id),
+            to_i64(reference.host_id),
+            to_i64(fuel),
+            to_i64(now_ms)
+        ])?;
+    if granted == 1 {
+        let credit = credit_for_fuel(fuel);
+        update_rac(
+            tx,
+            &mut live.volunteer_rac,
+            "volunteers",
+            reference.volunteer_id,
+            credit,
+            now_ms,
+        )?;
+        update_rac(
+            tx,
+            &mut live.host_rac,
+            "hosts",
+            reference.host_id,
+            credit,
+            now_ms,
+        )?;
+    }
+    Ok(())
+}
+
+fn update_rac(
+    tx: &Connection,
+    cache: &mut std::collections::HashMap<u64, RecentAverage>,
+    table: &str,
+    id: u64,
+    credit: f64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let current = match cache.get(&id) {
+        Some(rac) => *rac,
+        None => {
+            let (per_day, as_of_ms): (f64, i64) = tx
+                .prepare_cached(&format!("SELECT rac, rac_ms FROM {table} WHERE id = ?1"))?
+                .query_row([to_i64(id)], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            RecentAverage {
+                per_day,
+                as_of_ms: to_u64(as_of_ms),
+            }
+        }
+    };
+    let rac = current.granted(credit, now_ms);
+    tx.prepare_cached(&format!(
+        "UPDATE {table} SET rac = ?2, rac_ms = ?3 WHERE id = ?1"
+    ))?
+    .execute(params![to_i64(id), rac.per_day, to_i64(rac.as_of_ms)])?;
+    cache.insert(id, rac);
+    Ok(())
+}
+
+/// Marks replicas in progress as timed out so their units are reissued, and settles their units.
+pub(super) fn time_out(
+    tx: &Connection,
+    live: &mut Live,
+    replica_ids: &[u64],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    for &replica_id in replica_ids {
+        let Some(reference) = live.replicas.get(&replica_id).copied() else {
+            continue;
+        };
+        tx.prepare_cached("UPDATE replicas SET state = 'timed_out' WHERE id = ?1")?
+            .execute([to_i64(replica_id)])?;
+        live.end_in_progress(replica_id, ReplicaState::TimedOut);
+        if live.units.contains_key(&reference.unit_id) {
+            settle(tx, live, reference.unit_id, now_ms)?;
+        }
+    }
+    Ok(())
+}
+
+/// The replicas in progress that `host_id` holds but did not list in `held`.
+pub(super) fn lost_replicas(
+    tx: &Connection,
+    live: &mut Live,
+    host_id: u64,
+    held: &[u64],
+) -> Result<Vec<u64>, StoreError> {
+    let host = live_host(tx, live, host_id)?;
+    Ok(host
+        .in_flight
+        .iter()
+        .copied()
+        .filter(|id| !held.contains(id))
+        .collect())
+}
