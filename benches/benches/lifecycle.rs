@@ -79,7 +79,7 @@ fn batch() -> NewBatch {
 
 /// Runs one batch to completion; returns the time it took.
 fn run_batch(store: &SqliteStore, hosts: &[u64]) -> Duration {
-    let batch_id = store.create_batch(&batch(), 0).expect("batch");
+    let batch_id = store.create_batch(&batch(), 0).wait().expect("batch");
     let started = Instant::now();
     std::thread::scope(|scope| {
         for thread in 0..THREADS {
@@ -94,9 +94,10 @@ fn run_batch(store: &SqliteStore, hosts: &[u64]) -> Duration {
                 while idle_rounds < 3 {
                     let mut worked = false;
                     for &host in &mine {
-                        if let Some(a) = store.assign(host, 1).expect("assign") {
+                        if let Some(a) = store.assign(host, 1).wait().expect("assign") {
                             store
                                 .record_report(host, a.replica_id, &Outcome::Countable(result()), 2)
+                                .wait()
                                 .expect("report");
                             worked = true;
                         }
@@ -108,6 +109,7 @@ fn run_batch(store: &SqliteStore, hosts: &[u64]) -> Duration {
     });
     let status = store
         .batch_status(batch_id)
+        .wait()
         .expect("status")
         .expect("batch");
     assert_eq!(status.validated, UNITS as u64);
@@ -121,6 +123,7 @@ fn sqlite(c: &mut Criterion) {
         .map(|i| {
             store
                 .register_host(&PublicKey([i; 32]), &format!("v{i}"), None, 4, 0)
+                .wait()
                 .expect("register")
                 .host_id
         })

@@ -13,6 +13,7 @@
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -24,7 +25,7 @@ use axum::{Json, Router};
 use herd_lifecycle::Policy;
 use herd_protocol::ContentHash;
 use herd_sandbox::{Limits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_OUTPUT_BYTES};
-use herd_store::{NewBatch, NewUnit, StoreError};
+use herd_store::{NewBatch, NewUnit, RetiredBatch, StoreError};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -341,8 +342,9 @@ async fn create_batch(
         priority,
         units,
     };
-    let shared = shared.clone();
+    let checker = shared.clone();
     let created = blocking(move || {
+        let shared = checker;
         let Some(wasm) = shared.blobs.get(&batch.module)? else {
             return Ok(Err(ApiError::bad_request(
                 "module_missing",
@@ -373,16 +375,17 @@ async fn create_batch(
                 ),
             )));
         }
-        Ok(match shared.store.create_batch(&batch, now_ms()) {
-            Ok(id) => Ok((id, batch.units.len())),
-            Err(StoreError::Invalid(message)) => {
-                Err(ApiError::bad_request("invalid_batch", message))
-            }
-            Err(other) => return Err(other.into()),
-        })
+        Ok(Ok(batch))
     })
     .await??;
-    let (id, units) = created;
+    let units = created.units.len();
+    let id = match shared.store.create_batch(&created, now_ms()).await {
+        Ok(id) => id,
+        Err(StoreError::Invalid(message)) => {
+            return Err(ApiError::bad_request("invalid_batch", message));
+        }
+        Err(other) => return Err(anyhow::Error::from(other).into()),
+    };
     tracing::info!("batch {id} created with {units} units");
     Ok((
         StatusCode::CREATED,
@@ -398,8 +401,12 @@ async fn batch_status(
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers)?;
     let id = parse_batch_id(&id)?;
-    let store = shared.store.clone();
-    match blocking(move || Ok(store.batch_status(id)?)).await? {
+    match shared
+        .store
+        .batch_status(id)
+        .await
+        .map_err(anyhow::Error::from)?
+    {
         Some(status) => Ok(Json(status).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -425,7 +432,37 @@ fn parse_batch_id(id: &str) -> Result<u64, ApiError> {
 
 /// Retires a batch: optionally archives it, purges its rows (one committed transaction), then
 /// deletes the blobs nothing else refers to. A crash between the two leaves orphan blobs, never
-/// a row that refers to a missing blob.
+/// a row that refers to a missing blob. `None` if there is no such batch.
+async fn retire(
+    shared: &Arc<Shared>,
+    id: u64,
+    archive: bool,
+) -> anyhow::Result<Option<(RetiredBatch, Option<PathBuf>)>> {
+    let archive = if archive {
+        let Some(status) = shared.store.batch_status(id).await? else {
+            return Ok(None);
+        };
+        let writer = shared.clone();
+        Some(blocking(move || archive_batch(&writer, &status)).await?)
+    } else {
+        None
+    };
+    let Some(retired) = shared.store.retire_batch(id).await? else {
+        return Ok(None);
+    };
+    let blobs = shared.blobs.clone();
+    let unreferenced = retired.unreferenced_blobs.clone();
+    blocking(move || {
+        for hash in &unreferenced {
+            blobs.remove(hash)?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Some((retired, archive)))
+}
+
+/// `POST /api/v1/batches/{id}/retire`.
 async fn retire_batch(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -440,25 +477,7 @@ async fn retire_batch(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("bad_json", format!("retire request: {e}")))?
     };
-    let shared = shared.clone();
-    let retired = blocking(move || {
-        let archive = if request.archive {
-            let Some(status) = shared.store.batch_status(id)? else {
-                return Ok(None);
-            };
-            Some(archive_batch(&shared, &status)?)
-        } else {
-            None
-        };
-        let Some(retired) = shared.store.retire_batch(id)? else {
-            return Ok(None);
-        };
-        for hash in &retired.unreferenced_blobs {
-            shared.blobs.remove(hash)?;
-        }
-        Ok(Some((retired, archive)))
-    })
-    .await?;
+    let retired = retire(&shared, id, request.archive).await?;
     match retired {
         Some((retired, archive)) => {
             tracing::info!(
@@ -486,10 +505,7 @@ async fn retire_batch(
 
 /// Writes `DIR/archive/batch-ID/status.json` and each validated unit's output, named after the
 /// unit, next to it.
-fn archive_batch(
-    shared: &Shared,
-    status: &herd_store::BatchStatus,
-) -> anyhow::Result<std::path::PathBuf> {
+fn archive_batch(shared: &Shared, status: &herd_store::BatchStatus) -> anyhow::Result<PathBuf> {
     use anyhow::Context;
     let dir = shared.archive_dir.join(format!("batch-{}", status.id));
     let outputs = dir.join("outputs");
@@ -509,13 +525,19 @@ fn archive_batch(
 }
 
 async fn credit(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
-    let store = shared.store.clone();
-    let totals = blocking(move || Ok(store.credit_totals(now_ms())?)).await?;
+    let totals = shared
+        .store
+        .credit_totals(now_ms())
+        .await
+        .map_err(anyhow::Error::from)?;
     Ok(Json(totals).into_response())
 }
 
 async fn hosts(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
-    let store = shared.store.clone();
-    let hosts = blocking(move || Ok(store.hosts(now_ms())?)).await?;
+    let hosts = shared
+        .store
+        .hosts(now_ms())
+        .await
+        .map_err(anyhow::Error::from)?;
     Ok(Json(serde_json::json!({ "hosts": hosts })).into_response())
 }

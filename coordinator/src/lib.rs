@@ -123,8 +123,7 @@ async fn sweep_deadlines(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(DEADLINE_SWEEP);
     loop {
         interval.tick().await;
-        let store = shared.store.clone();
-        match blocking(move || Ok(store.expire_deadlines(now_ms())?)).await {
+        match shared.store.expire_deadlines(now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} replicas passed their deadline and will be reissued"),
             Err(error) => tracing::error!("expire deadlines: {error:#}"),

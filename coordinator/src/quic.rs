@@ -115,23 +115,27 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         refuse(&connection, send, ErrorCode::UnsupportedVersion, message).await;
         return Ok(());
     }
-    let store = shared.store.clone();
-    let registered = blocking(move || {
-        let now = now_ms();
-        let host = match store.register_host(&host_key, &volunteer, team.as_deref(), cores, now) {
-            Ok(host) => host,
-            Err(error) => return Ok(Err(error)),
-        };
-        let lost = store.release_lost_replicas(host.host_id, &held_replicas, now)?;
-        if lost > 0 {
-            tracing::info!(
-                "host {}: {lost} lost replicas will be reissued",
-                host.host_id
-            );
+    let now = now_ms();
+    let registered = match shared
+        .store
+        .register_host(&host_key, &volunteer, team.as_deref(), cores, now)
+        .await
+    {
+        Ok(host) => {
+            let lost = shared
+                .store
+                .release_lost_replicas(host.host_id, &held_replicas, now)
+                .await?;
+            if lost > 0 {
+                tracing::info!(
+                    "host {}: {lost} lost replicas will be reissued",
+                    host.host_id
+                );
+            }
+            Ok(host)
         }
-        Ok(Ok(host))
-    })
-    .await?;
+        Err(error) => Err(error),
+    };
     let host = match registered {
         Ok(host) => host,
         Err(StoreError::Invalid(message)) => {
@@ -216,9 +220,10 @@ async fn serve_stream(
     } = &answer
     {
         // A refused report counts against the host, in its public record.
-        let store = shared.store.clone();
-        let host_id = peer.host.host_id;
-        blocking(move || Ok(store.record_refused_report(host_id)?)).await?;
+        shared
+            .store
+            .record_refused_report(peer.host.host_id)
+            .await?;
     }
     if let (ServerMessage::Error { code, message }, After::Close) = (&answer, &after) {
         refuse(connection, send, *code, message.clone()).await;
@@ -280,17 +285,18 @@ async fn answer(
                     ));
                 }
             }
-            let shared = shared.clone();
-            let host_id = peer.host.host_id;
-            let recorded = blocking(move || {
-                if matches!(outcome, Outcome::Countable(_)) {
-                    shared.blobs.put(&output)?;
-                }
-                Ok(shared
-                    .store
-                    .record_report(host_id, replica_id, &outcome, now_ms()))
-            })
-            .await?;
+            // The output is stored (synced) before the report that refers to it is committed.
+            // Replicas that agree share one blob, so usually only the first writes it.
+            if let Outcome::Countable(result) = &outcome
+                && !shared.blobs.contains(&result.output_hash)
+            {
+                let blobs = shared.blobs.clone();
+                blocking(move || Ok(blobs.put(&output)?)).await?;
+            }
+            let recorded = shared
+                .store
+                .record_report(peer.host.host_id, replica_id, &outcome, now_ms())
+                .await;
             Ok(match recorded {
                 Ok(effect) => {
                     tracing::debug!("replica {replica_id}: {effect:?}");
@@ -320,9 +326,7 @@ async fn answer(
 }
 
 async fn assign(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<ServerMessage> {
-    let store = shared.store.clone();
-    let host_id = peer.host.host_id;
-    let assigned = blocking(move || Ok(store.assign(host_id, now_ms())?)).await?;
+    let assigned = shared.store.assign(peer.host.host_id, now_ms()).await?;
     let Some(assignment) = assigned else {
         return Ok(ServerMessage::NoWork {
             retry_after_ms: NO_WORK_RETRY_MS,

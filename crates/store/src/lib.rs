@@ -5,19 +5,21 @@
 //! Rows (volunteers, hosts, batches, units, replicas, the credit ledger) live in the database;
 //! bytes (modules, inputs, outputs) live in the content-addressed blob store (`herd-blobs`).
 //!
-//! Architecture Invariant: every method that changes state commits its transaction before it
-//! returns, so whatever the coordinator acknowledges has been made durable.
+//! Architecture Invariant: every method that changes state commits its transaction before its
+//! result arrives, so whatever the coordinator acknowledges has been made durable.
 //!
 //! Architecture Invariant: a replica is credited at most once (the ledger's `replica_id` is
 //! unique), and only after a quorum agreed on its result.
 
 mod live;
+mod pending;
 mod sqlite;
 
 use herd_lifecycle::Policy;
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey, RunResult};
 use serde::Serialize;
 
+pub use pending::{Answer, Pending};
 pub use sqlite::SqliteStore;
 
 /// A storage failure, or a request the stored state refuses.
@@ -170,8 +172,8 @@ pub struct CreditTotals {
     pub teams: Vec<CreditLine>,
 }
 
-/// The coordinator's durable state. Implementations are synchronous (the coordinator calls them
-/// off its async threads) and make every change durable before returning.
+/// The coordinator's durable state. Every call answers through a [`Pending`] result, which async
+/// code awaits and other code waits for; a change is durable before its result arrives.
 pub trait Store: Send + Sync {
     /// Registers a host (or updates it) under its volunteer, creating the volunteer if new.
     fn register_host(
@@ -181,15 +183,15 @@ pub trait Store: Send + Sync {
         team: Option<&str>,
         cores: u32,
         now_ms: u64,
-    ) -> Result<HostRecord, StoreError>;
+    ) -> Pending<HostRecord>;
 
     /// Creates a batch and its units; returns the batch id.
-    fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Result<u64, StoreError>;
+    fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Pending<u64>;
 
     /// Picks a unit that wants a replica and that this host's volunteer has not had, creates the
     /// replica and returns its (unsigned) assignment; `None` if there is nothing for this host
     /// (or it is at its cap).
-    fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<Assignment>, StoreError>;
+    fn assign(&self, host_id: u64, now_ms: u64) -> Pending<Option<Assignment>>;
 
     /// Records a host's report for one of its replicas and validates the unit if it can.
     fn record_report(
@@ -198,35 +200,30 @@ pub trait Store: Send + Sync {
         replica_id: u64,
         outcome: &Outcome,
         now_ms: u64,
-    ) -> Result<ReportEffect, StoreError>;
+    ) -> Pending<ReportEffect>;
 
     /// Times out replicas past their deadline; returns how many.
-    fn expire_deadlines(&self, now_ms: u64) -> Result<usize, StoreError>;
+    fn expire_deadlines(&self, now_ms: u64) -> Pending<usize>;
 
     /// Called when a host (re)connects holding the replicas `held`: its other in-progress
     /// replicas were lost (an assignment whose answer never arrived, a crash), so they are timed
     /// out now and reissued instead of waiting for their deadline. Returns how many.
-    fn release_lost_replicas(
-        &self,
-        host_id: u64,
-        held: &[u64],
-        now_ms: u64,
-    ) -> Result<usize, StoreError>;
+    fn release_lost_replicas(&self, host_id: u64, held: &[u64], now_ms: u64) -> Pending<usize>;
 
     /// A batch's progress and units, or `None` if there is no such batch.
-    fn batch_status(&self, batch_id: u64) -> Result<Option<BatchStatus>, StoreError>;
+    fn batch_status(&self, batch_id: u64) -> Pending<Option<BatchStatus>>;
 
     /// Credit totals and recent average credit (as of `now_ms`) per volunteer and team.
-    fn credit_totals(&self, now_ms: u64) -> Result<CreditTotals, StoreError>;
+    fn credit_totals(&self, now_ms: u64) -> Pending<CreditTotals>;
 
     /// Every host's record, with recent average credit as of `now_ms`.
-    fn hosts(&self, now_ms: u64) -> Result<Vec<HostLine>, StoreError>;
+    fn hosts(&self, now_ms: u64) -> Pending<Vec<HostLine>>;
 
     /// Purges a batch: its units and replicas are deleted (the credit ledger keeps its grants),
     /// and the blobs no other batch refers to are named so the caller can archive and delete
     /// them. `None` if there is no such batch. Committed before it returns.
-    fn retire_batch(&self, batch_id: u64) -> Result<Option<RetiredBatch>, StoreError>;
+    fn retire_batch(&self, batch_id: u64) -> Pending<Option<RetiredBatch>>;
 
     /// Counts a refused report against a host.
-    fn record_refused_report(&self, host_id: u64) -> Result<(), StoreError>;
+    fn record_refused_report(&self, host_id: u64) -> Pending<()>;
 }

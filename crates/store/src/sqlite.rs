@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use crate::live::Live;
 use crate::{
-    BatchStatus, CreditLine, CreditTotals, HostLine, HostRecord, NewBatch, ReportEffect,
+    BatchStatus, CreditLine, CreditTotals, HostLine, HostRecord, NewBatch, Pending, ReportEffect,
     RetiredBatch, Store, StoreError, UnitStatus,
 };
 
@@ -302,35 +302,37 @@ impl SqliteStore {
     }
 
     /// Runs `work` on the writer thread inside the current group's transaction, with the live
-    /// work, and returns its result once the group is committed (or the error that stopped it).
-    fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    /// work; its result arrives once the group is committed (or as the error that stopped it).
+    fn run<T, F>(&self, work: F) -> Pending<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut Live) -> Result<T, StoreError> + Send + 'static,
     {
-        let (answer, result) = mpsc::sync_channel(1);
+        let (answer, pending) = Pending::channel();
         let job: Job = Box::new(move |connection: &Connection, live: &mut Live| {
             let outcome = work(connection, live);
             let ok = outcome.is_ok();
             let stale = matches!(&outcome, Err(error) if !error.is_refusal());
             let reply: Reply = Box::new(move |committed: Result<(), String>| {
-                let _ = answer.send(match committed {
+                answer.send(match committed {
                     Ok(()) => outcome,
                     Err(message) => Err(StoreError::Commit(message)),
                 });
             });
             JobDone { ok, stale, reply }
         });
-        let jobs = self.jobs.as_ref().ok_or(StoreError::Closed)?;
-        jobs.send(job).map_err(|_| StoreError::Closed)?;
-        result.recv().map_err(|_| StoreError::Closed)?
+        // A job that cannot be queued is dropped with its answer: the caller sees `Closed`.
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+        pending
     }
 }
 
 #[cfg(test)]
 impl SqliteStore {
     /// Whether the live work in memory equals what loading it from the database gives now.
-    fn live_mirrors_database(&self) -> Result<Option<String>, StoreError> {
+    fn live_mirrors_database(&self) -> Pending<Option<String>> {
         self.run(|tx, live| {
             let loaded = work::load_live(tx)?;
             Ok(live.mirror_difference(&loaded))
@@ -377,26 +379,26 @@ impl Store for SqliteStore {
         team: Option<&str>,
         cores: u32,
         now_ms: u64,
-    ) -> Result<HostRecord, StoreError> {
+    ) -> Pending<HostRecord> {
         let name = volunteer.trim();
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-            return Err(StoreError::Invalid(format!(
+            return Pending::ready(Err(StoreError::Invalid(format!(
                 "volunteer name `{}` must be 1 to 64 printable characters",
                 volunteer.escape_debug()
-            )));
+            ))));
         }
         if let Some(team) = team
             && (team.trim().is_empty() || team.len() > 64 || team.chars().any(char::is_control))
         {
-            return Err(StoreError::Invalid(format!(
+            return Pending::ready(Err(StoreError::Invalid(format!(
                 "team name `{}` must be 1 to 64 printable characters",
                 team.escape_debug()
-            )));
+            ))));
         }
         if !(1..=1024).contains(&cores) {
-            return Err(StoreError::Invalid(format!(
+            return Pending::ready(Err(StoreError::Invalid(format!(
                 "cores {cores} is outside 1..=1024"
-            )));
+            ))));
         }
         let key = *key;
         let name = name.to_string();
@@ -406,21 +408,20 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Result<u64, StoreError> {
-        batch
-            .policy
-            .validate()
-            .map_err(|e| StoreError::Invalid(e.0))?;
+    fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Pending<u64> {
+        if let Err(error) = batch.policy.validate() {
+            return Pending::ready(Err(StoreError::Invalid(error.0)));
+        }
         if batch.units.is_empty() {
-            return Err(StoreError::Invalid(
+            return Pending::ready(Err(StoreError::Invalid(
                 "a batch needs at least one unit".into(),
-            ));
+            )));
         }
         let batch = batch.clone();
         self.run(move |tx, live| work::create_batch(tx, live, &batch, now_ms))
     }
 
-    fn assign(&self, host_id: u64, now_ms: u64) -> Result<Option<Assignment>, StoreError> {
+    fn assign(&self, host_id: u64, now_ms: u64) -> Pending<Option<Assignment>> {
         self.run(move |tx, live| work::assign(tx, live, host_id, now_ms))
     }
 
@@ -430,14 +431,14 @@ impl Store for SqliteStore {
         replica_id: u64,
         outcome: &Outcome,
         now_ms: u64,
-    ) -> Result<ReportEffect, StoreError> {
+    ) -> Pending<ReportEffect> {
         let outcome = outcome.clone();
         self.run(move |tx, live| {
             work::record_report(tx, live, host_id, replica_id, &outcome, now_ms)
         })
     }
 
-    fn expire_deadlines(&self, now_ms: u64) -> Result<usize, StoreError> {
+    fn expire_deadlines(&self, now_ms: u64) -> Pending<usize> {
         self.run(move |tx, live| {
             let expired = live.expired(now_ms);
             work::time_out(tx, live, &expired, now_ms)?;
@@ -445,12 +446,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn release_lost_replicas(
-        &self,
-        host_id: u64,
-        held: &[u64],
-        now_ms: u64,
-    ) -> Result<usize, StoreError> {
+    fn release_lost_replicas(&self, host_id: u64, held: &[u64], now_ms: u64) -> Pending<usize> {
         let held = held.to_vec();
         self.run(move |tx, live| {
             let lost = work::lost_replicas(tx, live, host_id, &held)?;
@@ -459,7 +455,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn batch_status(&self, batch_id: u64) -> Result<Option<BatchStatus>, StoreError> {
+    fn batch_status(&self, batch_id: u64) -> Pending<Option<BatchStatus>> {
         self.run(move |tx: &Connection, _: &mut Live| {
             let batch: Option<(String, u32, i64)> = tx
                 .query_row(
@@ -517,7 +513,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn credit_totals(&self, now_ms: u64) -> Result<CreditTotals, StoreError> {
+    fn credit_totals(&self, now_ms: u64) -> Pending<CreditTotals> {
         self.run(move |connection: &Connection, _: &mut Live| {
             let volunteers = connection
                 .prepare(
@@ -571,7 +567,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn hosts(&self, now_ms: u64) -> Result<Vec<HostLine>, StoreError> {
+    fn hosts(&self, now_ms: u64) -> Pending<Vec<HostLine>> {
         self.run(move |connection: &Connection, _: &mut Live| {
             let hosts = connection
                 .prepare(
@@ -612,7 +608,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn retire_batch(&self, batch_id: u64) -> Result<Option<RetiredBatch>, StoreError> {
+    fn retire_batch(&self, batch_id: u64) -> Pending<Option<RetiredBatch>> {
         self.run(move |tx: &Connection, live: &mut Live| {
             let id = to_i64(batch_id);
             let exists: bool = tx.query_row(
@@ -670,7 +666,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn record_refused_report(&self, host_id: u64) -> Result<(), StoreError> {
+    fn record_refused_report(&self, host_id: u64) -> Pending<()> {
         self.run(move |connection: &Connection, _: &mut Live| {
             connection.execute(
                 "UPDATE hosts SET refused_reports = refused_reports + 1 WHERE id = ?1",

@@ -43,6 +43,7 @@ fn hosts(store: &SqliteStore, n: u8) -> Vec<HostRecord> {
         .map(|i| {
             store
                 .register_host(&key(i), &format!("volunteer-{i}"), Some("team"), 4, 0)
+                .wait()
                 .expect("register")
         })
         .collect()
@@ -51,27 +52,34 @@ fn hosts(store: &SqliteStore, n: u8) -> Vec<HostRecord> {
 #[test]
 fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
     let store = SqliteStore::in_memory().expect("open");
-    let batch_id = store.create_batch(&batch(1, 2), 0).expect("batch");
+    let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
         .assign(hosts[0].host_id, 10)
+        .wait()
         .expect("assign")
         .expect("work");
     let b = store
         .assign(hosts[1].host_id, 10)
+        .wait()
         .expect("assign")
         .expect("work");
     // Quorum 2 with two in flight: the third host gets nothing.
-    assert_eq!(store.assign(hosts[2].host_id, 10).expect("assign"), None);
+    assert_eq!(
+        store.assign(hosts[2].host_id, 10).wait().expect("assign"),
+        None
+    );
     assert_eq!(
         store
             .record_report(hosts[0].host_id, a.replica_id, &success(b"out"), 20)
+            .wait()
             .expect("report"),
         ReportEffect::Recorded
     );
     assert_eq!(
         store
             .record_report(hosts[1].host_id, b.replica_id, &success(b"out"), 20)
+            .wait()
             .expect("report"),
         ReportEffect::Validated { unit_id: a.unit_id }
     );
@@ -79,11 +87,13 @@ fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
     assert_eq!(
         store
             .record_report(hosts[1].host_id, b.replica_id, &success(b"out"), 30)
+            .wait()
             .expect("report"),
         ReportEffect::Duplicate
     );
     let status = store
         .batch_status(batch_id)
+        .wait()
         .expect("status")
         .expect("batch");
     assert_eq!(status.validated, 1);
@@ -91,7 +101,7 @@ fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
         status.units[0].result.as_ref().map(|r| r.output_hash),
         Some(ContentHash::of(b"out"))
     );
-    let credit = store.credit_totals(10_000).expect("credit");
+    let credit = store.credit_totals(10_000).wait().expect("credit");
     let earned: Vec<(&str, f64)> = credit
         .volunteers
         .iter()
@@ -111,34 +121,40 @@ fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
 #[test]
 fn a_disagreement_leads_to_a_third_replica_that_decides() {
     let store = SqliteStore::in_memory().expect("open");
-    let batch_id = store.create_batch(&batch(1, 2), 0).expect("batch");
+    let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
         .assign(hosts[0].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
     let b = store
         .assign(hosts[1].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
     store
         .record_report(hosts[0].host_id, a.replica_id, &success(b"right"), 1)
+        .wait()
         .expect("report");
     store
         .record_report(hosts[1].host_id, b.replica_id, &success(b"wrong"), 1)
+        .wait()
         .expect("report");
     let c = store
         .assign(hosts[2].host_id, 2)
+        .wait()
         .expect("assign")
         .expect("a third replica is sent");
     assert_eq!(c.unit_id, a.unit_id);
     assert_eq!(
         store
             .record_report(hosts[2].host_id, c.replica_id, &success(b"right"), 3)
+            .wait()
             .expect("report"),
         ReportEffect::Validated { unit_id: a.unit_id }
     );
-    let credit = store.credit_totals(10_000).expect("credit");
+    let credit = store.credit_totals(10_000).wait().expect("credit");
     let liar = credit
         .volunteers
         .iter()
@@ -147,6 +163,7 @@ fn a_disagreement_leads_to_a_third_replica_that_decides() {
     assert_eq!(liar.credit, 0.0);
     let status = store
         .batch_status(batch_id)
+        .wait()
         .expect("status")
         .expect("batch");
     assert_eq!(status.units[0].replicas, 3);
@@ -155,45 +172,74 @@ fn a_disagreement_leads_to_a_third_replica_that_decides() {
 #[test]
 fn one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts() {
     let store = SqliteStore::in_memory().expect("open");
-    store.create_batch(&batch(1, 2), 0).expect("batch");
+    store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let first = store
         .register_host(&key(1), "ada", None, 4, 0)
+        .wait()
         .expect("register");
     let second = store
         .register_host(&key(2), "ada", None, 4, 0)
+        .wait()
         .expect("register");
-    assert!(store.assign(first.host_id, 0).expect("assign").is_some());
-    assert_eq!(store.assign(first.host_id, 0).expect("assign"), None);
-    assert_eq!(store.assign(second.host_id, 0).expect("assign"), None);
+    assert!(
+        store
+            .assign(first.host_id, 0)
+            .wait()
+            .expect("assign")
+            .is_some()
+    );
+    assert_eq!(store.assign(first.host_id, 0).wait().expect("assign"), None);
+    assert_eq!(
+        store.assign(second.host_id, 0).wait().expect("assign"),
+        None
+    );
 }
 
 #[test]
 fn a_host_holds_no_more_replicas_than_its_cores() {
     let store = SqliteStore::in_memory().expect("open");
-    store.create_batch(&batch(5, 1), 0).expect("batch");
+    store.create_batch(&batch(5, 1), 0).wait().expect("batch");
     let host = store
         .register_host(&key(1), "ada", None, 2, 0)
+        .wait()
         .expect("register");
-    assert!(store.assign(host.host_id, 0).expect("assign").is_some());
-    assert!(store.assign(host.host_id, 0).expect("assign").is_some());
-    assert_eq!(store.assign(host.host_id, 0).expect("assign"), None);
+    assert!(
+        store
+            .assign(host.host_id, 0)
+            .wait()
+            .expect("assign")
+            .is_some()
+    );
+    assert!(
+        store
+            .assign(host.host_id, 0)
+            .wait()
+            .expect("assign")
+            .is_some()
+    );
+    assert_eq!(store.assign(host.host_id, 0).wait().expect("assign"), None);
 }
 
 #[test]
 fn reports_for_unknown_or_foreign_replicas_are_refused() {
     let store = SqliteStore::in_memory().expect("open");
-    store.create_batch(&batch(1, 2), 0).expect("batch");
+    store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let a = store
         .assign(hosts[0].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
     assert!(matches!(
-        store.record_report(hosts[1].host_id, a.replica_id, &success(b"x"), 1),
+        store
+            .record_report(hosts[1].host_id, a.replica_id, &success(b"x"), 1)
+            .wait(),
         Err(StoreError::NotYourReplica { .. })
     ));
     assert!(matches!(
-        store.record_report(hosts[0].host_id, 999, &success(b"x"), 1),
+        store
+            .record_report(hosts[0].host_id, 999, &success(b"x"), 1)
+            .wait(),
         Err(StoreError::UnknownReplica(999))
     ));
 }
@@ -203,28 +249,35 @@ fn expired_replicas_are_replaced_and_a_late_report_is_still_checked() {
     let store = SqliteStore::in_memory().expect("open");
     let mut spec = batch(1, 1);
     spec.policy.replica_deadline_ms = 1_000;
-    store.create_batch(&spec, 0).expect("batch");
+    store.create_batch(&spec, 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let a = store
         .assign(hosts[0].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
-    assert_eq!(store.assign(hosts[1].host_id, 500).expect("assign"), None);
-    assert_eq!(store.expire_deadlines(2_000).expect("expire"), 1);
+    assert_eq!(
+        store.assign(hosts[1].host_id, 500).wait().expect("assign"),
+        None
+    );
+    assert_eq!(store.expire_deadlines(2_000).wait().expect("expire"), 1);
     let b = store
         .assign(hosts[1].host_id, 2_000)
+        .wait()
         .expect("assign")
         .expect("replacement");
     store
         .record_report(hosts[1].host_id, b.replica_id, &success(b"x"), 2_500)
+        .wait()
         .expect("report");
     assert_eq!(
         store
             .record_report(hosts[0].host_id, a.replica_id, &success(b"x"), 3_000)
+            .wait()
             .expect("late report"),
         ReportEffect::LateChecked { agreed: true }
     );
-    let credit = store.credit_totals(10_000).expect("credit");
+    let credit = store.credit_totals(10_000).wait().expect("credit");
     assert!(credit.volunteers.iter().all(|v| v.credit == 3.0));
 }
 
@@ -233,11 +286,12 @@ fn aborts_never_count_and_too_many_fail_the_unit() {
     let store = SqliteStore::in_memory().expect("open");
     let mut spec = batch(1, 1);
     spec.policy.max_error_replicas = 2;
-    let batch_id = store.create_batch(&spec, 0).expect("batch");
+    let batch_id = store.create_batch(&spec, 0).wait().expect("batch");
     let hosts = hosts(&store, 3);
     for host in &hosts[..2] {
         let r = store
             .assign(host.host_id, 0)
+            .wait()
             .expect("assign")
             .expect("work");
         store
@@ -247,10 +301,12 @@ fn aborts_never_count_and_too_many_fail_the_unit() {
                 &Outcome::Aborted(AbortReason::HostFailure("disk".into())),
                 1,
             )
+            .wait()
             .expect("report");
     }
     let status = store
         .batch_status(batch_id)
+        .wait()
         .expect("status")
         .expect("batch");
     assert_eq!(status.failed, 1);
@@ -268,12 +324,14 @@ fn everything_survives_reopening_the_file() {
     let path = dir.path().join("herd.sqlite");
     let (batch_id, replica_id, host_id) = {
         let store = SqliteStore::open(&path).expect("open");
-        let batch_id = store.create_batch(&batch(2, 1), 0).expect("batch");
+        let batch_id = store.create_batch(&batch(2, 1), 0).wait().expect("batch");
         let host = store
             .register_host(&key(1), "ada", Some("x"), 4, 0)
+            .wait()
             .expect("register");
         let r = store
             .assign(host.host_id, 0)
+            .wait()
             .expect("assign")
             .expect("work");
         (batch_id, r.replica_id, host.host_id)
@@ -282,11 +340,13 @@ fn everything_survives_reopening_the_file() {
     assert_eq!(
         store
             .record_report(host_id, replica_id, &success(b"y"), 5)
+            .wait()
             .expect("report"),
         ReportEffect::Validated { unit_id: 1 }
     );
     let status = store
         .batch_status(batch_id)
+        .wait()
         .expect("status")
         .expect("batch");
     assert_eq!((status.validated, status.open), (1, 1));
@@ -298,15 +358,15 @@ fn bad_batches_and_names_are_refused_by_name() {
     let mut spec = batch(2, 2);
     spec.units[1].name = spec.units[0].name.clone();
     assert!(matches!(
-        store.create_batch(&spec, 0),
+        store.create_batch(&spec, 0).wait(),
         Err(StoreError::Invalid(m)) if m.contains("appears twice")
     ));
     assert!(matches!(
-        store.create_batch(&batch(1, 99), 0),
+        store.create_batch(&batch(1, 99), 0).wait(),
         Err(StoreError::Invalid(m)) if m.contains("quorum 99")
     ));
     assert!(matches!(
-        store.register_host(&key(1), "", None, 1, 0),
+        store.register_host(&key(1), "", None, 1, 0).wait(),
         Err(StoreError::Invalid(_))
     ));
 }
@@ -315,14 +375,16 @@ fn bad_batches_and_names_are_refused_by_name() {
 fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
     // Two volunteers, quorum 2: if an abort barred its volunteer, the unit could never finish.
     let store = SqliteStore::in_memory().expect("open");
-    let batch_id = store.create_batch(&batch(1, 2), 0).expect("batch");
+    let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let a = store
         .assign(hosts[0].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
     let b = store
         .assign(hosts[1].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
     store
@@ -332,20 +394,25 @@ fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
             &Outcome::Aborted(AbortReason::HostFailure("lost the network".into())),
             1,
         )
+        .wait()
         .expect("report");
     let again = store
         .assign(hosts[0].host_id, 2)
+        .wait()
         .expect("assign")
         .expect("the same volunteer may try again");
     assert_eq!(again.unit_id, a.unit_id);
     store
         .record_report(hosts[1].host_id, b.replica_id, &success(b"x"), 3)
+        .wait()
         .expect("report");
     store
         .record_report(hosts[0].host_id, again.replica_id, &success(b"x"), 4)
+        .wait()
         .expect("report");
     let status = store
         .batch_status(batch_id)
+        .wait()
         .expect("status")
         .expect("batch");
     assert_eq!(status.validated, 1);
@@ -354,35 +421,42 @@ fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
 #[test]
 fn credit_carries_a_recent_average_and_hosts_keep_their_record() {
     let store = SqliteStore::in_memory().expect("open");
-    store.create_batch(&batch(1, 2), 0).expect("batch");
+    store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
         .assign(hosts[0].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
     let b = store
         .assign(hosts[1].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
     store
         .record_report(hosts[0].host_id, a.replica_id, &success(b"right"), 0)
+        .wait()
         .expect("report");
     store
         .record_report(hosts[1].host_id, b.replica_id, &success(b"wrong"), 0)
+        .wait()
         .expect("report");
     let c = store
         .assign(hosts[2].host_id, 0)
+        .wait()
         .expect("assign")
         .expect("work");
     store
         .record_report(hosts[2].host_id, c.replica_id, &success(b"right"), 0)
+        .wait()
         .expect("report");
     store
         .record_refused_report(hosts[1].host_id)
+        .wait()
         .expect("count");
     let week = 7 * 86_400_000;
-    let now = store.credit_totals(0).expect("credit");
-    let later = store.credit_totals(week).expect("credit");
+    let now = store.credit_totals(0).wait().expect("credit");
+    let later = store.credit_totals(week).wait().expect("credit");
     let rac = |totals: &CreditTotals, name: &str| {
         totals
             .volunteers
@@ -395,7 +469,7 @@ fn credit_carries_a_recent_average_and_hosts_keep_their_record() {
     assert!((rac(&later, "volunteer-1") - rac(&now, "volunteer-1") / 2.0).abs() < 1e-9);
     assert_eq!(rac(&now, "volunteer-2"), 0.0);
     assert!((now.teams[0].recent_average_credit - 2.0 * rac(&now, "volunteer-1")).abs() < 1e-9);
-    let records = store.hosts(0).expect("hosts");
+    let records = store.hosts(0).wait().expect("hosts");
     let line = |i: usize| &records[i];
     assert_eq!((line(0).valid, line(0).invalid), (1, 0));
     assert_eq!(
@@ -426,7 +500,7 @@ fn a_version_1_database_is_migrated() {
         .expect("row");
     }
     let store = SqliteStore::open(&path).expect("migrated");
-    let totals = store.credit_totals(0).expect("credit");
+    let totals = store.credit_totals(0).wait().expect("credit");
     assert_eq!(totals.volunteers[0].name, "ada");
     assert_eq!(totals.volunteers[0].recent_average_credit, 0.0);
 }
@@ -434,16 +508,18 @@ fn a_version_1_database_is_migrated() {
 #[test]
 fn batches_share_workers_fairly_and_priority_goes_first() {
     let store = SqliteStore::in_memory().expect("open");
-    let first = store.create_batch(&batch(10, 1), 0).expect("batch");
-    let second = store.create_batch(&batch(10, 1), 0).expect("batch");
+    let first = store.create_batch(&batch(10, 1), 0).wait().expect("batch");
+    let second = store.create_batch(&batch(10, 1), 0).wait().expect("batch");
     let host = store
         .register_host(&key(1), "ada", None, 8, 0)
+        .wait()
         .expect("register");
     // Equal priority: the batch with fewer replicas in flight goes next, so they alternate.
     let served: Vec<u64> = (0..4)
         .map(|_| {
             store
                 .assign(host.host_id, 0)
+                .wait()
                 .expect("assign")
                 .expect("work")
                 .batch_id
@@ -453,11 +529,12 @@ fn batches_share_workers_fairly_and_priority_goes_first() {
     // A batch of higher priority is served before both.
     let mut urgent = batch(2, 1);
     urgent.priority = 5;
-    let urgent = store.create_batch(&urgent, 0).expect("batch");
+    let urgent = store.create_batch(&urgent, 0).wait().expect("batch");
     let next: Vec<u64> = (0..3)
         .map(|_| {
             store
                 .assign(host.host_id, 0)
+                .wait()
                 .expect("assign")
                 .expect("work")
                 .batch_id
@@ -469,26 +546,33 @@ fn batches_share_workers_fairly_and_priority_goes_first() {
 #[test]
 fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs() {
     let store = SqliteStore::in_memory().expect("open");
-    let first = store.create_batch(&batch(2, 1), 0).expect("batch");
+    let first = store.create_batch(&batch(2, 1), 0).wait().expect("batch");
     // The second batch shares the module and the first unit's input.
     let mut shared = batch(1, 1);
     shared.units[0].name = "other".into();
-    let second = store.create_batch(&shared, 0).expect("batch");
+    let second = store.create_batch(&shared, 0).wait().expect("batch");
     let host = store
         .register_host(&key(1), "ada", None, 4, 0)
+        .wait()
         .expect("register");
     for _ in 0..3 {
         let r = store
             .assign(host.host_id, 0)
+            .wait()
             .expect("assign")
             .expect("work");
         let output = format!("out {}", r.unit_id);
         store
             .record_report(host.host_id, r.replica_id, &success(output.as_bytes()), 1)
+            .wait()
             .expect("report");
     }
-    let before = store.credit_totals(1).expect("credit");
-    let retired = store.retire_batch(first).expect("retire").expect("existed");
+    let before = store.credit_totals(1).wait().expect("credit");
+    let retired = store
+        .retire_batch(first)
+        .wait()
+        .expect("retire")
+        .expect("existed");
     assert_eq!((retired.units, retired.replicas), (2, 2));
     let mut expected = vec![
         ContentHash::of(&1usize.to_le_bytes()),
@@ -499,14 +583,14 @@ fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs()
     let mut named = retired.unreferenced_blobs.clone();
     named.sort();
     assert_eq!(named, expected, "the module and the shared input stay");
-    assert_eq!(store.batch_status(first).expect("status"), None);
-    assert!(store.batch_status(second).expect("status").is_some());
+    assert_eq!(store.batch_status(first).wait().expect("status"), None);
+    assert!(store.batch_status(second).wait().expect("status").is_some());
     assert_eq!(
-        store.credit_totals(1).expect("credit"),
+        store.credit_totals(1).wait().expect("credit"),
         before,
         "grants outlive the rows"
     );
-    assert_eq!(store.retire_batch(first).expect("retire"), None);
+    assert_eq!(store.retire_batch(first).wait().expect("retire"), None);
 }
 
 mod mirror {
@@ -606,6 +690,7 @@ mod mirror {
                 } => {
                     let record = store
                         .register_host(&key(host + 1), &format!("v{volunteer}"), None, cores, now)
+                        .wait()
                         .expect("register");
                     host_ids.insert(host, record.host_id);
                 }
@@ -620,19 +705,20 @@ mod mirror {
                     for unit in &mut new.units {
                         unit.name = format!("{}-{}", batches.len(), unit.name);
                     }
-                    batches.push(store.create_batch(&new, now).expect("batch"));
+                    batches.push(store.create_batch(&new, now).wait().expect("batch"));
                 }
                 Op::Assign { host } => {
                     let Some(host_id) = host_ids.get(&host) else {
                         continue;
                     };
-                    if let Some(assignment) = store.assign(*host_id, now).expect("assign") {
+                    if let Some(assignment) = store.assign(*host_id, now).wait().expect("assign") {
                         held.entry(host)
                             .or_default()
                             .push((assignment.replica_id, assignment.unit_id));
                         // A new replica never takes a host past its cores.
                         let line = store
                             .hosts(now)
+                            .wait()
                             .expect("hosts")
                             .into_iter()
                             .find(|line| line.id == *host_id)
@@ -649,7 +735,10 @@ mod mirror {
                     else {
                         continue;
                     };
-                    match store.record_report(*host_id, replica_id, &outcome(unit_id, kind), now) {
+                    match store
+                        .record_report(*host_id, replica_id, &outcome(unit_id, kind), now)
+                        .wait()
+                    {
                         Ok(_) | Err(StoreError::UnknownReplica(_)) => {}
                         // A host re-registered under another key index may not own it.
                         Err(StoreError::NotYourReplica { .. }) => {}
@@ -658,7 +747,7 @@ mod mirror {
                 }
                 Op::Advance { ms } => now += ms,
                 Op::Expire => {
-                    store.expire_deadlines(now).expect("expire");
+                    store.expire_deadlines(now).wait().expect("expire");
                 }
                 Op::Release { host, keep } => {
                     let Some(host_id) = host_ids.get(&host) else {
@@ -676,16 +765,17 @@ mod mirror {
                         .unwrap_or_default();
                     store
                         .release_lost_replicas(*host_id, &kept, now)
+                        .wait()
                         .expect("release");
                 }
                 Op::Retire { pick } => {
                     if !batches.is_empty() {
                         let batch_id = batches.remove(pick % batches.len());
-                        store.retire_batch(batch_id).expect("retire");
+                        store.retire_batch(batch_id).wait().expect("retire");
                     }
                 }
             }
-            if let Some(difference) = store.live_mirrors_database().expect("mirror") {
+            if let Some(difference) = store.live_mirrors_database().wait().expect("mirror") {
                 panic!("live work differs from the database: {difference}");
             }
         }
