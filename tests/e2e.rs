@@ -32,11 +32,23 @@ fn write_tiles(dir: &Path, count: usize) -> Vec<(String, String)> {
 }
 
 fn submit(coordinator: &Coordinator, root: &Path, inputs: &Path, wait: bool) -> u64 {
+    submit_with(coordinator, root, inputs, wait, &[])
+}
+
+/// `herd submit` of the Mandelbrot module with extra arguments; returns the batch id.
+fn submit_with(
+    coordinator: &Coordinator,
+    root: &Path,
+    inputs: &Path,
+    wait: bool,
+    extra: &[&str],
+) -> u64 {
     let module = root.join("mandelbrot.wasm");
     std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
     let module = module.display().to_string();
     let inputs = inputs.display().to_string();
     let mut args = vec!["submit", &module, "--inputs", &inputs, "--quorum", "2"];
+    args.extend_from_slice(extra);
     if wait {
         args.push("--wait");
     }
@@ -241,6 +253,48 @@ fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
 }
 
 #[test]
+fn adaptive_replication_lets_trusted_hosts_validate_alone_with_correct_results() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let _workers: Vec<_> = VOLUNTEERS
+        .iter()
+        .map(|(name, team)| {
+            start_worker(root.path(), &coordinator.join, name, team, 1).expect("worker")
+        })
+        .collect();
+    let tiles = write_tiles(&root.path().join("inputs"), 30);
+    // Trusted after one checked valid result, never spot-checked: after the first units,
+    // each unit a trusted host starts is validated by it alone.
+    let batch = submit_with(
+        &coordinator,
+        root.path(),
+        &root.path().join("inputs"),
+        true,
+        &["--trust-after", "1", "--spot-check", "0"],
+    );
+    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    assert_eq!(status["validated"], 30, "{status}");
+    let alone = status["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .filter(|unit| unit["replicas"] == 1)
+        .count();
+    assert!(alone > 0, "no unit was validated alone: {status}");
+    check_results(&coordinator, root.path(), batch, &tiles);
+    let hosts = coordinator_hosts(&coordinator.http);
+    assert!(
+        hosts["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .any(|h| h["consecutive_valid"].as_u64() >= Some(1)),
+        "{hosts}"
+    );
+}
+
+#[test]
 fn a_coordinator_killed_mid_batch_resumes_with_nothing_lost_or_credited_twice() {
     let root = tempfile::tempdir().expect("tempdir");
     let _logs = LogsOnFailure(root.path());
@@ -426,6 +480,26 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("67108864 bytes of initial memory") && stderr.contains("1048576"),
+        "{stderr}"
+    );
+
+    // Adaptive replication settings out of range are refused by name.
+    let good = root.path().join("mandelbrot.wasm");
+    std::fs::write(&good, herd_samples::MANDELBROT_WASM).expect("module");
+    let output = coordinator.herd(&[
+        "submit",
+        &good.display().to_string(),
+        "--inputs",
+        &inputs.display().to_string(),
+        "--trust-after",
+        "5",
+        "--spot-check",
+        "1.5",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("spot_check 1.5 is outside 0..=1"),
         "{stderr}"
     );
 

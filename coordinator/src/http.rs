@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herd_lifecycle::Policy;
+use herd_lifecycle::{Adaptive, PPM, Policy};
 use herd_protocol::ContentHash;
 use herd_sandbox::{Limits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_OUTPUT_BYTES};
 use herd_store::{NewBatch, NewUnit, RetiredBatch, StoreError};
@@ -225,6 +225,18 @@ pub(crate) struct CreateBatch {
     max_success_replicas: Option<u32>,
     /// Higher goes first (-100..=100, default 0); equal priorities share workers fairly.
     priority: Option<i32>,
+    /// Adaptive replication (off when absent): trusted hosts' results may stand alone.
+    adaptive: Option<AdaptiveRequest>,
+}
+
+/// Adaptive replication settings of a new batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdaptiveRequest {
+    /// Consecutive checked valid results before a host is trusted (default 10).
+    trust_after: Option<u32>,
+    /// Fraction of a trusted host's units replicated in full anyway, 0..=1 (default 0.1).
+    spot_check: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +293,23 @@ async fn create_batch(
     }
     if let Some(n) = request.max_success_replicas {
         policy.max_success_replicas = n;
+    }
+    if let Some(adaptive) = &request.adaptive {
+        let spot_check = adaptive
+            .spot_check
+            .unwrap_or(Adaptive::DEFAULT.spot_check_ppm as f64 / PPM as f64);
+        if !(0.0..=1.0).contains(&spot_check) {
+            return Err(ApiError::bad_request(
+                "out_of_range",
+                format!("adaptive spot_check {spot_check} is outside 0..=1"),
+            ));
+        }
+        policy.adaptive = Some(Adaptive {
+            trust_after: adaptive
+                .trust_after
+                .unwrap_or(Adaptive::DEFAULT.trust_after),
+            spot_check_ppm: (spot_check * PPM as f64).round() as u32,
+        });
     }
     let priority = request.priority.unwrap_or(0);
     if !(-100..=100).contains(&priority) {

@@ -23,6 +23,7 @@ pub(crate) struct Submission<'a> {
     pub(crate) fuel: Option<u64>,
     pub(crate) memory_mb: Option<u64>,
     pub(crate) priority: Option<i32>,
+    pub(crate) adaptive: Option<crate::client::AdaptiveSpec>,
 }
 
 /// Reads every file in `dir` (sorted by name) as one unit's input.
@@ -102,6 +103,7 @@ pub(crate) fn submit(
         fuel: submission.fuel,
         memory_mb: submission.memory_mb,
         priority: submission.priority,
+        adaptive: submission.adaptive,
     })
 }
 

@@ -38,6 +38,15 @@ pub(crate) struct BatchSpec {
     pub(crate) memory_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) priority: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) adaptive: Option<AdaptiveSpec>,
+}
+
+/// Adaptive replication, as `POST /api/v1/batches` takes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct AdaptiveSpec {
+    pub(crate) trust_after: u32,
+    pub(crate) spot_check: f64,
 }
 
 impl Client {

@@ -231,6 +231,7 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
             fuel: None,
             memory_mb: None,
             priority: None,
+            adaptive: None,
         },
         false,
     )?;

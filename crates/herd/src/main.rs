@@ -77,6 +77,13 @@ enum Command {
         /// Higher goes first (-100..=100); batches of equal priority share workers fairly.
         #[arg(long, allow_negative_numbers = true)]
         priority: Option<i32>,
+        /// Adaptive replication: a host trusted after this many consecutive valid results
+        /// (checked against others) may validate a unit alone, except for spot checks.
+        #[arg(long)]
+        trust_after: Option<u32>,
+        /// With --trust-after: the fraction of a trusted host's units still replicated in full.
+        #[arg(long, default_value_t = 0.1, requires = "trust_after")]
+        spot_check: f64,
         /// Follow the batch with a progress bar until every unit is validated or failed.
         #[arg(long)]
         wait: bool,
@@ -170,6 +177,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             fuel,
             memory_mb,
             priority,
+            trust_after,
+            spot_check,
             wait,
         } => {
             let client = client();
@@ -180,6 +189,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 fuel: *fuel,
                 memory_mb: *memory_mb,
                 priority: *priority,
+                adaptive: trust_after.map(|trust_after| client::AdaptiveSpec {
+                    trust_after,
+                    spot_check: *spot_check,
+                }),
             };
             let id = match batch::submit(&client, submission, false) {
                 Ok(id) => id,

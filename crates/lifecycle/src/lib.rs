@@ -78,6 +78,82 @@ pub struct Policy {
     pub max_success_replicas: u32,
     /// How long a host has to report a replica, in milliseconds.
     pub replica_deadline_ms: u64,
+    /// Adaptive replication, off (`None`) unless the batch asks for it.
+    #[serde(default)]
+    pub adaptive: Option<Adaptive>,
+}
+
+/// Adaptive replication (BOINC's name): a host that has returned enough consecutive valid
+/// results is trusted, and a unit whose first replica goes to a trusted host may be validated by
+/// that one result alone, except for random spot checks, which replicate it in full. Any invalid
+/// result of a host resets its trust and reopens every unit it validated alone since its last
+/// passed check (see [`HostTrust`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adaptive {
+    /// Consecutive valid results (each checked against other hosts) after which a host is trusted.
+    pub trust_after: u32,
+    /// Chance, in parts per million, that a trusted host's unit is replicated in full anyway.
+    pub spot_check_ppm: u32,
+}
+
+/// The most consecutive valid results adaptive replication may ask for before trusting a host.
+pub const MAX_TRUST_AFTER: u32 = 100_000;
+
+/// One in a million: the unit of [`Adaptive::spot_check_ppm`].
+pub const PPM: u32 = 1_000_000;
+
+impl Adaptive {
+    /// BOINC's usual figures: trusted after 10 consecutive valid results, 10% spot checks.
+    pub const DEFAULT: Adaptive = Adaptive {
+        trust_after: 10,
+        spot_check_ppm: 100_000,
+    };
+}
+
+/// What the coordinator keeps of a host for adaptive replication. Every valid result that was
+/// checked against other hosts adds one to `consecutive_valid` and confirms the units the host
+/// validated alone before it; an invalid result sets it back to zero and reopens the unconfirmed
+/// ones. A result validated alone changes nothing: nobody checked it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostTrust {
+    pub consecutive_valid: u32,
+}
+
+/// What a host's judged result does to its trust.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustChange {
+    /// Checked and valid: count it, and confirm the units it validated alone so far.
+    ValidChecked,
+    /// Invalid: trust is gone; reopen the units it validated alone since its last confirmation.
+    Invalid,
+}
+
+impl HostTrust {
+    /// Trust after a judged result.
+    pub fn after(self, change: TrustChange) -> Self {
+        match change {
+            TrustChange::ValidChecked => Self {
+                consecutive_valid: self.consecutive_valid.saturating_add(1),
+            },
+            TrustChange::Invalid => Self {
+                consecutive_valid: 0,
+            },
+        }
+    }
+
+    /// Whether a unit whose first replica goes to this host may be validated by its result alone:
+    /// the batch uses adaptive replication, the host is trusted, and `draw` (uniform in
+    /// `0..PPM`, drawn by the caller from a secure source) is not a spot check.
+    pub fn may_go_alone(self, policy: &Policy, draw: u32) -> bool {
+        match policy.adaptive {
+            Some(adaptive) => {
+                policy.quorum > 1
+                    && self.consecutive_valid >= adaptive.trust_after
+                    && draw >= adaptive.spot_check_ppm
+            }
+            None => false,
+        }
+    }
 }
 
 /// A policy value outside its allowed range.
@@ -104,6 +180,19 @@ impl Policy {
             max_error_replicas: quorum.saturating_mul(4),
             max_success_replicas: quorum.saturating_mul(4),
             replica_deadline_ms: 86_400_000,
+            adaptive: None,
+        }
+    }
+
+    /// The policy of a unit that one trusted host's result may validate alone: quorum 1, one
+    /// replica at first, the batch's other limits. If that replica fails, the unit goes back to
+    /// the batch's own policy.
+    pub fn alone(&self) -> Self {
+        Self {
+            quorum: 1,
+            initial_replicas: 1,
+            max_success_replicas: self.max_success_replicas.max(1),
+            ..*self
         }
     }
 
@@ -138,6 +227,20 @@ impl Policy {
                 "max_success_replicas {} is outside the quorum {} ..= {MAX_REPLICAS}",
                 self.max_success_replicas, self.quorum
             )));
+        }
+        if let Some(adaptive) = self.adaptive {
+            if !(1..=MAX_TRUST_AFTER).contains(&adaptive.trust_after) {
+                return Err(PolicyError(format!(
+                    "adaptive trust_after {} is outside 1..={MAX_TRUST_AFTER}",
+                    adaptive.trust_after
+                )));
+            }
+            if adaptive.spot_check_ppm > PPM {
+                return Err(PolicyError(format!(
+                    "adaptive spot_check_ppm {} is outside 0..={PPM}",
+                    adaptive.spot_check_ppm
+                )));
+            }
         }
         if !(1_000..=30 * 86_400_000).contains(&self.replica_deadline_ms) {
             return Err(PolicyError(format!(

@@ -257,3 +257,55 @@ fn recent_average_credit_halves_in_a_week_and_converges_to_the_daily_rate() {
     // Time passed in out of order changes nothing.
     assert_eq!(rac.at(0), rac);
 }
+
+#[test]
+fn trust_grows_with_checked_valid_results_and_an_invalid_one_ends_it() {
+    let mut policy = Policy::with_quorum(2);
+    let trust = HostTrust::default()
+        .after(TrustChange::ValidChecked)
+        .after(TrustChange::ValidChecked);
+    assert_eq!(trust.consecutive_valid, 2);
+    assert!(
+        !trust.may_go_alone(&policy, PPM - 1),
+        "adaptive replication is off by default"
+    );
+    policy.adaptive = Some(Adaptive {
+        trust_after: 2,
+        spot_check_ppm: 100_000,
+    });
+    assert!(trust.may_go_alone(&policy, 100_000));
+    assert!(!trust.may_go_alone(&policy, 99_999), "a spot check");
+    assert!(
+        !trust
+            .after(TrustChange::Invalid)
+            .may_go_alone(&policy, PPM - 1)
+    );
+    let quorum_one = Policy {
+        adaptive: policy.adaptive,
+        ..Policy::with_quorum(1)
+    };
+    assert!(
+        !trust.may_go_alone(&quorum_one, PPM - 1),
+        "quorum 1 has nothing to save"
+    );
+    let alone = policy.alone();
+    assert_eq!((alone.quorum, alone.initial_replicas), (1, 1));
+    assert_eq!(alone.max_error_replicas, policy.max_error_replicas);
+}
+
+#[test]
+fn adaptive_settings_out_of_range_are_refused_by_name() {
+    let mut policy = Policy::with_quorum(2);
+    policy.adaptive = Some(Adaptive {
+        trust_after: 0,
+        spot_check_ppm: 0,
+    });
+    assert!(policy.validate().unwrap_err().0.contains("trust_after"));
+    policy.adaptive = Some(Adaptive {
+        trust_after: 5,
+        spot_check_ppm: PPM + 1,
+    });
+    assert!(policy.validate().unwrap_err().0.contains("spot_check_ppm"));
+    policy.adaptive = Some(Adaptive::DEFAULT);
+    assert_eq!(policy.validate(), Ok(()));
+}

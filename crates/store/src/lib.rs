@@ -157,6 +157,9 @@ pub struct HostLine {
     /// Replicas not reported by their deadline (or lost).
     pub timed_out: u64,
     pub in_progress: u64,
+    /// Valid results in a row, each checked against other hosts (adaptive replication trusts a
+    /// host after enough of them; an invalid result resets it).
+    pub consecutive_valid: u32,
     /// Reports refused: bad signature, someone else's replica, unknown replica, bad output.
     pub refused_reports: u64,
     pub fuel: u64,

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use herd_lifecycle::{Policy, RecentAverage, Replica, ReplicaState, Verdict, evaluate};
+use herd_lifecycle::{HostTrust, Policy, RecentAverage, Replica, ReplicaState, Verdict, evaluate};
 use herd_protocol::{ContentHash, PublicKey};
 
 /// A batch that still has open units.
@@ -37,6 +37,8 @@ pub(crate) struct LiveUnit {
     pub(crate) batch_id: u64,
     pub(crate) input: ContentHash,
     pub(crate) seed: u64,
+    /// One trusted host's result may validate it alone (adaptive replication).
+    pub(crate) alone: bool,
     pub(crate) replicas: Vec<LiveReplica>,
 }
 
@@ -65,6 +67,7 @@ pub(crate) struct LiveHost {
     pub(crate) cores: u32,
     pub(crate) key: PublicKey,
     pub(crate) last_seen_ms: u64,
+    pub(crate) trust: HostTrust,
     /// Its replicas in progress.
     pub(crate) in_flight: BTreeSet<u64>,
 }
@@ -151,7 +154,12 @@ impl Live {
         let unit = self.units.get(&unit_id)?;
         let batch = self.batches.get(&unit.batch_id)?;
         let replicas: Vec<Replica> = unit.replicas.iter().map(|r| r.replica.clone()).collect();
-        Some(evaluate(&batch.policy, &replicas))
+        let policy = if unit.alone {
+            batch.policy.alone()
+        } else {
+            batch.policy
+        };
+        Some(evaluate(&policy, &replicas))
     }
 
     /// Puts an open unit in or out of its batch's `wanting` set, as its verdict says.
@@ -408,6 +416,7 @@ mod tests {
             batch_id,
             input: ContentHash::of(b"i"),
             seed: 0,
+            alone: false,
             replicas: Vec::new(),
         }
     }
@@ -418,6 +427,7 @@ mod tests {
             cores: 4,
             key: PublicKey([0; 32]),
             last_seen_ms: 0,
+            trust: HostTrust::default(),
             in_flight: BTreeSet::new(),
         }
     }

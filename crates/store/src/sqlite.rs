@@ -20,7 +20,7 @@ use crate::{
     RetiredBatch, Store, StoreError, UnitStatus,
 };
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -54,6 +54,22 @@ const MIGRATIONS: &[&str] = &[
          WHERE result IS NOT NULL;
      CREATE INDEX replicas_by_output ON replicas (output_hash);
      CREATE INDEX units_by_input ON units (input_hash);",
+    // 5: adaptive replication (per batch; trust per host; units validated alone and whether a
+    // later check confirmed them) and credit revoked from replicas later found invalid.
+    "ALTER TABLE batches ADD COLUMN trust_after INTEGER;
+     ALTER TABLE batches ADD COLUMN spot_check_ppm INTEGER;
+     ALTER TABLE hosts ADD COLUMN consecutive_valid INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE units ADD COLUMN alone INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE units ADD COLUMN alone_host_id INTEGER;
+     CREATE INDEX units_alone_unconfirmed ON units (alone_host_id) WHERE alone_host_id IS NOT NULL;
+     CREATE TABLE credit_revoked (
+         id INTEGER PRIMARY KEY,
+         replica_id INTEGER NOT NULL UNIQUE,
+         volunteer_id INTEGER NOT NULL REFERENCES volunteers(id),
+         host_id INTEGER NOT NULL REFERENCES hosts(id),
+         fuel INTEGER NOT NULL,
+         revoked_ms INTEGER NOT NULL
+     );",
 ];
 
 const SCHEMA: &str = "
@@ -517,7 +533,14 @@ impl Store for SqliteStore {
         self.run(move |connection: &Connection, _: &mut Live| {
             let volunteers = connection
                 .prepare(
-                    "SELECT v.name, v.team, COALESCE(SUM(c.fuel), 0), COUNT(c.id), v.rac, v.rac_ms
+                    // Grants minus revocations (credit of results later found invalid).
+                    "SELECT v.name, v.team,
+                        COALESCE(SUM(c.fuel), 0)
+                          - (SELECT COALESCE(SUM(x.fuel), 0) FROM credit_revoked x
+                             WHERE x.volunteer_id = v.id),
+                        COUNT(c.id)
+                          - (SELECT COUNT(*) FROM credit_revoked x WHERE x.volunteer_id = v.id),
+                        v.rac, v.rac_ms
                  FROM volunteers v LEFT JOIN credit c ON c.volunteer_id = v.id
                  GROUP BY v.id ORDER BY 3 DESC, v.name",
                 )?
@@ -579,6 +602,9 @@ impl Store for SqliteStore {
                         COALESCE(SUM(r.state = 'timed_out'), 0),
                         COALESCE(SUM(r.state = 'in_progress'), 0),
                         (SELECT COALESCE(SUM(c.fuel), 0) FROM credit c WHERE c.host_id = h.id)
+                          - (SELECT COALESCE(SUM(x.fuel), 0) FROM credit_revoked x
+                             WHERE x.host_id = h.id),
+                        h.consecutive_valid
                  FROM hosts h JOIN volunteers v ON v.id = h.volunteer_id
                  LEFT JOIN replicas r ON r.host_id = h.id
                  GROUP BY h.id ORDER BY h.id",
@@ -599,6 +625,7 @@ impl Store for SqliteStore {
                         errors: to_u64(row.get::<_, i64>(10)?),
                         timed_out: to_u64(row.get::<_, i64>(11)?),
                         in_progress: to_u64(row.get::<_, i64>(12)?),
+                        consecutive_valid: row.get(14)?,
                         fuel,
                         credit: credit_for_fuel(fuel),
                     })

@@ -593,6 +593,218 @@ fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs()
     assert_eq!(store.retire_batch(first).wait().expect("retire"), None);
 }
 
+/// A quorum-2 batch with adaptive replication: trusted after `trust_after` checked valid results,
+/// spot checks with the given chance.
+fn adaptive_batch(units: usize, trust_after: u32, spot_check_ppm: u32) -> NewBatch {
+    let mut new = batch(units, 2);
+    new.policy.adaptive = Some(herd_lifecycle::Adaptive {
+        trust_after,
+        spot_check_ppm,
+    });
+    new
+}
+
+/// Runs one unit to validation on two hosts, both reporting `result_of(host)`; returns its id.
+fn validate_pair(store: &SqliteStore, a: u64, b: u64, output_a: &[u8], output_b: &[u8]) -> u64 {
+    let first = store.assign(a, 0).wait().expect("assign").expect("work");
+    let second = store.assign(b, 0).wait().expect("assign").expect("work");
+    assert_eq!(first.unit_id, second.unit_id);
+    store
+        .record_report(a, first.replica_id, &success(output_a), 1)
+        .wait()
+        .expect("report");
+    store
+        .record_report(b, second.replica_id, &success(output_b), 1)
+        .wait()
+        .expect("report");
+    first.unit_id
+}
+
+fn mirrored(store: &SqliteStore) {
+    assert_eq!(store.live_mirrors_database().wait().expect("mirror"), None);
+}
+
+#[test]
+fn a_trusted_host_validates_alone_and_spot_checks_still_come() {
+    let store = SqliteStore::in_memory().expect("open");
+    let hosts = hosts(&store, 3);
+    let (trusted, other) = (hosts[0].host_id, hosts[1].host_id);
+    // Never spot-checked: once trusted, every unit it starts is validated by it alone.
+    let batch_id = store
+        .create_batch(&adaptive_batch(4, 2, 0), 0)
+        .wait()
+        .expect("batch");
+    validate_pair(&store, trusted, other, b"ok", b"ok");
+    validate_pair(&store, trusted, other, b"ok", b"ok");
+    let line = store.hosts(2).wait().expect("hosts")[0].clone();
+    assert_eq!(line.consecutive_valid, 2);
+    let lone = store
+        .assign(trusted, 3)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    assert_eq!(
+        store
+            .assign(other, 3)
+            .wait()
+            .expect("assign")
+            .map(|a| a.unit_id),
+        Some(lone.unit_id + 1),
+        "the lone unit wants no second replica"
+    );
+    let effect = store
+        .record_report(trusted, lone.replica_id, &success(b"ok"), 4)
+        .wait()
+        .expect("report");
+    assert_eq!(
+        effect,
+        ReportEffect::Validated {
+            unit_id: lone.unit_id
+        }
+    );
+    mirrored(&store);
+    let status = store
+        .batch_status(batch_id)
+        .wait()
+        .expect("status")
+        .expect("batch");
+    assert_eq!(status.validated, 3);
+    // Always spot-checked: trust never lets a unit stand alone.
+    let checked = store
+        .create_batch(&adaptive_batch(1, 1, herd_lifecycle::PPM), 5)
+        .wait()
+        .expect("batch");
+    store.retire_batch(batch_id).wait().expect("retire");
+    let a = store
+        .assign(trusted, 6)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    let b = store
+        .assign(other, 6)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    assert_eq!((a.unit_id, a.batch_id), (b.unit_id, checked));
+}
+
+#[test]
+fn an_invalid_result_resets_trust_and_reopens_what_the_host_validated_alone() {
+    let store = SqliteStore::in_memory().expect("open");
+    let hosts = hosts(&store, 3);
+    let (sleeper, honest, third) = (hosts[0].host_id, hosts[1].host_id, hosts[2].host_id);
+    store
+        .create_batch(&adaptive_batch(6, 1, 0), 0)
+        .wait()
+        .expect("batch");
+    // Honest once (trusted from then on), confirmed unit by unit...
+    validate_pair(&store, sleeper, honest, b"ok", b"ok");
+    // ...then two units validated alone with wrong results.
+    let mut lone_units = Vec::new();
+    for _ in 0..2 {
+        let lone = store
+            .assign(sleeper, 1)
+            .wait()
+            .expect("assign")
+            .expect("work");
+        store
+            .record_report(sleeper, lone.replica_id, &success(b"lie"), 2)
+            .wait()
+            .expect("report");
+        lone_units.push(lone.unit_id);
+    }
+    let sleeper_credit = |store: &SqliteStore| {
+        store
+            .credit_totals(10)
+            .wait()
+            .expect("credit")
+            .volunteers
+            .into_iter()
+            .find(|v| v.name == "volunteer-1")
+            .map(|v| v.fuel)
+            .expect("line")
+    };
+    assert_eq!(sleeper_credit(&store), 3 * 3_000_000_000);
+    // Then it is caught: a checked unit where it disagrees with two honest hosts.
+    let caught = store
+        .assign(third, 3)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    let liar = store
+        .assign(sleeper, 3)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    assert_eq!(
+        caught.unit_id, liar.unit_id,
+        "trust ended? no: the third host started it"
+    );
+    store
+        .record_report(sleeper, liar.replica_id, &success(b"lie"), 4)
+        .wait()
+        .expect("report");
+    store
+        .record_report(third, caught.replica_id, &success(b"ok"), 4)
+        .wait()
+        .expect("report");
+    let tie = store
+        .assign(honest, 4)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    assert_eq!(tie.unit_id, caught.unit_id);
+    store
+        .record_report(honest, tie.replica_id, &success(b"ok"), 5)
+        .wait()
+        .expect("report");
+    mirrored(&store);
+    let line = store.hosts(6).wait().expect("hosts")[0].clone();
+    assert_eq!((line.consecutive_valid, line.invalid), (0, 1));
+    // Its lone units are open again (its lie kept as one replica) and go to honest hosts, who
+    // outvote it.
+    let open = store
+        .batch_status(1)
+        .wait()
+        .expect("status")
+        .expect("batch");
+    assert!(
+        lone_units
+            .iter()
+            .all(|id| open.units.iter().any(|u| u.id == *id && u.state == "open"))
+    );
+    for _ in 0..4 {
+        for host in [honest, third] {
+            if let Some(assignment) = store.assign(host, 6).wait().expect("assign") {
+                assert!(lone_units.contains(&assignment.unit_id) || assignment.unit_id > 4);
+                store
+                    .record_report(host, assignment.replica_id, &success(b"ok"), 7)
+                    .wait()
+                    .expect("report");
+            }
+            mirrored(&store);
+        }
+    }
+    let status = store
+        .batch_status(1)
+        .wait()
+        .expect("status")
+        .expect("batch");
+    let wrong = status
+        .units
+        .iter()
+        .filter(|u| {
+            u.result
+                .as_ref()
+                .is_some_and(|r| r.output_hash == ContentHash::of(b"lie"))
+        })
+        .count();
+    assert_eq!(wrong, 0, "no lie stands");
+    assert_eq!(status.validated, 6);
+    // Its credit for the overturned lies is revoked; the honest unit's stays.
+    assert_eq!(sleeper_credit(&store), 3_000_000_000);
+}
+
 mod mirror {
     //! Property: whatever sequence of operations the coordinator makes, the live work held in
     //! memory equals what loading it from the database gives, so a restart (which loads it)
@@ -613,6 +825,7 @@ mod mirror {
             units: usize,
             quorum: u32,
             extra: u32,
+            adaptive: bool,
         },
         Assign {
             host: u8,
@@ -642,11 +855,14 @@ mod mirror {
                 volunteer,
                 cores
             }),
-            (1..4usize, 1..4u32, 0..2u32).prop_map(|(units, quorum, extra)| Op::Batch {
-                units,
-                quorum,
-                extra
-            }),
+            (1..4usize, 1..4u32, 0..2u32, any::<bool>()).prop_map(
+                |(units, quorum, extra, adaptive)| Op::Batch {
+                    units,
+                    quorum,
+                    extra,
+                    adaptive
+                }
+            ),
             (0..5u8).prop_map(|host| Op::Assign { host }),
             (0..5u8).prop_map(|host| Op::Assign { host }),
             (0..5u8, 0..8usize, 0..5u8).prop_map(|(host, pick, kind)| Op::Report {
@@ -698,8 +914,16 @@ mod mirror {
                     units,
                     quorum,
                     extra,
+                    adaptive,
                 } => {
                     let mut new = batch(units, quorum);
+                    if adaptive {
+                        // Trust after one checked result, half the units spot-checked.
+                        new.policy.adaptive = Some(herd_lifecycle::Adaptive {
+                            trust_after: 1,
+                            spot_check_ppm: 500_000,
+                        });
+                    }
                     new.policy.initial_replicas = quorum + extra;
                     new.policy.replica_deadline_ms = 1_000;
                     for unit in &mut new.units {

@@ -7,7 +7,10 @@
 //! someone else's replica, a bad batch) before it changes anything; any other error marks `Live`
 //! stale, and the writer rebuilds it once the group has been rolled back or committed.
 
-use herd_lifecycle::{Policy, RecentAverage, Replica, ReplicaState, Verdict, credit_for_fuel};
+use herd_lifecycle::{
+    Adaptive, HostTrust, PPM, Policy, RecentAverage, Replica, ReplicaState, TrustChange, Verdict,
+    credit_for_fuel,
+};
 use herd_protocol::{Assignment, Outcome, PublicKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -25,7 +28,7 @@ const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
 /// Columns of `batches` read by [`batch_from_row`], in its order.
 const BATCH_COLUMNS: &str = "id, module_hash, quorum, max_total_replicas, max_error_replicas,
     replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, initial_replicas,
-    max_success_replicas, priority";
+    max_success_replicas, priority, trust_after, spot_check_ppm";
 
 fn batch_from_row(row: &rusqlite::Row<'_>) -> Result<(u64, String, LiveBatch), rusqlite::Error> {
     let module: String = row.get(1)?;
@@ -42,6 +45,16 @@ fn batch_from_row(row: &rusqlite::Row<'_>) -> Result<(u64, String, LiveBatch), r
                 replica_deadline_ms: to_u64(row.get(5)?),
                 initial_replicas: row.get(9)?,
                 max_success_replicas: row.get(10)?,
+                adaptive: match (
+                    row.get::<_, Option<u32>>(12)?,
+                    row.get::<_, Option<u32>>(13)?,
+                ) {
+                    (Some(trust_after), Some(spot_check_ppm)) => Some(Adaptive {
+                        trust_after,
+                        spot_check_ppm,
+                    }),
+                    _ => None,
+                },
             },
             fuel_limit: to_u64(row.get(6)?),
             memory_limit_bytes: to_u64(row.get(7)?),
@@ -62,15 +75,22 @@ fn host_key(bytes: Vec<u8>, host_id: u64) -> Result<PublicKey, StoreError> {
 
 /// Reads a host's row into a [`LiveHost`] (with nothing in flight), or `None`.
 fn load_host(tx: &Connection, host_id: u64) -> Result<Option<LiveHost>, StoreError> {
-    let row: Option<(i64, u32, Vec<u8>, i64)> = tx
+    let row: Option<(i64, u32, Vec<u8>, i64, u32)> = tx
         .prepare_cached(
-            "SELECT volunteer_id, cores, public_key, last_seen_ms FROM hosts WHERE id = ?1",
+            "SELECT volunteer_id, cores, public_key, last_seen_ms, consecutive_valid
+             FROM hosts WHERE id = ?1",
         )?
         .query_row([to_i64(host_id)], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
         })
         .optional()?;
-    let Some((volunteer_id, cores, key, last_seen_ms)) = row else {
+    let Some((volunteer_id, cores, key, last_seen_ms, consecutive_valid)) = row else {
         return Ok(None);
     };
     Ok(Some(LiveHost {
@@ -78,6 +98,7 @@ fn load_host(tx: &Connection, host_id: u64) -> Result<Option<LiveHost>, StoreErr
         cores,
         key: host_key(key, host_id)?,
         last_seen_ms: to_u64(last_seen_ms),
+        trust: HostTrust { consecutive_valid },
         in_flight: Default::default(),
     }))
 }
@@ -110,60 +131,7 @@ pub(super) fn load_live(tx: &Connection) -> Result<Live, StoreError> {
         })?;
         live.hosts.insert(host_id, host);
     }
-    // Open units and their replicas, grouped by unit (both in unit order).
-    let mut replicas: std::collections::HashMap<u64, Vec<LiveReplica>> = Default::default();
-    {
-        let mut statement = tx.prepare(
-            "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result
-             FROM replicas r JOIN units u ON u.id = r.unit_id WHERE u.state = 'open'",
-        )?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, i64>(5)?,
-                row.get::<_, Option<String>>(6)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, unit_id, host_id, volunteer_id, state, deadline_ms, result) = row?;
-            let state = replica_state(to_u64(id), &state, to_u64(deadline_ms), result)?;
-            replicas
-                .entry(to_u64(unit_id))
-                .or_default()
-                .push(LiveReplica {
-                    replica: Replica {
-                        id: to_u64(id),
-                        volunteer_id: to_u64(volunteer_id),
-                        state,
-                    },
-                    host_id: to_u64(host_id),
-                });
-        }
-    }
-    let units: Vec<(i64, i64, String, i64)> = tx
-        .prepare("SELECT id, batch_id, input_hash, seed FROM units WHERE state = 'open'")?
-        .query_map([], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (unit_id, batch_id, input, seed) in units {
-        let unit_id = to_u64(unit_id);
-        let mut unit_replicas = replicas.remove(&unit_id).unwrap_or_default();
-        unit_replicas.sort_by_key(|r| r.replica.id);
-        live.insert_unit(
-            unit_id,
-            LiveUnit {
-                batch_id: to_u64(batch_id),
-                input: parse_hash(&input)?,
-                seed: to_u64(seed),
-                replicas: unit_replicas,
-            },
-        );
-    }
+    load_open_units(tx, &mut live, None)?;
     let orphans: Vec<(i64, i64, i64, i64, i64, i64)> = tx
         .prepare(
             "SELECT r.id, r.unit_id, u.batch_id, r.host_id, r.volunteer_id, r.deadline_ms
@@ -195,6 +163,81 @@ pub(super) fn load_live(tx: &Connection) -> Result<Live, StoreError> {
     }
     live.recount_in_flight();
     Ok(live)
+}
+
+/// Loads open units and their replicas into `live`: every open unit, or only `unit_id`. Their
+/// batch must be live already.
+fn load_open_units(
+    tx: &Connection,
+    live: &mut Live,
+    unit_id: Option<u64>,
+) -> Result<(), StoreError> {
+    let only = unit_id.map(to_i64);
+    let mut replicas: std::collections::HashMap<u64, Vec<LiveReplica>> = Default::default();
+    {
+        let mut statement = tx.prepare_cached(
+            "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result
+             FROM replicas r JOIN units u ON u.id = r.unit_id
+             WHERE u.state = 'open' AND (?1 IS NULL OR u.id = ?1)",
+        )?;
+        let rows = statement.query_map([only], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, Option<String>>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, unit_id, host_id, volunteer_id, state, deadline_ms, result) = row?;
+            let state = replica_state(to_u64(id), &state, to_u64(deadline_ms), result)?;
+            replicas
+                .entry(to_u64(unit_id))
+                .or_default()
+                .push(LiveReplica {
+                    replica: Replica {
+                        id: to_u64(id),
+                        volunteer_id: to_u64(volunteer_id),
+                        state,
+                    },
+                    host_id: to_u64(host_id),
+                });
+        }
+    }
+    let units: Vec<(i64, i64, String, i64, bool)> = tx
+        .prepare_cached(
+            "SELECT id, batch_id, input_hash, seed, alone FROM units
+             WHERE state = 'open' AND (?1 IS NULL OR id = ?1)",
+        )?
+        .query_map([only], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (unit_id, batch_id, input, seed, alone) in units {
+        let unit_id = to_u64(unit_id);
+        let mut unit_replicas = replicas.remove(&unit_id).unwrap_or_default();
+        unit_replicas.sort_by_key(|r| r.replica.id);
+        live.insert_unit(
+            unit_id,
+            LiveUnit {
+                batch_id: to_u64(batch_id),
+                input: parse_hash(&input)?,
+                seed: to_u64(seed),
+                alone,
+                replicas: unit_replicas,
+            },
+        );
+    }
+    Ok(())
 }
 
 fn replica_state(
@@ -242,15 +285,16 @@ pub(super) fn register_host(
             last_seen_ms = excluded.last_seen_ms",
     )?
     .execute(params![&key.0[..], volunteer_id, cores, to_i64(now_ms)])?;
-    let host_id: i64 = tx
-        .prepare_cached("SELECT id FROM hosts WHERE public_key = ?1")?
-        .query_row([&key.0[..]], |row| row.get(0))?;
+    let (host_id, consecutive_valid): (i64, u32) = tx
+        .prepare_cached("SELECT id, consecutive_valid FROM hosts WHERE public_key = ?1")?
+        .query_row([&key.0[..]], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let (host_id, volunteer_id) = (to_u64(host_id), to_u64(volunteer_id));
     let host = live.hosts.entry(host_id).or_insert_with(|| LiveHost {
         volunteer_id,
         cores,
         key: *key,
         last_seen_ms: now_ms,
+        trust: HostTrust { consecutive_valid },
         in_flight: Default::default(),
     });
     host.volunteer_id = volunteer_id;
@@ -274,8 +318,8 @@ pub(super) fn create_batch(
     tx.execute(
         "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
             replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
-            initial_replicas, max_success_replicas, priority)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             batch.module.to_hex(),
             batch.policy.quorum,
@@ -289,6 +333,8 @@ pub(super) fn create_batch(
             batch.policy.initial_replicas,
             batch.policy.max_success_replicas,
             batch.priority,
+            batch.policy.adaptive.map(|a| a.trust_after),
+            batch.policy.adaptive.map(|a| a.spot_check_ppm),
         ],
     )?;
     let batch_id = to_u64(tx.last_insert_rowid());
@@ -338,6 +384,7 @@ pub(super) fn create_batch(
                 batch_id,
                 input: unit.input,
                 seed: unit.seed,
+                alone: false,
                 replicas: Vec::new(),
             },
         );
@@ -375,7 +422,7 @@ pub(super) fn assign(
     if host.in_flight.len() >= host.cores as usize {
         return Ok(None);
     }
-    let (volunteer_id, key) = (host.volunteer_id, host.key);
+    let (volunteer_id, key, trust) = (host.volunteer_id, host.key, host.trust);
     let Some(pick) = live.pick(host_id, volunteer_id, ASSIGN_SCAN_LIMIT) else {
         return Ok(None);
     };
@@ -388,6 +435,11 @@ pub(super) fn assign(
             pick.unit_id
         )));
     };
+    // Adaptive replication: a unit's first replica, going to a trusted host, may stand alone
+    // unless a spot check (drawn here, unpredictably for the host) says otherwise.
+    let alone = unit.replicas.is_empty()
+        && batch.policy.adaptive.is_some()
+        && trust.may_go_alone(&batch.policy, spot_check_draw()?);
     let deadline_ms = now_ms.saturating_add(batch.policy.replica_deadline_ms);
     tx.prepare_cached(
         "INSERT INTO replicas (unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state)
@@ -401,6 +453,10 @@ pub(super) fn assign(
         to_i64(deadline_ms)
     ])?;
     let replica_id = to_u64(tx.last_insert_rowid());
+    if alone {
+        tx.prepare_cached("UPDATE units SET alone = 1 WHERE id = ?1")?
+            .execute([to_i64(pick.unit_id)])?;
+    }
     let assignment = Assignment {
         replica_id,
         unit_id: pick.unit_id,
@@ -414,6 +470,9 @@ pub(super) fn assign(
         output_limit_bytes: batch.output_limit_bytes,
         deadline_ms,
     };
+    if let Some(unit) = live.units.get_mut(&pick.unit_id) {
+        unit.alone = alone;
+    }
     live.add_replica(
         &pick,
         Replica {
@@ -425,6 +484,14 @@ pub(super) fn assign(
         deadline_ms,
     );
     Ok(Some(assignment))
+}
+
+/// A uniform draw in `0..PPM` from the operating system's secure source, for spot checks.
+fn spot_check_draw() -> Result<u32, StoreError> {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| StoreError::Corrupt(format!("no secure random source: {e}")))?;
+    Ok(u32::from_le_bytes(bytes) % PPM)
 }
 
 /// Writes a report into the replica's row.
@@ -583,47 +650,81 @@ fn check_late(
     if agreed {
         grant(tx, live, replica_id, reference, canonical.fuel, now_ms)?;
     } else {
-        mark_invalid(tx, replica_id)?;
+        judge_invalid(tx, live, replica_id, now_ms)?;
     }
     Ok(ReportEffect::LateChecked { agreed })
 }
 
-fn mark_invalid(tx: &Connection, replica_id: u64) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE replicas SET validity = 'invalid' WHERE id = ?1")?
-        .execute([to_i64(replica_id)])?;
-    Ok(())
-}
-
-/// Applies the lifecycle's verdict for an open unit, granting credit on validation.
+/// Applies the lifecycle's verdict for an open unit: on validation, grants credit, marks the
+/// disagreeing replicas invalid, and moves their hosts' trust (adaptive replication).
 fn settle(
     tx: &Connection,
     live: &mut Live,
     unit_id: u64,
     now_ms: u64,
 ) -> Result<Verdict, StoreError> {
+    // A unit whose lone replica failed goes back to its batch's own replication.
+    if let Some(unit) = live.units.get_mut(&unit_id)
+        && unit.alone
+        && !unit.replicas.iter().any(|r| {
+            matches!(
+                r.replica.state,
+                ReplicaState::InProgress { .. } | ReplicaState::Reported(_)
+            )
+        })
+    {
+        unit.alone = false;
+        tx.prepare_cached("UPDATE units SET alone = 0 WHERE id = ?1")?
+            .execute([to_i64(unit_id)])?;
+    }
     let verdict = live
         .verdict(unit_id)
         .ok_or_else(|| StoreError::Corrupt(format!("unit {unit_id} is not live")))?;
+    let (alone, adaptive) = match live.units.get(&unit_id) {
+        Some(unit) => (
+            unit.alone,
+            live.batches
+                .get(&unit.batch_id)
+                .is_some_and(|b| b.policy.adaptive.is_some()),
+        ),
+        None => (false, false),
+    };
     match &verdict {
         Verdict::Validated {
             canonical,
             agreeing,
             disagreeing,
         } => {
-            tx.prepare_cached(
-                "UPDATE units SET state = 'validated', canonical = ?2 WHERE id = ?1",
-            )?
-            .execute(params![to_i64(unit_id), encode_result(canonical)?])?;
+            let mut references = Vec::with_capacity(agreeing.len());
             for replica_id in agreeing {
-                let reference = live.replicas.get(replica_id).copied().ok_or_else(|| {
+                references.push(live.replicas.get(replica_id).copied().ok_or_else(|| {
                     StoreError::Corrupt(format!("replica {replica_id} is not live"))
-                })?;
-                grant(tx, live, *replica_id, &reference, canonical.fuel, now_ms)?;
+                })?);
+            }
+            // A unit validated alone remembers its host until a later check confirms the host.
+            let alone_host = references
+                .first()
+                .filter(|_| alone)
+                .map(|r| to_i64(r.host_id));
+            tx.prepare_cached(
+                "UPDATE units SET state = 'validated', canonical = ?2, alone_host_id = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                to_i64(unit_id),
+                encode_result(canonical)?,
+                alone_host
+            ])?;
+            live.close_unit(unit_id);
+            for (replica_id, reference) in agreeing.iter().zip(&references) {
+                grant(tx, live, *replica_id, reference, canonical.fuel, now_ms)?;
+                if adaptive && !alone {
+                    change_trust(tx, live, reference.host_id, TrustChange::ValidChecked)?;
+                }
             }
             for replica_id in disagreeing {
-                mark_invalid(tx, *replica_id)?;
+                judge_invalid(tx, live, *replica_id, now_ms)?;
             }
-            live.close_unit(unit_id);
         }
         Verdict::Failed { reason } => {
             tx.prepare_cached("UPDATE units SET state = 'failed', failure = ?2 WHERE id = ?1")?
@@ -633,6 +734,117 @@ fn settle(
         Verdict::Open { .. } => live.refresh_wanting(unit_id),
     }
     Ok(verdict)
+}
+
+/// A replica's result disagrees with its unit's canonical result: it is invalid, any credit it
+/// was granted (validated alone, then overturned) is revoked, and its host loses its trust.
+fn judge_invalid(
+    tx: &Connection,
+    live: &mut Live,
+    replica_id: u64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE replicas SET validity = 'invalid' WHERE id = ?1")?
+        .execute([to_i64(replica_id)])?;
+    let revoked = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO credit_revoked (replica_id, volunteer_id, host_id, fuel, revoked_ms)
+             SELECT replica_id, volunteer_id, host_id, fuel, ?2 FROM credit WHERE replica_id = ?1",
+        )?
+        .execute(params![to_i64(replica_id), to_i64(now_ms)])?;
+    let (volunteer_id, host_id): (i64, i64) = tx
+        .prepare_cached("SELECT volunteer_id, host_id FROM replicas WHERE id = ?1")?
+        .query_row([to_i64(replica_id)], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    if revoked == 1 {
+        let fuel: i64 = tx
+            .prepare_cached("SELECT fuel FROM credit_revoked WHERE replica_id = ?1")?
+            .query_row([to_i64(replica_id)], |row| row.get(0))?;
+        let credit = -credit_for_fuel(to_u64(fuel));
+        update_rac(
+            tx,
+            &mut live.volunteer_rac,
+            "volunteers",
+            to_u64(volunteer_id),
+            credit,
+            now_ms,
+        )?;
+        update_rac(
+            tx,
+            &mut live.host_rac,
+            "hosts",
+            to_u64(host_id),
+            credit,
+            now_ms,
+        )?;
+    }
+    change_trust(tx, live, to_u64(host_id), TrustChange::Invalid)
+}
+
+/// Moves a host's trust. A checked valid result confirms the units it validated alone so far;
+/// an invalid one reopens them (they go back to full replication, their lone result kept as
+/// one replica among those that will now judge it).
+fn change_trust(
+    tx: &Connection,
+    live: &mut Live,
+    host_id: u64,
+    change: TrustChange,
+) -> Result<(), StoreError> {
+    let trust = match live.hosts.get(&host_id) {
+        Some(host) => host.trust,
+        None => load_host(tx, host_id)?.map(|h| h.trust).unwrap_or_default(),
+    }
+    .after(change);
+    tx.prepare_cached("UPDATE hosts SET consecutive_valid = ?2 WHERE id = ?1")?
+        .execute(params![to_i64(host_id), trust.consecutive_valid])?;
+    if let Some(host) = live.hosts.get_mut(&host_id) {
+        host.trust = trust;
+    }
+    match change {
+        TrustChange::ValidChecked => {
+            tx.prepare_cached("UPDATE units SET alone_host_id = NULL WHERE alone_host_id = ?1")?
+                .execute([to_i64(host_id)])?;
+        }
+        TrustChange::Invalid => reopen_alone_units(tx, live, host_id)?,
+    }
+    Ok(())
+}
+
+/// Reopens the units `host_id` validated alone and no check has confirmed since.
+fn reopen_alone_units(tx: &Connection, live: &mut Live, host_id: u64) -> Result<(), StoreError> {
+    let units: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT id, batch_id FROM units WHERE alone_host_id = ?1 AND state = 'validated'",
+        )?
+        .query_map([to_i64(host_id)], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if units.is_empty() {
+        return Ok(());
+    }
+    for (unit_id, batch_id) in &units {
+        tx.prepare_cached(
+            "UPDATE units SET state = 'open', canonical = NULL, alone = 0, alone_host_id = NULL
+             WHERE id = ?1",
+        )?
+        .execute([unit_id])?;
+        tx.prepare_cached(
+            "UPDATE replicas SET validity = 'pending' WHERE unit_id = ?1 AND state = 'reported'",
+        )?
+        .execute([unit_id])?;
+        let batch_id = to_u64(*batch_id);
+        if !live.batches.contains_key(&batch_id) {
+            let (id, module, mut batch) = tx
+                .prepare_cached(&format!(
+                    "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1"
+                ))?
+                .query_row([to_i64(batch_id)], batch_from_row)?;
+            batch.module = parse_hash(&module)?;
+            live.batches.insert(id, batch);
+        }
+        load_open_units(tx, live, Some(to_u64(*unit_id)))?;
+    }
+    // Replicas of those units still in progress now belong to open units again.
+    live.recount_in_flight();
+    Ok(())
 }
 
 /// Marks a replica valid and writes its credit grant to the ledger (once: the ledger's
