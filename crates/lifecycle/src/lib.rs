@@ -112,8 +112,9 @@ impl Adaptive {
 
 /// What the coordinator keeps of a host for adaptive replication. Every valid result that was
 /// checked against other hosts adds one to `consecutive_valid` and confirms the units the host
-/// validated alone before it; an invalid result sets it back to zero and reopens the unconfirmed
-/// ones. A result validated alone changes nothing: nobody checked it.
+/// validated alone with replicas assigned before the checked one (a check vouches for the host
+/// up to when it was given that work, not after); an invalid result sets it back to zero and
+/// reopens the unconfirmed ones. A result validated alone changes nothing: nobody checked it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostTrust {
     pub consecutive_valid: u32,
@@ -122,7 +123,8 @@ pub struct HostTrust {
 /// What a host's judged result does to its trust.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrustChange {
-    /// Checked and valid: count it, and confirm the units it validated alone so far.
+    /// Checked and valid: count it, and confirm the units it validated alone with replicas
+    /// assigned before this one.
     ValidChecked,
     /// Invalid: trust is gone; reopen the units it validated alone since its last confirmation.
     Invalid,

@@ -10,10 +10,22 @@
 //! - every validated unit has credited at least a quorum of replicas; a failed unit credits none;
 //! - every unit ends (validated or failed), given at least a quorum of honest volunteers;
 //! - credit totals per volunteer equal the sums of the ledger.
+//!
+//! With adaptive replication (a trusted host's result may stand alone, with spot checks), and
+//! "sleepers" among the workers (honest until trusted, then lying):
+//! - a wrong canonical result only ever stands on a unit validated alone by a sleeper, never on a
+//!   quorum;
+//! - a wrong result keeps its credit only while it stands alone unchecked; once its host is
+//!   caught, the units it validated alone since its last check are reopened and judged again, and
+//!   overturned credit is revoked;
+//! - every unit ends, and totals equal grants minus revocations.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use herd_lifecycle::{Policy, Replica, ReplicaState, Verdict, evaluate, expired, may_assign_to};
+use herd_lifecycle::{
+    Adaptive, HostTrust, PPM, Policy, Replica, ReplicaState, TrustChange, Verdict, evaluate,
+    expired, may_assign_to,
+};
 use herd_protocol::{ContentHash, RunResult, Status};
 use proptest::prelude::*;
 
@@ -24,6 +36,8 @@ enum Behaviour {
     Flaky,
     Slow,
     Vanishing,
+    /// Honest until it has been trusted, then lies (its own lie: no collusion).
+    Sleeper,
 }
 
 /// Where a unit stands.
@@ -38,6 +52,13 @@ struct Unit {
     replicas: Vec<Replica>,
     state: UnitState,
     truth: RunResult,
+    /// One trusted host's result may validate it alone.
+    alone: bool,
+    /// The worker whose lone result validated it, until a check of a later replica of that
+    /// worker confirms it.
+    alone_by: Option<usize>,
+    /// That lone replica.
+    alone_replica: u64,
 }
 
 /// A report on its way: `None` is an abort.
@@ -52,6 +73,9 @@ struct Worker {
     volunteer_id: u64,
     behaviour: Behaviour,
     busy_until: u64,
+    trust: HostTrust,
+    /// Whether it has been trusted at some point (a sleeper lies from then on).
+    was_trusted: bool,
 }
 
 /// One grant of the ledger.
@@ -59,6 +83,8 @@ struct Grant {
     replica_id: u64,
     volunteer_id: u64,
     fuel: u64,
+    /// Revoked when the result it paid for was overturned.
+    revoked: bool,
 }
 
 struct Simulation {
@@ -93,6 +119,9 @@ impl Simulation {
                     replicas: Vec::new(),
                     state: UnitState::Open,
                     truth: result(format!("unit {i}").as_bytes(), 1_000 + i as u64),
+                    alone: false,
+                    alone_by: None,
+                    alone_replica: 0,
                 })
                 .collect(),
             workers: behaviours
@@ -102,6 +131,8 @@ impl Simulation {
                     volunteer_id: i as u64 + 1,
                     behaviour,
                     busy_until: 0,
+                    trust: HostTrust::default(),
+                    was_trusted: false,
                 })
                 .collect(),
             pending: Vec::new(),
@@ -134,8 +165,57 @@ impl Simulation {
             replica_id,
             volunteer_id,
             fuel,
+            revoked: false,
         });
         *self.totals.entry(volunteer_id).or_default() += fuel;
+    }
+
+    /// The worker that ran a replica (volunteer ids are worker index + 1).
+    fn worker_of(&self, unit: usize, replica_id: u64) -> usize {
+        self.units[unit]
+            .replicas
+            .iter()
+            .find(|r| r.id == replica_id)
+            .map(|r| r.volunteer_id as usize - 1)
+            .expect("replica exists")
+    }
+
+    /// A replica's result was found invalid: revoke its credit if it had any, end its worker's
+    /// trust and reopen the units that worker validated alone since its last check.
+    fn invalid(&mut self, unit: usize, replica_id: u64) {
+        if let Some(grant) = self
+            .ledger
+            .iter_mut()
+            .find(|g| g.replica_id == replica_id && !g.revoked)
+        {
+            grant.revoked = true;
+            *self.totals.entry(grant.volunteer_id).or_default() -= grant.fuel;
+        }
+        let worker = self.worker_of(unit, replica_id);
+        self.workers[worker].trust = self.workers[worker].trust.after(TrustChange::Invalid);
+        for u in 0..self.units.len() {
+            if self.units[u].alone_by == Some(worker)
+                && matches!(self.units[u].state, UnitState::Validated(_))
+            {
+                let reopened = &mut self.units[u];
+                reopened.state = UnitState::Open;
+                reopened.alone = false;
+                reopened.alone_by = None;
+                self.settle(u);
+            }
+        }
+    }
+
+    /// A checked valid result: trust grows, and the worker's lone validations with replicas
+    /// assigned before this one are confirmed.
+    fn valid_checked(&mut self, worker: usize, replica_id: u64) {
+        let trust = self.workers[worker].trust.after(TrustChange::ValidChecked);
+        self.workers[worker].trust = trust;
+        for unit in &mut self.units {
+            if unit.alone_by == Some(worker) && unit.alone_replica < replica_id {
+                unit.alone_by = None;
+            }
+        }
     }
 
     /// Applies the lifecycle's verdict for an open unit.
@@ -143,19 +223,51 @@ impl Simulation {
         if self.units[unit].state != UnitState::Open {
             return;
         }
-        match evaluate(&self.policy, &self.units[unit].replicas) {
+        // A unit whose lone replica failed goes back to full replication.
+        if self.units[unit].alone
+            && !self.units[unit].replicas.iter().any(|r| {
+                matches!(
+                    r.state,
+                    ReplicaState::InProgress { .. } | ReplicaState::Reported(_)
+                )
+            })
+        {
+            self.units[unit].alone = false;
+        }
+        let policy = self.policy_of(unit);
+        match evaluate(&policy, &self.units[unit].replicas) {
             Verdict::Validated {
                 canonical,
                 agreeing,
-                ..
+                disagreeing,
             } => {
+                let alone = self.units[unit].alone;
+                self.units[unit].state = UnitState::Validated(canonical.clone());
+                if alone {
+                    self.units[unit].alone_by = Some(self.worker_of(unit, agreeing[0]));
+                    self.units[unit].alone_replica = agreeing[0];
+                }
                 for replica_id in agreeing {
                     self.credit(unit, replica_id, canonical.fuel);
+                    if !alone && self.policy.adaptive.is_some() {
+                        let worker = self.worker_of(unit, replica_id);
+                        self.valid_checked(worker, replica_id);
+                    }
                 }
-                self.units[unit].state = UnitState::Validated(canonical);
+                for replica_id in disagreeing {
+                    self.invalid(unit, replica_id);
+                }
             }
             Verdict::Failed { .. } => self.units[unit].state = UnitState::Failed,
             Verdict::Open { .. } => {}
+        }
+    }
+
+    fn policy_of(&self, unit: usize) -> Policy {
+        if self.units[unit].alone {
+            self.policy.alone()
+        } else {
+            self.policy
         }
     }
 
@@ -190,6 +302,7 @@ impl Simulation {
                     let fuel = canonical.fuel;
                     self.credit(unit, report.replica_id, fuel);
                 }
+                (UnitState::Validated(_), Some(_)) => self.invalid(unit, report.replica_id),
                 _ => {}
             }
         }
@@ -222,13 +335,22 @@ impl Simulation {
                 let unit = &self.units[u];
                 unit.state == UnitState::Open
                     && matches!(
-                        evaluate(&self.policy, &unit.replicas),
+                        evaluate(&self.policy_of(u), &unit.replicas),
                         Verdict::Open { wanted } if wanted > 0
                     )
                     && may_assign_to(&unit.replicas, volunteer_id)
             }) else {
                 continue;
             };
+            if self.units[unit].replicas.is_empty() && self.policy.adaptive.is_some() {
+                let draw = self.roll(u64::from(PPM)) as u32;
+                self.units[unit].alone = self.workers[w].trust.may_go_alone(&self.policy, draw);
+            }
+            if let Some(adaptive) = self.policy.adaptive
+                && self.workers[w].trust.consecutive_valid >= adaptive.trust_after
+            {
+                self.workers[w].was_trusted = true;
+            }
             let replica_id = self.next_replica;
             self.next_replica += 1;
             let deadline = self.now + self.policy.replica_deadline_ms;
@@ -257,6 +379,14 @@ impl Simulation {
                 Behaviour::Flaky => (self.now + took, Some(truth)),
                 Behaviour::Slow => (deadline + 1 + took, Some(truth)),
                 Behaviour::Vanishing => (u64::MAX, None),
+                Behaviour::Sleeper if self.workers[w].was_trusted => (
+                    self.now + took,
+                    Some(result(
+                        format!("sleeper {unit} {volunteer_id}").as_bytes(),
+                        1_000_000,
+                    )),
+                ),
+                Behaviour::Sleeper => (self.now + took, Some(truth)),
             };
             self.workers[w].busy_until = at;
             if at != u64::MAX {
@@ -352,6 +482,124 @@ proptest! {
         }
         prop_assert_eq!(from_ledger, sim.totals.clone());
     }
+
+    #[test]
+    fn adaptive_replication_holds_its_properties(
+        quorum in 2u32..=3,
+        units in 1usize..=40,
+        trust_after in 1u32..=4,
+        spot_check_ppm in prop_oneof![Just(0u32), 100_000u32..=PPM],
+        others in prop::collection::vec(behaviour(), 0..6),
+        sleepers in 0usize..=2,
+        seed in any::<u64>(),
+    ) {
+        // At least a quorum of honest volunteers; liars and sleepers each fewer than the quorum
+        // together, so no quorum can be made of wrong answers.
+        let mut behaviours = vec![Behaviour::Honest; quorum as usize];
+        let mut wrong = 0;
+        for b in others.into_iter().chain(std::iter::repeat_n(Behaviour::Sleeper, sleepers)) {
+            if matches!(b, Behaviour::Liar | Behaviour::Sleeper) {
+                if wrong + 1 >= quorum {
+                    continue;
+                }
+                wrong += 1;
+            }
+            behaviours.push(b);
+        }
+        let mut policy = Policy::with_quorum(quorum);
+        policy.replica_deadline_ms = 20;
+        policy.adaptive = Some(Adaptive { trust_after, spot_check_ppm });
+        let mut sim = Simulation::new(policy, units, &behaviours, seed);
+        sim.run(200_000);
+
+        let live_grants: Vec<&Grant> = sim.ledger.iter().filter(|g| !g.revoked).collect();
+        for (u, unit) in sim.units.iter().enumerate() {
+            prop_assert!(unit.state != UnitState::Open, "unit {} never ended", u);
+            if let UnitState::Validated(canonical) = &unit.state
+                && canonical != &unit.truth
+            {
+                // A wrong result stands only alone, from a sleeper nobody has caught since.
+                let by = unit.alone_by;
+                prop_assert!(by.is_some(), "unit {} holds a wrong result from a quorum", u);
+                let worker = by.unwrap_or_default();
+                prop_assert_eq!(sim.workers[worker].behaviour, Behaviour::Sleeper);
+            }
+        }
+        // Credit that stands for a wrong result belongs to a unit where that result stands alone.
+        for grant in &live_grants {
+            let (u, replica) = sim
+                .units
+                .iter()
+                .enumerate()
+                .find_map(|(u, unit)| unit.replicas.iter().find(|r| r.id == grant.replica_id).map(|r| (u, r)))
+                .expect("granted replica exists");
+            let unit = &sim.units[u];
+            if let ReplicaState::Reported(result) = &replica.state
+                && result != &unit.truth
+            {
+                prop_assert_eq!(&unit.state, &UnitState::Validated(result.clone()));
+                prop_assert!(unit.alone_by.is_some());
+            }
+        }
+        let mut from_ledger: BTreeMap<u64, u64> = BTreeMap::new();
+        for grant in &live_grants {
+            *from_ledger.entry(grant.volunteer_id).or_default() += grant.fuel;
+        }
+        let totals: BTreeMap<u64, u64> = sim.totals.iter().filter(|(_, f)| **f > 0).map(|(v, f)| (*v, *f)).collect();
+        let from_ledger: BTreeMap<u64, u64> = from_ledger.into_iter().filter(|(_, f)| *f > 0).collect();
+        prop_assert_eq!(from_ledger, totals);
+    }
+}
+
+#[test]
+fn a_sleeper_is_caught_by_spot_checks_and_its_lies_are_judged_again() {
+    // Four honest workers and one sleeper; trusted after 3 checked results, 25% spot checks.
+    let behaviours = [
+        Behaviour::Honest,
+        Behaviour::Honest,
+        Behaviour::Honest,
+        Behaviour::Honest,
+        Behaviour::Sleeper,
+    ];
+    let mut policy = Policy::with_quorum(2);
+    policy.replica_deadline_ms = 20;
+    policy.adaptive = Some(Adaptive {
+        trust_after: 3,
+        spot_check_ppm: 250_000,
+    });
+    let mut sim = Simulation::new(policy, 400, &behaviours, 11);
+    sim.run(1_000_000);
+    let sleeper = 4;
+    assert!(
+        sim.workers[sleeper].was_trusted,
+        "the sleeper was trusted at some point"
+    );
+    let lies_told = sim
+        .units
+        .iter()
+        .flat_map(|u| u.replicas.iter().map(move |r| (u, r)))
+        .filter(|(u, r)| {
+            r.volunteer_id == sleeper as u64 + 1
+                && matches!(&r.state, ReplicaState::Reported(result) if *result != u.truth)
+        })
+        .count();
+    let lies_standing = sim
+        .units
+        .iter()
+        .filter(|u| matches!(&u.state, UnitState::Validated(c) if *c != u.truth))
+        .count();
+    assert!(lies_told > 0, "the sleeper lied");
+    assert!(
+        lies_standing < lies_told,
+        "spot checks caught it: {lies_standing} of {lies_told} lies stand"
+    );
+    // Honest trusted workers saved replicas: fewer than two per validated unit.
+    let replicas: usize = sim.units.iter().map(|u| u.replicas.len()).sum();
+    assert!(
+        replicas < 2 * sim.units.len(),
+        "{replicas} replicas for {} units",
+        sim.units.len()
+    );
 }
 
 #[test]

@@ -61,6 +61,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE hosts ADD COLUMN consecutive_valid INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE units ADD COLUMN alone INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE units ADD COLUMN alone_host_id INTEGER;
+     ALTER TABLE units ADD COLUMN alone_replica_id INTEGER;
      CREATE INDEX units_alone_unconfirmed ON units (alone_host_id) WHERE alone_host_id IS NOT NULL;
      CREATE TABLE credit_revoked (
          id INTEGER PRIMARY KEY,

@@ -701,25 +701,35 @@ fn settle(
                     StoreError::Corrupt(format!("replica {replica_id} is not live"))
                 })?);
             }
-            // A unit validated alone remembers its host until a later check confirms the host.
+            // A unit validated alone remembers its host and replica until a check of a later
+            // replica of that host confirms it.
             let alone_host = references
                 .first()
                 .filter(|_| alone)
                 .map(|r| to_i64(r.host_id));
+            let alone_replica = agreeing.first().filter(|_| alone).map(|id| to_i64(*id));
             tx.prepare_cached(
-                "UPDATE units SET state = 'validated', canonical = ?2, alone_host_id = ?3
+                "UPDATE units SET state = 'validated', canonical = ?2, alone_host_id = ?3,
+                                  alone_replica_id = ?4
                  WHERE id = ?1",
             )?
             .execute(params![
                 to_i64(unit_id),
                 encode_result(canonical)?,
-                alone_host
+                alone_host,
+                alone_replica
             ])?;
             live.close_unit(unit_id);
             for (replica_id, reference) in agreeing.iter().zip(&references) {
                 grant(tx, live, *replica_id, reference, canonical.fuel, now_ms)?;
                 if adaptive && !alone {
-                    change_trust(tx, live, reference.host_id, TrustChange::ValidChecked)?;
+                    change_trust(
+                        tx,
+                        live,
+                        reference.host_id,
+                        TrustChange::ValidChecked,
+                        *replica_id,
+                    )?;
                 }
             }
             for replica_id in disagreeing {
@@ -777,17 +787,19 @@ fn judge_invalid(
             now_ms,
         )?;
     }
-    change_trust(tx, live, to_u64(host_id), TrustChange::Invalid)
+    change_trust(tx, live, to_u64(host_id), TrustChange::Invalid, replica_id)
 }
 
-/// Moves a host's trust. A checked valid result confirms the units it validated alone so far;
-/// an invalid one reopens them (they go back to full replication, their lone result kept as
-/// one replica among those that will now judge it).
+/// Moves a host's trust after the judgement of its replica `replica_id`. A checked valid result
+/// confirms the units it validated alone with earlier replicas; an invalid one reopens every
+/// unconfirmed one (back to full replication, the lone result kept as one replica among those
+/// that will now judge it).
 fn change_trust(
     tx: &Connection,
     live: &mut Live,
     host_id: u64,
     change: TrustChange,
+    replica_id: u64,
 ) -> Result<(), StoreError> {
     let trust = match live.hosts.get(&host_id) {
         Some(host) => host.trust,
@@ -801,8 +813,11 @@ fn change_trust(
     }
     match change {
         TrustChange::ValidChecked => {
-            tx.prepare_cached("UPDATE units SET alone_host_id = NULL WHERE alone_host_id = ?1")?
-                .execute([to_i64(host_id)])?;
+            tx.prepare_cached(
+                "UPDATE units SET alone_host_id = NULL, alone_replica_id = NULL
+                 WHERE alone_host_id = ?1 AND alone_replica_id < ?2",
+            )?
+            .execute([to_i64(host_id), to_i64(replica_id)])?;
         }
         TrustChange::Invalid => reopen_alone_units(tx, live, host_id)?,
     }
@@ -822,7 +837,8 @@ fn reopen_alone_units(tx: &Connection, live: &mut Live, host_id: u64) -> Result<
     }
     for (unit_id, batch_id) in &units {
         tx.prepare_cached(
-            "UPDATE units SET state = 'open', canonical = NULL, alone = 0, alone_host_id = NULL
+            "UPDATE units SET state = 'open', canonical = NULL, alone = 0, alone_host_id = NULL,
+                              alone_replica_id = NULL
              WHERE id = ?1",
         )?
         .execute([unit_id])?;
