@@ -364,7 +364,7 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let old = herd_protocol::encode_frame(&ClientMessage::Hello {
-            protocol_version: PROTOCOL_VERSION + 98,
+            protocol_version: 99,
             host_key: PublicKey([3; 32]),
             volunteer: "eve".into(),
             team: None,

@@ -170,13 +170,22 @@ async fn slot(
     result: RunResult,
     stop: Arc<AtomicBool>,
 ) {
+    // As the real worker: ask once, then each report asks for the next unit in the same trip.
+    let mut next = None;
     while !stop.load(Ordering::Relaxed) {
-        let answer: ServerMessage = herd_net::request(&connection, &ClientMessage::RequestWork)
-            .await
-            .expect("request work");
-        let ServerMessage::Work(signed) = answer else {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            continue;
+        let signed = match next.take() {
+            Some(signed) => signed,
+            None => {
+                let answer: ServerMessage =
+                    herd_net::request(&connection, &ClientMessage::RequestWork)
+                        .await
+                        .expect("request work");
+                let ServerMessage::Work(signed) = answer else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
+                signed
+            }
         };
         let report = Report {
             replica_id: signed.assignment.replica_id,
@@ -184,15 +193,21 @@ async fn slot(
         }
         .sign(&key)
         .expect("sign");
-        let _: ServerMessage = herd_net::request(
+        let answer: ServerMessage = herd_net::request(
             &connection,
-            &ClientMessage::Report {
+            &ClientMessage::ReportAndRequestWork {
                 report,
                 output: Vec::new(),
             },
         )
         .await
         .expect("report");
+        if let ServerMessage::ReportAcceptedNext {
+            next: Some(signed), ..
+        } = answer
+        {
+            next = Some(signed);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use herd_net::{
 };
 use herd_protocol::{
     ClientMessage, ContentHash, ErrorCode, Outcome, PROTOCOL_VERSION, PublicKey, ServerMessage,
+    SignedReport,
 };
 use herd_store::{HostRecord, StoreError};
 use tokio::sync::Semaphore;
@@ -257,72 +258,102 @@ async fn answer(
         ClientMessage::RequestWork => Ok((assign(shared, peer).await?, After::KeepOpen)),
         ClientMessage::FetchBlob { hash } => Ok((fetch_blob(shared, hash).await?, After::KeepOpen)),
         ClientMessage::Report { report, output } => {
-            if let Err(problem) = report.verify(&peer.key) {
-                return Ok((
-                    error(
-                        ErrorCode::BadSignature,
-                        format!("report for replica {}: {problem}", report.report.replica_id),
-                    ),
-                    After::Close,
-                ));
-            }
-            let replica_id = report.report.replica_id;
-            let outcome = report.report.outcome;
-            if let Outcome::Countable(result) = &outcome {
-                let actual = ContentHash::of(&output);
-                if actual != result.output_hash || output.len() as u64 != result.output_len {
-                    return Ok((
-                        error(
-                            ErrorCode::BadOutput,
-                            format!(
-                                "replica {replica_id}: output bytes hash to {actual} ({} bytes), the report claims {} ({} bytes)",
-                                output.len(),
-                                result.output_hash,
-                                result.output_len
-                            ),
-                        ),
-                        After::KeepOpen,
-                    ));
-                }
-            }
-            // The output is stored (synced) before the report that refers to it is committed.
-            // Replicas that agree share one blob, so usually only the first writes it.
-            if let Outcome::Countable(result) = &outcome
-                && !shared.blobs.contains(&result.output_hash)
-            {
-                let blobs = shared.blobs.clone();
-                blocking(move || Ok(blobs.put(&output)?)).await?;
-            }
-            let recorded = shared
-                .store
-                .record_report(peer.host.host_id, replica_id, &outcome, now_ms())
-                .await;
-            Ok(match recorded {
-                Ok(effect) => {
-                    tracing::debug!("replica {replica_id}: {effect:?}");
-                    (
-                        ServerMessage::ReportAccepted { replica_id },
-                        After::KeepOpen,
-                    )
-                }
-                Err(StoreError::UnknownReplica(id)) => (
-                    error(
-                        ErrorCode::UnknownReplica,
-                        format!("replica {id} does not exist"),
-                    ),
-                    After::KeepOpen,
-                ),
-                Err(StoreError::NotYourReplica { replica_id }) => (
-                    error(
-                        ErrorCode::NotYourReplica,
-                        format!("replica {replica_id} was not assigned to this host"),
-                    ),
-                    After::KeepOpen,
-                ),
-                Err(other) => return Err(other.into()),
-            })
+            Ok(record_report(shared, peer, report, output).await?)
+        }
+        ClientMessage::ReportAndRequestWork { report, output } => {
+            let (answer, after) = record_report(shared, peer, report, output).await?;
+            let ServerMessage::ReportAccepted { replica_id } = answer else {
+                return Ok((answer, after));
+            };
+            let next = match assign(shared, peer).await? {
+                ServerMessage::Work(signed) => Some(signed),
+                _ => None,
+            };
+            let retry_after_ms = if next.is_some() { 0 } else { NO_WORK_RETRY_MS };
+            Ok((
+                ServerMessage::ReportAcceptedNext {
+                    replica_id,
+                    next,
+                    retry_after_ms,
+                },
+                After::KeepOpen,
+            ))
         }
     }
+}
+
+/// Checks a report (signature, output against its claimed hash), stores its output and records
+/// it: `ReportAccepted`, or the `Error` that refuses it.
+async fn record_report(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    report: SignedReport,
+    output: Vec<u8>,
+) -> anyhow::Result<(ServerMessage, After)> {
+    if let Err(problem) = report.verify(&peer.key) {
+        return Ok((
+            error(
+                ErrorCode::BadSignature,
+                format!("report for replica {}: {problem}", report.report.replica_id),
+            ),
+            After::Close,
+        ));
+    }
+    let replica_id = report.report.replica_id;
+    let outcome = report.report.outcome;
+    if let Outcome::Countable(result) = &outcome {
+        let actual = ContentHash::of(&output);
+        if actual != result.output_hash || output.len() as u64 != result.output_len {
+            return Ok((
+                error(
+                    ErrorCode::BadOutput,
+                    format!(
+                        "replica {replica_id}: output bytes hash to {actual} ({} bytes), the report claims {} ({} bytes)",
+                        output.len(),
+                        result.output_hash,
+                        result.output_len
+                    ),
+                ),
+                After::KeepOpen,
+            ));
+        }
+    }
+    // The output is stored (synced) before the report that refers to it is committed.
+    // Replicas that agree share one blob, so usually only the first writes it.
+    if let Outcome::Countable(result) = &outcome
+        && !shared.blobs.contains(&result.output_hash)
+    {
+        let blobs = shared.blobs.clone();
+        blocking(move || Ok(blobs.put(&output)?)).await?;
+    }
+    let recorded = shared
+        .store
+        .record_report(peer.host.host_id, replica_id, &outcome, now_ms())
+        .await;
+    Ok(match recorded {
+        Ok(effect) => {
+            tracing::debug!("replica {replica_id}: {effect:?}");
+            (
+                ServerMessage::ReportAccepted { replica_id },
+                After::KeepOpen,
+            )
+        }
+        Err(StoreError::UnknownReplica(id)) => (
+            error(
+                ErrorCode::UnknownReplica,
+                format!("replica {id} does not exist"),
+            ),
+            After::KeepOpen,
+        ),
+        Err(StoreError::NotYourReplica { replica_id }) => (
+            error(
+                ErrorCode::NotYourReplica,
+                format!("replica {replica_id} was not assigned to this host"),
+            ),
+            After::KeepOpen,
+        ),
+        Err(other) => return Err(other.into()),
+    })
 }
 
 async fn assign(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<ServerMessage> {

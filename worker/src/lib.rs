@@ -16,7 +16,7 @@ use herd_blobs::BlobStore;
 use herd_net::{Connection, JoinString};
 use herd_protocol::{
     AbortReason, Assignment, ClientMessage, ContentHash, Outcome, PROTOCOL_VERSION, Report,
-    ServerMessage, SigningKey,
+    ServerMessage, SignedAssignment, SignedReport, SigningKey,
 };
 use herd_sandbox::{Execution, Limits, Sandbox};
 use tokio::sync::watch;
@@ -52,9 +52,11 @@ struct Worker {
 }
 
 /// A signed report waiting for the coordinator's acknowledgement.
+#[derive(Clone)]
 struct PendingReport {
     replica_id: u64,
-    message: ClientMessage,
+    report: SignedReport,
+    output: Vec<u8>,
 }
 
 /// Runs the worker until `shutdown` turns true.
@@ -184,7 +186,11 @@ impl Worker {
     /// Sends one report; `Err` only if the connection failed (the report must be kept).
     async fn deliver(&self, connection: &Connection, report: &PendingReport) -> anyhow::Result<()> {
         let replica_id = report.replica_id;
-        match herd_net::request(connection, &report.message).await? {
+        let message = ClientMessage::Report {
+            report: report.report.clone(),
+            output: report.output.clone(),
+        };
+        match herd_net::request(connection, &message).await? {
             ServerMessage::ReportAccepted { .. } => Ok(()),
             ServerMessage::Error { code, message } => {
                 // Refused for good (unknown replica, bad output): keeping it would not help.
@@ -195,10 +201,16 @@ impl Worker {
         }
     }
 
-    /// Asks for work and runs it, forever; returns only when the connection fails.
+    /// Asks for work and runs it, forever; returns only when the connection fails. After the
+    /// first unit, each report asks for the next unit in the same round trip.
     async fn slot(self: Arc<Self>, slot: u32, connection: Connection) -> anyhow::Result<()> {
+        let mut next: Option<SignedAssignment> = None;
         loop {
-            match herd_net::request(&connection, &ClientMessage::RequestWork).await? {
+            let answer = match next.take() {
+                Some(signed) => ServerMessage::Work(signed),
+                None => herd_net::request(&connection, &ClientMessage::RequestWork).await?,
+            };
+            match answer {
                 ServerMessage::Work(signed) => {
                     let project_key = self.config.join.project_key;
                     if let Err(problem) = signed.verify(&project_key) {
@@ -215,7 +227,8 @@ impl Worker {
                         tokio::time::sleep(ERROR_PAUSE).await;
                         continue;
                     }
-                    self.compute_and_report(slot, &connection, assignment)
+                    next = self
+                        .compute_and_report(slot, &connection, assignment)
                         .await?;
                 }
                 ServerMessage::NoWork { retry_after_ms } => {
@@ -233,12 +246,14 @@ impl Worker {
         }
     }
 
+    /// Runs a replica and reports it, asking for the next; returns the next assignment if the
+    /// coordinator had one (after waiting out its retry time if it had none).
     async fn compute_and_report(
         &self,
         slot: u32,
         connection: &Connection,
         assignment: Assignment,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<SignedAssignment>> {
         let replica_id = assignment.replica_id;
         let execution = match self.compute(connection, &assignment).await {
             Ok(execution) => execution,
@@ -269,16 +284,41 @@ impl Worker {
         .sign(&self.host_key)?;
         let pending = PendingReport {
             replica_id,
-            message: ClientMessage::Report {
-                report,
-                output: execution.output,
-            },
+            report,
+            output: execution.output,
         };
-        if let Err(error) = self.deliver(connection, &pending).await {
-            self.pending().push(pending);
-            return Err(error.context(format!("report replica {replica_id}")));
+        let message = ClientMessage::ReportAndRequestWork {
+            report: pending.report.clone(),
+            output: pending.output.clone(),
+        };
+        let answer = match herd_net::request(connection, &message).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                // Kept for the next connection, which re-sends it.
+                self.pending().push(pending);
+                return Err(
+                    anyhow::Error::from(error).context(format!("report replica {replica_id}"))
+                );
+            }
+        };
+        match answer {
+            ServerMessage::ReportAcceptedNext {
+                next: Some(signed), ..
+            } => Ok(Some(signed)),
+            ServerMessage::ReportAcceptedNext { retry_after_ms, .. } => {
+                tokio::time::sleep(Duration::from_millis(
+                    retry_after_ms.clamp(50, 60_000).into(),
+                ))
+                .await;
+                Ok(None)
+            }
+            ServerMessage::Error { code, message } => {
+                // Refused for good (unknown replica, bad output): keeping it would not help.
+                tracing::warn!("report for replica {replica_id} refused ({code:?}): {message}");
+                Ok(None)
+            }
+            other => bail!("unexpected answer to a report: {other:?}"),
         }
-        Ok(())
     }
 
     /// Fetches what the unit needs and runs it in the sandbox.

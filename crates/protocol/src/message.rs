@@ -40,6 +40,13 @@ pub enum ClientMessage {
         report: SignedReport,
         output: Vec<u8>,
     },
+    /// Report a finished replica and ask for the next in the same round trip, as BOINC's
+    /// scheduler RPC does: answered with [`ServerMessage::ReportAcceptedNext`] (or an `Error` if
+    /// the report is refused, and then no work).
+    ReportAndRequestWork {
+        report: SignedReport,
+        output: Vec<u8>,
+    },
 }
 
 /// What the coordinator answers.
@@ -57,6 +64,13 @@ pub enum ServerMessage {
     ReportAccepted { replica_id: u64 },
     /// The request was refused.
     Error { code: ErrorCode, message: String },
+    /// The answer to `ReportAndRequestWork`: the report is recorded (or was already), and the
+    /// next replica to run, or `None` and how long to wait before asking again.
+    ReportAcceptedNext {
+        replica_id: u64,
+        next: Option<SignedAssignment>,
+        retry_after_ms: u32,
+    },
 }
 
 /// Why a request was refused. Stable: workers branch on it.

@@ -61,6 +61,10 @@ fn every_message_round_trips() {
             hash: ContentHash::of(b"x"),
         },
         ClientMessage::Report {
+            report: report.clone(),
+            output: b"hello".to_vec(),
+        },
+        ClientMessage::ReportAndRequestWork {
             report,
             output: b"hello".to_vec(),
         },
@@ -72,7 +76,17 @@ fn every_message_round_trips() {
         ServerMessage::Welcome {
             project_key: key.public_key(),
         },
-        ServerMessage::Work(signed),
+        ServerMessage::Work(signed.clone()),
+        ServerMessage::ReportAcceptedNext {
+            replica_id: 7,
+            next: Some(signed),
+            retry_after_ms: 0,
+        },
+        ServerMessage::ReportAcceptedNext {
+            replica_id: 8,
+            next: None,
+            retry_after_ms: 1_000,
+        },
         ServerMessage::NoWork {
             retry_after_ms: 500,
         },
