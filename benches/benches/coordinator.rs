@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group};
 use herd_net::JoinString;
 use herd_protocol::{
-    ClientMessage, ContentHash, Outcome, PROTOCOL_VERSION, Report, RunResult, ServerMessage,
-    SigningKey, Status,
+    ClientMessage, ContentHash, FinishedReplica, Outcome, PROTOCOL_VERSION, Report, RunResult,
+    ServerMessage, SignedAssignment, SigningKey, Status,
 };
 
-const UNITS: usize = 2_000;
+/// Units per batch: enough that a run lasts seconds, so polling its status every
+/// `POLL` (which the coordinator answers with the whole batch's units) costs little and shifts
+/// the end of a run by at most one poll.
+const UNITS: usize = 10_000;
+const POLL: Duration = Duration::from_millis(100);
 const WORKERS: usize = 32;
 /// Requests each simulated worker keeps in flight at once (its cores).
 const CORES: usize = 4;
@@ -129,7 +133,11 @@ fn validated(coordinator: &Running, batch: u64) -> u64 {
 }
 
 /// A simulated worker: connects, says hello, then asks and reports until told to stop.
-async fn worker(join: JoinString, index: usize, stop: Arc<AtomicBool>) {
+/// A simulated worker: connects, says hello, then runs `CORES / batch` loops that each report
+/// `batch` finished units and ask for `batch` more in one exchange, until told to stop. With
+/// `batch` 1 it talks as the real worker does today (one exchange per core); with `batch` =
+/// `CORES` as a BOINC client does (one scheduler request for the whole host).
+async fn worker(join: JoinString, index: usize, batch: usize, stop: Arc<AtomicBool>) {
     let key = Arc::new(SigningKey::from_seed([index as u8 + 1; 32]));
     let connection = herd_net::connect(&join).await.expect("connect");
     let hello = ClientMessage::Hello {
@@ -141,73 +149,64 @@ async fn worker(join: JoinString, index: usize, stop: Arc<AtomicBool>) {
         held_replicas: Vec::new(),
     };
     let _: ServerMessage = herd_net::request(&connection, &hello).await.expect("hello");
+    let loops: Vec<_> = (0..CORES / batch)
+        .map(|_| {
+            tokio::spawn(exchanges(
+                connection.clone(),
+                key.clone(),
+                batch,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    for handle in loops {
+        handle.await.expect("exchange loop");
+    }
+}
+
+/// Reports what the last exchange assigned (as if computed at once) and asks for `batch` more.
+async fn exchanges(
+    connection: herd_net::Connection,
+    key: Arc<SigningKey>,
+    batch: usize,
+    stop: Arc<AtomicBool>,
+) {
     let result = RunResult {
         status: Status::Success,
         fuel: 1_000,
         output_len: 0,
         output_hash: ContentHash::of(b""),
     };
-    // One slot per core, as the real worker runs them.
-    let slots: Vec<_> = (0..CORES)
-        .map(|_| {
-            tokio::spawn(slot(
-                connection.clone(),
-                key.clone(),
-                result.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    for slot in slots {
-        slot.await.expect("slot");
-    }
-}
-
-/// One core of a simulated worker: asks for work and reports it, until told to stop.
-async fn slot(
-    connection: herd_net::Connection,
-    key: Arc<SigningKey>,
-    result: RunResult,
-    stop: Arc<AtomicBool>,
-) {
-    // As the real worker: ask once, then each report asks for the next unit in the same trip.
-    let mut next = None;
+    let mut assigned: Vec<SignedAssignment> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let signed = match next.take() {
-            Some(signed) => signed,
-            None => {
-                let answer: ServerMessage =
-                    herd_net::request(&connection, &ClientMessage::RequestWork)
-                        .await
-                        .expect("request work");
-                let ServerMessage::Work(signed) = answer else {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    continue;
-                };
-                signed
-            }
-        };
-        let report = Report {
-            replica_id: signed.assignment.replica_id,
-            outcome: Outcome::Countable(result.clone()),
-        }
-        .sign(&key)
-        .expect("sign");
+        let reports = assigned
+            .drain(..)
+            .map(|signed| FinishedReplica {
+                report: Report {
+                    replica_id: signed.assignment.replica_id,
+                    outcome: Outcome::Countable(result.clone()),
+                }
+                .sign(&key)
+                .expect("sign"),
+                output: Vec::new(),
+            })
+            .collect();
         let answer: ServerMessage = herd_net::request(
             &connection,
-            &ClientMessage::ReportAndRequestWork {
-                report,
-                output: Vec::new(),
+            &ClientMessage::Exchange {
+                reports,
+                want: batch as u32,
             },
         )
         .await
-        .expect("report");
-        if let ServerMessage::ReportAcceptedNext {
-            next: Some(signed), ..
-        } = answer
-        {
-            next = Some(signed);
+        .expect("exchange");
+        let ServerMessage::Exchanged { work, .. } = answer else {
+            panic!("unexpected answer {answer:?}");
+        };
+        if work.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        assigned = work;
     }
 }
 
@@ -245,41 +244,45 @@ fn over_quic(c: &mut Criterion) {
     let mut group = c.benchmark_group("coordinator");
     group.throughput(Throughput::Elements(UNITS as u64));
     group.sample_size(10);
-    let mut cpu_spent = Duration::ZERO;
-    let mut units_timed = 0u64;
-    group.bench_function("quic_32_workers", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                let batch = create_batch(&coordinator);
-                let stop = Arc::new(AtomicBool::new(false));
-                let cpu_before = cpu_time(pid);
-                let started = Instant::now();
-                let workers: Vec<_> = (0..WORKERS)
-                    .map(|i| runtime.spawn(worker(coordinator.join.clone(), i, stop.clone())))
-                    .collect();
-                while validated(&coordinator, batch) < UNITS as u64 {
-                    std::thread::sleep(Duration::from_millis(20));
+    for batch in [1, CORES] {
+        let mut cpu_spent = Duration::ZERO;
+        let mut units_timed = 0u64;
+        group.bench_function(format!("quic_32_workers_batch_{batch}"), |b| {
+            b.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    let batch_id = create_batch(&coordinator);
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let cpu_before = cpu_time(pid);
+                    let started = Instant::now();
+                    let workers: Vec<_> = (0..WORKERS)
+                        .map(|i| {
+                            runtime.spawn(worker(coordinator.join.clone(), i, batch, stop.clone()))
+                        })
+                        .collect();
+                    while validated(&coordinator, batch_id) < UNITS as u64 {
+                        std::thread::sleep(POLL);
+                    }
+                    total += started.elapsed();
+                    cpu_spent += cpu_time(pid).saturating_sub(cpu_before);
+                    units_timed += UNITS as u64;
+                    stop.store(true, Ordering::Relaxed);
+                    for worker in workers {
+                        runtime.block_on(worker).expect("worker");
+                    }
                 }
-                total += started.elapsed();
-                cpu_spent += cpu_time(pid).saturating_sub(cpu_before);
-                units_timed += UNITS as u64;
-                stop.store(true, Ordering::Relaxed);
-                for worker in workers {
-                    runtime.block_on(worker).expect("worker");
-                }
-            }
-            total
-        })
-    });
+                total
+            })
+        });
+        let per_unit = cpu_spent.as_secs_f64() / units_timed.max(1) as f64;
+        println!(
+            "coordinator/cpu_per_unit (batch {batch}): {:.0} µs of coordinator CPU per validated unit ({} units; {:.0} units/s per core)",
+            per_unit * 1e6,
+            units_timed,
+            1.0 / per_unit.max(1e-12)
+        );
+    }
     group.finish();
-    let per_unit = cpu_spent.as_secs_f64() / units_timed.max(1) as f64;
-    println!(
-        "coordinator/cpu_per_unit: {:.0} µs of coordinator CPU per validated unit ({} units; {:.0} units/s per core)",
-        per_unit * 1e6,
-        units_timed,
-        1.0 / per_unit.max(1e-12)
-    );
 
     // Memory per connected worker: the coordinator process's resident memory with 500 idle
     // workers connected (each registered), against before they came.

@@ -11,10 +11,10 @@ use herd_net::{
     Connection, Endpoint, NetError, RecvStream, SendStream, read_message, write_message,
 };
 use herd_protocol::{
-    ClientMessage, ContentHash, ErrorCode, Outcome, PROTOCOL_VERSION, PublicKey, ServerMessage,
-    SignedReport,
+    Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, MAX_EXCHANGE, Outcome,
+    PROTOCOL_VERSION, PublicKey, RefusedReport, ServerMessage, SignedReport,
 };
-use herd_store::{HostRecord, StoreError};
+use herd_store::{HostRecord, ReportRefusal, StoreError};
 use tokio::sync::Semaphore;
 
 use crate::{Shared, blocking, now_ms};
@@ -212,15 +212,12 @@ async fn serve_stream(
     };
     let (answer, after) = answer(request, shared, peer).await?;
     if let ServerMessage::Error {
-        code:
-            ErrorCode::BadSignature
-            | ErrorCode::NotYourReplica
-            | ErrorCode::UnknownReplica
-            | ErrorCode::BadOutput,
+        code: ErrorCode::BadSignature,
         ..
     } = &answer
     {
-        // A refused report counts against the host, in its public record.
+        // A forged report counts against the host, in its public record (the other refusals
+        // are counted where they are decided).
         shared
             .store
             .record_refused_report(peer.host.host_id)
@@ -258,22 +255,59 @@ async fn answer(
         ClientMessage::RequestWork => Ok((assign(shared, peer).await?, After::KeepOpen)),
         ClientMessage::FetchBlob { hash } => Ok((fetch_blob(shared, hash).await?, After::KeepOpen)),
         ClientMessage::Report { report, output } => {
-            Ok(record_report(shared, peer, report, output).await?)
-        }
-        ClientMessage::ReportAndRequestWork { report, output } => {
-            let (answer, after) = record_report(shared, peer, report, output).await?;
-            let ServerMessage::ReportAccepted { replica_id } = answer else {
-                return Ok((answer, after));
-            };
-            let next = match assign(shared, peer).await? {
-                ServerMessage::Work(signed) => Some(signed),
-                _ => None,
-            };
-            let retry_after_ms = if next.is_some() { 0 } else { NO_WORK_RETRY_MS };
+            if let Some(refusal) = bad_signature(peer, std::slice::from_ref(&report)) {
+                return Ok((refusal, After::Close));
+            }
+            let (fates, _) =
+                record_reports(shared, peer, vec![FinishedReplica { report, output }], 0).await?;
             Ok((
-                ServerMessage::ReportAcceptedNext {
-                    replica_id,
-                    next,
+                match fates.into_iter().next() {
+                    Some(Ok(replica_id)) => ServerMessage::ReportAccepted { replica_id },
+                    Some(Err(refused)) => error(refused.code, refused.message),
+                    None => error(ErrorCode::Internal, "the report was lost"),
+                },
+                After::KeepOpen,
+            ))
+        }
+        ClientMessage::Exchange { reports, want } => {
+            if reports.len() > MAX_EXCHANGE || want as usize > MAX_EXCHANGE {
+                return Ok((
+                    error(
+                        ErrorCode::Malformed,
+                        format!(
+                            "an exchange carries at most {MAX_EXCHANGE} reports and asks for at most {MAX_EXCHANGE} units, not {} and {want}",
+                            reports.len()
+                        ),
+                    ),
+                    After::Close,
+                ));
+            }
+            let signed: Vec<SignedReport> = reports.iter().map(|r| r.report.clone()).collect();
+            if let Some(refusal) = bad_signature(peer, &signed) {
+                return Ok((refusal, After::Close));
+            }
+            let (fates, assignments) = record_reports(shared, peer, reports, want).await?;
+            let mut work = Vec::with_capacity(assignments.len());
+            for assignment in assignments {
+                work.push(assignment.sign(&shared.project_key)?);
+            }
+            let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+            for fate in fates {
+                match fate {
+                    Ok(replica_id) => accepted.push(replica_id),
+                    Err(refusal) => refused.push(refusal),
+                }
+            }
+            let retry_after_ms = if work.len() < want as usize {
+                NO_WORK_RETRY_MS
+            } else {
+                0
+            };
+            Ok((
+                ServerMessage::Exchanged {
+                    accepted,
+                    refused,
+                    work,
                     retry_after_ms,
                 },
                 After::KeepOpen,
@@ -282,78 +316,103 @@ async fn answer(
     }
 }
 
-/// Checks a report (signature, output against its claimed hash), stores its output and records
-/// it: `ReportAccepted`, or the `Error` that refuses it.
-async fn record_report(
-    shared: &Arc<Shared>,
-    peer: &Arc<Peer>,
-    report: SignedReport,
-    output: Vec<u8>,
-) -> anyhow::Result<(ServerMessage, After)> {
-    if let Err(problem) = report.verify(&peer.key) {
-        return Ok((
+/// The refusal for the first report not signed by this host's key, if any. A forged report
+/// refuses the whole request and closes the connection.
+fn bad_signature(peer: &Peer, reports: &[SignedReport]) -> Option<ServerMessage> {
+    reports.iter().find_map(|report| {
+        report.verify(&peer.key).err().map(|problem| {
             error(
                 ErrorCode::BadSignature,
                 format!("report for replica {}: {problem}", report.report.replica_id),
-            ),
-            After::Close,
-        ));
-    }
-    let replica_id = report.report.replica_id;
-    let outcome = report.report.outcome;
-    if let Outcome::Countable(result) = &outcome {
-        let actual = ContentHash::of(&output);
-        if actual != result.output_hash || output.len() as u64 != result.output_len {
-            return Ok((
-                error(
-                    ErrorCode::BadOutput,
-                    format!(
+            )
+        })
+    })
+}
+
+/// Records reports whose signatures were checked, then assigns up to `want` replicas, in one
+/// store operation (the reports first, so the replicas they finish no longer count against the
+/// host's cores). Each output is checked against its claimed hash and stored (synced) before
+/// the report that refers to it is committed. Returns each report's fate in order (its replica
+/// id, or why it was refused; refusals count against the host) and the new assignments.
+async fn record_reports(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    reports: Vec<FinishedReplica>,
+    want: u32,
+) -> anyhow::Result<(Vec<Result<u64, RefusedReport>>, Vec<Assignment>)> {
+    let mut fates: Vec<Option<Result<u64, RefusedReport>>> = Vec::with_capacity(reports.len());
+    let mut to_store = Vec::new();
+    let mut outcomes = Vec::with_capacity(reports.len());
+    let mut slots = Vec::with_capacity(reports.len());
+    for FinishedReplica { report, output } in reports {
+        let replica_id = report.report.replica_id;
+        let outcome = report.report.outcome;
+        if let Outcome::Countable(result) = &outcome {
+            let actual = ContentHash::of(&output);
+            if actual != result.output_hash || output.len() as u64 != result.output_len {
+                fates.push(Some(Err(RefusedReport {
+                    replica_id,
+                    code: ErrorCode::BadOutput,
+                    message: format!(
                         "replica {replica_id}: output bytes hash to {actual} ({} bytes), the report claims {} ({} bytes)",
                         output.len(),
                         result.output_hash,
                         result.output_len
                     ),
-                ),
-                After::KeepOpen,
-            ));
+                })));
+                continue;
+            }
+            // Replicas that agree share one blob, so usually only the first writes it.
+            if !shared.blobs.contains(&result.output_hash) {
+                to_store.push(output);
+            }
         }
+        slots.push(fates.len());
+        fates.push(None);
+        outcomes.push((replica_id, outcome));
     }
-    // The output is stored (synced) before the report that refers to it is committed.
-    // Replicas that agree share one blob, so usually only the first writes it.
-    if let Outcome::Countable(result) = &outcome
-        && !shared.blobs.contains(&result.output_hash)
-    {
+    let bad_outputs = fates.iter().filter(|f| f.is_some()).count();
+    for _ in 0..bad_outputs {
+        // A report whose output does not match counts against the host, in its public record.
+        shared
+            .store
+            .record_refused_report(peer.host.host_id)
+            .await?;
+    }
+    if !to_store.is_empty() {
         let blobs = shared.blobs.clone();
-        blocking(move || Ok(blobs.put(&output)?)).await?;
+        blocking(move || {
+            for output in &to_store {
+                blobs.put(output)?;
+            }
+            Ok(())
+        })
+        .await?;
     }
-    let recorded = shared
+    let replica_ids: Vec<u64> = outcomes.iter().map(|(id, _)| *id).collect();
+    let exchanged = shared
         .store
-        .record_report(peer.host.host_id, replica_id, &outcome, now_ms())
-        .await;
-    Ok(match recorded {
-        Ok(effect) => {
-            tracing::debug!("replica {replica_id}: {effect:?}");
-            (
-                ServerMessage::ReportAccepted { replica_id },
-                After::KeepOpen,
-            )
-        }
-        Err(StoreError::UnknownReplica(id)) => (
-            error(
-                ErrorCode::UnknownReplica,
-                format!("replica {id} does not exist"),
-            ),
-            After::KeepOpen,
-        ),
-        Err(StoreError::NotYourReplica { replica_id }) => (
-            error(
-                ErrorCode::NotYourReplica,
-                format!("replica {replica_id} was not assigned to this host"),
-            ),
-            After::KeepOpen,
-        ),
-        Err(other) => return Err(other.into()),
-    })
+        .exchange(peer.host.host_id, outcomes, want, now_ms())
+        .await?;
+    for ((index, replica_id), fate) in slots.into_iter().zip(replica_ids).zip(exchanged.reports) {
+        fates[index] = Some(match fate {
+            Ok(effect) => {
+                tracing::debug!("replica {replica_id}: {effect:?}");
+                Ok(replica_id)
+            }
+            Err(ReportRefusal::UnknownReplica) => Err(RefusedReport {
+                replica_id,
+                code: ErrorCode::UnknownReplica,
+                message: format!("replica {replica_id} does not exist"),
+            }),
+            Err(ReportRefusal::NotYourReplica) => Err(RefusedReport {
+                replica_id,
+                code: ErrorCode::NotYourReplica,
+                message: format!("replica {replica_id} was not assigned to this host"),
+            }),
+        });
+    }
+    Ok((fates.into_iter().flatten().collect(), exchanged.assignments))
 }
 
 async fn assign(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<ServerMessage> {

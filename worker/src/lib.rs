@@ -15,8 +15,8 @@ use anyhow::{Context, bail};
 use herd_blobs::BlobStore;
 use herd_net::{Connection, JoinString};
 use herd_protocol::{
-    AbortReason, Assignment, ClientMessage, ContentHash, Outcome, PROTOCOL_VERSION, Report,
-    ServerMessage, SignedAssignment, SignedReport, SigningKey,
+    AbortReason, Assignment, ClientMessage, ContentHash, FinishedReplica, Outcome,
+    PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SignedReport, SigningKey,
 };
 use herd_sandbox::{Execution, Limits, Sandbox};
 use tokio::sync::watch;
@@ -287,9 +287,14 @@ impl Worker {
             report,
             output: execution.output,
         };
-        let message = ClientMessage::ReportAndRequestWork {
-            report: pending.report.clone(),
-            output: pending.output.clone(),
+        // One report and one unit per exchange: each slot keeps its own pace. (Batching reports
+        // and work for several slots is for the work-fetch policy to decide.)
+        let message = ClientMessage::Exchange {
+            reports: vec![FinishedReplica {
+                report: pending.report.clone(),
+                output: pending.output.clone(),
+            }],
+            want: 1,
         };
         let answer = match herd_net::request(connection, &message).await {
             Ok(answer) => answer,
@@ -302,22 +307,35 @@ impl Worker {
             }
         };
         match answer {
-            ServerMessage::ReportAcceptedNext {
-                next: Some(signed), ..
-            } => Ok(Some(signed)),
-            ServerMessage::ReportAcceptedNext { retry_after_ms, .. } => {
-                tokio::time::sleep(Duration::from_millis(
-                    retry_after_ms.clamp(50, 60_000).into(),
-                ))
-                .await;
-                Ok(None)
+            ServerMessage::Exchanged {
+                refused,
+                work,
+                retry_after_ms,
+                ..
+            } => {
+                for refusal in refused {
+                    // Refused for good (unknown replica, bad output): keeping it would not help.
+                    tracing::warn!(
+                        "report for replica {} refused ({:?}): {}",
+                        refusal.replica_id,
+                        refusal.code,
+                        refusal.message
+                    );
+                }
+                let next = work.into_iter().next();
+                if next.is_none() {
+                    tokio::time::sleep(Duration::from_millis(
+                        retry_after_ms.clamp(50, 60_000).into(),
+                    ))
+                    .await;
+                }
+                Ok(next)
             }
             ServerMessage::Error { code, message } => {
-                // Refused for good (unknown replica, bad output): keeping it would not help.
                 tracing::warn!("report for replica {replica_id} refused ({code:?}): {message}");
                 Ok(None)
             }
-            other => bail!("unexpected answer to a report: {other:?}"),
+            other => bail!("unexpected answer to an exchange: {other:?}"),
         }
     }
 

@@ -19,7 +19,8 @@ pub use framing::{
 };
 pub use hash::{ContentHash, HashParseError};
 pub use message::{
-    Assignment, ClientMessage, ErrorCode, Report, ServerMessage, SignedAssignment, SignedReport,
+    Assignment, ClientMessage, ErrorCode, FinishedReplica, MAX_EXCHANGE, RefusedReport, Report,
+    ServerMessage, SignedAssignment, SignedReport,
 };
 pub use outcome::{AbortReason, Outcome, RunResult, Status, TrapKind};
 pub use signing::{PublicKey, Signature, SignatureError, SigningKey};

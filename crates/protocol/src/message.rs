@@ -40,13 +40,32 @@ pub enum ClientMessage {
         report: SignedReport,
         output: Vec<u8>,
     },
-    /// Report a finished replica and ask for the next in the same round trip, as BOINC's
-    /// scheduler RPC does: answered with [`ServerMessage::ReportAcceptedNext`] (or an `Error` if
-    /// the report is refused, and then no work).
-    ReportAndRequestWork {
-        report: SignedReport,
-        output: Vec<u8>,
+    /// Report finished replicas and ask for up to `want` more, in one round trip, as BOINC's
+    /// scheduler RPC does. At most [`MAX_EXCHANGE`] of each. Answered with
+    /// [`ServerMessage::Exchanged`]; a report with a bad signature refuses the whole exchange
+    /// (an `Error`, and the connection is closed), as a lone `Report` would.
+    Exchange {
+        reports: Vec<FinishedReplica>,
+        want: u32,
     },
+}
+
+/// The most reports, and the most units asked for, in one [`ClientMessage::Exchange`].
+pub const MAX_EXCHANGE: usize = 64;
+
+/// A finished replica's signed report and its output bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedReplica {
+    pub report: SignedReport,
+    pub output: Vec<u8>,
+}
+
+/// A report of an exchange that was refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedReport {
+    pub replica_id: u64,
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 /// What the coordinator answers.
@@ -64,11 +83,13 @@ pub enum ServerMessage {
     ReportAccepted { replica_id: u64 },
     /// The request was refused.
     Error { code: ErrorCode, message: String },
-    /// The answer to `ReportAndRequestWork`: the report is recorded (or was already), and the
-    /// next replica to run, or `None` and how long to wait before asking again.
-    ReportAcceptedNext {
-        replica_id: u64,
-        next: Option<SignedAssignment>,
+    /// The answer to `Exchange`: the reports recorded (or already recorded: reports are
+    /// idempotent), those refused and why, and the replicas to run; with fewer than asked for,
+    /// how long to wait before asking again.
+    Exchanged {
+        accepted: Vec<u64>,
+        refused: Vec<RefusedReport>,
+        work: Vec<SignedAssignment>,
         retry_after_ms: u32,
     },
 }

@@ -64,9 +64,16 @@ fn every_message_round_trips() {
             report: report.clone(),
             output: b"hello".to_vec(),
         },
-        ClientMessage::ReportAndRequestWork {
-            report,
-            output: b"hello".to_vec(),
+        ClientMessage::Exchange {
+            reports: vec![FinishedReplica {
+                report,
+                output: b"hello".to_vec(),
+            }],
+            want: 4,
+        },
+        ClientMessage::Exchange {
+            reports: Vec::new(),
+            want: 0,
         },
     ];
     for message in &clients {
@@ -77,15 +84,15 @@ fn every_message_round_trips() {
             project_key: key.public_key(),
         },
         ServerMessage::Work(signed.clone()),
-        ServerMessage::ReportAcceptedNext {
-            replica_id: 7,
-            next: Some(signed),
+        ServerMessage::Exchanged {
+            accepted: vec![7, 9],
+            refused: vec![RefusedReport {
+                replica_id: 8,
+                code: ErrorCode::NotYourReplica,
+                message: "not yours".into(),
+            }],
+            work: vec![signed.clone(), signed],
             retry_after_ms: 0,
-        },
-        ServerMessage::ReportAcceptedNext {
-            replica_id: 8,
-            next: None,
-            retry_after_ms: 1_000,
         },
         ServerMessage::NoWork {
             retry_after_ms: 500,

@@ -43,6 +43,15 @@ pub enum StoreError {
     Closed,
 }
 
+/// Why the store refused a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportRefusal {
+    /// No such replica.
+    UnknownReplica,
+    /// The replica was assigned to another host.
+    NotYourReplica,
+}
+
 /// A registered host and its volunteer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostRecord {
@@ -229,4 +238,25 @@ pub trait Store: Send + Sync {
 
     /// Counts a refused report against a host.
     fn record_refused_report(&self, host_id: u64) -> Pending<()>;
+
+    /// A worker's exchange in one operation: records its reports in order (each as
+    /// [`record_report`](Store::record_report) would; a refused one does not stop the others),
+    /// counts the refused ones against the host, then assigns up to `want` replicas as
+    /// [`assign`](Store::assign) would. One operation instead of many: one savepoint, one answer.
+    fn exchange(
+        &self,
+        host_id: u64,
+        reports: Vec<(u64, Outcome)>,
+        want: u32,
+        now_ms: u64,
+    ) -> Pending<Exchange>;
+}
+
+/// What an exchange did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// Each report's fate, in the order given: its effect, or why it was refused.
+    pub reports: Vec<Result<ReportEffect, ReportRefusal>>,
+    /// The new replicas, at most `want`.
+    pub assignments: Vec<Assignment>,
 }

@@ -12,12 +12,12 @@ use std::sync::mpsc;
 
 use herd_lifecycle::credit_for_fuel;
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey, RunResult};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::live::Live;
 use crate::{
-    BatchStatus, CreditLine, CreditTotals, HostLine, HostRecord, NewBatch, Pending, ReportEffect,
-    RetiredBatch, Store, StoreError, UnitStatus,
+    BatchStatus, CreditLine, CreditTotals, Exchange, HostLine, HostRecord, NewBatch, Pending,
+    ReportEffect, ReportRefusal, RetiredBatch, Store, StoreError, UnitStatus,
 };
 
 const SCHEMA_VERSION: i64 = 5;
@@ -190,7 +190,7 @@ fn write_loop(mut connection: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(error) => {
                 // Dropping the jobs unanswered tells each caller the store failed.
@@ -212,20 +212,25 @@ fn write_loop(mut connection: Connection, jobs: mpsc::Receiver<Job>) {
         let mut stale = false;
         let mut replies = Vec::with_capacity(group.len());
         for job in group {
-            let Ok(mut savepoint) = tx.savepoint() else {
+            // Savepoints by cached statements: rusqlite's `Savepoint` parses its SQL every time,
+            // and every operation takes one.
+            if execute_cached(&tx, "SAVEPOINT job").is_err() {
                 stale = true;
                 continue;
-            };
-            let done = job(&savepoint, &mut live_now);
+            }
+            let done = job(&tx, &mut live_now);
             stale |= done.stale;
             if done.ok {
-                if let Err(error) = savepoint.commit() {
+                if let Err(error) = execute_cached(&tx, "RELEASE job") {
                     stale = true;
                     (done.reply)(Err(error.to_string()));
                     continue;
                 }
-            } else {
-                let _ = savepoint.rollback();
+            } else if execute_cached(&tx, "ROLLBACK TO job")
+                .and_then(|()| execute_cached(&tx, "RELEASE job"))
+                .is_err()
+            {
+                stale = true;
             }
             replies.push(done.reply);
         }
@@ -237,6 +242,12 @@ fn write_loop(mut connection: Connection, jobs: mpsc::Receiver<Job>) {
             reply(committed.clone());
         }
     }
+}
+
+/// Runs one statement that returns no rows, prepared once per connection.
+fn execute_cached(connection: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
+    connection.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 impl StoreError {
@@ -452,6 +463,48 @@ impl Store for SqliteStore {
         let outcome = outcome.clone();
         self.run(move |tx, live| {
             work::record_report(tx, live, host_id, replica_id, &outcome, now_ms)
+        })
+    }
+
+    fn exchange(
+        &self,
+        host_id: u64,
+        reports: Vec<(u64, Outcome)>,
+        want: u32,
+        now_ms: u64,
+    ) -> Pending<Exchange> {
+        self.run(move |tx, live| {
+            let mut fates = Vec::with_capacity(reports.len());
+            for (replica_id, outcome) in &reports {
+                fates.push(
+                    match work::record_report(tx, live, host_id, *replica_id, outcome, now_ms) {
+                        Ok(effect) => Ok(effect),
+                        Err(StoreError::UnknownReplica(_)) => Err(ReportRefusal::UnknownReplica),
+                        Err(StoreError::NotYourReplica { .. }) => {
+                            Err(ReportRefusal::NotYourReplica)
+                        }
+                        Err(other) => return Err(other),
+                    },
+                );
+            }
+            let refused = fates.iter().filter(|f| f.is_err()).count();
+            if refused > 0 {
+                tx.prepare_cached(
+                    "UPDATE hosts SET refused_reports = refused_reports + ?2 WHERE id = ?1",
+                )?
+                .execute(params![to_i64(host_id), refused as i64])?;
+            }
+            let mut assignments = Vec::new();
+            for _ in 0..want {
+                match work::assign(tx, live, host_id, now_ms)? {
+                    Some(assignment) => assignments.push(assignment),
+                    None => break,
+                }
+            }
+            Ok(Exchange {
+                reports: fates,
+                assignments,
+            })
         })
     }
 

@@ -361,6 +361,12 @@ fn bad_batches_and_names_are_refused_by_name() {
         store.create_batch(&spec, 0).wait(),
         Err(StoreError::Invalid(m)) if m.contains("appears twice")
     ));
+    // The refused batch's first unit and its batch row were rolled back with it: nothing of it
+    // can be assigned or seen, and the live work still mirrors the database.
+    let host = hosts(&store, 1)[0].host_id;
+    assert_eq!(store.assign(host, 0).wait().expect("assign"), None);
+    assert_eq!(store.batch_status(1).wait().expect("status"), None);
+    mirrored(&store);
     assert!(matches!(
         store.create_batch(&batch(1, 99), 0).wait(),
         Err(StoreError::Invalid(m)) if m.contains("quorum 99")
@@ -805,6 +811,44 @@ fn an_invalid_result_resets_trust_and_reopens_what_the_host_validated_alone() {
     assert_eq!(sleeper_credit(&store), 3_000_000_000);
 }
 
+#[test]
+fn an_exchange_records_reports_in_order_refuses_some_alone_and_assigns_after() {
+    let store = SqliteStore::in_memory().expect("open");
+    store.create_batch(&batch(3, 1), 0).wait().expect("batch");
+    let hosts = hosts(&store, 2);
+    let (host, other) = (hosts[0].host_id, hosts[1].host_id);
+    let first = store.exchange(host, Vec::new(), 2, 0).wait().expect("exchange");
+    assert_eq!(first.reports, Vec::new());
+    assert_eq!(first.assignments.len(), 2);
+    let foreign = store.assign(other, 0).wait().expect("assign").expect("work");
+    // Its two replicas, someone else's, and one that does not exist: the refusals do not stop
+    // the others, and the cores they free are filled again in the same operation.
+    let reports = vec![
+        (first.assignments[0].replica_id, success(b"a")),
+        (foreign.replica_id, success(b"b")),
+        (999, success(b"c")),
+        (first.assignments[1].replica_id, success(b"d")),
+    ];
+    let second = store.exchange(host, reports, 4, 1).wait().expect("exchange");
+    assert_eq!(
+        second.reports,
+        vec![
+            Ok(ReportEffect::Validated {
+                unit_id: first.assignments[0].unit_id
+            }),
+            Err(ReportRefusal::NotYourReplica),
+            Err(ReportRefusal::UnknownReplica),
+            Ok(ReportEffect::Validated {
+                unit_id: first.assignments[1].unit_id
+            }),
+        ]
+    );
+    assert!(second.assignments.is_empty(), "the third unit is the other host's");
+    let line = store.hosts(2).wait().expect("hosts")[0].clone();
+    assert_eq!((line.valid, line.refused_reports), (2, 2));
+    mirrored(&store);
+}
+
 mod mirror {
     //! Property: whatever sequence of operations the coordinator makes, the live work held in
     //! memory equals what loading it from the database gives, so a restart (which loads it)
@@ -846,6 +890,11 @@ mod mirror {
         Retire {
             pick: usize,
         },
+        Exchange {
+            host: u8,
+            kind: u8,
+            want: u32,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -879,6 +928,11 @@ mod mirror {
             Just(Op::Expire),
             (0..5u8, 0..255u8).prop_map(|(host, keep)| Op::Release { host, keep }),
             (0..4usize).prop_map(|pick| Op::Retire { pick }),
+            (0..5u8, 0..5u8, 0..4u32).prop_map(|(host, kind, want)| Op::Exchange {
+                host,
+                kind,
+                want
+            }),
         ]
     }
 
@@ -991,6 +1045,30 @@ mod mirror {
                         .release_lost_replicas(*host_id, &kept, now)
                         .wait()
                         .expect("release");
+                }
+                Op::Exchange { host, kind, want } => {
+                    let Some(host_id) = host_ids.get(&host) else {
+                        continue;
+                    };
+                    // Reports everything it holds, then asks for more.
+                    let reports: Vec<(u64, Outcome)> = held
+                        .get(&host)
+                        .map(|h| {
+                            h.iter()
+                                .map(|(replica, unit)| (*replica, outcome(*unit, kind)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let exchanged = store
+                        .exchange(*host_id, reports, want, now)
+                        .wait()
+                        .expect("exchange");
+                    assert!(exchanged.assignments.len() <= want as usize);
+                    for assignment in exchanged.assignments {
+                        held.entry(host)
+                            .or_default()
+                            .push((assignment.replica_id, assignment.unit_id));
+                    }
                 }
                 Op::Retire { pick } => {
                     if !batches.is_empty() {
