@@ -284,8 +284,13 @@ fn over_quic(c: &mut Criterion) {
     }
     group.finish();
 
-    // Memory per connected worker: the coordinator process's resident memory with 500 idle
-    // workers connected (each registered), against before they came.
+    // Memory per connected worker: a fresh coordinator process's resident memory with 500 idle
+    // workers connected (each registered), against before they came. (Fresh, because after the
+    // throughput runs the allocator's free pages would blur the difference.)
+    drop(coordinator);
+    let coordinator = start();
+    let pid = coordinator.child.id();
+    std::thread::sleep(Duration::from_millis(500));
     let before = status_kib(pid, "VmRSS:");
     let connections: Vec<_> = runtime.block_on(async {
         let mut connections = Vec::new();

@@ -817,10 +817,17 @@ fn an_exchange_records_reports_in_order_refuses_some_alone_and_assigns_after() {
     store.create_batch(&batch(3, 1), 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let (host, other) = (hosts[0].host_id, hosts[1].host_id);
-    let first = store.exchange(host, Vec::new(), 2, 0).wait().expect("exchange");
+    let first = store
+        .exchange(host, Vec::new(), 2, 0)
+        .wait()
+        .expect("exchange");
     assert_eq!(first.reports, Vec::new());
     assert_eq!(first.assignments.len(), 2);
-    let foreign = store.assign(other, 0).wait().expect("assign").expect("work");
+    let foreign = store
+        .assign(other, 0)
+        .wait()
+        .expect("assign")
+        .expect("work");
     // Its two replicas, someone else's, and one that does not exist: the refusals do not stop
     // the others, and the cores they free are filled again in the same operation.
     let reports = vec![
@@ -829,7 +836,10 @@ fn an_exchange_records_reports_in_order_refuses_some_alone_and_assigns_after() {
         (999, success(b"c")),
         (first.assignments[1].replica_id, success(b"d")),
     ];
-    let second = store.exchange(host, reports, 4, 1).wait().expect("exchange");
+    let second = store
+        .exchange(host, reports, 4, 1)
+        .wait()
+        .expect("exchange");
     assert_eq!(
         second.reports,
         vec![
@@ -843,7 +853,10 @@ fn an_exchange_records_reports_in_order_refuses_some_alone_and_assigns_after() {
             }),
         ]
     );
-    assert!(second.assignments.is_empty(), "the third unit is the other host's");
+    assert!(
+        second.assignments.is_empty(),
+        "the third unit is the other host's"
+    );
     let line = store.hosts(2).wait().expect("hosts")[0].clone();
     assert_eq!((line.valid, line.refused_reports), (2, 2));
     mirrored(&store);
