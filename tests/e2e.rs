@@ -435,6 +435,89 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
         let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await;
         assert!(closed.is_ok(), "the connection was not closed");
 
+        // An exchange: a report whose output does not match its hash is refused alone (and
+        // counted), one for a replica that does not exist likewise; an exchange asking for more
+        // than the maximum is refused whole and the connection closed.
+        let honest = herd_protocol::SigningKey::from_seed([6; 32]);
+        let connection = herd_net::connect(&join).await.expect("connect");
+        let _: ServerMessage = herd_net::request(
+            &connection,
+            &ClientMessage::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                host_key: honest.public_key(),
+                volunteer: "trent".into(),
+                team: None,
+                cores: 1,
+                held_replicas: Vec::new(),
+            },
+        )
+        .await
+        .expect("hello");
+        let claims = |replica_id: u64, output: &[u8]| herd_protocol::FinishedReplica {
+            report: herd_protocol::Report {
+                replica_id,
+                outcome: herd_protocol::Outcome::Countable(herd_protocol::RunResult {
+                    status: herd_protocol::Status::Success,
+                    fuel: 1,
+                    output_len: 2,
+                    output_hash: herd_protocol::ContentHash::of(b"ok"),
+                }),
+            }
+            .sign(&honest)
+            .expect("sign"),
+            output: output.to_vec(),
+        };
+        let answer: ServerMessage = herd_net::request(
+            &connection,
+            &ClientMessage::Exchange {
+                reports: vec![claims(1, b"no"), claims(424_242, b"ok")],
+                want: 0,
+            },
+        )
+        .await
+        .expect("an answer");
+        let ServerMessage::Exchanged {
+            accepted, refused, ..
+        } = answer
+        else {
+            panic!("unexpected {answer:?}");
+        };
+        assert!(accepted.is_empty());
+        let codes: Vec<ErrorCode> = refused.iter().map(|r| r.code).collect();
+        assert_eq!(codes, vec![ErrorCode::BadOutput, ErrorCode::UnknownReplica]);
+        assert!(
+            refused[0].message.contains("hash to"),
+            "{}",
+            refused[0].message
+        );
+        let hosts: serde_json::Value = coordinator_hosts(&coordinator_http);
+        let trent = hosts["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .find(|h| h["volunteer"] == "trent")
+            .expect("trent's host is listed")
+            .clone();
+        assert_eq!(trent["refused_reports"], 2, "{trent}");
+        let answer: ServerMessage = herd_net::request(
+            &connection,
+            &ClientMessage::Exchange {
+                reports: Vec::new(),
+                want: 65,
+            },
+        )
+        .await
+        .expect("an answer");
+        match answer {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::Malformed);
+                assert!(message.contains("at most 64"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await;
+        assert!(closed.is_ok(), "the connection was not closed");
+
         let junk = vec![0, 0, 0, 3, 0xff, 0xff, 0xff];
         match hello_answer(&join, junk).await {
             ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::Malformed),
