@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herd_e2e::{Coordinator, LogsOnFailure, eventually, free_udp_port, start_worker};
 use herd_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PublicKey, ServerMessage};
@@ -292,6 +292,110 @@ fn adaptive_replication_lets_trusted_hosts_validate_alone_with_correct_results()
             .any(|h| h["consecutive_valid"].as_u64() >= Some(1)),
         "{hosts}"
     );
+}
+
+#[test]
+fn a_worker_computes_only_in_its_hours_and_rereads_its_preferences() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    // Computing hours that exclude now (the workers' local time is UTC); no idle or load rule,
+    // which this shared machine could trip.
+    let hour = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 3_600
+        % 24;
+    let later = (hour + 6) % 24;
+    let closed = format!(
+        "compute_windows = [\"daily {later:02}:00-{:02}:00\"]\nonly_when_idle = false\nsuspend_above_load_percent = 0\n",
+        later + 1
+    );
+    let open = "only_when_idle = false\nsuspend_above_load_percent = 0\n";
+    let names = ["ada", "grace"];
+    for name in names {
+        let dir = herd_e2e::worker_dir(root.path(), name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("preferences.toml"), &closed).expect("preferences");
+    }
+    let mut workers: Vec<_> = names
+        .iter()
+        .map(|name| {
+            herd_e2e::start_worker_with(root.path(), &coordinator.join, name, "t", 1, &[])
+                .expect("worker")
+        })
+        .collect();
+    write_tiles(&root.path().join("inputs"), 4);
+    let batch = submit(
+        &coordinator,
+        root.path(),
+        &root.path().join("inputs"),
+        false,
+    );
+    let read_log =
+        |worker: &herd_e2e::Process| std::fs::read_to_string(&worker.log).unwrap_or_default();
+    herd_e2e::eventually(
+        Duration::from_secs(10),
+        "the hours to hold the work",
+        || {
+            read_log(&workers[0])
+                .contains("outside the computing hours")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    assert_eq!(status["validated"], 0, "{status}");
+    assert!(
+        status["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .all(|u| u["replicas"] == 0),
+        "no work was even fetched outside the hours: {status}"
+    );
+    // A bad file is refused by name and the worker keeps its preferences (and keeps running).
+    let first = herd_e2e::worker_dir(root.path(), "ada").join("preferences.toml");
+    std::fs::write(&first, "cpu_percent = 500\n").expect("write");
+    herd_e2e::eventually(
+        Duration::from_secs(10),
+        "the bad file to be refused",
+        || {
+            read_log(&workers[0])
+                .contains("`cpu_percent` = 500 is outside 1..=100")
+                .then_some(())
+        },
+    );
+    assert!(workers[0].is_running());
+    // Opening the hours in the file lets the work through, without a restart.
+    for name in names {
+        let dir = herd_e2e::worker_dir(root.path(), name);
+        std::fs::write(dir.join("preferences.toml"), open).expect("preferences");
+    }
+    herd_e2e::eventually(Duration::from_secs(60), "the batch to be validated", || {
+        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"] == 4).then_some(())
+    });
+    // A worker started with a preference out of range stops at once and names it.
+    let mut bad = herd_e2e::start_worker_with(
+        root.path(),
+        &coordinator.join,
+        "alan",
+        "t",
+        1,
+        &["--pref", "cpu_percent=0"],
+    )
+    .expect("worker");
+    herd_e2e::eventually(Duration::from_secs(10), "the worker to stop", || {
+        (!bad.is_running()).then_some(())
+    });
+    assert!(
+        read_log(&bad).contains("`cpu_percent` = 0 is outside 1..=100"),
+        "{}",
+        read_log(&bad)
+    );
+    workers.clear();
 }
 
 #[test]

@@ -57,6 +57,8 @@ fn spawn(program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Proces
     let child = Command::new(program)
         .args(args)
         .env("HERD_LOG", "info")
+        // Local time is UTC for every process, so tests can reason about the workers' hours.
+        .env("TZ", "UTC")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(file)
@@ -148,7 +150,7 @@ impl Coordinator {
     }
 }
 
-/// Starts a worker for `volunteer` in `root/worker-NAME`.
+/// Starts a worker for `volunteer` in `root/worker-NAME`, on a dedicated machine (`--always`).
 pub fn start_worker(
     root: &Path,
     join: &str,
@@ -156,8 +158,25 @@ pub fn start_worker(
     team: &str,
     cores: u32,
 ) -> anyhow::Result<Process> {
-    let dir = root.join(format!("worker-{volunteer}"));
-    let args = vec![
+    start_worker_with(root, join, volunteer, team, cores, &["--always"])
+}
+
+/// The directory of `volunteer`'s worker under `root`.
+pub fn worker_dir(root: &Path, volunteer: &str) -> PathBuf {
+    root.join(format!("worker-{volunteer}"))
+}
+
+/// Starts a worker for `volunteer` in `root/worker-NAME` with extra arguments.
+pub fn start_worker_with(
+    root: &Path,
+    join: &str,
+    volunteer: &str,
+    team: &str,
+    cores: u32,
+    extra: &[&str],
+) -> anyhow::Result<Process> {
+    let dir = worker_dir(root, volunteer);
+    let mut args: Vec<String> = vec![
         "--data-dir".into(),
         dir.display().to_string(),
         "--join".into(),
@@ -169,6 +188,7 @@ pub fn start_worker(
         "--cores".into(),
         cores.to_string(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     spawn(
         &bin_dir().join("herd-worker"),
         &args,

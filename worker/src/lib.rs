@@ -7,6 +7,11 @@
 //! string, and an assignment only with the project key's signature. It compiles every module
 //! itself; no compiled code ever comes over the network.
 
+pub mod governor;
+pub mod preferences;
+pub mod sources;
+pub mod supervisor;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,6 +24,12 @@ use herd_protocol::{
     PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SignedReport, SigningKey,
 };
 use herd_sandbox::{Execution, Limits, Sandbox};
+use std::time::Instant;
+
+use crate::governor::{Governor, POLL, Readings};
+use crate::preferences::{Preferences, WeekTime};
+use crate::sources::{IdleSource, LoadSource, PowerSource, PowerSupplies, ProcStat};
+use crate::supervisor::{Admission, Supervisor};
 use tokio::sync::watch;
 
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
@@ -35,8 +46,31 @@ pub struct Config {
     pub join: JoinString,
     pub volunteer: String,
     pub team: Option<String>,
-    /// Units run at once.
+    /// Units run at once at most (the `max_cores` preference may lower it).
     pub cores: u32,
+    /// `KEY=VALUE` preferences that override the file's.
+    pub preference_overrides: Vec<String>,
+    /// A dedicated machine: compute whatever the user, the load, the battery or the clock say
+    /// (the CPU, memory and core limits still hold).
+    pub always: bool,
+}
+
+/// The preferences file in a worker's data directory.
+pub fn preferences_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("preferences.toml")
+}
+
+/// Reads the preferences file (missing: defaults) with the overrides applied.
+pub fn load_preferences(
+    path: &std::path::Path,
+    overrides: &[String],
+) -> anyhow::Result<Preferences> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(error).with_context(|| format!("read {}", path.display())),
+    };
+    Preferences::parse(&text, overrides).with_context(|| format!("{}", path.display()))
 }
 
 /// The worker's long-lived parts.
@@ -49,6 +83,7 @@ struct Worker {
     /// next connection. (Kept in memory; a disk spool that survives a restart of the worker
     /// comes with the volunteer-worker issue.)
     unacknowledged: Mutex<Vec<PendingReport>>,
+    supervisor: Arc<Supervisor>,
 }
 
 /// A signed report waiting for the coordinator's acknowledgement.
@@ -77,18 +112,38 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Sandbox::with_disk_cache(&config.data_dir.join("compiled"))
             .context("configure the sandbox")?,
     );
+    let preferences_file = preferences_path(&config.data_dir);
+    let preferences = load_preferences(&preferences_file, &config.preference_overrides)?;
     tracing::info!(
-        "host key {}; volunteer {}; {} cores",
+        "host key {}; volunteer {}; {} cores{}",
         host_key.public_key().to_hex(),
         config.volunteer,
-        config.cores
+        config.cores,
+        if config.always {
+            "; --always: computing whatever the user is doing"
+        } else {
+            ""
+        }
     );
+    let supervisor = Arc::new(Supervisor::new(
+        Governor::new(preferences, config.always),
+        config.cores,
+    ));
+    let sources = Sources::find(std::path::Path::new("/"));
+    let governing = tokio::spawn(govern(
+        supervisor.clone(),
+        sources,
+        preferences_file,
+        config.preference_overrides.clone(),
+    ));
+    let _stop_governing = AbortOnDrop(governing);
     let worker = Arc::new(Worker {
         config,
         host_key,
         cache,
         sandbox,
         unacknowledged: Mutex::new(Vec::new()),
+        supervisor,
     });
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -206,6 +261,10 @@ impl Worker {
     async fn slot(self: Arc<Self>, slot: u32, connection: Connection) -> anyhow::Result<()> {
         let mut next: Option<SignedAssignment> = None;
         loop {
+            if next.is_none() {
+                // Ask for work only when a unit could start.
+                self.supervisor.wait_for_room().await;
+            }
             let answer = match next.take() {
                 Some(signed) => ServerMessage::Work(signed),
                 None => herd_net::request(&connection, &ClientMessage::RequestWork).await?,
@@ -294,7 +353,8 @@ impl Worker {
                 report: pending.report.clone(),
                 output: pending.output.clone(),
             }],
-            want: 1,
+            // Ask for the next unit only if it could start now; otherwise the slot asks later.
+            want: u32::from(self.supervisor.has_room()),
         };
         let answer = match herd_net::request(connection, &message).await {
             Ok(answer) => answer,
@@ -358,18 +418,30 @@ impl Worker {
         }
         let module = self.blob(connection, assignment.module).await?;
         let input = self.blob(connection, assignment.input).await?;
+        let replica_id = assignment.replica_id;
+        let control = match self
+            .supervisor
+            .admit(replica_id, assignment.memory_limit_bytes)
+            .await
+        {
+            Admission::Start(control) => control,
+            Admission::TooBig { memory_mb } => bail!(
+                "replica {replica_id} may use {} MiB of memory; this volunteer allows {memory_mb} MiB",
+                assignment.memory_limit_bytes >> 20
+            ),
+        };
         let sandbox = self.sandbox.clone();
         let seed = assignment.seed;
         let execution = tokio::task::spawn_blocking(move || match sandbox.admit(&module) {
-            Ok(admitted) => sandbox.run(&admitted, &input, seed, &limits),
+            Ok(admitted) => sandbox.run_controlled(&admitted, &input, seed, &limits, control),
             Err(refusal) => Execution {
                 outcome: Outcome::Aborted(AbortReason::ModuleRejected(refusal.to_string())),
                 output: Vec::new(),
             },
         })
-        .await
-        .context("sandbox task panicked")?;
-        Ok(execution)
+        .await;
+        self.supervisor.finished(replica_id);
+        execution.context("sandbox task panicked")
     }
 
     /// A blob from the local cache, or fetched from the coordinator and checked against its hash.
@@ -396,5 +468,108 @@ impl Worker {
             .await?
             .with_context(|| format!("blob {hash} from the coordinator"))?;
         Ok(bytes)
+    }
+}
+
+/// Aborts a task when dropped: the governor stops with the worker.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The sources this machine has.
+struct Sources {
+    idle: Option<Box<dyn IdleSource>>,
+    load: Option<Box<dyn LoadSource>>,
+    power: Option<Box<dyn PowerSource>>,
+}
+
+impl Sources {
+    /// Finds the sources under `root` and says in the log which it found.
+    fn find(root: &std::path::Path) -> Self {
+        let sources = Self {
+            idle: None,
+            load: ProcStat::find(root).map(|s| Box::new(s) as Box<dyn LoadSource>),
+            power: PowerSupplies::find(root).map(|s| Box::new(s) as Box<dyn PowerSource>),
+        };
+        match &sources.idle {
+            Some(idle) => tracing::info!("user idle time from {}", idle.name()),
+            None => tracing::warn!(
+                "no source of user idle time found: computing regardless of user input"
+            ),
+        }
+        match &sources.load {
+            Some(load) => tracing::info!("other programs' CPU load from {}", load.name()),
+            None => tracing::warn!("no source of CPU load found"),
+        }
+        match &sources.power {
+            Some(power) => tracing::info!("battery state from {}", power.name()),
+            None => tracing::info!("no power supplies listed: never on battery"),
+        }
+        sources
+    }
+}
+
+/// Polls for the load and the battery this often (user input is polled every [`POLL`]).
+const SLOW_POLL: Duration = Duration::from_secs(1);
+
+/// The governor's loop: reads the sources every [`POLL`], re-reads the preferences file when it
+/// changes, and has the supervisor pause or resume units when the decision changes.
+async fn govern(
+    supervisor: Arc<Supervisor>,
+    mut sources: Sources,
+    preferences_file: PathBuf,
+    overrides: Vec<String>,
+) {
+    let started = Instant::now();
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut file_version = modified(&preferences_file);
+    let mut load = None;
+    let mut on_battery = None;
+    let mut last_slow: Option<Instant> = None;
+    let mut interval = tokio::time::interval(POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        interval.tick().await;
+        if last_slow.is_none_or(|at| at.elapsed() >= SLOW_POLL) {
+            last_slow = Some(Instant::now());
+            load = sources.load.as_mut().and_then(|s| s.other_load_percent());
+            on_battery = sources.power.as_mut().and_then(|s| s.on_battery());
+            let version = modified(&preferences_file);
+            if version != file_version {
+                file_version = version;
+                match load_preferences(&preferences_file, &overrides) {
+                    Ok(preferences) => {
+                        tracing::info!("preferences reloaded from {}", preferences_file.display());
+                        let given_up = supervisor.set_preferences(preferences);
+                        if !given_up.is_empty() {
+                            tracing::warn!(
+                                "giving up replicas {given_up:?}: the new memory limit cannot hold them"
+                            );
+                        }
+                    }
+                    // The running worker keeps the preferences it has.
+                    Err(error) => tracing::error!("{error:#}; keeping the previous preferences"),
+                }
+            }
+        }
+        let readings = Readings {
+            user_idle: sources.idle.as_mut().and_then(|s| s.user_idle()),
+            other_load_percent: load,
+            on_battery,
+            week_time: WeekTime::now(),
+        };
+        let now_ms = started.elapsed().as_millis() as u64;
+        if let Some(change) = supervisor.apply(now_ms, &readings) {
+            match change {
+                // The CPU limit's slicing is routine: not worth a line twice a second.
+                Some(governor::Hold::Throttled) => {}
+                Some(hold) => tracing::info!("pausing units: {hold}"),
+                None => tracing::debug!("units may run"),
+            }
+        }
     }
 }

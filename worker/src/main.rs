@@ -25,6 +25,13 @@ struct Args {
     /// Units to run at once (default: the number of CPUs).
     #[arg(long)]
     cores: Option<u32>,
+    /// Override a preference of DATA_DIR/preferences.toml, e.g. `--pref cpu_percent=50`
+    /// (repeatable; the value in TOML syntax).
+    #[arg(long = "pref", value_name = "KEY=VALUE")]
+    preferences: Vec<String>,
+    /// A dedicated machine: compute whatever the user, the load, the battery or the clock say.
+    #[arg(long)]
+    always: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +51,8 @@ fn main() -> anyhow::Result<()> {
                 volunteer: args.name,
                 team: args.team,
                 cores,
+                preference_overrides: args.preferences,
+                always: args.always,
             },
             shutdown,
         )

@@ -207,6 +207,8 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
             team,
             "--cores",
             "1",
+            // The demo's workers are the researcher's own, on their machine: compute now.
+            "--always",
         ];
         workers.push(spawn(
             &worker_bin,

@@ -281,7 +281,20 @@ impl Sandbox {
         seed: u64,
         limits: &Limits,
     ) -> Execution {
-        control::block_on(self.start(module, input, seed, limits, RunControl::new()))
+        self.run_controlled(module, input, seed, limits, RunControl::new())
+    }
+
+    /// The same run on this thread under `control`: while it is paused the thread sleeps (the
+    /// unit keeps its memory and burns no CPU) until it is resumed or cancelled.
+    pub fn run_controlled(
+        &self,
+        module: &AdmittedModule,
+        input: &[u8],
+        seed: u64,
+        limits: &Limits,
+        control: Arc<RunControl>,
+    ) -> Execution {
+        control::block_on(self.start(module, input, seed, limits, control))
     }
 
     /// The same run as a future that `control` can pause, resume and cancel. It yields every
