@@ -8,6 +8,7 @@
 //! itself; no compiled code ever comes over the network.
 
 pub mod governor;
+pub mod logind;
 pub mod preferences;
 pub mod sources;
 pub mod supervisor;
@@ -27,6 +28,7 @@ use herd_sandbox::{Execution, Limits, Sandbox};
 use std::time::Instant;
 
 use crate::governor::{Governor, POLL, Readings};
+use crate::logind::Logind;
 use crate::preferences::{Preferences, WeekTime};
 use crate::sources::{IdleSource, LoadSource, PowerSource, PowerSupplies, ProcStat};
 use crate::supervisor::{Admission, Supervisor};
@@ -129,7 +131,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Governor::new(preferences, config.always),
         config.cores,
     ));
-    let sources = Sources::find(std::path::Path::new("/"));
+    let sources = Sources::find(std::path::Path::new("/")).await;
     let governing = tokio::spawn(govern(
         supervisor.clone(),
         sources,
@@ -488,10 +490,13 @@ struct Sources {
 }
 
 impl Sources {
-    /// Finds the sources under `root` and says in the log which it found.
-    fn find(root: &std::path::Path) -> Self {
+    /// Finds the sources (the kernel's files under `root`, logind on the system bus) and says in
+    /// the log which it found.
+    async fn find(root: &std::path::Path) -> Self {
         let sources = Self {
-            idle: None,
+            idle: Logind::connect_system()
+                .await
+                .map(|s| Box::new(s) as Box<dyn IdleSource>),
             load: ProcStat::find(root).map(|s| Box::new(s) as Box<dyn LoadSource>),
             power: PowerSupplies::find(root).map(|s| Box::new(s) as Box<dyn PowerSource>),
         };
