@@ -437,6 +437,111 @@ fn a_coordinator_killed_mid_batch_resumes_with_nothing_lost_or_credited_twice() 
     check_ledger(&coordinator, &status);
 }
 
+/// Writes one Mandelbrot tile deep inside the set (every pixel runs all its iterations), so a
+/// unit lasts seconds; returns the inputs directory.
+fn write_long_tile(root: &Path) -> std::path::PathBuf {
+    let dir = root.join("long-inputs");
+    std::fs::create_dir_all(&dir).expect("inputs dir");
+    let text = herd_samples::mandelbrot_input((-0.5, -0.4), (0.1, 0.4), (320, 320), 5_000);
+    std::fs::write(dir.join("deep"), text).expect("write input");
+    dir
+}
+
+/// Files in a worker's spool directory (`assigned` or `finished`).
+fn spooled(root: &Path, volunteer: &str, which: &str) -> usize {
+    std::fs::read_dir(
+        herd_e2e::worker_dir(root, volunteer)
+            .join("spool")
+            .join(which),
+    )
+    .map(|entries| entries.count())
+    .unwrap_or(0)
+}
+
+#[test]
+fn a_worker_killed_mid_unit_runs_it_again_from_its_spool() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let start =
+        |name: &str| start_worker(root.path(), &coordinator.join, name, "t", 1).expect("worker");
+    let mut ada = start("ada");
+    let _grace = start("grace");
+    let inputs = write_long_tile(root.path());
+    let batch = submit_with(
+        &coordinator,
+        root.path(),
+        &inputs,
+        false,
+        &["--fuel", "1000000000000"],
+    );
+    eventually(Duration::from_secs(60), "ada to start the unit", || {
+        (spooled(root.path(), "ada", "assigned") == 1).then_some(())
+    });
+    ada.kill();
+    let ada = start("ada");
+    let status = eventually(Duration::from_secs(120), "the unit validated", || {
+        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"] == 1).then_some(status)
+    });
+    // Ada ran it again from her spool: no third replica was needed, and her spool is empty.
+    assert_eq!(status["units"][0]["replicas"], 2, "{status}");
+    let log = std::fs::read_to_string(&ada.log).expect("log");
+    assert!(log.contains("from the spool will run again"), "{log}");
+    eventually(Duration::from_secs(10), "ada's spool to empty", || {
+        (spooled(root.path(), "ada", "assigned") + spooled(root.path(), "ada", "finished") == 0)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_result_finished_while_the_coordinator_is_down_survives_the_worker_being_killed_too() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let port = free_udp_port();
+    let mut coordinator = Coordinator::start(root.path(), port).expect("coordinator");
+    let join = coordinator.join.clone();
+    let start = |name: &str| start_worker(root.path(), &join, name, "t", 1).expect("worker");
+    let mut workers = vec![start("ada"), start("grace")];
+    let inputs = write_long_tile(root.path());
+    let batch = submit_with(
+        &coordinator,
+        root.path(),
+        &inputs,
+        false,
+        &["--fuel", "1000000000000"],
+    );
+    eventually(Duration::from_secs(60), "both to start the unit", || {
+        (spooled(root.path(), "ada", "assigned") == 1
+            && spooled(root.path(), "grace", "assigned") == 1)
+            .then_some(())
+    });
+    // The coordinator dies; both finish and cannot report; then both die too.
+    coordinator.process.kill();
+    drop(coordinator);
+    eventually(
+        Duration::from_secs(120),
+        "both results in the spools",
+        || {
+            (spooled(root.path(), "ada", "finished") == 1
+                && spooled(root.path(), "grace", "finished") == 1)
+                .then_some(())
+        },
+    );
+    for worker in &mut workers {
+        worker.kill();
+    }
+    let coordinator = Coordinator::start(root.path(), port).expect("restart");
+    let _workers = [start("ada"), start("grace")];
+    let status = eventually(Duration::from_secs(60), "the unit validated", || {
+        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"] == 1).then_some(status)
+    });
+    // Validated from the two spooled results: not recomputed, nothing reissued.
+    assert_eq!(status["units"][0]["replicas"], 2, "{status}");
+    check_ledger(&coordinator, &status);
+}
+
 /// The public host records, fetched with a plain HTTP client (no token).
 fn coordinator_hosts(http: &str) -> serde_json::Value {
     let mut response = ureq::get(&format!("{http}/api/v1/hosts"))

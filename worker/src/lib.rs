@@ -11,6 +11,7 @@ pub mod governor;
 pub mod logind;
 pub mod preferences;
 pub mod sources;
+pub mod spool;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use herd_blobs::BlobStore;
 use herd_net::{Connection, JoinString};
 use herd_protocol::{
     AbortReason, Assignment, ClientMessage, ContentHash, FinishedReplica, Outcome,
-    PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SignedReport, SigningKey,
+    PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SigningKey,
 };
 use herd_sandbox::{Execution, Limits, Sandbox};
 use std::time::Instant;
@@ -31,6 +32,7 @@ use crate::governor::{Governor, POLL, Readings};
 use crate::logind::Logind;
 use crate::preferences::{Preferences, WeekTime};
 use crate::sources::{IdleSource, LoadSource, PowerSource, PowerSupplies, ProcStat};
+use crate::spool::Spool;
 use crate::supervisor::{Admission, Supervisor};
 use tokio::sync::watch;
 
@@ -82,18 +84,24 @@ struct Worker {
     cache: BlobStore,
     sandbox: Arc<Sandbox>,
     /// Finished replicas whose report has not been acknowledged: sent again, first thing, on the
-    /// next connection. (Kept in memory; a disk spool that survives a restart of the worker
-    /// comes with the volunteer-worker issue.)
-    unacknowledged: Mutex<Vec<PendingReport>>,
+    /// next connection. Each is also in the spool until the coordinator answers it.
+    unacknowledged: Mutex<Vec<FinishedReplica>>,
+    /// Assignments found in the spool after a restart, to run before asking for new work.
+    recovered: Mutex<Vec<SignedAssignment>>,
+    /// Every replica this worker holds: accepted and not yet answered by the coordinator
+    /// (running, waiting to run, or finished and unacknowledged). `Hello` names them all, so a
+    /// reconnection does not make the coordinator give them to someone else.
+    in_hand: Mutex<std::collections::BTreeSet<u64>>,
+    spool: Spool,
     supervisor: Arc<Supervisor>,
 }
 
-/// A signed report waiting for the coordinator's acknowledgement.
-#[derive(Clone)]
-struct PendingReport {
-    replica_id: u64,
-    report: SignedReport,
-    output: Vec<u8>,
+/// Locks a mutex whose data stays valid whatever a panicking holder did (lists only pushed to
+/// and drained).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs the worker until `shutdown` turns true.
@@ -139,12 +147,60 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         config.preference_overrides.clone(),
     ));
     let _stop_governing = AbortOnDrop(governing);
+    let spool = Spool::open(&config.data_dir).context("open the spool")?;
+    let recovered = spool.recover().context("read the spool")?;
+    for path in &recovered.corrupt {
+        tracing::error!("spool file {} does not decode; set aside", path.display());
+    }
+    let mut finished = recovered.finished;
+    let mut restart = Vec::new();
+    for signed in recovered.assigned {
+        let replica_id = signed.assignment.replica_id;
+        if signed.assignment.deadline_ms < now_ms() {
+            // Too late to be of use: say so, so the coordinator gives it to someone else now.
+            tracing::warn!(
+                "replica {replica_id} from the spool is past its deadline; reporting it aborted"
+            );
+            let report = Report {
+                replica_id,
+                outcome: Outcome::Aborted(AbortReason::HostFailure(
+                    "the worker stopped and the deadline passed before it could run again".into(),
+                )),
+            }
+            .sign(&host_key)?;
+            let done = FinishedReplica {
+                report,
+                output: Vec::new(),
+            };
+            spool.finished(&done).context("spool an aborted replica")?;
+            finished.push(done);
+        } else {
+            tracing::info!("replica {replica_id} from the spool will run again");
+            restart.push(signed);
+        }
+    }
+    if !finished.is_empty() {
+        tracing::info!(
+            "{} finished replicas in the spool wait to be reported",
+            finished.len()
+        );
+    }
+    let in_hand = finished
+        .iter()
+        .map(|f| f.report.report.replica_id)
+        .chain(restart.iter().map(|s| s.assignment.replica_id))
+        .collect();
+    // Oldest first, taken from the end.
+    restart.reverse();
     let worker = Arc::new(Worker {
         config,
         host_key,
         cache,
         sandbox,
-        unacknowledged: Mutex::new(Vec::new()),
+        unacknowledged: Mutex::new(finished),
+        recovered: Mutex::new(restart),
+        in_hand: Mutex::new(in_hand),
+        spool,
         supervisor,
     });
     let mut backoff = MIN_BACKOFF;
@@ -178,7 +234,7 @@ impl Worker {
             volunteer: self.config.volunteer.clone(),
             team: self.config.team.clone(),
             cores: self.config.cores,
-            held_replicas: self.pending().iter().map(|p| p.replica_id).collect(),
+            held_replicas: lock(&self.in_hand).iter().copied().collect(),
         };
         match herd_net::request(&connection, &hello).await? {
             ServerMessage::Welcome { project_key } if project_key == join.project_key => {}
@@ -215,47 +271,62 @@ impl Worker {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn pending(&self) -> MutexGuard<'_, Vec<PendingReport>> {
-        // The vector is only pushed to and drained; a poisoned lock still holds valid reports.
-        self.unacknowledged
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Sends the reports an earlier connection could not deliver.
+    /// Sends the reports an earlier connection (or an earlier run of the worker) could not
+    /// deliver.
     async fn flush_reports(&self, connection: &Connection) -> anyhow::Result<()> {
-        let waiting: Vec<PendingReport> = std::mem::take(&mut *self.pending());
+        let waiting: Vec<FinishedReplica> = lock(&self.unacknowledged).clone();
         if !waiting.is_empty() {
-            tracing::info!("re-sending {} unacknowledged reports", waiting.len());
+            tracing::info!("sending {} unacknowledged reports", waiting.len());
         }
-        let mut waiting = waiting.into_iter();
-        while let Some(report) = waiting.next() {
-            if let Err(error) = self.deliver(connection, &report).await {
-                let mut pending = self.pending();
-                pending.push(report);
-                pending.extend(waiting);
-                return Err(error);
-            }
+        for finished in waiting {
+            self.deliver(connection, &finished).await?;
         }
         Ok(())
     }
 
-    /// Sends one report; `Err` only if the connection failed (the report must be kept).
-    async fn deliver(&self, connection: &Connection, report: &PendingReport) -> anyhow::Result<()> {
-        let replica_id = report.replica_id;
+    /// Sends one report; `Err` only if the connection failed (the report is kept).
+    async fn deliver(
+        &self,
+        connection: &Connection,
+        finished: &FinishedReplica,
+    ) -> anyhow::Result<()> {
+        let replica_id = finished.report.report.replica_id;
         let message = ClientMessage::Report {
-            report: report.report.clone(),
-            output: report.output.clone(),
+            report: finished.report.clone(),
+            output: finished.output.clone(),
         };
         match herd_net::request(connection, &message).await? {
-            ServerMessage::ReportAccepted { .. } => Ok(()),
+            ServerMessage::ReportAccepted { .. } => {}
             ServerMessage::Error { code, message } => {
                 // Refused for good (unknown replica, bad output): keeping it would not help.
                 tracing::warn!("report for replica {replica_id} refused ({code:?}): {message}");
-                Ok(())
             }
             other => bail!("unexpected answer to Report: {other:?}"),
         }
+        self.answered(replica_id).await
+    }
+
+    /// An assignment refused before it ran: it leaves the spool and the worker's hands.
+    async fn let_go(&self, replica_id: u64) {
+        lock(&self.in_hand).remove(&replica_id);
+        let spool = self.spool.clone();
+        if let Ok(Err(error)) =
+            tokio::task::spawn_blocking(move || spool.forget_assignment(replica_id)).await
+        {
+            tracing::error!("{error}");
+        }
+    }
+
+    /// The coordinator has answered a report: it leaves the spool and the worker's hands.
+    async fn answered(&self, replica_id: u64) -> anyhow::Result<()> {
+        lock(&self.unacknowledged).retain(|f| f.report.report.replica_id != replica_id);
+        lock(&self.in_hand).remove(&replica_id);
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.delivered(replica_id))
+            .await
+            .context("spool task panicked")?
+            .context("remove a delivered report from the spool")?;
+        Ok(())
     }
 
     /// Asks for work and runs it, forever; returns only when the connection fails. After the
@@ -267,29 +338,41 @@ impl Worker {
                 // Ask for work only when a unit could start.
                 self.supervisor.wait_for_room().await;
             }
-            let answer = match next.take() {
+            let recovered = lock(&self.recovered).pop();
+            let answer = match next.take().or(recovered) {
                 Some(signed) => ServerMessage::Work(signed),
                 None => herd_net::request(&connection, &ClientMessage::RequestWork).await?,
             };
             match answer {
                 ServerMessage::Work(signed) => {
                     let project_key = self.config.join.project_key;
-                    if let Err(problem) = signed.verify(&project_key) {
-                        tracing::error!("refusing an assignment with a bad signature: {problem}");
+                    let replica_id = signed.assignment.replica_id;
+                    let refusal = match signed.verify(&project_key) {
+                        Err(problem) => Some(format!("a bad signature ({problem})")),
+                        Ok(()) if signed.assignment.host_key != self.host_key.public_key() => {
+                            Some("it was assigned to another host".to_string())
+                        }
+                        Ok(()) => None,
+                    };
+                    if let Some(refusal) = refusal {
+                        tracing::error!("refusing replica {replica_id}: {refusal}");
+                        self.let_go(replica_id).await;
                         tokio::time::sleep(ERROR_PAUSE).await;
                         continue;
                     }
-                    let assignment = signed.assignment;
-                    if assignment.host_key != self.host_key.public_key() {
-                        tracing::error!(
-                            "refusing replica {}: it was assigned to another host",
-                            assignment.replica_id
-                        );
-                        tokio::time::sleep(ERROR_PAUSE).await;
-                        continue;
+                    // In the spool before it starts: after a crash it runs again.
+                    lock(&self.in_hand).insert(replica_id);
+                    let spool = self.spool.clone();
+                    let spooled = signed.clone();
+                    match tokio::task::spawn_blocking(move || spool.assigned(&spooled)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::error!("{error}; running replica {replica_id} unspooled")
+                        }
+                        Err(panic) => tracing::error!("spool task: {panic}"),
                     }
                     next = self
-                        .compute_and_report(slot, &connection, assignment)
+                        .compute_and_report(slot, &connection, signed.assignment)
                         .await?;
                 }
                 ServerMessage::NoWork { retry_after_ms } => {
@@ -343,31 +426,31 @@ impl Worker {
             outcome: execution.outcome,
         }
         .sign(&self.host_key)?;
-        let pending = PendingReport {
-            replica_id,
+        let finished = FinishedReplica {
             report,
             output: execution.output,
         };
+        // On disk before it is sent: kept until the coordinator answers, whatever happens.
+        let spool = self.spool.clone();
+        let spooled = finished.clone();
+        match tokio::task::spawn_blocking(move || spool.finished(&spooled)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!("{error}; replica {replica_id} is kept in memory only")
+            }
+            Err(panic) => tracing::error!("spool task: {panic}"),
+        }
+        lock(&self.unacknowledged).push(finished.clone());
         // One report and one unit per exchange: each slot keeps its own pace. (Batching reports
         // and work for several slots is for the work-fetch policy to decide.)
         let message = ClientMessage::Exchange {
-            reports: vec![FinishedReplica {
-                report: pending.report.clone(),
-                output: pending.output.clone(),
-            }],
+            reports: vec![finished],
             // Ask for the next unit only if it could start now; otherwise the slot asks later.
             want: u32::from(self.supervisor.has_room()),
         };
-        let answer = match herd_net::request(connection, &message).await {
-            Ok(answer) => answer,
-            Err(error) => {
-                // Kept for the next connection, which re-sends it.
-                self.pending().push(pending);
-                return Err(
-                    anyhow::Error::from(error).context(format!("report replica {replica_id}"))
-                );
-            }
-        };
+        let answer = herd_net::request(connection, &message)
+            .await
+            .with_context(|| format!("report replica {replica_id}"))?;
         match answer {
             ServerMessage::Exchanged {
                 refused,
@@ -375,6 +458,7 @@ impl Worker {
                 retry_after_ms,
                 ..
             } => {
+                self.answered(replica_id).await?;
                 for refusal in refused {
                     // Refused for good (unknown replica, bad output): keeping it would not help.
                     tracing::warn!(
@@ -395,6 +479,7 @@ impl Worker {
             }
             ServerMessage::Error { code, message } => {
                 tracing::warn!("report for replica {replica_id} refused ({code:?}): {message}");
+                self.answered(replica_id).await?;
                 Ok(None)
             }
             other => bail!("unexpected answer to an exchange: {other:?}"),
@@ -471,6 +556,13 @@ impl Worker {
             .with_context(|| format!("blob {hash} from the coordinator"))?;
         Ok(bytes)
     }
+}
+
+/// Milliseconds since the Unix epoch (deadlines are in this clock).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Aborts a task when dropped: the governor stops with the worker.
