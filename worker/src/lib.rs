@@ -7,6 +7,7 @@
 //! string, and an assignment only with the project key's signature. It compiles every module
 //! itself; no compiled code ever comes over the network.
 
+pub mod cache;
 pub mod governor;
 pub mod logind;
 pub mod preferences;
@@ -124,6 +125,22 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     );
     let preferences_file = preferences_path(&config.data_dir);
     let preferences = load_preferences(&preferences_file, &config.preference_overrides)?;
+    // After a crash or a reboot nothing cached is trusted unchecked.
+    let checked = cache.clone();
+    match tokio::task::spawn_blocking(move || cache::verify(&checked)).await? {
+        Ok(corrupt) if corrupt.is_empty() => {}
+        Ok(corrupt) => tracing::warn!(
+            "{} cached blobs no longer matched their hash and were removed",
+            corrupt.len()
+        ),
+        Err(error) => tracing::error!("checking the cache: {error}"),
+    }
+    enforce_disk_limit(
+        cache.clone(),
+        config.data_dir.join("compiled"),
+        preferences.disk_mb,
+    )
+    .await;
     tracing::info!(
         "host key {}; volunteer {}; {} cores{}",
         host_key.public_key().to_hex(),
@@ -145,6 +162,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         sources,
         preferences_file,
         config.preference_overrides.clone(),
+        (cache.clone(), config.data_dir.join("compiled")),
     ));
     let _stop_governing = AbortOnDrop(governing);
     let spool = Spool::open(&config.data_dir).context("open the spool")?;
@@ -534,7 +552,15 @@ impl Worker {
     /// A blob from the local cache, or fetched from the coordinator and checked against its hash.
     async fn blob(&self, connection: &Connection, hash: ContentHash) -> anyhow::Result<Vec<u8>> {
         let cache = self.cache.clone();
-        let cached = tokio::task::spawn_blocking(move || cache.get(&hash)).await?;
+        let cached = tokio::task::spawn_blocking(move || {
+            let found = cache.get(&hash);
+            if let Ok(Some(_)) = found {
+                // Recently used: the last to be evicted. Failing to mark it only ages it.
+                let _ = cache.touch(&hash);
+            }
+            found
+        })
+        .await?;
         match cached {
             Ok(Some(bytes)) => return Ok(bytes),
             Ok(None) => {}
@@ -554,7 +580,36 @@ impl Worker {
         tokio::task::spawn_blocking(move || cache.put_verified(&hash, &stored))
             .await?
             .with_context(|| format!("blob {hash} from the coordinator"))?;
+        self.keep_caches_in_limit().await;
         Ok(bytes)
+    }
+
+    /// Evicts the least recently used cache files past the volunteer's `disk_mb`.
+    async fn keep_caches_in_limit(&self) {
+        enforce_disk_limit(
+            self.cache.clone(),
+            self.config.data_dir.join("compiled"),
+            self.supervisor.preferences().disk_mb,
+        )
+        .await;
+    }
+}
+
+/// Evicts cache files past `disk_mb`, saying in the log what it removed.
+async fn enforce_disk_limit(cache: BlobStore, compiled: PathBuf, disk_mb: u64) {
+    let removed = tokio::task::spawn_blocking(move || {
+        cache::enforce_limit(&cache, &compiled, disk_mb.saturating_mul(1 << 20))
+    })
+    .await;
+    match removed {
+        Ok(Ok(removed)) if removed.files > 0 => tracing::info!(
+            "cache over its {disk_mb} MiB: removed {} least recently used files ({} bytes)",
+            removed.files,
+            removed.bytes
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::error!("keeping the cache within {disk_mb} MiB: {error}"),
+        Err(panic) => tracing::error!("cache task: {panic}"),
     }
 }
 
@@ -620,6 +675,7 @@ async fn govern(
     mut sources: Sources,
     preferences_file: PathBuf,
     overrides: Vec<String>,
+    (cache, compiled): (BlobStore, PathBuf),
 ) {
     let started = Instant::now();
     let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -641,7 +697,9 @@ async fn govern(
                 match load_preferences(&preferences_file, &overrides) {
                     Ok(preferences) => {
                         tracing::info!("preferences reloaded from {}", preferences_file.display());
+                        let disk_mb = preferences.disk_mb;
                         let given_up = supervisor.set_preferences(preferences);
+                        enforce_disk_limit(cache.clone(), compiled.clone(), disk_mb).await;
                         if !given_up.is_empty() {
                             tracing::warn!(
                                 "giving up replicas {given_up:?}: the new memory limit cannot hold them"

@@ -25,6 +25,14 @@ pub enum BlobError {
     },
 }
 
+/// One stored blob, as [`BlobStore::entries`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub hash: ContentHash,
+    pub bytes: u64,
+    pub last_used: std::time::SystemTime,
+}
+
 /// Blobs on disk, by hash.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
@@ -96,6 +104,54 @@ impl BlobStore {
         }
     }
 
+    /// Marks a blob as just used (its modification time), for least-recently-used eviction.
+    pub fn touch(&self, hash: &ContentHash) -> Result<(), BlobError> {
+        let path = self.path(hash);
+        let io = |source| BlobError::Io {
+            path: path.clone(),
+            source,
+        };
+        // Opened to append, so nothing is truncated; only the timestamp changes.
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        file.set_modified(std::time::SystemTime::now()).map_err(io)
+    }
+
+    /// Every blob stored: its hash, size and when it was last stored or touched.
+    pub fn entries(&self) -> Result<Vec<BlobEntry>, BlobError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BlobError::Io { path, source }
+        };
+        let mut entries = Vec::new();
+        for fan in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let fan = fan.map_err(io(&self.root))?.path();
+            if !fan.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(&fan).map_err(io(&fan))? {
+                let file = file.map_err(io(&fan))?;
+                // Temporary files and anything else that is not a hash are not blobs.
+                let Some(hash) = file
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| name.parse::<ContentHash>().ok())
+                else {
+                    continue;
+                };
+                let metadata = file.metadata().map_err(io(&file.path()))?;
+                entries.push(BlobEntry {
+                    hash,
+                    bytes: metadata.len(),
+                    last_used: metadata.modified().map_err(io(&file.path()))?,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
     /// Deletes a blob; deleting one that is absent is not an error.
     pub fn remove(&self, hash: &ContentHash) -> Result<(), BlobError> {
         let path = self.path(hash);
@@ -133,6 +189,25 @@ mod tests {
         assert!(matches!(store.get(&hash), Err(BlobError::Corrupt { .. })));
         store.remove(&hash).expect("remove");
         assert!(!store.contains(&hash));
+        // Entries list what is stored, and touching a blob makes it the most recently used.
+        let old = store.put(b"old").expect("put");
+        let new = store.put(b"newer").expect("put");
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .append(true)
+            .open(store.path(&new))
+            .and_then(|f| f.set_modified(past))
+            .expect("age");
+        store.touch(&old).expect("touch");
+        let mut entries = store.entries().expect("entries");
+        entries.sort_by_key(|e| e.last_used);
+        assert_eq!(
+            entries
+                .iter()
+                .map(|e| (e.hash, e.bytes))
+                .collect::<Vec<_>>(),
+            vec![(new, 5), (old, 3)]
+        );
         store.remove(&hash).expect("removing twice is fine");
     }
 }
