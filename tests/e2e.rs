@@ -542,6 +542,142 @@ fn a_result_finished_while_the_coordinator_is_down_survives_the_worker_being_kil
     check_ledger(&coordinator, &status);
 }
 
+#[test]
+fn a_worker_given_a_wrong_certificate_or_a_bad_join_string_stops_with_a_clear_error() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    // The right address, another certificate's fingerprint.
+    let (before, after) = coordinator.join.split_once("cert=").expect("join string");
+    let wrong = format!("{before}cert={}{}", "ab".repeat(32), &after[64..]);
+    let mut worker =
+        herd_e2e::start_worker_with(root.path(), &wrong, "mallory", "t", 1, &["--always"])
+            .expect("worker");
+    eventually(Duration::from_secs(20), "the worker to stop", || {
+        (!worker.is_running()).then_some(())
+    });
+    let log = std::fs::read_to_string(&worker.log).expect("log");
+    assert!(
+        log.contains("does not match the join string's") && log.contains("check the join string"),
+        "{log}"
+    );
+    assert!(!log.contains("reconnecting"), "no retry loop: {log}");
+    // A join string that does not parse is refused before anything starts.
+    let output = std::process::Command::new(herd_e2e::bin_dir().join("herd-worker"))
+        .args([
+            "--data-dir",
+            &root.path().join("w").display().to_string(),
+            "--name",
+            "x",
+            "--join",
+            "herd://127.0.0.1:1?cert=zz",
+        ])
+        .output()
+        .expect("run herd-worker");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--join"), "{stderr}");
+}
+
+/// The arguments of a systemd `ExecStart=` line whose every argument is double-quoted.
+fn unquote_exec_start(line: &str) -> Vec<String> {
+    let mut arguments = Vec::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut argument = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => argument.extend(chars.next()),
+                '%' | '$' => {
+                    argument.push(c);
+                    chars.next();
+                }
+                c => argument.push(c),
+            }
+        }
+        arguments.push(argument);
+    }
+    arguments
+}
+
+#[test]
+fn herd_worker_install_writes_a_user_unit_whose_command_runs_the_worker() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let output = std::process::Command::new(herd_e2e::bin_dir().join("herd-worker"))
+        .args([
+            "install",
+            "--join",
+            &coordinator.join,
+            "--name",
+            "ada",
+            "--team",
+            "engines",
+            "--no-start",
+        ])
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .expect("run herd-worker install");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let unit = std::fs::read_to_string(home.join(".config/systemd/user/herd-worker.service"))
+        .expect("the unit was written");
+    assert!(
+        unit.contains("RestartPreventExitStatus=2 3") && unit.contains("WantedBy=default.target")
+    );
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let arguments = unquote_exec_start(exec);
+    assert_eq!(
+        arguments[2],
+        home.join(".local/share/herd-worker").display().to_string()
+    );
+    // The unit's own command line, as systemd would run it: the worker joins and registers.
+    let log = std::fs::File::create(root.path().join("installed-worker.log")).expect("log");
+    /// Kills the worker however the test ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _worker = KillOnDrop(
+        std::process::Command::new(&arguments[0])
+            .args(&arguments[1..])
+            .env("HERD_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .expect("start the unit's command"),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the installed worker to register",
+        || {
+            let hosts = coordinator_hosts(&coordinator.http);
+            hosts["hosts"]
+                .as_array()?
+                .iter()
+                .any(|h| h["volunteer"] == "ada")
+                .then_some(())
+        },
+    );
+}
+
 /// The public host records, fetched with a plain HTTP client (no token).
 fn coordinator_hosts(http: &str) -> serde_json::Value {
     let mut response = ureq::get(&format!("{http}/api/v1/hosts"))

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod governor;
+pub mod install;
 pub mod logind;
 pub mod preferences;
 pub mod sources;
@@ -23,7 +24,7 @@ use anyhow::{Context, bail};
 use herd_blobs::BlobStore;
 use herd_net::{Connection, JoinString};
 use herd_protocol::{
-    AbortReason, Assignment, ClientMessage, ContentHash, FinishedReplica, Outcome,
+    AbortReason, Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, Outcome,
     PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SigningKey,
 };
 use herd_sandbox::{Execution, Limits, Sandbox};
@@ -229,6 +230,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         };
         match session {
             Ok(()) => backoff = MIN_BACKOFF,
+            // Retrying would only repeat it: stop and say why.
+            Err(error) if error.is::<Permanent>() => return Err(error),
             Err(error) => tracing::warn!("{error:#}; reconnecting in {backoff:?}"),
         }
         tokio::select! {
@@ -243,9 +246,15 @@ impl Worker {
     /// One connection: handshake, then one loop per core until the connection fails.
     async fn session(self: Arc<Self>) -> anyhow::Result<()> {
         let join = &self.config.join;
-        let connection = herd_net::connect(join)
-            .await
-            .with_context(|| format!("connect to {}", join.addr))?;
+        let connection = match herd_net::connect(join).await {
+            Ok(connection) => connection,
+            Err(error @ herd_net::NetError::CertificateMismatch { .. }) => {
+                return Err(Permanent(error.to_string()).into());
+            }
+            Err(error) => {
+                return Err(anyhow::Error::from(error).context(format!("connect to {}", join.addr)));
+            }
+        };
         let hello = ClientMessage::Hello {
             protocol_version: PROTOCOL_VERSION,
             host_key: self.host_key.public_key(),
@@ -256,11 +265,24 @@ impl Worker {
         };
         match herd_net::request(&connection, &hello).await? {
             ServerMessage::Welcome { project_key } if project_key == join.project_key => {}
-            ServerMessage::Welcome { project_key } => bail!(
-                "the coordinator's project key {} is not the join string's {}",
-                project_key.to_hex(),
-                join.project_key.to_hex()
-            ),
+            ServerMessage::Welcome { project_key } => {
+                return Err(Permanent(format!(
+                    "the coordinator's project key {} is not the join string's {}; check the join string",
+                    project_key.to_hex(),
+                    join.project_key.to_hex()
+                ))
+                .into());
+            }
+            ServerMessage::Error {
+                code: code @ (ErrorCode::UnsupportedVersion | ErrorCode::Malformed),
+                message,
+            } => {
+                // This worker will be refused the same way every time.
+                return Err(Permanent(format!(
+                    "the coordinator refused this worker ({code:?}): {message}"
+                ))
+                .into());
+            }
             ServerMessage::Error { code, message } => {
                 bail!("the coordinator refused this worker ({code:?}): {message}")
             }
@@ -612,6 +634,12 @@ async fn enforce_disk_limit(cache: BlobStore, compiled: PathBuf, disk_mb: u64) {
         Err(panic) => tracing::error!("cache task: {panic}"),
     }
 }
+
+/// A failure that retrying cannot cure (the wrong coordinator, a refused version): the worker
+/// stops with it instead of reconnecting forever.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
 
 /// Milliseconds since the Unix epoch (deadlines are in this clock).
 fn now_ms() -> u64 {

@@ -1,24 +1,39 @@
 //! `herd-worker`: the volunteer's worker program. See the crate docs of `herd_worker`.
+//!
+//! Exit codes: 0 stopped cleanly, 1 failed, 2 bad arguments, 3 a failure retrying cannot cure
+//! (a join string whose certificate or project key does not match the coordinator, a refused
+//! protocol version). The systemd unit does not restart on 2 or 3.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-/// The Herd worker: lends this machine to a Herd project. It pulls WebAssembly work units from
-/// the coordinator over QUIC, runs them in a deterministic sandbox and reports signed results.
+/// The Herd worker: lends this machine to a Herd project while it is idle. It pulls WebAssembly
+/// work units from the coordinator over QUIC, runs them in a deterministic sandbox and reports
+/// signed results.
 #[derive(Parser, Debug)]
-#[command(name = "herd-worker", version)]
+#[command(name = "herd-worker", version, subcommand_negates_reqs = true)]
 struct Args {
-    /// Directory for this host's identity key and blob cache (created if missing).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How to run the worker.
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    /// Directory for this host's identity key, spool, caches and preferences (created if missing).
+    #[arg(long, required = true)]
+    data_dir: Option<PathBuf>,
     /// The coordinator's join string (herd://ADDR?cert=...&key=...), as it printed it.
-    #[arg(long)]
-    join: herd_net::JoinString,
+    #[arg(long, required = true)]
+    join: Option<herd_net::JoinString>,
     /// The volunteer this machine computes for; credit goes to this name.
-    #[arg(long)]
-    name: String,
+    #[arg(long, required = true)]
+    name: Option<String>,
     /// The volunteer's team.
     #[arg(long)]
     team: Option<String>,
@@ -34,9 +49,65 @@ struct Args {
     always: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install the worker as a systemd user service for this user, and start it.
+    Install {
+        /// The coordinator's join string.
+        #[arg(long)]
+        join: herd_net::JoinString,
+        /// The volunteer this machine computes for.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        team: Option<String>,
+        /// Where the worker keeps its files (default: ~/.local/share/herd-worker).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Write the unit only; do not enable and start it.
+        #[arg(long)]
+        no_start: bool,
+    },
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
     herd_net::init_logging();
+    let result = match args.command {
+        Some(Command::Install {
+            join,
+            name,
+            team,
+            data_dir,
+            no_start,
+        }) => herd_worker::install::install(&herd_worker::install::Install {
+            join,
+            name,
+            team,
+            data_dir,
+            start: !no_start,
+        }),
+        None => run(args.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("herd-worker: {error:#}");
+            if error.is::<herd_worker::Permanent>() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    // clap enforces these when no subcommand is given.
+    let (Some(data_dir), Some(join), Some(name)) = (args.data_dir, args.join, args.name) else {
+        anyhow::bail!("--data-dir, --join and --name are required");
+    };
     let cores = match args.cores {
         Some(cores) => cores,
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -46,9 +117,9 @@ fn main() -> anyhow::Result<()> {
         let shutdown = herd_net::shutdown_on_signal();
         herd_worker::run(
             herd_worker::Config {
-                data_dir: args.data_dir,
-                join: args.join,
-                volunteer: args.name,
+                data_dir,
+                join,
+                volunteer: name,
                 team: args.team,
                 cores,
                 preference_overrides: args.preferences,
@@ -59,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         .await
     });
     // A unit still computing on a blocking thread is abandoned, not waited for: stopping the
-    // worker must give the machine back promptly.
+    // worker must give the machine back promptly. (Its spool entry makes it run again later.)
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
 }

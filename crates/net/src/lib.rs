@@ -47,6 +47,9 @@ pub enum NetError {
     },
     #[error("connect to {addr}: {message}")]
     Connect { addr: SocketAddr, message: String },
+    /// The server is not the coordinator the join string names: retrying cannot help.
+    #[error("connect to {addr}: {message}; check the join string")]
+    CertificateMismatch { addr: SocketAddr, message: String },
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("stream write: {0}")]
@@ -147,6 +150,7 @@ pub fn server_endpoint(
 /// Connects to the coordinator named by `join`, trusting only its pinned certificate.
 pub async fn connect(join: &JoinString) -> Result<Connection, NetError> {
     let verifier = pinning::PinnedCertificate::new(join.cert_sha256.clone(), provider());
+    let mismatch = verifier.mismatch.clone();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -174,9 +178,21 @@ pub async fn connect(join: &JoinString) -> Result<Connection, NetError> {
             addr: join.addr,
             message: e.to_string(),
         })?;
-    connecting.await.map_err(|e| NetError::Connect {
-        addr: join.addr,
-        message: e.to_string(),
+    connecting.await.map_err(|e| {
+        let wrong = mismatch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match wrong {
+            Some(message) => NetError::CertificateMismatch {
+                addr: join.addr,
+                message,
+            },
+            None => NetError::Connect {
+                addr: join.addr,
+                message: e.to_string(),
+            },
+        }
     })
 }
 

@@ -17,6 +17,9 @@ pub(crate) fn fingerprint(cert_der: &[u8]) -> String {
 pub(crate) struct PinnedCertificate {
     sha256: String,
     provider: Arc<CryptoProvider>,
+    /// Set when the server's certificate did not match: the handshake error that follows is
+    /// then a wrong certificate, not a network failure.
+    pub(crate) mismatch: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl PinnedCertificate {
@@ -24,6 +27,7 @@ impl PinnedCertificate {
         Self {
             sha256: sha256.to_ascii_lowercase(),
             provider,
+            mismatch: Arc::default(),
         }
     }
 }
@@ -41,10 +45,15 @@ impl ServerCertVerifier for PinnedCertificate {
         if actual == self.sha256 {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
+            let message = format!(
                 "coordinator certificate fingerprint {actual} does not match the join string's {}",
                 self.sha256
-            )))
+            );
+            *self
+                .mismatch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message.clone());
+            Err(rustls::Error::General(message))
         }
     }
 
