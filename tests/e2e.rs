@@ -79,7 +79,7 @@ fn check_results(coordinator: &Coordinator, root: &Path, batch: u64, tiles: &[(S
         String::from_utf8_lossy(&output.stderr)
     );
     for (name, text) in tiles {
-        let expected = tile::render(&tile::parse_tile(text).expect("valid tile"));
+        let expected = tile::render_ppm(&tile::parse_tile(text).expect("valid tile"));
         let actual = std::fs::read(out.join(name)).expect("output written");
         assert!(
             actual == expected,
@@ -216,7 +216,7 @@ fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
     let archive = std::path::PathBuf::from(retired["archive"].as_str().expect("archive path"));
     assert!(archive.join("status.json").is_file());
     for (name, text) in &tiles {
-        let expected = tile::render(&tile::parse_tile(text).expect("valid tile"));
+        let expected = tile::render_ppm(&tile::parse_tile(text).expect("valid tile"));
         assert!(std::fs::read(archive.join("outputs").join(name)).expect("archived") == expected);
     }
     let output_hash = status["units"][0]["result"]["output_hash"]
@@ -480,6 +480,33 @@ fn a_worker_killed_mid_unit_runs_it_again_from_its_spool() {
     });
     ada.kill();
     let ada = start("ada");
+    // `herd-worker status` shows the restarted unit at work.
+    let ada_dir = herd_e2e::worker_dir(root.path(), "ada");
+    let worker_status = |json: bool| {
+        let mut command = std::process::Command::new(herd_e2e::bin_dir().join("herd-worker"));
+        command.args(["status", "--data-dir", &ada_dir.display().to_string()]);
+        if json {
+            command.arg("--json");
+        }
+        command.output().expect("run herd-worker status")
+    };
+    let shown = eventually(
+        Duration::from_secs(30),
+        "ada's status to show the unit",
+        || {
+            let output = worker_status(false);
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            (output.status.success() && text.contains("computing 1 unit")).then_some(text)
+        },
+    );
+    assert!(
+        shown.starts_with("ada (team t): computing 1 unit"),
+        "{shown}"
+    );
+    assert!(shown.contains("replica "), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&worker_status(true).stdout).expect("status JSON");
+    assert_eq!(json["volunteer"], "ada");
     let status = eventually(Duration::from_secs(120), "the unit validated", || {
         let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
         (status["validated"] == 1).then_some(status)
@@ -492,6 +519,15 @@ fn a_worker_killed_mid_unit_runs_it_again_from_its_spool() {
         (spooled(root.path(), "ada", "assigned") + spooled(root.path(), "ada", "finished") == 0)
             .then_some(())
     });
+    // The tile she made is kept for the screensaver view, as the PPM the job wrote.
+    let latest = std::fs::read(ada_dir.join("latest.ppm")).expect("latest image");
+    assert!(latest.starts_with(b"P6\n320 320\n255\n"));
+    drop(ada);
+    // A worker that is not running: status says so and exits 1.
+    std::thread::sleep(Duration::from_secs(6));
+    let output = worker_status(false);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("not running"));
 }
 
 #[test]
@@ -975,7 +1011,7 @@ fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
     let outcome: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(outcome["status"], "success");
     assert!(outcome["fuel"].as_u64().expect("fuel") > 0);
-    let expected = tile::render(&tile::parse_tile(&text).expect("tile"));
+    let expected = tile::render_ppm(&tile::parse_tile(&text).expect("tile"));
     assert_eq!(std::fs::read(&out).expect("output"), expected);
     assert_eq!(outcome["output_len"], expected.len());
 

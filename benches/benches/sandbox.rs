@@ -49,7 +49,7 @@ fn kernels() -> Vec<Kernel> {
             wasm: herd_samples::MANDELBROT_WASM,
             input: herd_samples::mandelbrot_input((-2.0, -1.25), (0.5, 1.25), (200, 200), 1000),
             native: Box::new(|input| {
-                mandelbrot::render(&mandelbrot::parse_tile(input).expect("tile"))
+                mandelbrot::render_ppm(&mandelbrot::parse_tile(input).expect("tile"))
             }),
             same_output: true,
         },

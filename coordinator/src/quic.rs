@@ -12,7 +12,8 @@ use herd_net::{
 };
 use herd_protocol::{
     Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, MAX_EXCHANGE, Outcome,
-    PROTOCOL_VERSION, PublicKey, RefusedReport, ServerMessage, SignedReport,
+    PROTOCOL_VERSION, PublicKey, RefusedReport, ServerMessage, SignedReport, Standing,
+    TeamStanding,
 };
 use herd_store::{HostRecord, ReportRefusal, StoreError};
 use tokio::sync::Semaphore;
@@ -35,6 +36,8 @@ const CLOSE_PROTOCOL_ERROR: u32 = 1;
 struct Peer {
     host: HostRecord,
     key: PublicKey,
+    /// The volunteer's name, as registered.
+    volunteer: String,
 }
 
 /// Accepts connections until the endpoint closes.
@@ -163,6 +166,7 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
     let peer = Arc::new(Peer {
         host,
         key: host_key,
+        volunteer: volunteer.trim().to_string(),
     });
     loop {
         let (send, recv) = match connection.accept_bi().await {
@@ -254,6 +258,7 @@ async fn answer(
         )),
         ClientMessage::RequestWork => Ok((assign(shared, peer).await?, After::KeepOpen)),
         ClientMessage::FetchBlob { hash } => Ok((fetch_blob(shared, hash).await?, After::KeepOpen)),
+        ClientMessage::Standing => Ok((standing(shared, peer).await?, After::KeepOpen)),
         ClientMessage::Report { report, output } => {
             if let Some(refusal) = bad_signature(peer, std::slice::from_ref(&report)) {
                 return Ok((refusal, After::Close));
@@ -413,6 +418,44 @@ async fn record_reports(
         });
     }
     Ok((fates.into_iter().flatten().collect(), exchanged.assignments))
+}
+
+/// The peer's volunteer's credit and rank, and their team's.
+async fn standing(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<ServerMessage> {
+    let totals = shared.store.credit_totals(now_ms()).await?;
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let Some((index, line)) = totals
+        .volunteers
+        .iter()
+        .enumerate()
+        .find(|(_, line)| line.name == peer.volunteer)
+    else {
+        return Ok(error(
+            ErrorCode::NotRegistered,
+            format!("no volunteer `{}`", peer.volunteer),
+        ));
+    };
+    let team = line.team.as_ref().and_then(|name| {
+        totals
+            .teams
+            .iter()
+            .enumerate()
+            .find(|(_, t)| &t.name == name)
+            .map(|(rank, t)| TeamStanding {
+                name: t.name.clone(),
+                credit: t.credit,
+                rank: count(rank + 1),
+                teams: count(totals.teams.len()),
+            })
+    });
+    Ok(ServerMessage::Standing(Standing {
+        volunteer: line.name.clone(),
+        credit: line.credit,
+        recent_average_credit: line.recent_average_credit,
+        rank: count(index + 1),
+        volunteers: count(totals.volunteers.len()),
+        team,
+    }))
 }
 
 async fn assign(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<ServerMessage> {

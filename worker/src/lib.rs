@@ -12,8 +12,10 @@ pub mod governor;
 pub mod install;
 pub mod logind;
 pub mod preferences;
+pub mod screen;
 pub mod sources;
 pub mod spool;
+pub mod status;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -25,7 +27,7 @@ use herd_blobs::BlobStore;
 use herd_net::{Connection, JoinString};
 use herd_protocol::{
     AbortReason, Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, Outcome,
-    PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SigningKey,
+    PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SigningKey, Standing,
 };
 use herd_sandbox::{Execution, Limits, Sandbox};
 use std::time::Instant;
@@ -35,7 +37,8 @@ use crate::logind::Logind;
 use crate::preferences::{Preferences, WeekTime};
 use crate::sources::{IdleSource, LoadSource, PowerSource, PowerSupplies, ProcStat};
 use crate::spool::Spool;
-use crate::supervisor::{Admission, Supervisor};
+use crate::status::StatusReport;
+use crate::supervisor::{Admission, Supervisor, UnitInfo};
 use tokio::sync::watch;
 
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
@@ -96,6 +99,11 @@ struct Worker {
     in_hand: Mutex<std::collections::BTreeSet<u64>>,
     spool: Spool,
     supervisor: Arc<Supervisor>,
+    /// The volunteer's credit and rank, as the coordinator last said.
+    standing: Mutex<Option<Standing>>,
+    connected: std::sync::atomic::AtomicBool,
+    /// Units finished since the worker started.
+    finished_units: std::sync::atomic::AtomicU64,
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder did (lists only pushed to
@@ -221,7 +229,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         in_hand: Mutex::new(in_hand),
         spool,
         supervisor,
+        standing: Mutex::new(None),
+        connected: std::sync::atomic::AtomicBool::new(false),
+        finished_units: std::sync::atomic::AtomicU64::new(0),
     });
+    let status_writer = tokio::spawn(write_status(worker.clone()));
+    let _stop_status = AbortOnDrop(status_writer);
     let mut backoff = MIN_BACKOFF;
     loop {
         let session = tokio::select! {
@@ -289,7 +302,12 @@ impl Worker {
             other => bail!("unexpected answer to Hello: {other:?}"),
         }
         tracing::info!("connected to {}", join.addr);
+        self.connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _disconnected = Disconnected(&self.connected);
         self.flush_reports(&connection).await?;
+        let standing = tokio::spawn(self.clone().follow_standing(connection.clone()));
+        let _stop_standing = AbortOnDrop(standing);
         let mut slots = tokio::task::JoinSet::new();
         for slot in 0..self.config.cores {
             let worker = self.clone();
@@ -309,6 +327,18 @@ impl Worker {
             first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Asks the coordinator for the volunteer's credit and rank now and every minute.
+    async fn follow_standing(self: Arc<Self>, connection: Connection) {
+        loop {
+            match herd_net::request(&connection, &ClientMessage::Standing).await {
+                Ok(ServerMessage::Standing(standing)) => *lock(&self.standing) = Some(standing),
+                Ok(other) => tracing::debug!("standing: {other:?}"),
+                Err(_) => return,
+            }
+            tokio::time::sleep(STANDING_EVERY).await;
+        }
     }
 
     /// Sends the reports an earlier connection (or an earlier run of the worker) could not
@@ -470,6 +500,15 @@ impl Worker {
             report,
             output: execution.output,
         };
+        self.finished_units
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if status::is_image(&finished.output) {
+            // The screensaver view shows the latest image a unit made.
+            let path = self.config.data_dir.join(status::LATEST_IMAGE);
+            let image = finished.output.clone();
+            let _ = tokio::task::spawn_blocking(move || herd_net::write_file(&path, &image, 0o644))
+                .await;
+        }
         // On disk before it is sent: kept until the coordinator answers, whatever happens.
         let spool = self.spool.clone();
         let spooled = finished.clone();
@@ -548,7 +587,13 @@ impl Worker {
         let replica_id = assignment.replica_id;
         let control = match self
             .supervisor
-            .admit(replica_id, assignment.memory_limit_bytes)
+            .admit(UnitInfo {
+                replica_id,
+                unit_id: assignment.unit_id,
+                batch_id: assignment.batch_id,
+                fuel_limit: assignment.fuel_limit,
+                memory_bytes: assignment.memory_limit_bytes,
+            })
             .await
         {
             Admission::Start(control) => control,
@@ -646,6 +691,49 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How often the worker asks for the volunteer's standing.
+const STANDING_EVERY: Duration = Duration::from_secs(60);
+
+/// Clears the "connected" flag when a session ends, however it ends.
+struct Disconnected<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Disconnected<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Writes `DATA_DIR/status.json` every second, for `herd-worker status` and `screen`.
+async fn write_status(worker: Arc<Worker>) {
+    let path = worker.config.data_dir.join(status::STATUS_FILE);
+    let mut interval = tokio::time::interval(status::WRITE_EVERY);
+    loop {
+        interval.tick().await;
+        let report = StatusReport {
+            volunteer: worker.config.volunteer.clone(),
+            team: worker.config.team.clone(),
+            connected: worker.connected.load(std::sync::atomic::Ordering::Relaxed),
+            hold: worker.supervisor.hold().map(|h| h.to_string()),
+            units: worker
+                .supervisor
+                .snapshot()
+                .into_iter()
+                .map(status::UnitLine::from)
+                .collect(),
+            standing: lock(&worker.standing).clone(),
+            finished_units: worker
+                .finished_units
+                .load(std::sync::atomic::Ordering::Relaxed),
+            written_ms: now_ms(),
+        };
+        let path = path.clone();
+        let written = tokio::task::spawn_blocking(move || report.write(&path)).await;
+        if let Ok(Err(error)) = written {
+            tracing::debug!("status file: {error}");
+        }
+    }
 }
 
 /// Aborts a task when dropped: the governor stops with the worker.

@@ -68,6 +68,20 @@ enum Command {
         #[arg(long)]
         no_start: bool,
     },
+    /// Print what the worker running with this data directory is doing, once (exit 1 if it is
+    /// not running).
+    Status {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the worker is doing, full-screen, like a screensaver; any key leaves.
+    Screen {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +101,8 @@ fn main() -> ExitCode {
             data_dir,
             start: !no_start,
         }),
+        Some(Command::Status { data_dir, json }) => status(&data_dir, json),
+        Some(Command::Screen { data_dir }) => herd_worker::screen::run(&data_dir),
         None => run(args.run),
     };
     match result {
@@ -101,6 +117,30 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Not running: `status` exits 1.
+#[derive(Debug, thiserror::Error)]
+#[error("the worker is not running")]
+struct NotRunning;
+
+fn status(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use herd_worker::status::{STALE_AFTER_MS, STATUS_FILE, StatusReport};
+    let report = StatusReport::read(&data_dir.join(STATUS_FILE))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for line in report.lines(now_ms) {
+            println!("{line}");
+        }
+    }
+    if now_ms.saturating_sub(report.written_ms) > STALE_AFTER_MS {
+        return Err(NotRunning.into());
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -17,9 +17,28 @@ use crate::preferences::Preferences;
 
 /// A running (or paused) unit.
 struct Running {
-    replica_id: u64,
+    unit: UnitInfo,
     control: Arc<RunControl>,
-    memory_bytes: u64,
+    started: std::time::Instant,
+}
+
+/// What the supervisor knows of a unit it admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitInfo {
+    pub replica_id: u64,
+    pub unit_id: u64,
+    pub batch_id: u64,
+    pub fuel_limit: u64,
+    pub memory_bytes: u64,
+}
+
+/// A running unit as the status view shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitSnapshot {
+    pub unit: UnitInfo,
+    pub fuel_so_far: u64,
+    pub paused: bool,
+    pub running_secs: u64,
 }
 
 struct State {
@@ -82,6 +101,20 @@ impl Supervisor {
         self.state().running.len()
     }
 
+    /// The units running or paused now, for the status view.
+    pub fn snapshot(&self) -> Vec<UnitSnapshot> {
+        self.state()
+            .running
+            .iter()
+            .map(|r| UnitSnapshot {
+                unit: r.unit,
+                fuel_so_far: r.control.fuel_so_far(),
+                paused: r.control.is_paused(),
+                running_secs: r.started.elapsed().as_secs(),
+            })
+            .collect()
+    }
+
     /// New preferences: applied at once to the units' memory (units past the new limit are
     /// cancelled, newest first) and at the next [`apply`](Self::apply) to everything else.
     /// Returns the replicas given up.
@@ -115,8 +148,9 @@ impl Supervisor {
         Some(hold)
     }
 
-    /// Whether a unit with this memory limit may start now (`Some`), or must wait (`None`).
-    fn try_admit(&self, replica_id: u64, memory_bytes: u64) -> Option<Admission> {
+    /// Whether a unit may start now (`Some`), or must wait (`None`).
+    fn try_admit(&self, unit: UnitInfo) -> Option<Admission> {
+        let memory_bytes = unit.memory_bytes;
         let mut state = self.state();
         let prefs = state.governor.preferences();
         let budget = prefs.memory_mb.saturating_mul(1 << 20);
@@ -126,7 +160,7 @@ impl Supervisor {
             });
         }
         let cores = prefs.max_cores.unwrap_or(state.slots).min(state.slots) as usize;
-        let reserved: u64 = state.running.iter().map(|r| r.memory_bytes).sum();
+        let reserved: u64 = state.running.iter().map(|r| r.unit.memory_bytes).sum();
         let allowed = state.hold.is_none_or(|hold| hold.allows_new_units());
         if !allowed || state.running.len() >= cores || reserved + memory_bytes > budget {
             return None;
@@ -136,18 +170,18 @@ impl Supervisor {
             control.pause();
         }
         state.running.push(Running {
-            replica_id,
+            unit,
             control: control.clone(),
-            memory_bytes,
+            started: std::time::Instant::now(),
         });
         Some(Admission::Start(control))
     }
 
-    /// Waits until a unit with this memory limit may start.
-    pub async fn admit(&self, replica_id: u64, memory_bytes: u64) -> Admission {
+    /// Waits until a unit may start.
+    pub async fn admit(&self, unit: UnitInfo) -> Admission {
         let mut changed = self.changed.subscribe();
         loop {
-            if let Some(admission) = self.try_admit(replica_id, memory_bytes) {
+            if let Some(admission) = self.try_admit(unit) {
                 return admission;
             }
             // Woken by a decision, a finished unit or new preferences.
@@ -182,7 +216,9 @@ impl Supervisor {
 
     /// A unit ended (or was given up): it no longer holds a core or memory.
     pub fn finished(&self, replica_id: u64) {
-        self.state().running.retain(|r| r.replica_id != replica_id);
+        self.state()
+            .running
+            .retain(|r| r.unit.replica_id != replica_id);
         self.notify();
     }
 }
@@ -195,12 +231,18 @@ fn shed_memory(state: &mut State) -> Vec<u64> {
         .memory_mb
         .saturating_mul(1 << 20);
     let mut given_up = Vec::new();
-    while state.running.iter().map(|r| r.memory_bytes).sum::<u64>() > budget {
+    while state
+        .running
+        .iter()
+        .map(|r| r.unit.memory_bytes)
+        .sum::<u64>()
+        > budget
+    {
         let Some(newest) = state.running.pop() else {
             break;
         };
         newest.control.cancel();
-        given_up.push(newest.replica_id);
+        given_up.push(newest.unit.replica_id);
     }
     given_up
 }
@@ -221,6 +263,16 @@ mod tests {
         }
     }
 
+    fn info(replica_id: u64, memory_bytes: u64) -> UnitInfo {
+        UnitInfo {
+            replica_id,
+            unit_id: replica_id,
+            batch_id: 1,
+            fuel_limit: 1_000,
+            memory_bytes,
+        }
+    }
+
     fn admitted(admission: Option<Admission>) -> Arc<RunControl> {
         match admission {
             Some(Admission::Start(control)) => control,
@@ -236,14 +288,14 @@ mod tests {
             None,
             "already running"
         );
-        let a = admitted(supervisor.try_admit(1, 1 << 20));
-        let b = admitted(supervisor.try_admit(2, 1 << 20));
+        let a = admitted(supervisor.try_admit(info(1, 1 << 20)));
+        let b = admitted(supervisor.try_admit(info(2, 1 << 20)));
         assert!(!a.is_paused());
         let changed = supervisor.apply(50, &readings(0)).expect("changed");
         assert!(matches!(changed, Some(Hold::UserActive { .. })));
         assert!(a.is_paused() && b.is_paused());
         assert!(
-            supervisor.try_admit(3, 1 << 20).is_none(),
+            supervisor.try_admit(info(3, 1 << 20)).is_none(),
             "no new unit while held"
         );
         assert_eq!(
@@ -268,15 +320,18 @@ mod tests {
         };
         let supervisor = Supervisor::new(Governor::new(prefs.clone(), true), 8);
         supervisor.apply(0, &readings(0));
-        let first = admitted(supervisor.try_admit(1, 40 << 20));
+        let first = admitted(supervisor.try_admit(info(1, 40 << 20)));
         assert!(
-            supervisor.try_admit(2, 70 << 20).is_none(),
+            supervisor.try_admit(info(2, 70 << 20)).is_none(),
             "70 + 40 MiB > 100 MiB"
         );
-        let second = admitted(supervisor.try_admit(3, 40 << 20));
-        assert!(supervisor.try_admit(4, 1 << 20).is_none(), "two cores");
+        let second = admitted(supervisor.try_admit(info(3, 40 << 20)));
+        assert!(
+            supervisor.try_admit(info(4, 1 << 20)).is_none(),
+            "two cores"
+        );
         assert!(matches!(
-            supervisor.try_admit(5, 200 << 20),
+            supervisor.try_admit(info(5, 200 << 20)),
             Some(Admission::TooBig { memory_mb: 100 })
         ));
         // Paused units keep their memory; a lower limit gives the newest up rather than swap.
@@ -299,7 +354,7 @@ mod tests {
         let supervisor = Supervisor::new(Governor::new(prefs, true), 1);
         supervisor.apply(700, &readings(0));
         assert_eq!(supervisor.hold(), Some(Hold::Throttled));
-        let control = admitted(supervisor.try_admit(1, 1));
+        let control = admitted(supervisor.try_admit(info(1, 1)));
         assert!(control.is_paused());
         supervisor.apply(1_000, &readings(0));
         assert!(!control.is_paused());

@@ -132,10 +132,15 @@ fn assemble(client: &Client, status: &serde_json::Value, out: &Path) -> anyhow::
             .as_str()
             .unwrap_or_default()
             .parse()?;
-        let pixels = client.get_blob(&hash)?;
+        let image_bytes = client.get_blob(&hash)?;
+        // Each tile is a PPM of the tile's size: its header, then its RGB pixels.
+        let header = format!("P6\n{tile_w} {tile_h}\n255\n");
+        let Some(pixels) = image_bytes.strip_prefix(header.as_bytes()) else {
+            bail!("tile {name} is not a {tile_w}x{tile_h} PPM image");
+        };
         if pixels.len() != tile_w * tile_h * 3 {
             bail!(
-                "tile {name} has {} bytes, expected {}",
+                "tile {name} has {} bytes of pixels, expected {}",
                 pixels.len(),
                 tile_w * tile_h * 3
             );

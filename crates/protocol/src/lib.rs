@@ -20,7 +20,7 @@ pub use framing::{
 pub use hash::{ContentHash, HashParseError};
 pub use message::{
     Assignment, ClientMessage, ErrorCode, FinishedReplica, MAX_EXCHANGE, RefusedReport, Report,
-    ServerMessage, SignedAssignment, SignedReport,
+    ServerMessage, SignedAssignment, SignedReport, Standing, TeamStanding,
 };
 pub use outcome::{AbortReason, Outcome, RunResult, Status, TrapKind};
 pub use signing::{PublicKey, Signature, SignatureError, SigningKey};

@@ -48,6 +48,31 @@ pub enum ClientMessage {
         reports: Vec<FinishedReplica>,
         want: u32,
     },
+    /// Ask for this host's volunteer's credit and rank (for the worker's screensaver view).
+    Standing,
+}
+
+/// A volunteer's place in the project, as [`ServerMessage::Standing`] gives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Standing {
+    pub volunteer: String,
+    /// Credit granted so far (agreed fuel / 10^9).
+    pub credit: f64,
+    /// Credit per day, 7-day half-life.
+    pub recent_average_credit: f64,
+    /// 1 for the volunteer with the most credit.
+    pub rank: u32,
+    pub volunteers: u32,
+    pub team: Option<TeamStanding>,
+}
+
+/// A team's place in the project.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamStanding {
+    pub name: String,
+    pub credit: f64,
+    pub rank: u32,
+    pub teams: u32,
 }
 
 /// The most reports, and the most units asked for, in one [`ClientMessage::Exchange`].
@@ -92,6 +117,8 @@ pub enum ServerMessage {
         work: Vec<SignedAssignment>,
         retry_after_ms: u32,
     },
+    /// The answer to `Standing`.
+    Standing(Standing),
 }
 
 /// Why a request was refused. Stable: workers branch on it.

@@ -75,6 +75,7 @@ fn every_message_round_trips() {
             reports: Vec::new(),
             want: 0,
         },
+        ClientMessage::Standing,
     ];
     for message in &clients {
         assert_eq!(&round_trip(message), message);
@@ -84,6 +85,19 @@ fn every_message_round_trips() {
             project_key: key.public_key(),
         },
         ServerMessage::Work(signed.clone()),
+        ServerMessage::Standing(Standing {
+            volunteer: "ada".into(),
+            credit: 12.5,
+            recent_average_credit: 1.25,
+            rank: 2,
+            volunteers: 9,
+            team: Some(TeamStanding {
+                name: "engines".into(),
+                credit: 20.0,
+                rank: 1,
+                teams: 3,
+            }),
+        }),
         ServerMessage::Exchanged {
             accepted: vec![7, 9],
             refused: vec![RefusedReport {

@@ -22,6 +22,8 @@ use crate::Execution;
 pub struct RunControl {
     paused: AtomicBool,
     cancelled: AtomicBool,
+    /// Fuel yields so far: the run has burned about this many times `YIELD_FUEL`.
+    yields: std::sync::atomic::AtomicU64,
     /// The task to wake when the run may go on.
     waker: Mutex<Option<Waker>>,
 }
@@ -50,6 +52,15 @@ impl RunControl {
 
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
+    }
+
+    /// About how much fuel the unit's code has burned so far (to within
+    /// [`YIELD_FUEL`](crate::YIELD_FUEL); fuel charged for host calls shows only in the final
+    /// count): its progress, for display only.
+    pub fn fuel_so_far(&self) -> u64 {
+        self.yields
+            .load(Ordering::Relaxed)
+            .saturating_mul(crate::YIELD_FUEL)
     }
 
     fn wake(&self) {
@@ -83,7 +94,12 @@ impl<F: Future<Output = Execution>> Future for Controlled<F> {
                 });
             }
             if !control.is_paused() {
-                return self.run.as_mut().poll(cx);
+                let polled = self.run.as_mut().poll(cx);
+                // The run only returns `Pending` at a fuel yield (host calls are synchronous).
+                if polled.is_pending() {
+                    control.yields.fetch_add(1, Ordering::Relaxed);
+                }
+                return polled;
             }
             *control.waker.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(cx.waker().clone());

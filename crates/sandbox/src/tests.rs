@@ -307,6 +307,20 @@ fn pausing_and_resuming_changes_nothing_and_cancelling_aborts() {
             straight
         );
     }
+    // Progress: the fuel the unit's code has burned so far, known to within one yield's worth.
+    let spin = sandbox.admit(&fixture("spin")).expect("admitted");
+    let limits = Limits {
+        fuel: 10 * YIELD_FUEL + 123,
+        ..Limits::default()
+    };
+    let watched = RunControl::new();
+    let execution = sandbox.run_controlled(&spin, b"", 0, &limits, watched.clone());
+    let fuel = result(&execution).fuel;
+    let seen = watched.fuel_so_far();
+    assert!(
+        seen <= fuel && seen + YIELD_FUEL >= fuel,
+        "{seen} vs {fuel}"
+    );
     let control = RunControl::new();
     let future = sandbox.start(&module, &input, 3, &Limits::default(), control.clone());
     control.cancel();

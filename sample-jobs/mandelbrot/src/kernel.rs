@@ -1,8 +1,9 @@
 //! Mandelbrot tiles: parse a tile description, render its pixels.
 //!
 //! Input (ASCII, whitespace-separated): `x_min y_min x_max y_max width height max_iter`, the
-//! region of the complex plane and the tile's size in pixels. Output: `width * height` RGB
-//! pixels, 3 bytes each, rows top (y_max) to bottom. Pure f64 arithmetic with no fused
+//! region of the complex plane and the tile's size in pixels. Output: a binary PPM image (`P6`,
+//! 8-bit RGB; see [`render_ppm`]), rows top (y_max) to bottom, so any viewer (and the worker's
+//! screensaver view) can show it. Pure f64 arithmetic with no fused
 //! operations, so the native and the WebAssembly builds produce the same bytes.
 
 /// The largest tile rendered: 4 megapixels.
@@ -93,6 +94,14 @@ fn colour(iterations: u32, max_iter: u32) -> [u8; 3] {
 }
 
 /// Renders the tile's pixels.
+/// The tile as a binary PPM: the `P6` header, then [`render`]'s pixels.
+pub fn render_ppm(tile: &Tile) -> Vec<u8> {
+    let mut image = format!("P6\n{} {}\n255\n", tile.width, tile.height).into_bytes();
+    image.extend_from_slice(&render(tile));
+    image
+}
+
+/// The tile's pixels, 3 bytes (RGB) each, row by row.
 pub fn render(tile: &Tile) -> Vec<u8> {
     let mut pixels = Vec::with_capacity(tile.width as usize * tile.height as usize * 3);
     let dx = (tile.x_max - tile.x_min) / f64::from(tile.width);

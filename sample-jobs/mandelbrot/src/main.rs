@@ -1,4 +1,4 @@
-//! The Mandelbrot work unit: a tile description on stdin, its RGB pixels on stdout.
+//! The Mandelbrot work unit: a tile description on stdin, the tile as a PPM image on stdout.
 //! A malformed description exits with code 2 and says why on stderr.
 
 use std::io::{Read, Write};
@@ -16,7 +16,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let pixels = mandelbrot::render(&tile);
+    let pixels = mandelbrot::render_ppm(&tile);
     if std::io::stdout().write_all(&pixels).is_err() {
         std::process::exit(3);
     }
