@@ -714,6 +714,50 @@ fn herd_worker_install_writes_a_user_unit_whose_command_runs_the_worker() {
     );
 }
 
+#[test]
+fn a_download_limit_holds_within_ten_percent_on_a_large_input() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let limited = |name: &str| {
+        herd_e2e::start_worker_with(
+            root.path(),
+            &coordinator.join,
+            name,
+            "t",
+            1,
+            &["--always", "--pref", "download_kib_per_s=512"],
+        )
+        .expect("worker")
+    };
+    let workers = [limited("ada"), limited("grace")];
+    // A small tile, padded to 2 MiB (the job reads only its first line's worth).
+    let inputs = root.path().join("big-inputs");
+    std::fs::create_dir_all(&inputs).expect("inputs dir");
+    let mut input =
+        herd_samples::mandelbrot_input((-2.0, -1.0), (0.5, 1.0), (16, 16), 50).into_bytes();
+    input.resize(2 << 20, b' ');
+    std::fs::write(inputs.join("padded"), &input).expect("write input");
+    let batch = submit(&coordinator, root.path(), &inputs, true);
+    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    assert_eq!(status["validated"], 1, "{status}");
+    for worker in &workers {
+        let log = std::fs::read_to_string(&worker.log).expect("log");
+        let rate: f64 = log
+            .lines()
+            .filter(|l| l.contains("fetched blob") && l.contains("2097152 bytes"))
+            .find_map(|l| {
+                let (_, rest) = l.rsplit_once('(')?;
+                rest.trim_end_matches(" KiB/s)").parse().ok()
+            })
+            .expect("the big input's fetch is logged");
+        assert!(
+            (rate - 512.0).abs() <= 51.2,
+            "fetched at {rate} KiB/s with a 512 KiB/s limit"
+        );
+    }
+}
+
 /// The public host records, fetched with a plain HTTP client (no token).
 fn coordinator_hosts(http: &str) -> serde_json::Value {
     let mut response = ureq::get(&format!("{http}/api/v1/hosts"))

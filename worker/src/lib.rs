@@ -7,6 +7,7 @@
 //! string, and an assignment only with the project key's signature. It compiles every module
 //! itself; no compiled code ever comes over the network.
 
+pub mod bandwidth;
 pub mod cache;
 pub mod governor;
 pub mod install;
@@ -32,6 +33,7 @@ use herd_protocol::{
 use herd_sandbox::{Execution, Limits, Sandbox};
 use std::time::Instant;
 
+use crate::bandwidth::Network;
 use crate::governor::{Governor, POLL, Readings};
 use crate::logind::Logind;
 use crate::preferences::{Preferences, WeekTime};
@@ -99,6 +101,7 @@ struct Worker {
     in_hand: Mutex<std::collections::BTreeSet<u64>>,
     spool: Spool,
     supervisor: Arc<Supervisor>,
+    network: Arc<Network>,
     /// The volunteer's credit and rank, as the coordinator last said.
     standing: Mutex<Option<Standing>>,
     connected: std::sync::atomic::AtomicBool,
@@ -165,6 +168,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Governor::new(preferences, config.always),
         config.cores,
     ));
+    let network = Arc::new(Network::new(&supervisor.preferences()));
     let sources = Sources::find(std::path::Path::new("/")).await;
     let governing = tokio::spawn(govern(
         supervisor.clone(),
@@ -172,6 +176,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         preferences_file,
         config.preference_overrides.clone(),
         (cache.clone(), config.data_dir.join("compiled")),
+        network.clone(),
     ));
     let _stop_governing = AbortOnDrop(governing);
     let spool = Spool::open(&config.data_dir).context("open the spool")?;
@@ -229,6 +234,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         in_hand: Mutex::new(in_hand),
         spool,
         supervisor,
+        network,
         standing: Mutex::new(None),
         connected: std::sync::atomic::AtomicBool::new(false),
         finished_units: std::sync::atomic::AtomicU64::new(0),
@@ -332,7 +338,10 @@ impl Worker {
     /// Asks the coordinator for the volunteer's credit and rank now and every minute.
     async fn follow_standing(self: Arc<Self>, connection: Connection) {
         loop {
-            match herd_net::request(&connection, &ClientMessage::Standing).await {
+            self.network.wait_until_allowed().await;
+            match herd_net::request_paced(&connection, &ClientMessage::Standing, &*self.network)
+                .await
+            {
                 Ok(ServerMessage::Standing(standing)) => *lock(&self.standing) = Some(standing),
                 Ok(other) => tracing::debug!("standing: {other:?}"),
                 Err(_) => return,
@@ -365,7 +374,8 @@ impl Worker {
             report: finished.report.clone(),
             output: finished.output.clone(),
         };
-        match herd_net::request(connection, &message).await? {
+        self.network.wait_until_allowed().await;
+        match herd_net::request_paced(connection, &message, &*self.network).await? {
             ServerMessage::ReportAccepted { .. } => {}
             ServerMessage::Error { code, message } => {
                 // Refused for good (unknown replica, bad output): keeping it would not help.
@@ -411,7 +421,15 @@ impl Worker {
             let recovered = lock(&self.recovered).pop();
             let answer = match next.take().or(recovered) {
                 Some(signed) => ServerMessage::Work(signed),
-                None => herd_net::request(&connection, &ClientMessage::RequestWork).await?,
+                None => {
+                    self.network.wait_until_allowed().await;
+                    herd_net::request_paced(
+                        &connection,
+                        &ClientMessage::RequestWork,
+                        &*self.network,
+                    )
+                    .await?
+                }
             };
             match answer {
                 ServerMessage::Work(signed) => {
@@ -527,7 +545,8 @@ impl Worker {
             // Ask for the next unit only if it could start now; otherwise the slot asks later.
             want: u32::from(self.supervisor.has_room()),
         };
-        let answer = herd_net::request(connection, &message)
+        self.network.wait_until_allowed().await;
+        let answer = herd_net::request_paced(connection, &message, &*self.network)
             .await
             .with_context(|| format!("report replica {replica_id}"))?;
         match answer {
@@ -635,8 +654,25 @@ impl Worker {
                 tracing::warn!("cached blob {hash} is unusable ({error}); fetching again")
             }
         }
-        let bytes = match herd_net::request(connection, &ClientMessage::FetchBlob { hash }).await? {
-            ServerMessage::Blob { hash: got, bytes } if got == hash => bytes,
+        self.network.wait_until_allowed().await;
+        let started = std::time::Instant::now();
+        let answer = herd_net::request_paced(
+            connection,
+            &ClientMessage::FetchBlob { hash },
+            &*self.network,
+        )
+        .await?;
+        let bytes = match answer {
+            ServerMessage::Blob { hash: got, bytes } if got == hash => {
+                let seconds = started.elapsed().as_secs_f64().max(1e-6);
+                tracing::info!(
+                    "fetched blob {hash}: {} bytes in {:.0} ms ({:.0} KiB/s)",
+                    bytes.len(),
+                    seconds * 1e3,
+                    bytes.len() as f64 / 1024.0 / seconds
+                );
+                bytes
+            }
             ServerMessage::Error { code, message } => {
                 bail!("fetch blob {hash} refused ({code:?}): {message}")
             }
@@ -792,6 +828,7 @@ async fn govern(
     preferences_file: PathBuf,
     overrides: Vec<String>,
     (cache, compiled): (BlobStore, PathBuf),
+    network: Arc<Network>,
 ) {
     let started = Instant::now();
     let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -814,6 +851,7 @@ async fn govern(
                     Ok(preferences) => {
                         tracing::info!("preferences reloaded from {}", preferences_file.display());
                         let disk_mb = preferences.disk_mb;
+                        network.set_preferences(&preferences);
                         let given_up = supervisor.set_preferences(preferences);
                         enforce_disk_limit(cache.clone(), compiled.clone(), disk_mb).await;
                         if !given_up.is_empty() {

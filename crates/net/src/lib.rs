@@ -208,16 +208,66 @@ pub async fn write_message<T: Serialize>(
 
 /// Reads one framed message from a stream, refusing an oversized frame from its header.
 pub async fn read_message<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, NetError> {
+    read_message_paced(recv, &Unpaced).await
+}
+
+/// Bytes moved between two calls to a [`Pace`].
+pub const PACE_CHUNK: usize = 16 * 1024;
+
+/// Paces transfers: each is asked, chunk by chunk (at most [`PACE_CHUNK`] bytes), when it may
+/// move them. A volunteer's bandwidth limits are a `Pace`.
+pub trait Pace: Sync {
+    /// Returns when `bytes` more may be sent.
+    fn upload(&self, bytes: usize) -> impl Future<Output = ()> + Send;
+    /// Called after `bytes` more were received; returns when reading may go on.
+    fn download(&self, bytes: usize) -> impl Future<Output = ()> + Send;
+}
+
+/// No limits.
+pub struct Unpaced;
+
+impl Pace for Unpaced {
+    async fn upload(&self, _: usize) {}
+    async fn download(&self, _: usize) {}
+}
+
+/// Reads one framed message, letting `pace` hold the reading back chunk by chunk (QUIC's flow
+/// control then slows the sender down).
+pub async fn read_message_paced<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    pace: &impl Pace,
+) -> Result<T, NetError> {
     let mut header = [0u8; HEADER_LEN];
     recv.read_exact(&mut header)
         .await
         .map_err(|e| NetError::Read(e.to_string()))?;
+    pace.download(HEADER_LEN).await;
     let len = decode_header(header)?;
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| NetError::Read(e.to_string()))?;
+    let mut filled = 0;
+    while filled < len {
+        let end = (filled + PACE_CHUNK).min(len);
+        recv.read_exact(&mut body[filled..end])
+            .await
+            .map_err(|e| NetError::Read(e.to_string()))?;
+        pace.download(end - filled).await;
+        filled = end;
+    }
     Ok(decode_body(&body)?)
+}
+
+/// Writes one framed message, asking `pace` before each chunk.
+pub async fn write_message_paced<T: Serialize>(
+    send: &mut SendStream,
+    message: &T,
+    pace: &impl Pace,
+) -> Result<(), NetError> {
+    let frame = encode_frame(message)?;
+    for chunk in frame.chunks(PACE_CHUNK) {
+        pace.upload(chunk.len()).await;
+        send.write_all(chunk).await?;
+    }
+    Ok(())
 }
 
 /// Sends one request on a new stream of `connection` and reads the one response.
@@ -225,10 +275,19 @@ pub async fn request<Q: Serialize, R: DeserializeOwned>(
     connection: &Connection,
     message: &Q,
 ) -> Result<R, NetError> {
+    request_paced(connection, message, &Unpaced).await
+}
+
+/// [`request`] under a [`Pace`].
+pub async fn request_paced<Q: Serialize, R: DeserializeOwned>(
+    connection: &Connection,
+    message: &Q,
+    pace: &impl Pace,
+) -> Result<R, NetError> {
     let (mut send, mut recv) = connection.open_bi().await?;
-    write_message(&mut send, message).await?;
+    write_message_paced(&mut send, message, pace).await?;
     send.finish()?;
-    read_message(&mut recv).await
+    read_message_paced(&mut recv, pace).await
 }
 
 /// A shutdown flag that turns true on SIGINT or SIGTERM: how the coordinator and the worker are
