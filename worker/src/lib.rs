@@ -413,6 +413,7 @@ impl Worker {
     /// first unit, each report asks for the next unit in the same round trip.
     async fn slot(self: Arc<Self>, slot: u32, connection: Connection) -> anyhow::Result<()> {
         let mut next: Option<SignedAssignment> = None;
+        let mut idle_answers: u32 = 0;
         loop {
             if next.is_none() {
                 // Ask for work only when a unit could start.
@@ -448,6 +449,7 @@ impl Worker {
                         tokio::time::sleep(ERROR_PAUSE).await;
                         continue;
                     }
+                    idle_answers = 0;
                     // In the spool before it starts: after a crash it runs again.
                     lock(&self.in_hand).insert(replica_id);
                     let spool = self.spool.clone();
@@ -464,10 +466,12 @@ impl Worker {
                         .await?;
                 }
                 ServerMessage::NoWork { retry_after_ms } => {
-                    tokio::time::sleep(Duration::from_millis(
-                        retry_after_ms.clamp(50, 60_000).into(),
-                    ))
-                    .await;
+                    // The coordinator's wait, doubled for every answer in a row without work
+                    // (up to 8 times): a worker without work stays quiet, and still picks up a
+                    // new batch within seconds.
+                    idle_answers = (idle_answers + 1).min(4);
+                    let wait = u64::from(retry_after_ms.clamp(50, 60_000)) << (idle_answers - 1);
+                    tokio::time::sleep(Duration::from_millis(wait.min(60_000))).await;
                 }
                 ServerMessage::Error { code, message } => {
                     tracing::warn!("work request refused ({code:?}): {message}");

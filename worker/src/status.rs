@@ -80,9 +80,13 @@ fn file_error(path: &Path, error: impl std::fmt::Display) -> StatusError {
 }
 
 impl StatusReport {
+    /// Replaces the file whole (written aside, then renamed), without syncing it: it is
+    /// rewritten every second and losing one to a crash loses nothing.
     pub fn write(&self, path: &Path) -> Result<(), StatusError> {
         let text = serde_json::to_vec_pretty(self).map_err(|e| file_error(path, e))?;
-        herd_net::write_file(path, &text, 0o644).map_err(|e| file_error(path, e))
+        let aside = path.with_extension("json.new");
+        std::fs::write(&aside, &text).map_err(|e| file_error(&aside, e))?;
+        std::fs::rename(&aside, path).map_err(|e| file_error(path, e))
     }
 
     pub fn read(path: &Path) -> Result<Self, StatusError> {
