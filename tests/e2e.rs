@@ -524,7 +524,7 @@ fn a_worker_killed_mid_unit_runs_it_again_from_its_spool() {
     assert!(latest.starts_with(b"P6\n320 320\n255\n"));
     drop(ada);
     // A worker that is not running: status says so and exits 1.
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(11));
     let output = worker_status(false);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stdout).contains("not running"));
@@ -756,6 +756,34 @@ fn a_download_limit_holds_within_ten_percent_on_a_large_input() {
             "fetched at {rate} KiB/s with a 512 KiB/s limit"
         );
     }
+}
+
+#[test]
+fn a_worker_stops_cleanly_on_sigterm() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let mut worker = start_worker(root.path(), &coordinator.join, "ada", "t", 1).expect("worker");
+    eventually(Duration::from_secs(20), "the worker to connect", || {
+        std::fs::read_to_string(&worker.log)
+            .ok()?
+            .contains("connected to")
+            .then_some(())
+    });
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &worker.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = eventually(Duration::from_secs(10), "the worker to exit", || {
+        worker.exit_code()
+    });
+    assert_eq!(code, Some(0), "a clean exit");
+    let log = std::fs::read_to_string(&worker.log).expect("log");
+    assert!(
+        log.contains("stopping: finished work is in the spool"),
+        "{log}"
+    );
 }
 
 /// The public host records, fetched with a plain HTTP client (no token).

@@ -245,7 +245,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     loop {
         let session = tokio::select! {
             result = worker.clone().session() => result,
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = shutdown.wait_for(|stop| *stop) => {
+                stopped();
+                return Ok(());
+            }
         };
         match session {
             Ok(()) => backoff = MIN_BACKOFF,
@@ -255,7 +258,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = shutdown.wait_for(|stop| *stop) => {
+                stopped();
+                return Ok(());
+            }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -733,6 +739,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Says the worker is stopping. Every finished replica is already in the spool (written before it
+/// is reported), and units cut short run again from their spool entry at the next start.
+fn stopped() {
+    tracing::info!("stopping: finished work is in the spool, unfinished units will run again");
+}
+
 /// How often the worker asks for the volunteer's standing.
 const STANDING_EVERY: Duration = Duration::from_secs(60);
 
@@ -749,6 +761,7 @@ impl Drop for Disconnected<'_> {
 async fn write_status(worker: Arc<Worker>) {
     let path = worker.config.data_dir.join(status::STATUS_FILE);
     let mut interval = tokio::time::interval(status::WRITE_EVERY);
+    let mut last: Option<StatusReport> = None;
     loop {
         interval.tick().await;
         let report = StatusReport {
@@ -768,6 +781,17 @@ async fn write_status(worker: Arc<Worker>) {
                 .load(std::sync::atomic::Ordering::Relaxed),
             written_ms: now_ms(),
         };
+        // Unchanged: rewritten only as a heartbeat, well within the time readers call stale.
+        if let Some(last) = &last {
+            let unchanged = StatusReport {
+                written_ms: last.written_ms,
+                ..report.clone()
+            } == *last;
+            if unchanged && report.written_ms - last.written_ms < status::HEARTBEAT_MS {
+                continue;
+            }
+        }
+        last = Some(report.clone());
         let path = path.clone();
         let written = tokio::task::spawn_blocking(move || report.write(&path)).await;
         if let Ok(Err(error)) = written {
@@ -840,11 +864,23 @@ async fn govern(
     let mut load = None;
     let mut on_battery = None;
     let mut last_slow: Option<Instant> = None;
-    let mut interval = tokio::time::interval(POLL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut changes = supervisor.subscribe();
+    let mut week_time = WeekTime::now();
     loop {
-        interval.tick().await;
+        // Every POLL while units run (the user's return must pause them at once); otherwise
+        // every SLOW_POLL, or at once when a unit starts: an idle worker barely wakes.
+        let pause = if supervisor.running() > 0 {
+            POLL
+        } else {
+            SLOW_POLL
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = changes.changed() => if changed.is_err() { return },
+        }
         if last_slow.is_none_or(|at| at.elapsed() >= SLOW_POLL) {
+            // The windows are to the minute: the local time is read once a second.
+            week_time = WeekTime::now();
             last_slow = Some(Instant::now());
             load = sources.load.as_mut().and_then(|s| s.other_load_percent());
             on_battery = sources.power.as_mut().and_then(|s| s.on_battery());
@@ -873,7 +909,7 @@ async fn govern(
             user_idle: sources.idle.as_mut().and_then(|s| s.user_idle()),
             other_load_percent: load,
             on_battery,
-            week_time: WeekTime::now(),
+            week_time,
         };
         let now_ms = started.elapsed().as_millis() as u64;
         if let Some(change) = supervisor.apply(now_ms, &readings) {

@@ -21,8 +21,11 @@ pub const LATEST_IMAGE: &str = "latest.ppm";
 /// How often the running worker rewrites the status file.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
 
+/// An unchanged status is rewritten this often, to show the worker is alive.
+pub const HEARTBEAT_MS: u64 = 4_000;
+
 /// A status older than this means the worker is not running.
-pub const STALE_AFTER_MS: u64 = 5_000;
+pub const STALE_AFTER_MS: u64 = 10_000;
 
 /// The worker's state at one moment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,7 +105,7 @@ impl StatusReport {
     /// In a word or a sentence: computing, paused and why, waiting, or not running.
     pub fn activity(&self, now_ms: u64) -> String {
         if now_ms.saturating_sub(self.written_ms) > STALE_AFTER_MS {
-            return "not running (its status is more than 5 s old)".into();
+            return "not running (its status is more than 10 s old)".into();
         }
         match (&self.hold, self.units.is_empty(), self.connected) {
             (Some(hold), _, _) => format!("paused: {hold}"),

@@ -87,6 +87,11 @@ impl Supervisor {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// A receiver that changes whenever units start or end, decisions change or preferences do.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Why units are held now, if they are.
     pub fn hold(&self) -> Option<Hold> {
         self.state().hold

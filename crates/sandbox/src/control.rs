@@ -79,6 +79,47 @@ impl RunControl {
 pub struct Controlled<F> {
     pub(crate) run: Pin<Box<F>>,
     pub(crate) control: Arc<RunControl>,
+    pub(crate) clock: Arc<WatchdogClock>,
+}
+
+/// Whether any unit is executing now, so the watchdog's clock ticks only then: an idle worker
+/// (no unit, or every unit paused) has no thread waking a hundred times a second.
+#[derive(Debug, Default)]
+pub(crate) struct WatchdogClock {
+    executing: std::sync::atomic::AtomicUsize,
+    thread: Mutex<Option<Thread>>,
+}
+
+impl WatchdogClock {
+    pub(crate) fn set_thread(&self, thread: Thread) {
+        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.executing.load(Ordering::SeqCst) == 0
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Some(thread) = &*self.thread.lock().unwrap_or_else(PoisonError::into_inner) {
+            thread.unpark();
+        }
+    }
+
+    /// Counts a stretch of execution (one poll of a run) for as long as the guard lives.
+    fn executing(&self) -> Executing<'_> {
+        if self.executing.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.wake();
+        }
+        Executing(self)
+    }
+}
+
+struct Executing<'a>(&'a WatchdogClock);
+
+impl Drop for Executing<'_> {
+    fn drop(&mut self) {
+        self.0.executing.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<F: Future<Output = Execution>> Future for Controlled<F> {
@@ -94,6 +135,8 @@ impl<F: Future<Output = Execution>> Future for Controlled<F> {
                 });
             }
             if !control.is_paused() {
+                let clock = self.clock.clone();
+                let _executing = clock.executing();
                 let polled = self.run.as_mut().poll(cx);
                 // The run only returns `Pending` at a fuel yield (host calls are synchronous).
                 if polled.is_pending() {

@@ -156,15 +156,31 @@ pub struct Sandbox {
     compiled: Mutex<HashMap<ContentHash, AdmittedModule>>,
     /// Compiled modules kept across restarts, if the caller gave a directory.
     disk: Option<disk_cache::DiskCache>,
+    clock: Arc<control::WatchdogClock>,
 }
 
-/// Advances the engine's epoch every [`WATCHDOG_TICK`] until the engine is dropped.
-fn start_watchdog_clock(engine: &Engine) {
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // The clock thread sleeps while no unit runs; wake it to notice the engine is gone.
+        self.clock.wake();
+    }
+}
+
+/// Advances the engine's epoch every [`WATCHDOG_TICK`] while some unit is executing, and sleeps
+/// (no wake-ups at all) while none is, until the engine is dropped.
+fn start_watchdog_clock(engine: &Engine, clock: &Arc<control::WatchdogClock>) {
     let weak = engine.weak();
+    let clock = clock.clone();
     let spawned = std::thread::Builder::new()
         .name("herd-watchdog".into())
         .spawn(move || {
+            clock.set_thread(std::thread::current());
             while let Some(engine) = weak.upgrade() {
+                if clock.is_idle() {
+                    drop(engine);
+                    std::thread::park();
+                    continue;
+                }
                 engine.increment_epoch();
                 drop(engine);
                 std::thread::sleep(WATCHDOG_TICK);
@@ -212,7 +228,8 @@ impl Sandbox {
             .table_elements(wasi::MAX_TABLE_ELEMENTS);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
-        start_watchdog_clock(&engine);
+        let clock = Arc::new(control::WatchdogClock::default());
+        start_watchdog_clock(&engine, &clock);
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| EngineError(format!("{e:#}")))?;
         let disk = match cache_dir {
@@ -226,6 +243,7 @@ impl Sandbox {
             linker,
             compiled: Mutex::new(HashMap::new()),
             disk,
+            clock,
         })
     }
 
@@ -314,6 +332,7 @@ impl Sandbox {
         Controlled {
             run: Box::pin(execute(engine, pre, state, limits)),
             control,
+            clock: self.clock.clone(),
         }
     }
 }
