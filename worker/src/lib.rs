@@ -473,9 +473,9 @@ impl Worker {
                 }
                 ServerMessage::NoWork { retry_after_ms } => {
                     // The coordinator's wait, doubled for every answer in a row without work
-                    // (up to 8 times): a worker without work stays quiet, and still picks up a
+                    // (up to 16 times): a worker without work stays quiet, and still picks up a
                     // new batch within seconds.
-                    idle_answers = (idle_answers + 1).min(4);
+                    idle_answers = (idle_answers + 1).min(5);
                     let wait = u64::from(retry_after_ms.clamp(50, 60_000)) << (idle_answers - 1);
                     tokio::time::sleep(Duration::from_millis(wait.min(60_000))).await;
                 }
@@ -760,10 +760,15 @@ impl Drop for Disconnected<'_> {
 /// Writes `DATA_DIR/status.json` every second, for `herd-worker status` and `screen`.
 async fn write_status(worker: Arc<Worker>) {
     let path = worker.config.data_dir.join(status::STATUS_FILE);
-    let mut interval = tokio::time::interval(status::WRITE_EVERY);
     let mut last: Option<StatusReport> = None;
     loop {
-        interval.tick().await;
+        // Each second while units run; at the heartbeat's pace while none does.
+        let pause = if worker.supervisor.running() > 0 {
+            status::WRITE_EVERY
+        } else {
+            Duration::from_millis(status::HEARTBEAT_MS)
+        };
+        tokio::time::sleep(pause).await;
         let report = StatusReport {
             volunteer: worker.config.volunteer.clone(),
             team: worker.config.team.clone(),
@@ -848,6 +853,9 @@ impl Sources {
 /// Polls for the load and the battery this often (user input is polled every [`POLL`]).
 const SLOW_POLL: Duration = Duration::from_secs(1);
 
+/// How often the governor looks while no unit runs (a unit starting wakes it at once).
+const IDLE_POLL: Duration = Duration::from_secs(2);
+
 /// The governor's loop: reads the sources every [`POLL`], re-reads the preferences file when it
 /// changes, and has the supervisor pause or resume units when the decision changes.
 async fn govern(
@@ -866,18 +874,8 @@ async fn govern(
     let mut last_slow: Option<Instant> = None;
     let mut changes = supervisor.subscribe();
     let mut week_time = WeekTime::now();
+    // Decide first, then wait: no unit starts before the first decision.
     loop {
-        // Every POLL while units run (the user's return must pause them at once); otherwise
-        // every SLOW_POLL, or at once when a unit starts: an idle worker barely wakes.
-        let pause = if supervisor.running() > 0 {
-            POLL
-        } else {
-            SLOW_POLL
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            changed = changes.changed() => if changed.is_err() { return },
-        }
         if last_slow.is_none_or(|at| at.elapsed() >= SLOW_POLL) {
             // The windows are to the minute: the local time is read once a second.
             week_time = WeekTime::now();
@@ -919,6 +917,17 @@ async fn govern(
                 Some(hold) => tracing::info!("pausing units: {hold}"),
                 None => tracing::debug!("units may run"),
             }
+        }
+        // Every POLL while units run (the user's return must pause them at once); otherwise
+        // every IDLE_POLL, or at once when a unit starts: an idle worker barely wakes.
+        let pause = if supervisor.running() > 0 {
+            POLL
+        } else {
+            IDLE_POLL
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = changes.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -22,7 +22,7 @@ pub const LATEST_IMAGE: &str = "latest.ppm";
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
 
 /// An unchanged status is rewritten this often, to show the worker is alive.
-pub const HEARTBEAT_MS: u64 = 4_000;
+pub const HEARTBEAT_MS: u64 = 5_000;
 
 /// A status older than this means the worker is not running.
 pub const STALE_AFTER_MS: u64 = 10_000;
