@@ -732,8 +732,8 @@ async fn enforce_disk_limit(cache: BlobStore, compiled: PathBuf, disk_mb: u64) {
 #[error("{0}")]
 pub struct Permanent(pub String);
 
-/// Milliseconds since the Unix epoch (deadlines are in this clock).
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (deadlines and the status file are in this clock).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -127,9 +127,7 @@ struct NotRunning;
 fn status(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     use herd_worker::status::{STALE_AFTER_MS, STATUS_FILE, StatusReport};
     let report = StatusReport::read(&data_dir.join(STATUS_FILE))?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = herd_worker::now_ms();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -7,7 +7,7 @@
 //! backend; [`run`] only reads the files the worker writes and handles the terminal.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use ratatui::Frame;
@@ -21,12 +21,6 @@ use crate::status::{Image, LATEST_IMAGE, STATUS_FILE, StatusReport, human};
 
 /// How often the view re-reads the worker's files.
 const REFRESH: Duration = Duration::from_millis(250);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Draws the whole view. `status` is `None` when the worker has written none.
 pub fn draw(frame: &mut Frame, status: Option<&StatusReport>, image: Option<&Image>, now_ms: u64) {
@@ -167,7 +161,7 @@ pub fn run(data_dir: &Path) -> anyhow::Result<()> {
         loop {
             let (status, image) = load(data_dir);
             terminal
-                .draw(|frame| draw(frame, status.as_ref(), image.as_ref(), now_ms()))
+                .draw(|frame| draw(frame, status.as_ref(), image.as_ref(), crate::now_ms()))
                 .context("draw")?;
             if ratatui::crossterm::event::poll(REFRESH).context("read the keyboard")?
                 && let ratatui::crossterm::event::Event::Key(_) =

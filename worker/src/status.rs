@@ -196,7 +196,33 @@ pub fn human(value: u64) -> String {
 
 /// Whether bytes look like an image the view can show (a binary PPM).
 pub fn is_image(bytes: &[u8]) -> bool {
-    Image::parse_ppm(bytes).is_some()
+    ppm_header(bytes).is_some()
+}
+
+/// A binary PPM's width, height and where its pixels start, if the bytes are one (`P6`,
+/// maxval 255, exactly `width * height * 3` bytes of pixels).
+fn ppm_header(bytes: &[u8]) -> Option<(usize, usize, usize)> {
+    let rest = bytes.strip_prefix(b"P6")?;
+    // Three numbers (width, height, maxval) separated by whitespace, then one whitespace byte.
+    let mut numbers = [0usize; 3];
+    let mut at = 0;
+    for number in &mut numbers {
+        while rest.get(at)?.is_ascii_whitespace() {
+            at += 1;
+        }
+        let start = at;
+        while rest.get(at)?.is_ascii_digit() {
+            at += 1;
+        }
+        *number = std::str::from_utf8(&rest[start..at]).ok()?.parse().ok()?;
+    }
+    let [width, height, maxval] = numbers;
+    if maxval != 255 || width == 0 || height == 0 || !rest.get(at)?.is_ascii_whitespace() {
+        return None;
+    }
+    let start = 2 + at + 1;
+    let pixels = bytes.len().checked_sub(start)?;
+    (pixels == width.checked_mul(height)?.checked_mul(3)?).then_some((width, height, start))
 }
 
 /// An RGB image.
@@ -212,32 +238,11 @@ impl Image {
     /// A binary PPM (`P6`, maxval 255), as the Mandelbrot and flame samples write; `None` for
     /// anything else.
     pub fn parse_ppm(bytes: &[u8]) -> Option<Self> {
-        let rest = bytes.strip_prefix(b"P6")?;
-        // Three numbers (width, height, maxval) separated by whitespace, then one whitespace byte.
-        let mut numbers = [0usize; 3];
-        let mut at = 0;
-        for number in &mut numbers {
-            while rest.get(at)?.is_ascii_whitespace() {
-                at += 1;
-            }
-            let start = at;
-            while rest.get(at)?.is_ascii_digit() {
-                at += 1;
-            }
-            *number = std::str::from_utf8(&rest[start..at]).ok()?.parse().ok()?;
-        }
-        let [width, height, maxval] = numbers;
-        if maxval != 255 || width == 0 || height == 0 || !rest.get(at)?.is_ascii_whitespace() {
-            return None;
-        }
-        let pixels = rest.get(at + 1..)?;
-        if pixels.len() != width.checked_mul(height)?.checked_mul(3)? {
-            return None;
-        }
+        let (width, height, start) = ppm_header(bytes)?;
         Some(Self {
             width,
             height,
-            rgb: pixels.to_vec(),
+            rgb: bytes[start..].to_vec(),
         })
     }
 
