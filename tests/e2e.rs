@@ -294,6 +294,82 @@ fn adaptive_replication_lets_trusted_hosts_validate_alone_with_correct_results()
     );
 }
 
+/// The whole chain of X idle detection with a real X server: workers that see the mouse move
+/// on the display fetch nothing, and compute once it has rested for `idle_minutes`.
+#[test]
+fn workers_on_an_x_display_wait_while_the_mouse_moves_and_compute_once_it_rests() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let screen = herd_e2e::xvfb::Xvfb::start();
+    screen.move_the_mouse(1);
+    let preferences = "only_when_idle = true\nidle_minutes = 1\nsuspend_above_load_percent = 0\n";
+    let names = ["ada", "grace"];
+    let workers: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let dir = herd_e2e::worker_dir(root.path(), name);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join("preferences.toml"), preferences).expect("preferences");
+            herd_e2e::start_worker_in(
+                root.path(),
+                &coordinator.join,
+                name,
+                "t",
+                1,
+                &[],
+                &[("DISPLAY", &screen.display), ("HERD_LOG", "info")],
+            )
+            .expect("worker")
+        })
+        .collect();
+    write_tiles(&root.path().join("inputs"), 2);
+    let batch = submit(
+        &coordinator,
+        root.path(),
+        &root.path().join("inputs"),
+        false,
+    );
+    let source = format!("user idle time from X display {}", screen.display);
+    for worker in &workers {
+        eventually(Duration::from_secs(10), "the X source to be used", || {
+            let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
+            (log.contains(&source) && log.contains("holding units: the computer is in use"))
+                .then_some(())
+        });
+    }
+    // The volunteer keeps working for a while: nothing is fetched, nothing computed.
+    for x in 0..8 {
+        screen.move_the_mouse(10 * x);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    screen.move_the_mouse(100);
+    let rested_from = std::time::Instant::now();
+    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    assert!(
+        status["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .all(|u| u["replicas"] == 0),
+        "nothing fetched while the mouse moved: {status}"
+    );
+    // Then leaves: after a minute without input the batch is computed.
+    eventually(
+        Duration::from_secs(120),
+        "the batch to be validated",
+        || {
+            let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+            (status["validated"] == 2).then_some(())
+        },
+    );
+    let waited = rested_from.elapsed();
+    assert!(
+        waited >= Duration::from_secs(60),
+        "computed after {waited:?} of rest"
+    );
+}
+
 #[test]
 fn a_worker_computes_only_in_its_hours_and_rereads_its_preferences() {
     let root = tempfile::tempdir().expect("tempdir");

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod xvfb;
+
 /// The directory holding the workspace's binaries: the test executable lives in its `deps/`.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -66,9 +68,20 @@ impl Drop for Process {
 }
 
 fn spawn(program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Process> {
+    spawn_in(program, args, log, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+fn spawn_in(
+    program: &Path,
+    args: &[String],
+    log: PathBuf,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Process> {
     let file = std::fs::File::create(&log)?;
     let child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .env("HERD_LOG", "info")
         // Local time is UTC for every process, so tests can reason about the workers' hours.
         .env("TZ", "UTC")
@@ -188,6 +201,19 @@ pub fn start_worker_with(
     cores: u32,
     extra: &[&str],
 ) -> anyhow::Result<Process> {
+    start_worker_in(root, join, volunteer, team, cores, extra, &[])
+}
+
+/// Starts a worker with extra arguments and environment variables (`DISPLAY`, say).
+pub fn start_worker_in(
+    root: &Path,
+    join: &str,
+    volunteer: &str,
+    team: &str,
+    cores: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Process> {
     let dir = worker_dir(root, volunteer);
     let mut args: Vec<String> = vec![
         "--data-dir".into(),
@@ -202,10 +228,11 @@ pub fn start_worker_with(
         cores.to_string(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    spawn(
+    spawn_in(
         &bin_dir().join("herd-worker"),
         &args,
         root.join(format!("worker-{volunteer}-{}.log", free_udp_port())),
+        env,
     )
 }
 

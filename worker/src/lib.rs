@@ -10,6 +10,7 @@
 pub mod bandwidth;
 pub mod cache;
 pub mod governor;
+pub mod input;
 pub mod install;
 pub mod logind;
 pub mod preferences;
@@ -18,6 +19,7 @@ pub mod sources;
 pub mod spool;
 pub mod status;
 pub mod supervisor;
+pub mod x11;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -822,20 +824,20 @@ struct Sources {
 }
 
 impl Sources {
-    /// Finds the sources (the kernel's files under `root`, logind on the system bus) and says in
-    /// the log which it found.
+    /// Finds the sources (an X display, logind on the system bus, the kernel's files under
+    /// `root`) and says in the log which it found and which it uses.
     async fn find(root: &std::path::Path) -> Self {
+        let idle = find_idle_source(root).await;
         let sources = Self {
-            idle: Logind::connect_system()
-                .await
-                .map(|s| Box::new(s) as Box<dyn IdleSource>),
+            idle,
             load: ProcStat::find(root).map(|s| Box::new(s) as Box<dyn LoadSource>),
             power: PowerSupplies::find(root).map(|s| Box::new(s) as Box<dyn PowerSource>),
         };
         match &sources.idle {
             Some(idle) => tracing::info!("user idle time from {}", idle.name()),
             None => tracing::warn!(
-                "no source of user idle time found: computing regardless of user input"
+                "no source of user idle time found (no X display, no logind, no readable input \
+                 device or terminal): computing regardless of user input"
             ),
         }
         match &sources.load {
@@ -848,6 +850,29 @@ impl Sources {
         }
         sources
     }
+}
+
+/// The user idle source, by precedence: an X display (it sees every pointer motion, and
+/// minimal X sessions never tell logind they are idle), then logind (desktops, Wayland, text
+/// sessions), then the input devices and terminals themselves. Each one found is logged.
+async fn find_idle_source(root: &std::path::Path) -> Option<Box<dyn IdleSource>> {
+    let mut found: Vec<Box<dyn IdleSource>> = Vec::new();
+    for display in x11::X11Idle::candidates() {
+        match x11::X11Idle::connect(&display) {
+            Ok(source) => found.push(Box::new(source)),
+            Err(error) => tracing::info!("not using X: {error}"),
+        }
+    }
+    if let Some(logind) = Logind::connect_system().await {
+        found.push(Box::new(logind));
+    }
+    if let Some(devices) = input::InputDevices::find(root) {
+        found.push(Box::new(devices));
+    }
+    for other in found.iter().skip(1) {
+        tracing::info!("also found, not used: {}", other.name());
+    }
+    found.into_iter().next()
 }
 
 /// Polls for the load and the battery this often (user input is polled every [`POLL`]).
@@ -874,6 +899,7 @@ async fn govern(
     let mut last_slow: Option<Instant> = None;
     let mut changes = supervisor.subscribe();
     let mut week_time = WeekTime::now();
+    let mut logged_hold = None;
     // Decide first, then wait: no unit starts before the first decision.
     loop {
         if last_slow.is_none_or(|at| at.elapsed() >= SLOW_POLL) {
@@ -911,11 +937,17 @@ async fn govern(
         };
         let now_ms = started.elapsed().as_millis() as u64;
         if let Some(change) = supervisor.apply(now_ms, &readings) {
-            match change {
-                // The CPU limit's slicing is routine: not worth a line twice a second.
-                Some(governor::Hold::Throttled) => {}
-                Some(hold) => tracing::info!("pausing units: {hold}"),
-                None => tracing::debug!("units may run"),
+            // A line when the reason changes, not each time its figures do (the user's idle
+            // seconds would log a line a second).
+            // The CPU limit's slicing is routine, not worth a line twice a second.
+            let change = change.filter(|hold| *hold != governor::Hold::Throttled);
+            let kind = change.as_ref().map(std::mem::discriminant);
+            if kind != logged_hold {
+                logged_hold = kind;
+                match change {
+                    Some(hold) => tracing::info!("holding units: {hold}"),
+                    None => tracing::info!("units may run"),
+                }
             }
         }
         // Every POLL while units run (the user's return must pause them at once); otherwise
