@@ -156,6 +156,27 @@ fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
     }
     check_results(&coordinator, root.path(), batch, &tiles);
     check_ledger(&coordinator, &status);
+    // Each worker measured its speed on the units it ran and keeps it for its requests.
+    for (name, _) in VOLUNTEERS {
+        let file = herd_e2e::worker_dir(root.path(), name).join("speed.json");
+        if let Ok(bytes) = std::fs::read(&file) {
+            let speed: serde_json::Value = serde_json::from_slice(&bytes).expect("speed json");
+            let pace = speed["fuel_per_second"].as_f64().expect("a measured speed");
+            assert!(pace >= 1.0, "{name}: {speed}");
+        }
+    }
+    let measured = VOLUNTEERS
+        .iter()
+        .filter(|(name, _)| {
+            herd_e2e::worker_dir(root.path(), name)
+                .join("speed.json")
+                .exists()
+        })
+        .count();
+    assert!(
+        measured >= 2,
+        "a quorum of 2 needs two workers that ran units"
+    );
     let credit = coordinator.herd_json(&["credit", "--json"]);
     let teams: HashMap<String, f64> = credit["teams"]
         .as_array()
@@ -1001,6 +1022,7 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
             &ClientMessage::Exchange {
                 reports: vec![claims(1, b"no"), claims(424_242, b"ok")],
                 want: 0,
+                fuel_per_second: None,
             },
         )
         .await
@@ -1033,6 +1055,7 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
             &ClientMessage::Exchange {
                 reports: Vec::new(),
                 want: 65,
+                fuel_per_second: None,
             },
         )
         .await

@@ -196,6 +196,7 @@ async fn exchanges(
             &ClientMessage::Exchange {
                 reports,
                 want: batch as u32,
+                fuel_per_second: None,
             },
         )
         .await

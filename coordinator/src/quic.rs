@@ -15,7 +15,7 @@ use herd_protocol::{
     PROTOCOL_VERSION, PublicKey, RefusedReport, ServerMessage, SignedReport, Standing,
     TeamStanding,
 };
-use herd_store::{HostRecord, ReportRefusal, StoreError};
+use herd_store::{HostRecord, ReportRefusal, StoreError, Want};
 use tokio::sync::Semaphore;
 
 use crate::{Shared, blocking, now_ms};
@@ -263,8 +263,13 @@ async fn answer(
             if let Some(refusal) = bad_signature(peer, std::slice::from_ref(&report)) {
                 return Ok((refusal, After::Close));
             }
-            let (fates, _) =
-                record_reports(shared, peer, vec![FinishedReplica { report, output }], 0).await?;
+            let (fates, _) = record_reports(
+                shared,
+                peer,
+                vec![FinishedReplica { report, output }],
+                Want::units(0),
+            )
+            .await?;
             Ok((
                 match fates.into_iter().next() {
                     Some(Ok(replica_id)) => ServerMessage::ReportAccepted { replica_id },
@@ -274,7 +279,11 @@ async fn answer(
                 After::KeepOpen,
             ))
         }
-        ClientMessage::Exchange { reports, want } => {
+        ClientMessage::Exchange {
+            reports,
+            want,
+            fuel_per_second,
+        } => {
             if reports.len() > MAX_EXCHANGE || want as usize > MAX_EXCHANGE {
                 return Ok((
                     error(
@@ -291,7 +300,11 @@ async fn answer(
             if let Some(refusal) = bad_signature(peer, &signed) {
                 return Ok((refusal, After::Close));
             }
-            let (fates, assignments) = record_reports(shared, peer, reports, want).await?;
+            let want_work = Want {
+                units: want,
+                fuel_per_second,
+            };
+            let (fates, assignments) = record_reports(shared, peer, reports, want_work).await?;
             let mut work = Vec::with_capacity(assignments.len());
             for assignment in assignments {
                 work.push(assignment.sign(&shared.project_key)?);
@@ -343,7 +356,7 @@ async fn record_reports(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     reports: Vec<FinishedReplica>,
-    want: u32,
+    want: Want,
 ) -> anyhow::Result<(Vec<Result<u64, RefusedReport>>, Vec<Assignment>)> {
     let mut fates: Vec<Option<Result<u64, RefusedReport>>> = Vec::with_capacity(reports.len());
     let mut to_store = Vec::new();

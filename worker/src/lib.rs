@@ -16,6 +16,7 @@ pub mod logind;
 pub mod preferences;
 pub mod screen;
 pub mod sources;
+pub mod speed;
 pub mod spool;
 pub mod status;
 pub mod supervisor;
@@ -109,6 +110,8 @@ struct Worker {
     connected: std::sync::atomic::AtomicBool,
     /// Units finished since the worker started.
     finished_units: std::sync::atomic::AtomicU64,
+    /// How fast units get done here, sent with each request for work.
+    speed: Mutex<speed::Speed>,
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder did (lists only pushed to
@@ -226,6 +229,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .collect();
     // Oldest first, taken from the end.
     restart.reverse();
+    let speed = speed::Speed::load(&config.data_dir);
+    if let Some(pace) = speed.fuel_per_second() {
+        tracing::info!("measured speed: {pace} fuel per second per unit");
+    }
     let worker = Arc::new(Worker {
         config,
         host_key,
@@ -240,6 +247,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         standing: Mutex::new(None),
         connected: std::sync::atomic::AtomicBool::new(false),
         finished_units: std::sync::atomic::AtomicU64::new(0),
+        speed: Mutex::new(speed),
     });
     let status_writer = tokio::spawn(write_status(worker.clone()));
     let _stop_status = AbortOnDrop(status_writer);
@@ -432,12 +440,22 @@ impl Worker {
                 Some(signed) => ServerMessage::Work(signed),
                 None => {
                     self.network.wait_until_allowed().await;
-                    herd_net::request_paced(
-                        &connection,
-                        &ClientMessage::RequestWork,
-                        &*self.network,
-                    )
-                    .await?
+                    let ask = ClientMessage::Exchange {
+                        reports: Vec::new(),
+                        want: 1,
+                        fuel_per_second: self.fuel_per_second(),
+                    };
+                    match herd_net::request_paced(&connection, &ask, &*self.network).await? {
+                        ServerMessage::Exchanged {
+                            work,
+                            retry_after_ms,
+                            ..
+                        } => match work.into_iter().next() {
+                            Some(signed) => ServerMessage::Work(signed),
+                            None => ServerMessage::NoWork { retry_after_ms },
+                        },
+                        other => other,
+                    }
                 }
             };
             match answer {
@@ -485,7 +503,7 @@ impl Worker {
                     tracing::warn!("work request refused ({code:?}): {message}");
                     tokio::time::sleep(ERROR_PAUSE).await;
                 }
-                other => bail!("unexpected answer to RequestWork: {other:?}"),
+                other => bail!("unexpected answer to a request for work: {other:?}"),
             }
         }
     }
@@ -556,6 +574,7 @@ impl Worker {
             reports: vec![finished],
             // Ask for the next unit only if it could start now; otherwise the slot asks later.
             want: u32::from(self.supervisor.has_room()),
+            fuel_per_second: self.fuel_per_second(),
         };
         self.network.wait_until_allowed().await;
         let answer = herd_net::request_paced(connection, &message, &*self.network)
@@ -635,6 +654,7 @@ impl Worker {
         };
         let sandbox = self.sandbox.clone();
         let seed = assignment.seed;
+        let started = Instant::now();
         let execution = tokio::task::spawn_blocking(move || match sandbox.admit(&module) {
             Ok(admitted) => sandbox.run_controlled(&admitted, &input, seed, &limits, control),
             Err(refusal) => Execution {
@@ -644,7 +664,31 @@ impl Worker {
         })
         .await;
         self.supervisor.finished(replica_id);
-        execution.context("sandbox task panicked")
+        let execution = execution.context("sandbox task panicked")?;
+        if let Outcome::Countable(result) = &execution.outcome {
+            self.measured(result.fuel, started.elapsed()).await;
+        }
+        Ok(execution)
+    }
+
+    /// This machine's measured speed, as sent with requests for work.
+    fn fuel_per_second(&self) -> Option<u64> {
+        lock(&self.speed).fuel_per_second()
+    }
+
+    /// A unit burned `fuel` in `elapsed` (pauses included): the speed moves and is kept.
+    async fn measured(&self, fuel: u64, elapsed: Duration) {
+        let speed = {
+            let mut speed = lock(&self.speed);
+            speed.observe(fuel, elapsed);
+            speed.clone()
+        };
+        let data_dir = self.config.data_dir.clone();
+        match tokio::task::spawn_blocking(move || speed.save(&data_dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!("speed file: {error:#}"),
+            Err(panic) => tracing::debug!("speed task: {panic}"),
+        }
     }
 
     /// A blob from the local cache, or fetched from the coordinator and checked against its hash.

@@ -26,7 +26,7 @@ pub use outcome::{AbortReason, Outcome, RunResult, Status, TrapKind};
 pub use signing::{PublicKey, Signature, SignatureError, SigningKey};
 
 /// The version of this protocol. A coordinator refuses a worker whose `Hello` carries another.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The ALPN identifier both ends of a Herd QUIC connection must agree on.
 pub const ALPN: &[u8] = b"herd/1";

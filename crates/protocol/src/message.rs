@@ -47,6 +47,11 @@ pub enum ClientMessage {
     Exchange {
         reports: Vec<FinishedReplica>,
         want: u32,
+        /// The fuel per second this host has been computing one unit at, pauses included (its
+        /// measured speed per core, as the volunteer's limits and presence let it run); `None`
+        /// until it has finished a unit. The coordinator does not assign it units of a batch
+        /// whose typical unit it could not finish before the replica deadline at this speed.
+        fuel_per_second: Option<u64>,
     },
     /// Ask for this host's volunteer's credit and rank (for the worker's screensaver view).
     Standing,

@@ -70,10 +70,12 @@ fn every_message_round_trips() {
                 output: b"hello".to_vec(),
             }],
             want: 4,
+            fuel_per_second: Some(2_500_000_000),
         },
         ClientMessage::Exchange {
             reports: Vec::new(),
             want: 0,
+            fuel_per_second: None,
         },
         ClientMessage::Standing,
     ];

@@ -241,15 +241,36 @@ pub trait Store: Send + Sync {
 
     /// A worker's exchange in one operation: records its reports in order (each as
     /// [`record_report`](Store::record_report) would; a refused one does not stop the others),
-    /// counts the refused ones against the host, then assigns up to `want` replicas as
-    /// [`assign`](Store::assign) would. One operation instead of many: one savepoint, one answer.
+    /// counts the refused ones against the host, then assigns up to `want.units` replicas as
+    /// [`assign`](Store::assign) would, of batches whose typical unit the host can finish before
+    /// the deadline at `want.fuel_per_second`. One operation instead of many: one savepoint,
+    /// one answer.
     fn exchange(
         &self,
         host_id: u64,
         reports: Vec<(u64, Outcome)>,
-        want: u32,
+        want: Want,
         now_ms: u64,
     ) -> Pending<Exchange>;
+}
+
+/// The work a host asks for in an exchange.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    /// How many replicas.
+    pub units: u32,
+    /// The host's measured speed per core (fuel per second, pauses included), if known.
+    pub fuel_per_second: Option<u64>,
+}
+
+impl Want {
+    /// `units` replicas for a host of unknown speed.
+    pub fn units(units: u32) -> Self {
+        Self {
+            units,
+            fuel_per_second: None,
+        }
+    }
 }
 
 /// What an exchange did.

@@ -29,6 +29,34 @@ pub(crate) struct LiveBatch {
     pub(crate) open_units: u64,
     /// Open units that want another replica now, in id order (oldest first).
     pub(crate) wanting: BTreeSet<u64>,
+    /// Credit grants of this batch so far (in the ledger, revoked or not).
+    pub(crate) grants: u64,
+    /// Their fuel, each divided by [`FUEL_SUM_UNIT`] before summing, so no batch can overflow.
+    pub(crate) granted_fuel: u64,
+}
+
+/// The unit in which [`LiveBatch::granted_fuel`] sums fuel (a grant's fuel is rounded down to it).
+pub(crate) const FUEL_SUM_UNIT: u64 = 1024;
+
+impl LiveBatch {
+    /// The fuel a unit of this batch typically burns: the mean of its granted results, or
+    /// `None` before the first.
+    pub(crate) fn typical_fuel(&self) -> Option<u64> {
+        (self.grants > 0).then(|| self.granted_fuel / self.grants * FUEL_SUM_UNIT)
+    }
+
+    /// Whether a host computing `fuel_per_second` finishes a typical unit before the replica
+    /// deadline. Unknown speeds and batches with no result yet are given the benefit of the
+    /// doubt (as BOINC's first estimate is).
+    pub(crate) fn fits(&self, fuel_per_second: Option<u64>) -> bool {
+        match (self.typical_fuel(), fuel_per_second) {
+            (Some(fuel), Some(speed)) => {
+                let needed_ms = u128::from(fuel) * 1000 / u128::from(speed.max(1));
+                needed_ms <= u128::from(self.policy.replica_deadline_ms)
+            }
+            _ => true,
+        }
+    }
 }
 
 /// An open unit and every replica it has had.
@@ -177,15 +205,22 @@ impl Live {
         }
     }
 
-    /// Picks a unit for `host_id` (of `volunteer_id`): batches by priority, then the one with
-    /// the fewest replicas in flight (fair share), then the oldest; within a batch, the oldest
-    /// unit that wants a replica and that neither this volunteer nor this host holds or has
-    /// reported. At most `scan_limit` units are examined.
-    pub(crate) fn pick(&self, host_id: u64, volunteer_id: u64, scan_limit: usize) -> Option<Pick> {
+    /// Picks a unit for `host_id` (of `volunteer_id`, computing `fuel_per_second` if known):
+    /// among the batches whose typical unit it can finish before the deadline, by priority,
+    /// then the one with the fewest replicas in flight (fair share), then the oldest; within a
+    /// batch, the oldest unit that wants a replica and that neither this volunteer nor this
+    /// host holds or has reported. At most `scan_limit` units are examined.
+    pub(crate) fn pick(
+        &self,
+        host_id: u64,
+        volunteer_id: u64,
+        fuel_per_second: Option<u64>,
+        scan_limit: usize,
+    ) -> Option<Pick> {
         let mut order: Vec<(&u64, &LiveBatch)> = self
             .batches
             .iter()
-            .filter(|(_, batch)| !batch.wanting.is_empty())
+            .filter(|(_, batch)| !batch.wanting.is_empty() && batch.fits(fuel_per_second))
             .collect();
         order.sort_by(|(a_id, a), (b_id, b)| {
             b.priority
@@ -408,6 +443,8 @@ mod tests {
             in_flight: 0,
             open_units: 0,
             wanting: BTreeSet::new(),
+            grants: 0,
+            granted_fuel: 0,
         }
     }
 
@@ -447,7 +484,7 @@ mod tests {
         live.insert_unit(10, unit(1));
         live.hosts.insert(7, host(70));
         live.hosts.insert(8, host(80));
-        let pick = live.pick(7, 70, 100).expect("a unit");
+        let pick = live.pick(7, 70, None, 100).expect("a unit");
         assert_eq!(
             pick,
             Pick {
@@ -456,15 +493,19 @@ mod tests {
             }
         );
         live.add_replica(&pick, replica(1, 70), 7, 100);
-        assert_eq!(live.pick(7, 70, 100), None, "volunteer 70 already holds it");
-        let pick = live.pick(8, 80, 100).expect("a second replica");
+        assert_eq!(
+            live.pick(7, 70, None, 100),
+            None,
+            "volunteer 70 already holds it"
+        );
+        let pick = live.pick(8, 80, None, 100).expect("a second replica");
         live.add_replica(&pick, replica(2, 80), 8, 100);
         assert!(live.batches[&1].wanting.is_empty());
         assert_eq!(live.batches[&1].in_flight, 2);
         assert_eq!(live.expired(101), vec![1, 2]);
         live.end_in_progress(1, ReplicaState::TimedOut);
         live.refresh_wanting(10);
-        assert_eq!(live.pick(7, 70, 100).map(|p| p.unit_id), Some(10));
+        assert_eq!(live.pick(7, 70, None, 100).map(|p| p.unit_id), Some(10));
         assert_eq!(live.hosts[&7].in_flight.len(), 0);
         live.close_unit(10);
         assert!(live.batches.is_empty());
@@ -487,11 +528,11 @@ mod tests {
             live.insert_unit(unit_id, unit(batch_id));
         }
         live.hosts.insert(7, host(70));
-        assert_eq!(live.pick(7, 70, 100).map(|p| p.batch_id), Some(3));
+        assert_eq!(live.pick(7, 70, None, 100).map(|p| p.batch_id), Some(3));
         live.batches.remove(&3);
-        let first = live.pick(7, 70, 100).expect("pick");
+        let first = live.pick(7, 70, None, 100).expect("pick");
         assert_eq!(first.batch_id, 1);
         live.add_replica(&first, replica(1, 70), 7, 100);
-        assert_eq!(live.pick(7, 70, 100).map(|p| p.batch_id), Some(2));
+        assert_eq!(live.pick(7, 70, None, 100).map(|p| p.batch_id), Some(2));
     }
 }

@@ -17,10 +17,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::live::Live;
 use crate::{
     BatchStatus, CreditLine, CreditTotals, Exchange, HostLine, HostRecord, NewBatch, Pending,
-    ReportEffect, ReportRefusal, RetiredBatch, Store, StoreError, UnitStatus,
+    ReportEffect, ReportRefusal, RetiredBatch, Store, StoreError, UnitStatus, Want,
 };
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -71,6 +71,80 @@ const MIGRATIONS: &[&str] = &[
          fuel INTEGER NOT NULL,
          revoked_ms INTEGER NOT NULL
      );",
+    // 6: batch, unit and replica ids are never reused. Retiring the newest batch purged the
+    // highest ids and SQLite handed them out again: a researcher's batch id could name another
+    // batch, and a new replica could meet its id in the credit ledger, which outlives purged
+    // replicas, and lose its grant. AUTOINCREMENT tables, their counters starting above every
+    // id ever used (the ledgers included). Foreign keys are off while migrating.
+    "CREATE TABLE batches_v6 (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         module_hash TEXT NOT NULL,
+         quorum INTEGER NOT NULL,
+         max_total_replicas INTEGER NOT NULL,
+         max_error_replicas INTEGER NOT NULL,
+         replica_deadline_ms INTEGER NOT NULL,
+         fuel_limit INTEGER NOT NULL,
+         memory_limit_bytes INTEGER NOT NULL,
+         output_limit_bytes INTEGER NOT NULL,
+         created_ms INTEGER NOT NULL,
+         initial_replicas INTEGER NOT NULL DEFAULT 0,
+         max_success_replicas INTEGER NOT NULL DEFAULT 0,
+         priority INTEGER NOT NULL DEFAULT 0,
+         trust_after INTEGER,
+         spot_check_ppm INTEGER
+     );
+     CREATE TABLE units_v6 (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         batch_id INTEGER NOT NULL REFERENCES batches(id),
+         name TEXT NOT NULL,
+         input_hash TEXT NOT NULL,
+         seed INTEGER NOT NULL,
+         state TEXT NOT NULL CHECK (state IN ('open', 'validated', 'failed')),
+         canonical TEXT,
+         failure TEXT,
+         alone INTEGER NOT NULL DEFAULT 0,
+         alone_host_id INTEGER,
+         alone_replica_id INTEGER,
+         UNIQUE (batch_id, name)
+     );
+     CREATE TABLE replicas_v6 (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         unit_id INTEGER NOT NULL REFERENCES units(id),
+         host_id INTEGER NOT NULL REFERENCES hosts(id),
+         volunteer_id INTEGER NOT NULL REFERENCES volunteers(id),
+         assigned_ms INTEGER NOT NULL,
+         deadline_ms INTEGER NOT NULL,
+         state TEXT NOT NULL CHECK (state IN ('in_progress', 'reported', 'aborted', 'timed_out')),
+         result TEXT,
+         abort_reason TEXT,
+         validity TEXT NOT NULL DEFAULT 'pending' CHECK (validity IN ('pending', 'valid', 'invalid')),
+         reported_ms INTEGER,
+         output_hash TEXT
+     );
+     INSERT INTO batches_v6 SELECT * FROM batches;
+     INSERT INTO units_v6 SELECT * FROM units;
+     INSERT INTO replicas_v6 SELECT * FROM replicas;
+     DROP TABLE replicas;
+     DROP TABLE units;
+     DROP TABLE batches;
+     ALTER TABLE batches_v6 RENAME TO batches;
+     ALTER TABLE units_v6 RENAME TO units;
+     ALTER TABLE replicas_v6 RENAME TO replicas;
+     DELETE FROM sqlite_sequence WHERE name IN ('batches', 'units', 'replicas');
+     INSERT INTO sqlite_sequence (name, seq)
+         SELECT 'batches', COALESCE(MAX(id), 0) FROM batches
+         UNION ALL SELECT 'units', COALESCE(MAX(id), 0) FROM units
+         UNION ALL SELECT 'replicas', MAX(COALESCE((SELECT MAX(id) FROM replicas), 0),
+                                          COALESCE((SELECT MAX(replica_id) FROM credit), 0),
+                                          COALESCE((SELECT MAX(replica_id) FROM credit_revoked), 0));
+     CREATE INDEX units_by_state ON units (state, id);
+     CREATE INDEX units_by_batch ON units (batch_id, state, id);
+     CREATE INDEX units_by_input ON units (input_hash);
+     CREATE INDEX units_alone_unconfirmed ON units (alone_host_id) WHERE alone_host_id IS NOT NULL;
+     CREATE INDEX replicas_by_unit ON replicas (unit_id);
+     CREATE INDEX replicas_in_progress ON replicas (state, deadline_ms);
+     CREATE INDEX replicas_by_host ON replicas (host_id, state);
+     CREATE INDEX replicas_by_output ON replicas (output_hash);",
 ];
 
 const SCHEMA: &str = "
@@ -291,6 +365,9 @@ impl SqliteStore {
             [],
         )?;
         let mut connection = connection;
+        // Migrations that rebuild a table need foreign keys off (a pragma that only takes
+        // effect outside a transaction); they are checked before being turned on again.
+        connection.pragma_update(None, "foreign_keys", "OFF")?;
         loop {
             let version: i64 = connection.query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -316,6 +393,16 @@ impl SqliteStore {
             )?;
             tx.commit()?;
         }
+        let dangling: i64 =
+            connection.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })?;
+        if dangling > 0 {
+            return Err(StoreError::Corrupt(format!(
+                "{dangling} rows refer to rows that do not exist"
+            )));
+        }
+        connection.pragma_update(None, "foreign_keys", "ON")?;
         // Load once here so a corrupt database is refused at open, not at the first request.
         work::load_live(&connection)?;
         let (sender, receiver) = mpsc::channel();
@@ -450,7 +537,7 @@ impl Store for SqliteStore {
     }
 
     fn assign(&self, host_id: u64, now_ms: u64) -> Pending<Option<Assignment>> {
-        self.run(move |tx, live| work::assign(tx, live, host_id, now_ms))
+        self.run(move |tx, live| work::assign(tx, live, host_id, None, now_ms))
     }
 
     fn record_report(
@@ -470,7 +557,7 @@ impl Store for SqliteStore {
         &self,
         host_id: u64,
         reports: Vec<(u64, Outcome)>,
-        want: u32,
+        want: Want,
         now_ms: u64,
     ) -> Pending<Exchange> {
         self.run(move |tx, live| {
@@ -495,8 +582,8 @@ impl Store for SqliteStore {
                 .execute(params![to_i64(host_id), refused as i64])?;
             }
             let mut assignments = Vec::new();
-            for _ in 0..want {
-                match work::assign(tx, live, host_id, now_ms)? {
+            for _ in 0..want.units {
+                match work::assign(tx, live, host_id, want.fuel_per_second, now_ms)? {
                     Some(assignment) => assignments.push(assignment),
                     None => break,
                 }

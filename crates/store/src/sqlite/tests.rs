@@ -7,6 +7,15 @@ use herd_protocol::{AbortReason, Status};
 use super::*;
 use crate::NewUnit;
 
+/// Some exchanges say how fast the host is, so the deadline filter runs in the mirror test too.
+fn want_with_speed(units: u32) -> Want {
+    Want {
+        units,
+        // Too slow for any unit of 3e9 fuel, or fast enough.
+        fuel_per_second: [None, Some(50), None, Some(10_000_000)][units as usize % 4],
+    }
+}
+
 fn key(n: u8) -> PublicKey {
     PublicKey([n; 32])
 }
@@ -599,6 +608,33 @@ fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs()
     assert_eq!(store.retire_batch(first).wait().expect("retire"), None);
 }
 
+#[test]
+fn ids_are_never_reused_after_the_newest_batch_is_retired_and_its_grants_stay_apart() {
+    let store = SqliteStore::in_memory().expect("open");
+    let host = hosts(&store, 1)[0].host_id;
+    let run_one = |batch_id: u64| {
+        let r = store.assign(host, 0).wait().expect("assign").expect("work");
+        assert_eq!(r.batch_id, batch_id);
+        store
+            .record_report(host, r.replica_id, &success(b"x"), 1)
+            .wait()
+            .expect("report");
+        r
+    };
+    let first = store.create_batch(&batch(1, 1), 0).wait().expect("batch");
+    let old = run_one(first);
+    store.retire_batch(first).wait().expect("retire");
+    // The newest batch, its unit and its replica are gone: none of their ids comes back.
+    let second = store.create_batch(&batch(1, 1), 0).wait().expect("batch");
+    assert!(second > first, "batch id {second} after {first}");
+    let new = run_one(second);
+    assert!(new.unit_id > old.unit_id && new.replica_id > old.replica_id);
+    // Both grants are in the ledger: the second was not taken for the first.
+    let totals = store.credit_totals(1).wait().expect("credit");
+    assert_eq!(totals.volunteers[0].replicas, 2, "{totals:?}");
+    mirrored(&store);
+}
+
 /// A quorum-2 batch with adaptive replication: trusted after `trust_after` checked valid results,
 /// spot checks with the given chance.
 fn adaptive_batch(units: usize, trust_after: u32, spot_check_ppm: u32) -> NewBatch {
@@ -812,13 +848,52 @@ fn an_invalid_result_resets_trust_and_reopens_what_the_host_validated_alone() {
 }
 
 #[test]
+fn a_host_too_slow_for_the_deadline_gets_no_units_of_a_batch_it_cannot_finish() {
+    let store = SqliteStore::in_memory().expect("open");
+    let mut new = batch(6, 1);
+    new.policy.replica_deadline_ms = 60_000;
+    store.create_batch(&new, 0).wait().expect("batch");
+    let hosts = hosts(&store, 4);
+    let speed = |fuel_per_second| Want {
+        units: 1,
+        fuel_per_second,
+    };
+    // Before any result the batch's typical unit is unknown: even a slow host gets one.
+    let first = store
+        .exchange(hosts[0].host_id, Vec::new(), speed(Some(1)), 0)
+        .wait()
+        .expect("exchange");
+    assert_eq!(first.assignments.len(), 1);
+    let replica_id = first.assignments[0].replica_id;
+    store
+        .record_report(hosts[0].host_id, replica_id, &success(b"x"), 1)
+        .wait()
+        .expect("report");
+    // A typical unit now burns 3e9 fuel: in the minute the deadline gives, that needs 50 M
+    // fuel per second.
+    let ask = |host: usize, fuel_per_second| {
+        store
+            .exchange(hosts[host].host_id, Vec::new(), speed(fuel_per_second), 2)
+            .wait()
+            .expect("exchange")
+            .assignments
+            .len()
+    };
+    assert_eq!(ask(1, Some(40_000_000)), 0, "too slow");
+    assert_eq!(ask(2, Some(60_000_000)), 1, "fast enough");
+    assert_eq!(ask(3, None), 1, "speed unknown: benefit of the doubt");
+    // The typical fuel is rebuilt from the ledger when the store is opened again.
+    mirrored(&store);
+}
+
+#[test]
 fn an_exchange_records_reports_in_order_refuses_some_alone_and_assigns_after() {
     let store = SqliteStore::in_memory().expect("open");
     store.create_batch(&batch(3, 1), 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let (host, other) = (hosts[0].host_id, hosts[1].host_id);
     let first = store
-        .exchange(host, Vec::new(), 2, 0)
+        .exchange(host, Vec::new(), Want::units(2), 0)
         .wait()
         .expect("exchange");
     assert_eq!(first.reports, Vec::new());
@@ -837,7 +912,7 @@ fn an_exchange_records_reports_in_order_refuses_some_alone_and_assigns_after() {
         (first.assignments[1].replica_id, success(b"d")),
     ];
     let second = store
-        .exchange(host, reports, 4, 1)
+        .exchange(host, reports, Want::units(4), 1)
         .wait()
         .expect("exchange");
     assert_eq!(
@@ -1073,7 +1148,7 @@ mod mirror {
                         })
                         .unwrap_or_default();
                     let exchanged = store
-                        .exchange(*host_id, reports, want, now)
+                        .exchange(*host_id, reports, want_with_speed(want), now)
                         .wait()
                         .expect("exchange");
                     assert!(exchanged.assignments.len() <= want as usize);

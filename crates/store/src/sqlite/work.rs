@@ -15,7 +15,7 @@ use herd_protocol::{Assignment, Outcome, PublicKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{encode_result, parse_hash, parse_result, to_i64, to_u64};
-use crate::live::{Live, LiveBatch, LiveHost, LiveReplica, LiveUnit, ReplicaRef};
+use crate::live::{FUEL_SUM_UNIT, Live, LiveBatch, LiveHost, LiveReplica, LiveUnit, ReplicaRef};
 use crate::{HostRecord, NewBatch, ReportEffect, StoreError};
 
 /// Units examined per assignment request before answering "no work".
@@ -63,8 +63,24 @@ fn batch_from_row(row: &rusqlite::Row<'_>) -> Result<(u64, String, LiveBatch), r
             in_flight: 0,
             open_units: 0,
             wanting: Default::default(),
+            grants: 0,
+            granted_fuel: 0,
         },
     ))
+}
+
+/// Reads a batch's credit grants into its live record (for its typical fuel).
+fn load_grants(tx: &Connection, batch_id: u64, batch: &mut LiveBatch) -> Result<(), StoreError> {
+    let (grants, fuel): (i64, i64) = tx
+        .prepare_cached(&format!(
+            "SELECT COUNT(*), COALESCE(SUM(c.fuel / {FUEL_SUM_UNIT}), 0)
+             FROM units u JOIN replicas r ON r.unit_id = u.id JOIN credit c ON c.replica_id = r.id
+             WHERE u.batch_id = ?1"
+        ))?
+        .query_row([to_i64(batch_id)], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    batch.grants = to_u64(grants);
+    batch.granted_fuel = to_u64(fuel);
+    Ok(())
 }
 
 fn host_key(bytes: Vec<u8>, host_id: u64) -> Result<PublicKey, StoreError> {
@@ -116,6 +132,7 @@ pub(super) fn load_live(tx: &Connection) -> Result<Live, StoreError> {
         .collect::<Result<_, _>>()?;
     for (id, module, mut batch) in batches {
         batch.module = parse_hash(&module)?;
+        load_grants(tx, id, &mut batch)?;
         live.batches.insert(id, batch);
     }
     let host_ids: Vec<i64> = tx
@@ -375,6 +392,8 @@ pub(super) fn create_batch(
             in_flight: 0,
             open_units: 0,
             wanting: Default::default(),
+            grants: 0,
+            granted_fuel: 0,
         },
     );
     for (unit, unit_id) in batch.units.iter().zip(unit_ids) {
@@ -411,6 +430,7 @@ pub(super) fn assign(
     tx: &Connection,
     live: &mut Live,
     host_id: u64,
+    fuel_per_second: Option<u64>,
     now_ms: u64,
 ) -> Result<Option<Assignment>, StoreError> {
     let host = live_host(tx, live, host_id)?;
@@ -423,7 +443,7 @@ pub(super) fn assign(
         return Ok(None);
     }
     let (volunteer_id, key, trust) = (host.volunteer_id, host.key, host.trust);
-    let Some(pick) = live.pick(host_id, volunteer_id, ASSIGN_SCAN_LIMIT) else {
+    let Some(pick) = live.pick(host_id, volunteer_id, fuel_per_second, ASSIGN_SCAN_LIMIT) else {
         return Ok(None);
     };
     let (Some(batch), Some(unit)) = (
@@ -854,6 +874,7 @@ fn reopen_alone_units(tx: &Connection, live: &mut Live, host_id: u64) -> Result<
                 ))?
                 .query_row([to_i64(batch_id)], batch_from_row)?;
             batch.module = parse_hash(&module)?;
+            load_grants(tx, id, &mut batch)?;
             live.batches.insert(id, batch);
         }
         load_open_units(tx, live, Some(to_u64(*unit_id)))?;
@@ -888,6 +909,10 @@ fn grant(
             to_i64(now_ms)
         ])?;
     if granted == 1 {
+        if let Some(batch) = live.batches.get_mut(&reference.batch_id) {
+            batch.grants += 1;
+            batch.granted_fuel = batch.granted_fuel.saturating_add(fuel / FUEL_SUM_UNIT);
+        }
         let credit = credit_for_fuel(fuel);
         update_rac(
             tx,
