@@ -112,6 +112,8 @@ struct Worker {
     finished_units: std::sync::atomic::AtomicU64,
     /// How fast units get done here, sent with each request for work.
     speed: Mutex<speed::Speed>,
+    /// Taken by the slot that asks for new work (see `slot`).
+    work_probe: tokio::sync::Mutex<()>,
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder did (lists only pushed to
@@ -248,6 +250,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         connected: std::sync::atomic::AtomicBool::new(false),
         finished_units: std::sync::atomic::AtomicU64::new(0),
         speed: Mutex::new(speed),
+        work_probe: tokio::sync::Mutex::new(()),
     });
     let status_writer = tokio::spawn(write_status(worker.clone()));
     let _stop_status = AbortOnDrop(status_writer);
@@ -436,9 +439,13 @@ impl Worker {
                 self.supervisor.wait_for_room().await;
             }
             let recovered = lock(&self.recovered).pop();
+            // Held while asking for new work and through a "no work" wait: one slot at a time
+            // asks, so an idle worker sends one request per wait, not one per core.
+            let mut probe = None;
             let answer = match next.take().or(recovered) {
                 Some(signed) => ServerMessage::Work(signed),
                 None => {
+                    probe = Some(self.work_probe.lock().await);
                     self.network.wait_until_allowed().await;
                     let ask = ClientMessage::Exchange {
                         reports: Vec::new(),
@@ -460,6 +467,8 @@ impl Worker {
             };
             match answer {
                 ServerMessage::Work(signed) => {
+                    // Work came: the next slot may ask at once.
+                    drop(probe.take());
                     let project_key = self.config.join.project_key;
                     let replica_id = signed.assignment.replica_id;
                     let refusal = match signed.verify(&project_key) {
@@ -803,18 +812,27 @@ impl Drop for Disconnected<'_> {
     }
 }
 
-/// Writes `DATA_DIR/status.json` every second, for `herd-worker status` and `screen`.
+/// Writes `DATA_DIR/status.json` for `herd-worker status` and `screen`: at start, whenever units
+/// start, end, pause or resume, each second while units run, and as a heartbeat otherwise.
 async fn write_status(worker: Arc<Worker>) {
     let path = worker.config.data_dir.join(status::STATUS_FILE);
     let mut last: Option<StatusReport> = None;
+    let mut changes = worker.supervisor.subscribe();
+    let mut first = true;
     loop {
-        // Each second while units run; at the heartbeat's pace while none does.
-        let pause = if worker.supervisor.running() > 0 {
-            status::WRITE_EVERY
-        } else {
-            Duration::from_millis(status::HEARTBEAT_MS)
-        };
-        tokio::time::sleep(pause).await;
+        if !first {
+            // Each second while units run; at the heartbeat's pace while none does.
+            let pause = if worker.supervisor.running() > 0 {
+                status::WRITE_EVERY
+            } else {
+                Duration::from_millis(status::HEARTBEAT_MS)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+        }
+        first = false;
         let report = StatusReport {
             volunteer: worker.config.volunteer.clone(),
             team: worker.config.team.clone(),
@@ -831,6 +849,7 @@ async fn write_status(worker: Arc<Worker>) {
                 .finished_units
                 .load(std::sync::atomic::Ordering::Relaxed),
             written_ms: now_ms(),
+            pid: std::process::id(),
         };
         // Unchanged: rewritten only as a heartbeat, well within the time readers call stale.
         if let Some(last) = &last {
@@ -901,10 +920,13 @@ impl Sources {
 /// sessions), then the input devices and terminals themselves. Each one found is logged.
 async fn find_idle_source(root: &std::path::Path) -> Option<Box<dyn IdleSource>> {
     let mut found: Vec<Box<dyn IdleSource>> = Vec::new();
+    let named = std::env::var_os("DISPLAY").is_some();
     for display in x11::X11Idle::candidates() {
         match x11::X11Idle::connect(&display) {
             Ok(source) => found.push(Box::new(source)),
-            Err(error) => tracing::info!("not using X: {error}"),
+            // `$DISPLAY` failing is worth saying; a leftover socket of an ended X server is not.
+            Err(error) if named => tracing::info!("not using X: {error}"),
+            Err(error) => tracing::debug!("not using X: {error}"),
         }
     }
     if let Some(logind) = Logind::connect_system().await {
@@ -922,8 +944,9 @@ async fn find_idle_source(root: &std::path::Path) -> Option<Box<dyn IdleSource>>
 /// Polls for the load and the battery this often (user input is polled every [`POLL`]).
 const SLOW_POLL: Duration = Duration::from_secs(1);
 
-/// How often the governor looks while no unit runs (a unit starting wakes it at once).
-const IDLE_POLL: Duration = Duration::from_secs(2);
+/// How often the governor looks while no unit runs (a unit starting wakes it at once): with
+/// nothing to pause, a few seconds' delay in starting is nothing against `idle_minutes`.
+const IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// The governor's loop: reads the sources every [`POLL`], re-reads the preferences file when it
 /// changes, and has the supervisor pause or resume units when the decision changes.

@@ -125,7 +125,7 @@ fn main() -> ExitCode {
 struct NotRunning;
 
 fn status(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    use herd_worker::status::{STALE_AFTER_MS, STATUS_FILE, StatusReport};
+    use herd_worker::status::{STATUS_FILE, StatusReport};
     let report = StatusReport::read(&data_dir.join(STATUS_FILE))?;
     let now_ms = herd_worker::now_ms();
     if json {
@@ -135,7 +135,7 @@ fn status(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             println!("{line}");
         }
     }
-    if now_ms.saturating_sub(report.written_ms) > STALE_AFTER_MS {
+    if report.not_running(now_ms).is_some() {
         return Err(NotRunning.into());
     }
     Ok(())

@@ -226,6 +226,7 @@ mod tests {
             }),
             finished_units: 4,
             written_ms: 10_000,
+            pid: std::process::id(),
         }
     }
 

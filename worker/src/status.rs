@@ -21,11 +21,12 @@ pub const LATEST_IMAGE: &str = "latest.ppm";
 /// How often the running worker rewrites the status file.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
 
-/// An unchanged status is rewritten this often, to show the worker is alive.
-pub const HEARTBEAT_MS: u64 = 5_000;
+/// An unchanged status is rewritten this often, to show the worker is alive (readers also see
+/// at once when its process is gone).
+pub const HEARTBEAT_MS: u64 = 10_000;
 
-/// A status older than this means the worker is not running.
-pub const STALE_AFTER_MS: u64 = 10_000;
+/// A status older than this means the worker is not running, or is stuck.
+pub const STALE_AFTER_MS: u64 = 30_000;
 
 /// The worker's state at one moment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,9 @@ pub struct StatusReport {
     pub finished_units: u64,
     /// When the worker wrote this (Unix milliseconds).
     pub written_ms: u64,
+    /// The worker's process id (0 in files from before it was recorded).
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// One running or paused unit.
@@ -102,10 +106,25 @@ impl StatusReport {
         serde_json::from_slice(&text).map_err(|e| file_error(path, e))
     }
 
+    /// Why the worker that wrote this is not running, or `None` if it is: its process is
+    /// gone, or it has not written for [`STALE_AFTER_MS`].
+    pub fn not_running(&self, now_ms: u64) -> Option<String> {
+        let proc_entry = Path::new("/proc").join(self.pid.to_string());
+        if self.pid != 0 && Path::new("/proc/self").exists() && !proc_entry.exists() {
+            return Some(format!("not running (process {} is gone)", self.pid));
+        }
+        (now_ms.saturating_sub(self.written_ms) > STALE_AFTER_MS).then(|| {
+            format!(
+                "not running (its status is more than {} s old)",
+                STALE_AFTER_MS / 1000
+            )
+        })
+    }
+
     /// In a word or a sentence: computing, paused and why, waiting, or not running.
     pub fn activity(&self, now_ms: u64) -> String {
-        if now_ms.saturating_sub(self.written_ms) > STALE_AFTER_MS {
-            return "not running (its status is more than 10 s old)".into();
+        if let Some(gone) = self.not_running(now_ms) {
+            return gone;
         }
         match (&self.hold, self.units.is_empty(), self.connected) {
             (Some(hold), _, _) => format!("paused: {hold}"),
@@ -291,6 +310,7 @@ mod tests {
             standing: None,
             finished_units: 4,
             written_ms: 1_000,
+            pid: std::process::id(),
         };
         let path = dir.path().join(STATUS_FILE);
         report.write(&path).expect("write");
@@ -301,7 +321,23 @@ mod tests {
             "ada (team engines): paused: the computer is in use"
         );
         assert!(lines[3].contains("2.50 G fuel of at most 10.00 G, 12 s, paused"));
-        assert!(report.activity(100_000).starts_with("not running"));
+        assert_eq!(
+            report.activity(100_000),
+            "not running (its status is more than 30 s old)"
+        );
+        // A process that has ended is not running, however fresh its status.
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        child.wait().expect("wait");
+        let ended = StatusReport {
+            pid: child.id(),
+            ..report.clone()
+        };
+        assert_eq!(
+            ended.activity(1_500),
+            format!("not running (process {} is gone)", child.id())
+        );
         assert_eq!(report.units[0].budget_share(), 0.25);
         assert!(StatusReport::read(&dir.path().join("missing")).is_err());
     }

@@ -187,6 +187,11 @@ impl Supervisor {
         let mut changed = self.changed.subscribe();
         loop {
             if let Some(admission) = self.try_admit(unit) {
+                if matches!(admission, Admission::Start(_)) {
+                    // The governor polls fast only while units run, and the status shows them:
+                    // both hear of the start now.
+                    self.notify();
+                }
                 return admission;
             }
             // Woken by a decision, a finished unit or new preferences.
@@ -283,6 +288,23 @@ mod tests {
             Some(Admission::Start(control)) => control,
             _ => panic!("not admitted"),
         }
+    }
+
+    /// The governor polls fast only while units run and the status file shows them: a unit
+    /// starting must wake both, or the first seconds of a unit would go unwatched.
+    #[tokio::test]
+    async fn a_unit_starting_or_ending_is_announced() {
+        let supervisor = Supervisor::new(Governor::new(Preferences::default(), true), 2);
+        let mut changes = supervisor.subscribe();
+        let started = supervisor.admit(info(1, 1 << 20)).await;
+        assert!(matches!(started, Admission::Start(_)));
+        assert!(
+            changes.has_changed().expect("open"),
+            "the start is announced"
+        );
+        changes.borrow_and_update();
+        supervisor.finished(1);
+        assert!(changes.has_changed().expect("open"), "the end is announced");
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// A connection with no traffic for this long is closed; workers send keep-alives well inside it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often a worker pings an idle connection.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How often a worker pings an idle connection: three pings fit in [`IDLE_TIMEOUT`], and an idle
+/// worker barely wakes.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// A network failure, or bytes from the peer that break the protocol.
 #[derive(Debug, thiserror::Error)]
