@@ -1154,6 +1154,203 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     assert!(stderr.contains("forbidden"), "{stderr}");
 }
 
+/// The API contract of researchers: the administrator adds researchers, each sees only their
+/// own batches and blobs, pages and cancelling work, and every refusal is JSON with a code.
+#[test]
+fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let admin = coordinator.token.clone();
+    // The administrator adds grace; her token is printed once.
+    let added = coordinator.herd_json(&["researcher", "add", "grace", "--json"]);
+    let grace = added["token"].as_str().expect("token").to_string();
+    let (status, body) = coordinator.api(
+        "POST",
+        "/api/v1/researchers",
+        Some(&admin),
+        Some(r#"{"name": "grace"}"#),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("invalid_researcher"))
+    );
+    // Grace may not add researchers.
+    let (status, body) = coordinator.api(
+        "POST",
+        "/api/v1/researchers",
+        Some(&grace),
+        Some(r#"{"name": "eve"}"#),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+
+    // Each submits a batch.
+    write_tiles(&root.path().join("inputs"), 3);
+    let mine = submit(
+        &coordinator,
+        root.path(),
+        &root.path().join("inputs"),
+        false,
+    );
+    let module = root.path().join("mandelbrot.wasm");
+    let output = coordinator.herd_as(
+        &grace,
+        &[
+            "submit",
+            &module.display().to_string(),
+            "--inputs",
+            &root.path().join("inputs").display().to_string(),
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let hers: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("batch id");
+
+    // Lists: each their own.
+    let listed = |token: &str| -> Vec<u64> {
+        let output = coordinator.herd_as(token, &["batches", "--json"]);
+        assert!(output.status.success());
+        let batches: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        batches
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|b| b["id"].as_u64().expect("id"))
+            .collect()
+    };
+    assert_eq!(listed(&admin), vec![mine]);
+    assert_eq!(listed(&grace), vec![hers]);
+    // Another researcher's batch is "no such batch", to status, cancel and retire alike.
+    for (method, path) in [
+        ("GET", format!("/api/v1/batches/{hers}")),
+        ("POST", format!("/api/v1/batches/{hers}/cancel")),
+        ("POST", format!("/api/v1/batches/{hers}/retire")),
+    ] {
+        let (status, body) = coordinator.api(method, &path, Some(&admin), None);
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "batch_not_found");
+    }
+    // She sees her own batch; the module is the same bytes in both batches, so its blob is
+    // each one's to read.
+    let (status, _) = coordinator.api(
+        "GET",
+        &format!("/api/v1/batches/{hers}"),
+        Some(&grace),
+        None,
+    );
+    assert_eq!(status, 200);
+    let module_hash = herd_protocol::ContentHash::of(herd_samples::MANDELBROT_WASM);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for token in [&admin, &grace] {
+        let response = agent
+            .get(&format!("{}/api/v1/blobs/{module_hash}", coordinator.http))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("an answer");
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    // A blob of no batch of hers is not hers to read, even by hash.
+    let (status, body) = coordinator.api(
+        "GET",
+        &format!("/api/v1/blobs/{}", "ab".repeat(32)),
+        Some(&grace),
+        None,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("blob_not_found"))
+    );
+
+    // Pages.
+    let (status, page) = coordinator.api("GET", "/api/v1/batches?limit=1", Some(&admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(page["batches"][0]["id"], mine);
+    assert_eq!(page["next_after"], mine);
+    let (status, page) = coordinator.api(
+        "GET",
+        &format!("/api/v1/batches?after={mine}&limit=1"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(
+        (status, page["batches"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    for bad in ["/api/v1/batches?limit=0", "/api/v1/batches?limit=5000"] {
+        let (status, body) = coordinator.api("GET", bad, Some(&admin), None);
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("out_of_range")),
+            "{bad}"
+        );
+    }
+    let (status, body) = coordinator.api("GET", "/api/v1/batches?after=x", Some(&admin), None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_query"))
+    );
+    // No token, a wrong token.
+    let (status, body) = coordinator.api("GET", "/api/v1/batches", None, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, body) =
+        coordinator.api("GET", "/api/v1/batches", Some("not-a-token-at-all"), None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+
+    // Grace cancels hers: no worker ran, so every unit fails as cancelled.
+    let cancelled = coordinator.herd_as(&grace, &["cancel", &hers.to_string(), "--json"]);
+    assert!(cancelled.status.success());
+    let cancelled: serde_json::Value = serde_json::from_slice(&cancelled.stdout).expect("JSON");
+    assert_eq!(cancelled["cancelled_units"], 3);
+    let status = coordinator.herd_as(&grace, &["status", &hers.to_string(), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(
+        (status["failed"].as_u64(), status["open"].as_u64()),
+        (Some(3), Some(0))
+    );
+    // Mine is untouched, and a worker computes it (cancelled units are never sent).
+    let _worker = start_worker(root.path(), &coordinator.join, "ada", "t", 2).expect("worker");
+    let _other = start_worker(root.path(), &coordinator.join, "alan", "t", 2).expect("worker");
+    eventually(Duration::from_secs(60), "my batch to be validated", || {
+        let status = coordinator.herd_json(&["status", &mine.to_string(), "--json"]);
+        (status["validated"] == 3).then_some(())
+    });
+    let hosts = coordinator_hosts(&coordinator.http);
+    let replicas: u64 = hosts["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            ["valid", "invalid", "errors", "timed_out", "in_progress"]
+                .iter()
+                .map(|field| h[field].as_u64().expect("a count"))
+                .sum::<u64>()
+        })
+        .sum();
+    // Quorum 2 on 3 units: at least 6 replicas, and none of grace's cancelled units.
+    assert!(
+        (6..=8).contains(&replicas),
+        "only my 3 units were computed: {hosts}"
+    );
+}
+
 #[test]
 fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
     let root = tempfile::tempdir().expect("tempdir");

@@ -164,6 +164,58 @@ impl Coordinator {
             .expect("run herd")
     }
 
+    /// Runs `herd` against this coordinator with another researcher's token.
+    pub fn herd_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("herd"))
+            .args(args)
+            .env("HERD_COORDINATOR", &self.http)
+            .env("HERD_TOKEN", token)
+            .output()
+            .expect("run herd")
+    }
+
+    /// Sends an API request with an optional token and body; returns the status and the JSON
+    /// answer (every answer of the API, errors included, is JSON).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("{}{path}", self.http);
+        let with_token = |request: ureq::RequestBuilder<ureq::typestate::WithBody>| match token {
+            Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+            None => request,
+        };
+        let response = match method {
+            "GET" => {
+                let request = agent.get(&url);
+                match token {
+                    Some(token) => request
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .call(),
+                    None => request.call(),
+                }
+            }
+            "POST" => with_token(agent.post(&url))
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or("")),
+            other => panic!("api: method {other} is not used by the tests"),
+        };
+        let mut response = response.expect("an HTTP answer");
+        let status = response.status().as_u16();
+        let json = response
+            .body_mut()
+            .read_json()
+            .unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
     /// Runs `herd` and parses its stdout as JSON, failing loudly if it failed.
     pub fn herd_json(&self, args: &[&str]) -> serde_json::Value {
         let output = self.herd(args);

@@ -61,6 +61,7 @@ fn core(c: &mut Criterion) {
 
 fn batch() -> NewBatch {
     NewBatch {
+        researcher_id: 1,
         module: ContentHash::of(b"module"),
         policy: Policy::with_quorum(2),
         fuel_limit: 1_000_000,
@@ -119,6 +120,10 @@ fn run_batch(store: &SqliteStore, hosts: &[u64]) -> Duration {
 fn sqlite(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(&dir.path().join("bench.sqlite")).expect("open");
+    store
+        .ensure_researcher("bench", "token-hash", 0)
+        .wait()
+        .expect("researcher");
     let hosts: Vec<u64> = (1..=HOSTS)
         .map(|i| {
             store

@@ -1,13 +1,18 @@
 //! The HTTP API, JSON under `/api/v1`. Researcher endpoints need `Authorization: Bearer TOKEN`
-//! (401 without it, 403 with a wrong one); `/api/v1/credit` and `/api/v1/hosts` are public for dashboards.
+//! (401 without it, 403 with a token no researcher holds); each researcher sees only their own
+//! batches and their blobs, and another researcher's batch answers 404 like a missing one.
+//! `/api/v1/credit` and `/api/v1/hosts` are public for dashboards.
 //!
 //! | method | path | what |
 //! |---|---|---|
 //! | PUT | `/api/v1/blobs/{hash}` | upload a module or input (body: its bytes; refused if they do not hash to `{hash}`) |
-//! | GET | `/api/v1/blobs/{hash}` | download a blob (an output, by the hash in a unit's result) |
+//! | GET | `/api/v1/blobs/{hash}` | download a blob of one of your batches (an output, by the hash in a unit's result) |
 //! | POST | `/api/v1/batches` | create a batch (see [`CreateBatch`]) |
+//! | GET | `/api/v1/batches?after=ID&limit=N` | your batches, oldest first, a page at a time (`next_after` names the next page) |
 //! | GET | `/api/v1/batches/{id}` | a batch's progress and units |
+//! | POST | `/api/v1/batches/{id}/cancel` | fail the batch's open units as cancelled; no more replicas are sent |
 //! | POST | `/api/v1/batches/{id}/retire` | purge a batch's rows and blobs; `{"archive": true}` keeps a copy first |
+//! | POST | `/api/v1/researchers` | the administrator adds a researcher (`{"name"}`); the answer holds their token, once |
 //! | GET | `/api/v1/credit` | credit and recent average credit per volunteer and team |
 //! | GET | `/api/v1/hosts` | every host's record: valid, invalid, error, timed-out replicas, refused reports, credit |
 //!
@@ -17,7 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +31,7 @@ use axum::{Json, Router};
 use herd_lifecycle::{Adaptive, PPM, Policy};
 use herd_protocol::ContentHash;
 use herd_sandbox::{Limits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_OUTPUT_BYTES};
-use herd_store::{NewBatch, NewUnit, RetiredBatch, StoreError};
+use herd_store::{NewBatch, NewUnit, Researcher, RetiredBatch, StoreError};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -44,9 +50,11 @@ pub(crate) async fn serve(
 ) {
     let app = Router::new()
         .route("/api/v1/blobs/{hash}", get(get_blob).put(put_blob))
-        .route("/api/v1/batches", post(create_batch))
+        .route("/api/v1/batches", post(create_batch).get(list_batches))
         .route("/api/v1/batches/{id}", get(batch_status))
+        .route("/api/v1/batches/{id}/cancel", post(cancel_batch))
         .route("/api/v1/batches/{id}/retire", post(retire_batch))
+        .route("/api/v1/researchers", post(add_researcher))
         .route("/api/v1/credit", get(credit))
         .route("/api/v1/hosts", get(hosts))
         .fallback(not_found)
@@ -106,8 +114,18 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-/// Checks the researcher token in constant time.
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The name of the researcher whose token is the coordinator's own `researcher.token`: the
+/// administrator, who may add researchers.
+pub(crate) const ADMIN: &str = "admin";
+
+/// How a token is kept: its BLAKE3 hash, so the database never holds a usable token.
+pub(crate) fn token_hash(token: &str) -> String {
+    ContentHash::of(token.as_bytes()).to_hex()
+}
+
+/// The researcher whose token the request carries: 401 without one, 403 with one no
+/// researcher holds. The token is looked up by its hash, so comparing never touches it.
+async fn researcher(shared: &Shared, headers: &HeaderMap) -> Result<Researcher, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -120,22 +138,42 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default()
-        .trim()
-        .as_bytes();
-    let expected = shared.researcher_token.as_bytes();
-    let same_length = presented.len() == expected.len();
-    let difference = presented
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if same_length && difference == 0 {
-        Ok(())
-    } else {
-        Err(ApiError::new(
+        .trim();
+    let found = shared
+        .store
+        .researcher_by_token(&token_hash(presented))
+        .await
+        .map_err(anyhow::Error::from)?;
+    found.ok_or_else(|| {
+        ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "the token is not valid for this coordinator",
-        ))
+        )
+    })
+}
+
+/// "No such batch", for batches that do not exist and for other researchers' batches alike:
+/// whether another researcher's batch exists is not this researcher's business.
+fn no_batch(id: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "batch_not_found",
+        format!("no batch {id}"),
+    )
+}
+
+/// Checks that batch `id` is `researcher`'s.
+async fn own_batch(shared: &Shared, researcher: &Researcher, id: u64) -> Result<(), ApiError> {
+    let owner = shared
+        .store
+        .batch_owner(id)
+        .await
+        .map_err(anyhow::Error::from)?;
+    if owner == Some(researcher.id) {
+        Ok(())
+    } else {
+        Err(no_batch(id))
     }
 }
 
@@ -150,7 +188,7 @@ async fn put_blob(
     Path(hash): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
+    researcher(&shared, &headers).await?;
     let claimed = parse_hash(&hash)?;
     if body.len() > MAX_MODULE_BYTES {
         return Err(ApiError::new(
@@ -183,10 +221,22 @@ async fn get_blob(
     headers: HeaderMap,
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
+    let me = researcher(&shared, &headers).await?;
     let hash = parse_hash(&hash)?;
+    // Only blobs of the researcher's own batches: another researcher's output is not theirs
+    // to read, even by its hash.
+    let visible = shared
+        .store
+        .blob_visible(me.id, &hash)
+        .await
+        .map_err(anyhow::Error::from)?;
     let blobs = shared.blobs.clone();
-    match blocking(move || Ok(blobs.get(&hash)?)).await? {
+    let found = if visible {
+        blocking(move || Ok(blobs.get(&hash)?)).await?
+    } else {
+        None
+    };
+    match found {
         Some(bytes) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
         }
@@ -265,7 +315,7 @@ async fn create_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
+    let me = researcher(&shared, &headers).await?;
     let request: CreateBatch = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("batch description: {e}")))?;
     if request.units.is_empty() || request.units.len() > MAX_UNITS_PER_BATCH {
@@ -363,6 +413,7 @@ async fn create_batch(
         });
     }
     let batch = NewBatch {
+        researcher_id: me.id,
         module,
         policy,
         fuel_limit: fuel,
@@ -428,7 +479,7 @@ async fn batch_status(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
+    let me = researcher(&shared, &headers).await?;
     let id = parse_batch_id(&id)?;
     match shared
         .store
@@ -436,12 +487,8 @@ async fn batch_status(
         .await
         .map_err(anyhow::Error::from)?
     {
-        Some(status) => Ok(Json(status).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "batch_not_found",
-            format!("no batch {id}"),
-        )),
+        Some(status) if status.researcher_id == me.id => Ok(Json(status).into_response()),
+        _ => Err(no_batch(id)),
     }
 }
 
@@ -498,8 +545,9 @@ async fn retire_batch(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers)?;
+    let me = researcher(&shared, &headers).await?;
     let id = parse_batch_id(&id)?;
+    own_batch(&shared, &me, id).await?;
     let request: RetireBatch = if body.is_empty() {
         RetireBatch::default()
     } else {
@@ -524,11 +572,7 @@ async fn retire_batch(
             }))
             .into_response())
         }
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "batch_not_found",
-            format!("no batch {id}"),
-        )),
+        None => Err(no_batch(id)),
     }
 }
 
@@ -569,4 +613,117 @@ async fn hosts(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> 
         .await
         .map_err(anyhow::Error::from)?;
     Ok(Json(serde_json::json!({ "hosts": hosts })).into_response())
+}
+
+/// The query of `GET /api/v1/batches`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Batches with ids above this (the `next_after` of the page before).
+    after: Option<u64>,
+    /// At most this many (1..=1000, default 100).
+    limit: Option<u32>,
+}
+
+/// The most batches one page lists.
+const MAX_PAGE: u32 = 1000;
+
+/// `GET /api/v1/batches`: the researcher's batches, oldest first, a page at a time.
+async fn list_batches(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let me = researcher(&shared, &headers).await?;
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request("bad_query", format!("batch list: {e}")))?;
+    let limit = check_range(
+        "limit",
+        u64::from(query.limit.unwrap_or(100)),
+        1,
+        MAX_PAGE.into(),
+    )?;
+    let batches = shared
+        .store
+        .list_batches(me.id, query.after.unwrap_or(0), limit as u32)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let next_after = (batches.len() as u64 == limit)
+        .then(|| batches.last().map(|b| b.id))
+        .flatten();
+    Ok(Json(serde_json::json!({ "batches": batches, "next_after": next_after })).into_response())
+}
+
+/// `POST /api/v1/batches/{id}/cancel`.
+async fn cancel_batch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let me = researcher(&shared, &headers).await?;
+    let id = parse_batch_id(&id)?;
+    own_batch(&shared, &me, id).await?;
+    match shared
+        .store
+        .cancel_batch(id)
+        .await
+        .map_err(anyhow::Error::from)?
+    {
+        Some(cancelled) => {
+            tracing::info!(
+                "batch {id} cancelled by {}: {cancelled} open units",
+                me.name
+            );
+            Ok(Json(serde_json::json!({ "id": id, "cancelled_units": cancelled })).into_response())
+        }
+        None => Err(no_batch(id)),
+    }
+}
+
+/// The body of `POST /api/v1/researchers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddResearcher {
+    name: String,
+}
+
+/// `POST /api/v1/researchers` (the administrator only): adds a researcher and returns their
+/// token, once; the coordinator keeps only its hash.
+async fn add_researcher(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let me = researcher(&shared, &headers).await?;
+    if me.name != ADMIN {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the coordinator's administrator (the token in its researcher.token) adds researchers",
+        ));
+    }
+    let request: AddResearcher = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("new researcher: {e}")))?;
+    let token = hex::encode(herd_net::random_bytes::<24>().map_err(anyhow::Error::from)?);
+    let added = match shared
+        .store
+        .add_researcher(&request.name, &token_hash(&token), now_ms())
+        .await
+    {
+        Ok(added) => added,
+        Err(StoreError::Invalid(message)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_researcher",
+                message,
+            ));
+        }
+        Err(other) => return Err(anyhow::Error::from(other).into()),
+    };
+    tracing::info!("researcher {} ({}) added", added.name, added.id);
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": added.id, "name": added.name, "token": token })),
+    )
+        .into_response())
 }

@@ -45,7 +45,6 @@ pub(crate) struct Shared {
     pub(crate) archive_dir: PathBuf,
     pub(crate) sandbox: Sandbox,
     pub(crate) project_key: SigningKey,
-    pub(crate) researcher_token: String,
 }
 
 /// Milliseconds since the Unix epoch: the only clock the coordinator reads, passed to the pure
@@ -79,8 +78,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         archive_dir: config.data_dir.join("archive"),
         sandbox,
         project_key: SigningKey::from_seed(dir.project_key.seed()),
-        researcher_token: dir.researcher_token.clone(),
     });
+    // The token in DATA_DIR/researcher.token is the administrator's.
+    shared
+        .store
+        .ensure_researcher(
+            http::ADMIN,
+            &http::token_hash(&dir.researcher_token),
+            now_ms(),
+        )
+        .await
+        .context("record the administrator's token")?;
 
     // Derived from the project key so it survives restarts; see `server_endpoint`.
     let reset_secret = blake3::derive_key("herd quic stateless reset v1", &dir.project_key.seed());

@@ -270,3 +270,40 @@ pub(crate) fn hosts_table(hosts: &Value) -> String {
     }
     text
 }
+
+/// Every batch of the researcher, page after page.
+pub(crate) fn all_batches(client: &Client) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client.list_batches(after, 1000)?;
+        if let Some(batches) = page["batches"].as_array() {
+            all.extend(batches.iter().cloned());
+        }
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => return Ok(all),
+        }
+    }
+}
+
+/// The batch list as a table.
+pub(crate) fn batches_table(batches: &[Value]) -> String {
+    let mut table = format!(
+        "{:>8}  {:>9}  {:>9}  {:>7}  {:>7}  {:>6}  {:>8}\n",
+        "batch", "validated", "open", "failed", "total", "quorum", "priority"
+    );
+    for batch in batches {
+        table.push_str(&format!(
+            "{:>8}  {:>9}  {:>9}  {:>7}  {:>7}  {:>6}  {:>8}\n",
+            batch["id"],
+            count(batch, "validated"),
+            count(batch, "open"),
+            count(batch, "failed"),
+            count(batch, "total"),
+            batch["quorum"],
+            batch["priority"]
+        ));
+    }
+    table
+}

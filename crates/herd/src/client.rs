@@ -167,6 +167,39 @@ impl Client {
         Self::json("retire batch", &body)
     }
 
+    /// One page of the researcher's batches (ids above `after`).
+    pub(crate) fn list_batches(&self, after: u64, limit: u32) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .get(&self.url(&format!("batches?after={after}&limit={limit}")))
+            .header("Authorization", &self.auth()?)
+            .call();
+        let body = self.finish("list batches", response)?;
+        Self::json("list batches", &body)
+    }
+
+    /// Cancels a batch's open units.
+    pub(crate) fn cancel(&self, id: u64) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .post(&self.url(&format!("batches/{id}/cancel")))
+            .header("Authorization", &self.auth()?)
+            .send_empty();
+        let body = self.finish("cancel batch", response)?;
+        Self::json("cancel batch", &body)
+    }
+
+    /// Adds a researcher (the administrator only); the answer holds their token.
+    pub(crate) fn add_researcher(&self, name: &str) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .post(&self.url("researchers"))
+            .header("Authorization", &self.auth()?)
+            .send_json(serde_json::json!({ "name": name }));
+        let body = self.finish("add researcher", response)?;
+        Self::json("add researcher", &body)
+    }
+
     pub(crate) fn hosts(&self) -> anyhow::Result<Value> {
         let response = self.agent.get(&self.url("hosts")).call();
         let body = self.finish("hosts", response)?;

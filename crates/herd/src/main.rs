@@ -88,6 +88,24 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// List your batches and their progress, oldest first.
+    Batches {
+        /// Print the coordinator's JSON (every page, as one list).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a batch: its open units fail as cancelled and no more replicas are sent.
+    Cancel {
+        batch: u64,
+        /// Print the coordinator's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage researchers (the coordinator's administrator only).
+    Researcher {
+        #[command(subcommand)]
+        command: ResearcherCommand,
+    },
     /// Show a batch's progress.
     Status {
         batch: u64,
@@ -133,6 +151,17 @@ enum Command {
         /// Keep the coordinator's and workers' data and logs in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ResearcherCommand {
+    /// Add a researcher; prints their token, which the coordinator shows only this once.
+    Add {
+        name: String,
+        /// Print the coordinator's JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -222,6 +251,41 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{status}");
             } else {
                 println!("{}", batch::describe(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Batches { json } => {
+            let batches = batch::all_batches(&client())?;
+            if *json {
+                println!("{}", serde_json::Value::Array(batches));
+            } else {
+                print!("{}", batch::batches_table(&batches));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { batch: id, json } => {
+            let cancelled = client().cancel(*id)?;
+            if *json {
+                println!("{cancelled}");
+            } else {
+                println!(
+                    "batch {id} cancelled: {} open units will not run",
+                    cancelled["cancelled_units"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Researcher {
+            command: ResearcherCommand::Add { name, json },
+        } => {
+            let added = client().add_researcher(name)?;
+            if *json {
+                println!("{added}");
+            } else {
+                println!("{}", added["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "researcher {name} added; give them this token (HERD_TOKEN or --token): it is not shown again"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

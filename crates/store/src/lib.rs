@@ -60,9 +60,32 @@ pub struct HostRecord {
     pub cores: u32,
 }
 
+/// A researcher: who may create batches and see them (no one else sees them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Researcher {
+    pub id: u64,
+    pub name: String,
+}
+
+/// One line of a researcher's list of batches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchSummary {
+    pub id: u64,
+    pub module: String,
+    pub quorum: u32,
+    pub priority: i32,
+    pub total: u64,
+    pub open: u64,
+    pub validated: u64,
+    pub failed: u64,
+    pub created_ms: u64,
+}
+
 /// A batch to create: one module, its policy and limits, and one unit per input.
 #[derive(Clone, Debug)]
 pub struct NewBatch {
+    /// Whose batch it is.
+    pub researcher_id: u64,
     pub module: ContentHash,
     pub policy: Policy,
     pub fuel_limit: u64,
@@ -115,6 +138,8 @@ pub struct UnitStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BatchStatus {
     pub id: u64,
+    /// The researcher whose batch it is.
+    pub researcher_id: u64,
     pub module: String,
     pub quorum: u32,
     pub total: u64,
@@ -238,6 +263,37 @@ pub trait Store: Send + Sync {
 
     /// Counts a refused report against a host.
     fn record_refused_report(&self, host_id: u64) -> Pending<()>;
+
+    /// The researcher called `name`, created with this token hash if new, given the token hash
+    /// if not; batches created before researchers existed become theirs. For the coordinator's
+    /// own administrator, whose token is in its data directory.
+    fn ensure_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher>;
+
+    /// Adds a researcher; refused (`Invalid`) if the name is taken.
+    fn add_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher>;
+
+    /// The researcher holding the token with this hash.
+    fn researcher_by_token(&self, token_hash: &str) -> Pending<Option<Researcher>>;
+
+    /// A researcher's batches with ids above `after`, oldest first, at most `limit`.
+    fn list_batches(
+        &self,
+        researcher_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Pending<Vec<BatchSummary>>;
+
+    /// Whose batch this is; `None` if there is no such batch.
+    fn batch_owner(&self, batch_id: u64) -> Pending<Option<u64>>;
+
+    /// Whether a blob belongs to one of the researcher's batches (its module, an input, or an
+    /// output a replica reported).
+    fn blob_visible(&self, researcher_id: u64, hash: &ContentHash) -> Pending<bool>;
+
+    /// Cancels a batch: its open units fail as cancelled, and no more replicas of it are sent
+    /// (those running may still report). Returns how many units it cancelled; `None` if there
+    /// is no such batch.
+    fn cancel_batch(&self, batch_id: u64) -> Pending<Option<u64>>;
 
     /// A worker's exchange in one operation: records its reports in order (each as
     /// [`record_report`](Store::record_report) would; a refused one does not stop the others),

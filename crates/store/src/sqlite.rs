@@ -5,6 +5,7 @@
 //! assignment and settling reports are decided in memory and written to SQLite, so the hot path
 //! runs no query; SQLite is the durable record and the source `Live` is loaded from at start.
 
+mod researchers;
 mod work;
 
 use std::path::Path;
@@ -16,11 +17,12 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::live::Live;
 use crate::{
-    BatchStatus, CreditLine, CreditTotals, Exchange, HostLine, HostRecord, NewBatch, Pending,
-    ReportEffect, ReportRefusal, RetiredBatch, Store, StoreError, UnitStatus, Want,
+    BatchStatus, BatchSummary, CreditLine, CreditTotals, Exchange, HostLine, HostRecord, NewBatch,
+    Pending, ReportEffect, ReportRefusal, Researcher, RetiredBatch, Store, StoreError, UnitStatus,
+    Want,
 };
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -145,6 +147,16 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX replicas_in_progress ON replicas (state, deadline_ms);
      CREATE INDEX replicas_by_host ON replicas (host_id, state);
      CREATE INDEX replicas_by_output ON replicas (output_hash);",
+    // 7: researchers, each seeing only their own batches. Tokens are kept as hashes. Batches
+    // from before belong to the coordinator's administrator (set at start).
+    "CREATE TABLE researchers (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         name TEXT NOT NULL UNIQUE,
+         token_hash TEXT NOT NULL UNIQUE,
+         created_ms INTEGER NOT NULL
+     );
+     ALTER TABLE batches ADD COLUMN researcher_id INTEGER REFERENCES researchers(id);
+     CREATE INDEX batches_by_researcher ON batches (researcher_id, id);",
 ];
 
 const SCHEMA: &str = "
@@ -614,14 +626,15 @@ impl Store for SqliteStore {
 
     fn batch_status(&self, batch_id: u64) -> Pending<Option<BatchStatus>> {
         self.run(move |tx: &Connection, _: &mut Live| {
-            let batch: Option<(String, u32, i64)> = tx
+            let batch: Option<(String, u32, i64, Option<i64>)> = tx
                 .query_row(
-                    "SELECT module_hash, quorum, created_ms FROM batches WHERE id = ?1",
+                    "SELECT module_hash, quorum, created_ms, researcher_id
+                     FROM batches WHERE id = ?1",
                     [to_i64(batch_id)],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
                 )
                 .optional()?;
-            let Some((module, quorum, created_ms)) = batch else {
+            let Some((module, quorum, created_ms, researcher_id)) = batch else {
                 return Ok(None);
             };
             let mut units = Vec::new();
@@ -658,6 +671,7 @@ impl Store for SqliteStore {
             let count = |state: &str| units.iter().filter(|u| u.state == state).count() as u64;
             Ok(Some(BatchStatus {
                 id: batch_id,
+                researcher_id: researcher_id.map_or(0, to_u64),
                 module,
                 quorum,
                 total: units.len() as u64,
@@ -832,6 +846,43 @@ impl Store for SqliteStore {
                 unreferenced_blobs: unreferenced,
             }))
         })
+    }
+
+    fn ensure_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher> {
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        self.run(move |tx, _| researchers::ensure(tx, &name, &token_hash, now_ms))
+    }
+
+    fn add_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher> {
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        self.run(move |tx, _| researchers::add(tx, &name, &token_hash, now_ms))
+    }
+
+    fn researcher_by_token(&self, token_hash: &str) -> Pending<Option<Researcher>> {
+        let token_hash = token_hash.to_owned();
+        self.run(move |tx, _| researchers::by_token(tx, &token_hash))
+    }
+
+    fn list_batches(
+        &self,
+        researcher_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Pending<Vec<BatchSummary>> {
+        self.run(move |tx, _| researchers::list_batches(tx, researcher_id, after, limit))
+    }
+
+    fn batch_owner(&self, batch_id: u64) -> Pending<Option<u64>> {
+        self.run(move |tx, _| researchers::owner(tx, batch_id))
+    }
+
+    fn blob_visible(&self, researcher_id: u64, hash: &ContentHash) -> Pending<bool> {
+        let hash = hash.to_hex();
+        self.run(move |tx, _| researchers::blob_visible(tx, researcher_id, &hash))
+    }
+
+    fn cancel_batch(&self, batch_id: u64) -> Pending<Option<u64>> {
+        self.run(move |tx, live| researchers::cancel(tx, live, batch_id))
     }
 
     fn record_refused_report(&self, host_id: u64) -> Pending<()> {

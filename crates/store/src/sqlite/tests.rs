@@ -29,8 +29,20 @@ fn success(output: &[u8]) -> Outcome {
     })
 }
 
+/// An in-memory store with one researcher (id 1), whom [`batch`] makes the owner.
+fn open_store() -> SqliteStore {
+    let store = SqliteStore::in_memory().expect("open");
+    let researcher = store
+        .ensure_researcher("tester", "token-hash", 0)
+        .wait()
+        .expect("researcher");
+    assert_eq!(researcher.id, 1);
+    store
+}
+
 fn batch(units: usize, quorum: u32) -> NewBatch {
     NewBatch {
+        researcher_id: 1,
         module: ContentHash::of(b"module"),
         policy: Policy::with_quorum(quorum),
         fuel_limit: 1_000_000,
@@ -60,7 +72,7 @@ fn hosts(store: &SqliteStore, n: u8) -> Vec<HostRecord> {
 
 #[test]
 fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
@@ -129,7 +141,7 @@ fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
 
 #[test]
 fn a_disagreement_leads_to_a_third_replica_that_decides() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
@@ -180,7 +192,7 @@ fn a_disagreement_leads_to_a_third_replica_that_decides() {
 
 #[test]
 fn one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let first = store
         .register_host(&key(1), "ada", None, 4, 0)
@@ -206,7 +218,7 @@ fn one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts() {
 
 #[test]
 fn a_host_holds_no_more_replicas_than_its_cores() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     store.create_batch(&batch(5, 1), 0).wait().expect("batch");
     let host = store
         .register_host(&key(1), "ada", None, 2, 0)
@@ -231,7 +243,7 @@ fn a_host_holds_no_more_replicas_than_its_cores() {
 
 #[test]
 fn reports_for_unknown_or_foreign_replicas_are_refused() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let a = store
@@ -255,7 +267,7 @@ fn reports_for_unknown_or_foreign_replicas_are_refused() {
 
 #[test]
 fn expired_replicas_are_replaced_and_a_late_report_is_still_checked() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let mut spec = batch(1, 1);
     spec.policy.replica_deadline_ms = 1_000;
     store.create_batch(&spec, 0).wait().expect("batch");
@@ -292,7 +304,7 @@ fn expired_replicas_are_replaced_and_a_late_report_is_still_checked() {
 
 #[test]
 fn aborts_never_count_and_too_many_fail_the_unit() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let mut spec = batch(1, 1);
     spec.policy.max_error_replicas = 2;
     let batch_id = store.create_batch(&spec, 0).wait().expect("batch");
@@ -333,6 +345,10 @@ fn everything_survives_reopening_the_file() {
     let path = dir.path().join("herd.sqlite");
     let (batch_id, replica_id, host_id) = {
         let store = SqliteStore::open(&path).expect("open");
+        store
+            .ensure_researcher("tester", "token-hash", 0)
+            .wait()
+            .expect("researcher");
         let batch_id = store.create_batch(&batch(2, 1), 0).wait().expect("batch");
         let host = store
             .register_host(&key(1), "ada", Some("x"), 4, 0)
@@ -363,7 +379,7 @@ fn everything_survives_reopening_the_file() {
 
 #[test]
 fn bad_batches_and_names_are_refused_by_name() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let mut spec = batch(2, 2);
     spec.units[1].name = spec.units[0].name.clone();
     assert!(matches!(
@@ -389,7 +405,7 @@ fn bad_batches_and_names_are_refused_by_name() {
 #[test]
 fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
     // Two volunteers, quorum 2: if an abort barred its volunteer, the unit could never finish.
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let a = store
@@ -435,7 +451,7 @@ fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
 
 #[test]
 fn credit_carries_a_recent_average_and_hosts_keep_their_record() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     store.create_batch(&batch(1, 2), 0).wait().expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
@@ -513,16 +529,33 @@ fn a_version_1_database_is_migrated() {
             [],
         )
         .expect("row");
+        old.execute(
+            "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
+                 replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes,
+                 created_ms)
+             VALUES (?1, 2, 16, 8, 1000, 1000, 1048576, 1024, 0)",
+            [ContentHash::of(b"old module").to_hex()],
+        )
+        .expect("batch");
     }
     let store = SqliteStore::open(&path).expect("migrated");
     let totals = store.credit_totals(0).wait().expect("credit");
     assert_eq!(totals.volunteers[0].name, "ada");
     assert_eq!(totals.volunteers[0].recent_average_credit, 0.0);
+    // The batch from before researchers existed becomes the administrator's.
+    let admin = store
+        .ensure_researcher("admin", "h", 0)
+        .wait()
+        .expect("admin");
+    assert_eq!(store.batch_owner(1).wait().expect("owner"), Some(admin.id));
+    // Ids go on above the old ones.
+    let next = store.create_batch(&batch(1, 1), 0).wait().expect("batch");
+    assert_eq!(next, 2);
 }
 
 #[test]
 fn batches_share_workers_fairly_and_priority_goes_first() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let first = store.create_batch(&batch(10, 1), 0).wait().expect("batch");
     let second = store.create_batch(&batch(10, 1), 0).wait().expect("batch");
     let host = store
@@ -560,7 +593,7 @@ fn batches_share_workers_fairly_and_priority_goes_first() {
 
 #[test]
 fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let first = store.create_batch(&batch(2, 1), 0).wait().expect("batch");
     // The second batch shares the module and the first unit's input.
     let mut shared = batch(1, 1);
@@ -610,7 +643,7 @@ fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs()
 
 #[test]
 fn ids_are_never_reused_after_the_newest_batch_is_retired_and_its_grants_stay_apart() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let host = hosts(&store, 1)[0].host_id;
     let run_one = |batch_id: u64| {
         let r = store.assign(host, 0).wait().expect("assign").expect("work");
@@ -668,7 +701,7 @@ fn mirrored(store: &SqliteStore) {
 
 #[test]
 fn a_trusted_host_validates_alone_and_spot_checks_still_come() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let hosts = hosts(&store, 3);
     let (trusted, other) = (hosts[0].host_id, hosts[1].host_id);
     // Never spot-checked: once trusted, every unit it starts is validated by it alone.
@@ -732,7 +765,7 @@ fn a_trusted_host_validates_alone_and_spot_checks_still_come() {
 
 #[test]
 fn an_invalid_result_resets_trust_and_reopens_what_the_host_validated_alone() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let hosts = hosts(&store, 3);
     let (sleeper, honest, third) = (hosts[0].host_id, hosts[1].host_id, hosts[2].host_id);
     store
@@ -849,7 +882,7 @@ fn an_invalid_result_resets_trust_and_reopens_what_the_host_validated_alone() {
 
 #[test]
 fn a_host_too_slow_for_the_deadline_gets_no_units_of_a_batch_it_cannot_finish() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     let mut new = batch(6, 1);
     new.policy.replica_deadline_ms = 60_000;
     store.create_batch(&new, 0).wait().expect("batch");
@@ -888,7 +921,7 @@ fn a_host_too_slow_for_the_deadline_gets_no_units_of_a_batch_it_cannot_finish() 
 
 #[test]
 fn an_exchange_records_reports_in_order_refuses_some_alone_and_assigns_after() {
-    let store = SqliteStore::in_memory().expect("open");
+    let store = open_store();
     store.create_batch(&batch(3, 1), 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let (host, other) = (hosts[0].host_id, hosts[1].host_id);
@@ -1034,7 +1067,7 @@ mod mirror {
     }
 
     fn run(ops: Vec<Op>) {
-        let store = SqliteStore::in_memory().expect("open");
+        let store = open_store();
         let mut now = 0u64;
         let mut host_ids: std::collections::BTreeMap<u8, u64> = Default::default();
         let mut held: std::collections::BTreeMap<u8, Vec<(u64, u64)>> = Default::default();
@@ -1178,4 +1211,117 @@ mod mirror {
             run(ops);
         }
     }
+}
+
+#[test]
+fn researchers_see_only_their_own_batches_and_blobs_and_can_cancel() {
+    let store = open_store();
+    let other = store
+        .add_researcher("grace", "other-hash", 0)
+        .wait()
+        .expect("add");
+    assert!(matches!(
+        store.add_researcher("grace", "third-hash", 0).wait(),
+        Err(StoreError::Invalid(message)) if message.contains("already")
+    ));
+    assert!(matches!(
+        store.add_researcher("no spaces", "h", 0).wait(),
+        Err(StoreError::Invalid(message)) if message.contains("letters")
+    ));
+    assert_eq!(
+        store
+            .researcher_by_token("other-hash")
+            .wait()
+            .expect("lookup"),
+        Some(other.clone())
+    );
+    assert_eq!(
+        store.researcher_by_token("nobody").wait().expect("lookup"),
+        None
+    );
+    let mine = store.create_batch(&batch(3, 1), 0).wait().expect("batch");
+    let mut theirs_new = batch(2, 1);
+    theirs_new.researcher_id = other.id;
+    theirs_new.module = ContentHash::of(b"their module");
+    let theirs = store.create_batch(&theirs_new, 1).wait().expect("batch");
+    let ids = |researcher, after, limit| -> Vec<u64> {
+        store
+            .list_batches(researcher, after, limit)
+            .wait()
+            .expect("list")
+            .iter()
+            .map(|b| b.id)
+            .collect()
+    };
+    assert_eq!(ids(1, 0, 10), vec![mine]);
+    assert_eq!(ids(other.id, 0, 10), vec![theirs]);
+    // Pages: after the last id seen.
+    let more = store.create_batch(&batch(1, 1), 2).wait().expect("batch");
+    assert_eq!(ids(1, 0, 1), vec![mine]);
+    assert_eq!(ids(1, mine, 1), vec![more]);
+    assert_eq!(ids(1, more, 1), Vec::<u64>::new());
+    assert_eq!(
+        store.batch_owner(theirs).wait().expect("owner"),
+        Some(other.id)
+    );
+    assert_eq!(store.batch_owner(999).wait().expect("owner"), None);
+    let visible = |researcher, what: &[u8]| {
+        store
+            .blob_visible(researcher, &ContentHash::of(what))
+            .wait()
+            .expect("visible")
+    };
+    assert!(visible(1, b"module"));
+    assert!(!visible(1, b"their module"));
+    assert!(visible(other.id, b"their module"));
+    // An output is visible to the owner of the batch whose replica reported it.
+    let host = hosts(&store, 1)[0].host_id;
+    let r = store.assign(host, 3).wait().expect("assign").expect("work");
+    assert_eq!(r.batch_id, mine);
+    store
+        .record_report(host, r.replica_id, &success(b"my output"), 4)
+        .wait()
+        .expect("report");
+    assert!(visible(1, b"my output"));
+    assert!(!visible(other.id, b"my output"));
+    // Cancelling: the open units fail, no more work is sent for them.
+    assert_eq!(store.cancel_batch(mine).wait().expect("cancel"), Some(2));
+    let status = store
+        .batch_status(mine)
+        .wait()
+        .expect("status")
+        .expect("batch");
+    assert_eq!((status.validated, status.failed, status.open), (1, 2, 0));
+    assert!(
+        status
+            .units
+            .iter()
+            .filter(|u| u.state == "failed")
+            .all(|u| u.failure.as_deref() == Some("cancelled by the researcher"))
+    );
+    assert_eq!(store.cancel_batch(999).wait().expect("cancel"), None);
+    mirrored(&store);
+}
+
+#[test]
+fn a_researcher_ensured_again_keeps_its_id_and_takes_the_new_token() {
+    let store = SqliteStore::in_memory().expect("open");
+    let first = store
+        .ensure_researcher("admin", "h1", 0)
+        .wait()
+        .expect("admin");
+    // The token file changed: same researcher, new token.
+    let again = store
+        .ensure_researcher("admin", "h2", 1)
+        .wait()
+        .expect("admin");
+    assert_eq!(first, again);
+    assert_eq!(
+        store.researcher_by_token("h1").wait().expect("lookup"),
+        None
+    );
+    assert_eq!(
+        store.researcher_by_token("h2").wait().expect("lookup"),
+        Some(first)
+    );
 }

@@ -335,8 +335,9 @@ pub(super) fn create_batch(
     tx.execute(
         "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
             replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
-            initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm,
+            researcher_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             batch.module.to_hex(),
             batch.policy.quorum,
@@ -352,6 +353,7 @@ pub(super) fn create_batch(
             batch.priority,
             batch.policy.adaptive.map(|a| a.trust_after),
             batch.policy.adaptive.map(|a| a.spot_check_ppm),
+            to_i64(batch.researcher_id),
         ],
     )?;
     let batch_id = to_u64(tx.last_insert_rowid());
