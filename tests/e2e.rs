@@ -544,14 +544,25 @@ fn write_long_tile(root: &Path) -> std::path::PathBuf {
     dir
 }
 
-/// Files in a worker's spool directory (`assigned` or `finished`).
+/// Replicas in a worker's spool directory (`assigned` or `finished`): files named by replica
+/// id only. A file still being written has a temporary name and does not count: it is not yet
+/// durable, and a worker killed then rightly recomputes its replica.
 fn spooled(root: &Path, volunteer: &str, which: &str) -> usize {
     std::fs::read_dir(
         herd_e2e::worker_dir(root, volunteer)
             .join("spool")
             .join(which),
     )
-    .map(|entries| entries.count())
+    .map(|entries| {
+        entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|name| name.parse::<u64>().is_ok())
+            })
+            .count()
+    })
     .unwrap_or(0)
 }
 
@@ -1348,6 +1359,95 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
     assert!(
         (6..=8).contains(&replicas),
         "only my 3 units were computed: {hosts}"
+    );
+    // Dashboards: the summary, Prometheus metrics and BOINC-style exports agree with the
+    // credit the API shows.
+    let (status, summary) = coordinator.api("GET", "/api/v1/summary", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(summary["units_validated"], 3, "{summary}");
+    assert_eq!(summary["hosts_active"], 2, "{summary}");
+    assert!(
+        summary["units_per_second"].as_f64() > Some(0.0),
+        "{summary}"
+    );
+    let metrics = ureq::get(&format!("{}/metrics", coordinator.http))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("text");
+    assert!(
+        metrics.contains("\nherd_units_validated_total 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE herd_queue_depth gauge"),
+        "{metrics}"
+    );
+    let (status, body) = coordinator.api("POST", "/api/v1/stats/export", Some(&grace), None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, exported) = coordinator.api("POST", "/api/v1/stats/export", Some(&admin), None);
+    assert_eq!(status, 200, "{exported}");
+    let fetch = |file: &str| -> Vec<u8> {
+        let mut response = ureq::get(&format!("{}/stats/{file}", coordinator.http))
+            .call()
+            .expect("GET a stats file");
+        response.body_mut().read_to_vec().expect("bytes")
+    };
+    let gunzip = |bytes: Vec<u8>| -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut text)
+            .expect("gzip");
+        text
+    };
+    let users = gunzip(fetch("user.gz"));
+    let users = roxmltree::Document::parse(&users).expect("user.gz is XML");
+    assert_eq!(users.root_element().tag_name().name(), "users");
+    let credit = coordinator.herd_json(&["credit", "--json"]);
+    for volunteer in credit["volunteers"].as_array().expect("volunteers") {
+        let name = volunteer["name"].as_str().expect("name");
+        let listed = users
+            .root_element()
+            .children()
+            .find(|u| {
+                u.children()
+                    .any(|c| c.has_tag_name("name") && c.text() == Some(name))
+            })
+            .unwrap_or_else(|| panic!("{name} is in user.gz"));
+        let total: f64 = listed
+            .children()
+            .find(|c| c.has_tag_name("total_credit"))
+            .and_then(|c| c.text())
+            .expect("total_credit")
+            .parse()
+            .expect("a number");
+        let expected = volunteer["credit"].as_f64().expect("credit");
+        assert!(
+            (total - expected).abs() < 1e-6,
+            "{name}: {total} vs {expected}"
+        );
+    }
+    let tables = String::from_utf8(fetch("tables.xml")).expect("UTF-8");
+    let tables = roxmltree::Document::parse(&tables).expect("tables.xml is XML");
+    let nusers = tables
+        .root_element()
+        .children()
+        .find(|c| c.has_tag_name("nusers_total"))
+        .and_then(|c| c.text());
+    assert_eq!(nusers, Some("2"));
+    for file in ["team.gz", "host.gz"] {
+        let text = gunzip(fetch(file));
+        roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let (status, body) = coordinator.api("GET", "/stats/passwords.txt", None, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
     );
 }
 

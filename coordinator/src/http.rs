@@ -55,6 +55,10 @@ pub(crate) async fn serve(
         .route("/api/v1/batches/{id}/cancel", post(cancel_batch))
         .route("/api/v1/batches/{id}/retire", post(retire_batch))
         .route("/api/v1/researchers", post(add_researcher))
+        .route("/api/v1/stats/export", post(export_stats))
+        .route("/stats/{file}", get(stats_file))
+        .route("/api/v1/summary", get(summary))
+        .route("/metrics", get(metrics))
         .route("/api/v1/credit", get(credit))
         .route("/api/v1/hosts", get(hosts))
         .fallback(not_found)
@@ -724,6 +728,95 @@ async fn add_researcher(
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "id": added.id, "name": added.name, "token": token })),
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/stats/export` (the administrator only): regenerates the statistics exports now.
+async fn export_stats(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let me = researcher(&shared, &headers).await?;
+    if me.name != ADMIN {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the coordinator's administrator regenerates the statistics exports",
+        ));
+    }
+    let update_time = crate::stats::export(&shared).await?;
+    Ok(Json(serde_json::json!({
+        "update_time": update_time,
+        "files": crate::stats::FILES.iter().map(|f| format!("/stats/{f}")).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// `GET /stats/{file}`: the statistics exports, public, as BOINC projects publish them.
+async fn stats_file(
+    State(shared): State<Arc<Shared>>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(name) = crate::stats::FILES.iter().find(|f| **f == file) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no statistics file `{}`; there are {}",
+                file.escape_debug(),
+                crate::stats::FILES.join(", ")
+            ),
+        ));
+    };
+    let path = shared.stats_dir.join(name);
+    let bytes = blocking(move || match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(anyhow::Error::from(error).context(format!("read {}", path.display()))),
+    })
+    .await?;
+    let Some(bytes) = bytes else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{name} has not been generated yet"),
+        ));
+    };
+    let kind = if name.ends_with(".gz") {
+        "application/gzip"
+    } else {
+        "application/xml"
+    };
+    Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response())
+}
+
+async fn project_summary(shared: &Shared) -> Result<herd_store::ProjectSummary, ApiError> {
+    Ok(shared
+        .store
+        .project_summary(
+            now_ms(),
+            crate::metrics::ACTIVE_MS,
+            crate::metrics::WINDOW_MS,
+        )
+        .await
+        .map_err(anyhow::Error::from)?)
+}
+
+/// `GET /api/v1/summary`: the project at a glance (public).
+async fn summary(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    Ok(Json(project_summary(&shared).await?).into_response())
+}
+
+/// `GET /metrics`: the same, for Prometheus (public).
+async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let text = crate::metrics::render(&project_summary(&shared).await?);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
     )
         .into_response())
 }

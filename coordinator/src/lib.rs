@@ -8,7 +8,9 @@
 
 mod data_dir;
 mod http;
+mod metrics;
 mod quic;
+mod stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) archive_dir: PathBuf,
     pub(crate) sandbox: Sandbox,
     pub(crate) project_key: SigningKey,
+    /// Where the statistics exports are written (`DIR/stats`).
+    pub(crate) stats_dir: PathBuf,
 }
 
 /// Milliseconds since the Unix epoch: the only clock the coordinator reads, passed to the pure
@@ -78,6 +82,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         archive_dir: config.data_dir.join("archive"),
         sandbox,
         project_key: SigningKey::from_seed(dir.project_key.seed()),
+        stats_dir: stats::dir(&config.data_dir),
     });
     // The token in DATA_DIR/researcher.token is the administrator's.
     shared
@@ -116,11 +121,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(http::serve(listener, shared.clone(), http_shutdown));
     let sweeper = tokio::spawn(sweep_deadlines(shared.clone()));
+    let exporter = tokio::spawn(stats::export_on_schedule(shared.clone()));
 
     let _ = shutdown.wait_for(|stop| *stop).await;
     tracing::info!("shutting down");
     endpoint.close(0u32.into(), b"coordinator shutting down");
     sweeper.abort();
+    exporter.abort();
     quic_task.abort();
     let _ = http_task.await;
     endpoint.wait_idle().await;

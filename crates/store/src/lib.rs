@@ -60,6 +60,81 @@ pub struct HostRecord {
     pub cores: u32,
 }
 
+/// Everything the statistics exports publish: every volunteer, team and host with credit, as
+/// BOINC's `db_dump` writes them for stats sites.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StatsDump {
+    pub volunteers: Vec<VolunteerStats>,
+    pub teams: Vec<TeamStats>,
+    pub hosts: Vec<HostStats>,
+}
+
+/// A volunteer's line in the statistics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VolunteerStats {
+    pub id: u64,
+    pub name: String,
+    pub created_ms: u64,
+    pub team_id: Option<u64>,
+    pub credit: f64,
+    pub recent_average_credit: f64,
+    /// When the recent average was last brought up to date (Unix milliseconds).
+    pub rac_ms: u64,
+}
+
+/// A team's line: its members' sums.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TeamStats {
+    pub id: u64,
+    pub name: String,
+    pub created_ms: u64,
+    /// The first volunteer who joined it (BOINC's founder).
+    pub founder_id: u64,
+    pub founder_name: String,
+    pub members: u64,
+    pub credit: f64,
+    pub recent_average_credit: f64,
+    pub rac_ms: u64,
+}
+
+/// A host's line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostStats {
+    pub id: u64,
+    pub volunteer_id: u64,
+    pub cores: u32,
+    pub created_ms: u64,
+    pub last_seen_ms: u64,
+    pub credit: f64,
+    pub recent_average_credit: f64,
+    pub rac_ms: u64,
+}
+
+/// The project at a glance, for dashboards and `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProjectSummary {
+    pub volunteers: u64,
+    /// Volunteers with a host seen within the activity window.
+    pub volunteers_active: u64,
+    pub hosts: u64,
+    /// Hosts seen within the activity window.
+    pub hosts_active: u64,
+    /// Units validated per second over the throughput window.
+    pub units_per_second: f64,
+    /// Fuel credited per second over the throughput window (every agreeing replica's).
+    pub fuel_per_second: f64,
+    /// The throughput window, in seconds.
+    pub window_secs: u64,
+    /// Units waiting for results: open units of every batch.
+    pub queue_depth: u64,
+    pub replicas_in_progress: u64,
+    pub batches_open: u64,
+    pub units_validated: u64,
+    pub units_failed: u64,
+    /// Every grant less every revocation, in credits.
+    pub total_credit: f64,
+}
+
 /// A researcher: who may create batches and see them (no one else sees them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Researcher {
@@ -263,6 +338,18 @@ pub trait Store: Send + Sync {
 
     /// Counts a refused report against a host.
     fn record_refused_report(&self, host_id: u64) -> Pending<()>;
+
+    /// Every volunteer, team and host with credit, recent averages as of `now_ms`, by id.
+    fn stats_dump(&self, now_ms: u64) -> Pending<StatsDump>;
+
+    /// The project at a glance as of `now_ms`: activity within `active_ms`, throughput over
+    /// the last `window_ms`.
+    fn project_summary(
+        &self,
+        now_ms: u64,
+        active_ms: u64,
+        window_ms: u64,
+    ) -> Pending<ProjectSummary>;
 
     /// The researcher called `name`, created with this token hash if new, given the token hash
     /// if not; batches created before researchers existed become theirs. For the coordinator's

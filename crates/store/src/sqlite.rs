@@ -6,6 +6,7 @@
 //! runs no query; SQLite is the durable record and the source `Live` is loaded from at start.
 
 mod researchers;
+mod stats;
 mod work;
 
 use std::path::Path;
@@ -18,11 +19,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::live::Live;
 use crate::{
     BatchStatus, BatchSummary, CreditLine, CreditTotals, Exchange, HostLine, HostRecord, NewBatch,
-    Pending, ReportEffect, ReportRefusal, Researcher, RetiredBatch, Store, StoreError, UnitStatus,
-    Want,
+    Pending, ProjectSummary, ReportEffect, ReportRefusal, Researcher, RetiredBatch, StatsDump,
+    Store, StoreError, UnitStatus, Want,
 };
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -157,6 +158,20 @@ const MIGRATIONS: &[&str] = &[
      );
      ALTER TABLE batches ADD COLUMN researcher_id INTEGER REFERENCES researchers(id);
      CREATE INDEX batches_by_researcher ON batches (researcher_id, id);",
+    // 8: teams with ids and creation times, and volunteers' creation times, for the statistics
+    // exports (stats sites key teams and users by id); when each unit was settled, for the
+    // project's throughput.
+    "CREATE TABLE teams (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         name TEXT NOT NULL UNIQUE,
+         created_ms INTEGER NOT NULL
+     );
+     INSERT INTO teams (name, created_ms)
+         SELECT DISTINCT team, 0 FROM volunteers WHERE team IS NOT NULL ORDER BY team;
+     ALTER TABLE volunteers ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE units ADD COLUMN settled_ms INTEGER;
+     CREATE INDEX units_by_settled ON units (settled_ms) WHERE settled_ms IS NOT NULL;
+     CREATE INDEX credit_by_time ON credit (granted_ms);",
 ];
 
 const SCHEMA: &str = "
@@ -883,6 +898,19 @@ impl Store for SqliteStore {
 
     fn cancel_batch(&self, batch_id: u64) -> Pending<Option<u64>> {
         self.run(move |tx, live| researchers::cancel(tx, live, batch_id))
+    }
+
+    fn stats_dump(&self, now_ms: u64) -> Pending<StatsDump> {
+        self.run(move |tx, _| stats::dump(tx, now_ms))
+    }
+
+    fn project_summary(
+        &self,
+        now_ms: u64,
+        active_ms: u64,
+        window_ms: u64,
+    ) -> Pending<ProjectSummary> {
+        self.run(move |tx, live| stats::summary(tx, live, now_ms, active_ms, window_ms))
     }
 
     fn record_refused_report(&self, host_id: u64) -> Pending<()> {

@@ -1325,3 +1325,65 @@ fn a_researcher_ensured_again_keeps_its_id_and_takes_the_new_token() {
         Some(first)
     );
 }
+
+#[test]
+fn the_stats_dump_lists_volunteers_teams_and_hosts_by_id_with_their_credit() {
+    let store = open_store();
+    store.create_batch(&batch(2, 2), 0).wait().expect("batch");
+    // hosts() registers volunteer-1 and volunteer-2 in team "team".
+    let hosts = hosts(&store, 2);
+    let loner = store
+        .register_host(&key(9), "loner", None, 1, 5)
+        .wait()
+        .expect("register");
+    for host in &hosts {
+        let r = store
+            .assign(host.host_id, 10)
+            .wait()
+            .expect("assign")
+            .expect("work");
+        store
+            .record_report(host.host_id, r.replica_id, &success(b"same"), 20)
+            .wait()
+            .expect("report");
+    }
+    let dump = store.stats_dump(30).wait().expect("dump");
+    let names: Vec<&str> = dump.volunteers.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, vec!["volunteer-1", "volunteer-2", "loner"]);
+    // success() burns 3e9 fuel: 3 credits each.
+    assert_eq!(dump.volunteers[0].credit, 3.0);
+    assert!(dump.volunteers[0].recent_average_credit > 0.0);
+    assert_eq!(dump.volunteers[2].credit, 0.0);
+    assert_eq!(dump.volunteers[2].team_id, None);
+    assert_eq!(dump.teams.len(), 1);
+    let team = &dump.teams[0];
+    assert_eq!(
+        (team.name.as_str(), team.members, team.credit),
+        ("team", 2, 6.0)
+    );
+    assert_eq!(team.founder_name, "volunteer-1");
+    assert_eq!(dump.volunteers[0].team_id, Some(team.id));
+    assert_eq!(dump.hosts.len(), 3);
+    assert_eq!(dump.hosts[2].id, loner.host_id);
+    assert_eq!(dump.hosts[0].credit, 3.0);
+    // The project at a glance: one unit validated at 20 ms, within a 10 s window.
+    let summary = store
+        .project_summary(1_000, 60_000, 10_000)
+        .wait()
+        .expect("summary");
+    assert_eq!((summary.volunteers, summary.hosts), (3, 3));
+    assert_eq!((summary.volunteers_active, summary.hosts_active), (3, 3));
+    assert_eq!((summary.units_validated, summary.queue_depth), (1, 1));
+    assert_eq!(summary.window_secs, 10);
+    assert_eq!(summary.units_per_second, 0.1);
+    assert_eq!(summary.fuel_per_second, 6e9 / 10.0);
+    assert_eq!(summary.total_credit, 6.0);
+    assert_eq!(summary.batches_open, 1);
+    // A minute later the window holds nothing, and the hosts seen at 10 ms are not active
+    // within a 1 s activity window.
+    let later = store
+        .project_summary(120_000, 1_000, 10_000)
+        .wait()
+        .expect("summary");
+    assert_eq!((later.units_per_second, later.hosts_active), (0.0, 0));
+}

@@ -287,10 +287,14 @@ pub(super) fn register_host(
     now_ms: u64,
 ) -> Result<HostRecord, StoreError> {
     tx.prepare_cached(
-        "INSERT INTO volunteers (name, team) VALUES (?1, ?2)
+        "INSERT INTO volunteers (name, team, created_ms) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET team = excluded.team",
     )?
-    .execute(params![volunteer, team])?;
+    .execute(params![volunteer, team, to_i64(now_ms)])?;
+    if let Some(team) = team {
+        tx.prepare_cached("INSERT OR IGNORE INTO teams (name, created_ms) VALUES (?1, ?2)")?
+            .execute(params![team, to_i64(now_ms)])?;
+    }
     let volunteer_id: i64 = tx
         .prepare_cached("SELECT id FROM volunteers WHERE name = ?1")?
         .query_row([volunteer], |row| row.get(0))?;
@@ -732,14 +736,15 @@ fn settle(
             let alone_replica = agreeing.first().filter(|_| alone).map(|id| to_i64(*id));
             tx.prepare_cached(
                 "UPDATE units SET state = 'validated', canonical = ?2, alone_host_id = ?3,
-                                  alone_replica_id = ?4
+                                  alone_replica_id = ?4, settled_ms = ?5
                  WHERE id = ?1",
             )?
             .execute(params![
                 to_i64(unit_id),
                 encode_result(canonical)?,
                 alone_host,
-                alone_replica
+                alone_replica,
+                to_i64(now_ms)
             ])?;
             live.close_unit(unit_id);
             for (replica_id, reference) in agreeing.iter().zip(&references) {
@@ -759,8 +764,10 @@ fn settle(
             }
         }
         Verdict::Failed { reason } => {
-            tx.prepare_cached("UPDATE units SET state = 'failed', failure = ?2 WHERE id = ?1")?
-                .execute(params![to_i64(unit_id), reason])?;
+            tx.prepare_cached(
+                "UPDATE units SET state = 'failed', failure = ?2, settled_ms = ?3 WHERE id = ?1",
+            )?
+            .execute(params![to_i64(unit_id), reason, to_i64(now_ms)])?;
             live.close_unit(unit_id);
         }
         Verdict::Open { .. } => live.refresh_wanting(unit_id),

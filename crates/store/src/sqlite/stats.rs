@@ -1,0 +1,153 @@
+//! The statistics dump: every volunteer, team and host that has credit, with ids, creation
+//! times, credit (grants less revocations) and recent average credit, for the BOINC-style
+//! exports stats sites read.
+
+use herd_lifecycle::credit_for_fuel;
+use rusqlite::Connection;
+
+use super::{rac_at, to_i64, to_u64};
+use crate::{HostStats, ProjectSummary, StatsDump, StoreError, TeamStats, VolunteerStats};
+
+pub(super) fn dump(tx: &Connection, now_ms: u64) -> Result<StatsDump, StoreError> {
+    let volunteers: Vec<VolunteerStats> = tx
+        .prepare(
+            "SELECT v.id, v.name, v.created_ms, t.id,
+                (SELECT COALESCE(SUM(c.fuel), 0) FROM credit c WHERE c.volunteer_id = v.id)
+                  - (SELECT COALESCE(SUM(x.fuel), 0) FROM credit_revoked x
+                     WHERE x.volunteer_id = v.id),
+                v.rac, v.rac_ms
+             FROM volunteers v LEFT JOIN teams t ON t.name = v.team
+             ORDER BY v.id",
+        )?
+        .query_map([], |row| {
+            let rac_ms: i64 = row.get(6)?;
+            Ok(VolunteerStats {
+                id: to_u64(row.get(0)?),
+                name: row.get(1)?,
+                created_ms: to_u64(row.get(2)?),
+                team_id: row.get::<_, Option<i64>>(3)?.map(to_u64),
+                credit: credit_for_fuel(to_u64(row.get(4)?)),
+                recent_average_credit: rac_at(row.get(5)?, rac_ms, now_ms),
+                rac_ms: now_ms.max(to_u64(rac_ms)),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let team_rows: Vec<(i64, String, i64)> = tx
+        .prepare("SELECT id, name, created_ms FROM teams ORDER BY id")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut teams = Vec::new();
+    for (id, name, created_ms) in team_rows {
+        let id = to_u64(id);
+        let members: Vec<&VolunteerStats> = volunteers
+            .iter()
+            .filter(|v| v.team_id == Some(id))
+            .collect();
+        // Volunteers are in id order: the first member is the one who joined first.
+        let Some(founder) = members.first() else {
+            continue;
+        };
+        teams.push(TeamStats {
+            id,
+            founder_id: founder.id,
+            founder_name: founder.name.clone(),
+            name,
+            created_ms: to_u64(created_ms),
+            members: members.len() as u64,
+            credit: members.iter().map(|v| v.credit).sum(),
+            recent_average_credit: members.iter().map(|v| v.recent_average_credit).sum(),
+            rac_ms: now_ms,
+        });
+    }
+    let hosts: Vec<HostStats> = tx
+        .prepare(
+            "SELECT h.id, h.volunteer_id, h.cores, h.registered_ms, h.last_seen_ms,
+                (SELECT COALESCE(SUM(c.fuel), 0) FROM credit c WHERE c.host_id = h.id)
+                  - (SELECT COALESCE(SUM(x.fuel), 0) FROM credit_revoked x
+                     WHERE x.host_id = h.id),
+                h.rac, h.rac_ms
+             FROM hosts h ORDER BY h.id",
+        )?
+        .query_map([], |row| {
+            let rac_ms: i64 = row.get(7)?;
+            Ok(HostStats {
+                id: to_u64(row.get(0)?),
+                volunteer_id: to_u64(row.get(1)?),
+                cores: row.get(2)?,
+                created_ms: to_u64(row.get(3)?),
+                last_seen_ms: to_u64(row.get(4)?),
+                credit: credit_for_fuel(to_u64(row.get(5)?)),
+                recent_average_credit: rac_at(row.get(6)?, rac_ms, now_ms),
+                rac_ms: now_ms.max(to_u64(rac_ms)),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(StatsDump {
+        volunteers,
+        teams,
+        hosts,
+    })
+}
+
+/// A single number a query answers.
+fn number<P: rusqlite::Params>(tx: &Connection, sql: &str, params: P) -> Result<u64, StoreError> {
+    Ok(to_u64(
+        tx.prepare_cached(sql)?
+            .query_row(params, |row| row.get(0))?,
+    ))
+}
+
+pub(super) fn summary(
+    tx: &Connection,
+    live: &crate::live::Live,
+    now_ms: u64,
+    active_ms: u64,
+    window_ms: u64,
+) -> Result<ProjectSummary, StoreError> {
+    let active_since = [to_i64(now_ms.saturating_sub(active_ms))];
+    let window_start = [to_i64(now_ms.saturating_sub(window_ms))];
+    let window_secs = (window_ms / 1000).max(1);
+    let validated_in_window = number(
+        tx,
+        "SELECT COUNT(*) FROM units WHERE settled_ms >= ?1 AND state = 'validated'",
+        window_start,
+    )?;
+    let fuel_in_window = number(
+        tx,
+        "SELECT COALESCE(SUM(fuel), 0) FROM credit WHERE granted_ms >= ?1",
+        window_start,
+    )?;
+    let total_fuel = number(
+        tx,
+        "SELECT (SELECT COALESCE(SUM(fuel), 0) FROM credit)
+              - (SELECT COALESCE(SUM(fuel), 0) FROM credit_revoked)",
+        [],
+    )?;
+    Ok(ProjectSummary {
+        volunteers: number(tx, "SELECT COUNT(*) FROM volunteers", [])?,
+        volunteers_active: number(
+            tx,
+            "SELECT COUNT(DISTINCT volunteer_id) FROM hosts WHERE last_seen_ms >= ?1",
+            active_since,
+        )?,
+        hosts: number(tx, "SELECT COUNT(*) FROM hosts", [])?,
+        hosts_active: number(
+            tx,
+            "SELECT COUNT(*) FROM hosts WHERE last_seen_ms >= ?1",
+            active_since,
+        )?,
+        units_per_second: validated_in_window as f64 / window_secs as f64,
+        fuel_per_second: fuel_in_window as f64 / window_secs as f64,
+        window_secs,
+        queue_depth: live.units.len() as u64,
+        replicas_in_progress: live.deadlines.len() as u64,
+        batches_open: live.batches.len() as u64,
+        units_validated: number(
+            tx,
+            "SELECT COUNT(*) FROM units WHERE state = 'validated'",
+            [],
+        )?,
+        units_failed: number(tx, "SELECT COUNT(*) FROM units WHERE state = 'failed'", [])?,
+        total_credit: credit_for_fuel(total_fuel),
+    })
+}
