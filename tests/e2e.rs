@@ -1451,6 +1451,96 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
     );
 }
 
+/// The web dashboard in a real browser (headless Chromium) against a live coordinator with
+/// real data: what the page shows after its scripts ran.
+#[test]
+fn the_dashboard_shows_status_throughput_leaderboards_and_volunteer_pages_in_a_browser() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let _workers: Vec<_> = ["ada", "grace"]
+        .iter()
+        .map(|name| {
+            start_worker(root.path(), &coordinator.join, name, "engines", 1).expect("worker")
+        })
+        .collect();
+    write_tiles(&root.path().join("inputs"), 4);
+    submit(&coordinator, root.path(), &root.path().join("inputs"), true);
+
+    let page = herd_e2e::browser_dom(&format!("{}/", coordinator.http));
+    let dom = page_text(&page);
+    assert!(
+        page.contains("data-loaded=\"#/\""),
+        "the scripts ran: {page}"
+    );
+    assert!(
+        page.contains("<div class=\"card\" id=\"units-validated\"><div class=\"value\">4</div>"),
+        "{dom}"
+    );
+    assert!(
+        page.contains("id=\"hosts-active\"><div class=\"value\">2</div>"),
+        "{dom}"
+    );
+    // The chart's bars add up to the units validated.
+    let units: u64 = page
+        .split("data-units=\"")
+        .skip(1)
+        .map(|rest| {
+            rest.split('"')
+                .next()
+                .expect("a value")
+                .parse::<u64>()
+                .expect("a count")
+        })
+        .sum();
+    assert_eq!(units, 4, "{dom}");
+    // Both volunteers on the leaderboard, each linked to their page, and their team.
+    for name in ["ada", "grace"] {
+        assert!(
+            page.contains(&format!("href=\"#/volunteer/{name}\">{name}</a>")),
+            "{dom}"
+        );
+    }
+    assert!(page.contains("<td>engines</td>"), "{dom}");
+
+    let ada = herd_e2e::browser_dom(&format!("{}/#/volunteer/ada", coordinator.http));
+    assert!(ada.contains("<h2 id=\"volunteer-name\">ada</h2>"), "{ada}");
+    assert!(
+        ada.contains("id=\"volunteer-team\"><div class=\"value\">engines</div>"),
+        "{ada}"
+    );
+    let host_rows = ada
+        .split("id=\"volunteer-hosts\"")
+        .nth(1)
+        .expect("the hosts table")
+        .split("</table>")
+        .next()
+        .expect("its end")
+        .matches("<tr>")
+        .count();
+    assert_eq!(host_rows, 2, "a header and ada's one host: {ada}");
+    let nobody = herd_e2e::browser_dom(&format!("{}/#/volunteer/nobody", coordinator.http));
+    assert!(nobody.contains("no volunteer `nobody`"), "{nobody}");
+}
+
+/// The text of an HTML page without its tags, for readable assertion messages.
+fn page_text(html: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[test]
 fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
     let root = tempfile::tempdir().expect("tempdir");

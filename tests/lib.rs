@@ -328,3 +328,34 @@ impl Drop for LogsOnFailure<'_> {
         }
     }
 }
+
+/// The page at `url` as headless Chromium (Debian's `chromium`, which the README's test command
+/// installs) renders it, scripts run and their requests answered: its DOM, serialized.
+pub fn browser_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("a browser profile directory");
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=15000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", url])
+        .stdin(Stdio::null())
+        .output()
+        .expect(
+            "chromium runs (`apt-get install chromium`; the README's test command installs it)",
+        );
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

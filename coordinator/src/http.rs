@@ -1,7 +1,7 @@
 //! The HTTP API, JSON under `/api/v1`. Researcher endpoints need `Authorization: Bearer TOKEN`
 //! (401 without it, 403 with a token no researcher holds); each researcher sees only their own
 //! batches and their blobs, and another researcher's batch answers 404 like a missing one.
-//! `/api/v1/credit` and `/api/v1/hosts` are public for dashboards.
+//! The dashboard endpoints are public.
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -13,8 +13,16 @@
 //! | POST | `/api/v1/batches/{id}/cancel` | fail the batch's open units as cancelled; no more replicas are sent |
 //! | POST | `/api/v1/batches/{id}/retire` | purge a batch's rows and blobs; `{"archive": true}` keeps a copy first |
 //! | POST | `/api/v1/researchers` | the administrator adds a researcher (`{"name"}`); the answer holds their token, once |
+//! | POST | `/api/v1/stats/export` | the administrator regenerates the statistics exports now |
 //! | GET | `/api/v1/credit` | credit and recent average credit per volunteer and team |
 //! | GET | `/api/v1/hosts` | every host's record: valid, invalid, error, timed-out replicas, refused reports, credit |
+//! | GET | `/api/v1/summary` | the project at a glance (public) |
+//! | GET | `/api/v1/throughput?hours=N` | units validated and fuel credited per interval (public) |
+//! | GET | `/api/v1/leaderboard/{board}` | a page of the volunteer, team or host leaderboard (public) |
+//! | GET | `/api/v1/volunteers/{name}` | a volunteer's figures, rank, team and hosts (public) |
+//! | GET | `/metrics` | the summary in Prometheus's text format (public) |
+//! | GET | `/stats/{file}` | BOINC-format statistics exports (public) |
+//! | GET | `/` | the web dashboard (public; the researcher's batches with their token) |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
@@ -57,7 +65,13 @@ pub(crate) async fn serve(
         .route("/api/v1/researchers", post(add_researcher))
         .route("/api/v1/stats/export", post(export_stats))
         .route("/stats/{file}", get(stats_file))
+        .route("/", get(dashboard_page))
+        .route("/dashboard.js", get(dashboard_script))
+        .route("/dashboard.css", get(dashboard_style))
         .route("/api/v1/summary", get(summary))
+        .route("/api/v1/throughput", get(throughput))
+        .route("/api/v1/leaderboard/{board}", get(leaderboard))
+        .route("/api/v1/volunteers/{name}", get(volunteer_page))
         .route("/metrics", get(metrics))
         .route("/api/v1/credit", get(credit))
         .route("/api/v1/hosts", get(hosts))
@@ -819,4 +833,127 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
         text,
     )
         .into_response())
+}
+
+/// The query of `GET /api/v1/leaderboard/{board}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoardQuery {
+    /// `credit` (default) or `recent`.
+    sort: Option<String>,
+    offset: Option<u64>,
+    /// 1..=1000, default 100.
+    limit: Option<u64>,
+}
+
+/// `GET /api/v1/leaderboard/{volunteers|teams|hosts}?sort=credit|recent&offset=N&limit=N`
+/// (public).
+async fn leaderboard(
+    State(shared): State<Arc<Shared>>,
+    Path(board): Path<String>,
+    query: Result<Query<BoardQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request("bad_query", format!("leaderboard: {e}")))?;
+    let Some(board) = crate::leaderboard::Board::parse(&board) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no leaderboard `{}`; there are volunteers, teams and hosts",
+                board.escape_debug()
+            ),
+        ));
+    };
+    let sort_name = query.sort.as_deref().unwrap_or("credit");
+    let Some(sort) = crate::leaderboard::SortBy::parse(sort_name) else {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!(
+                "sort `{}` is neither credit nor recent",
+                sort_name.escape_debug()
+            ),
+        ));
+    };
+    let limit = check_range("limit", query.limit.unwrap_or(100), 1, MAX_PAGE.into())?;
+    let dump = shared.fresh_dump().await?;
+    Ok(Json(crate::leaderboard::page(
+        &dump,
+        board,
+        sort,
+        query.offset.unwrap_or(0),
+        limit,
+    ))
+    .into_response())
+}
+
+/// `GET /api/v1/volunteers/{name}`: a volunteer's credit, rank, team and hosts (public).
+async fn volunteer_page(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let dump = shared.fresh_dump().await?;
+    match crate::leaderboard::volunteer(&dump, &name) {
+        Some(page) => Ok(Json(page).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "volunteer_not_found",
+            format!("no volunteer `{}`", name.escape_debug()),
+        )),
+    }
+}
+
+/// The query of `GET /api/v1/throughput`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThroughputQuery {
+    /// How far back, 1..=168 hours (default 6).
+    hours: Option<u64>,
+}
+
+/// `GET /api/v1/throughput?hours=N`: units validated and fuel credited per minute (per 10
+/// minutes beyond 24 hours), for the dashboard's chart (public).
+async fn throughput(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ThroughputQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request("bad_query", format!("throughput: {e}")))?;
+    let hours = check_range("hours", query.hours.unwrap_or(6), 1, 168)?;
+    let bucket_ms: u64 = if hours > 24 { 600_000 } else { 60_000 };
+    // Whole intervals, the last one ending now.
+    let until = now_ms() / bucket_ms * bucket_ms + bucket_ms;
+    let since = until.saturating_sub(hours * 3_600_000);
+    let buckets = shared
+        .store
+        .throughput(since, until, bucket_ms)
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(Json(serde_json::json!({ "bucket_ms": bucket_ms, "buckets": buckets })).into_response())
+}
+
+/// The web dashboard: one page, its script and its style, built into the binary (no external
+/// resources).
+async fn dashboard_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("dashboard/index.html"),
+    )
+        .into_response()
+}
+
+async fn dashboard_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("dashboard/dashboard.js"),
+    )
+        .into_response()
+}
+
+async fn dashboard_style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("dashboard/dashboard.css"),
+    )
+        .into_response()
 }

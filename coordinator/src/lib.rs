@@ -8,6 +8,7 @@
 
 mod data_dir;
 mod http;
+mod leaderboard;
 mod metrics;
 mod quic;
 mod stats;
@@ -49,6 +50,28 @@ pub(crate) struct Shared {
     pub(crate) project_key: SigningKey,
     /// Where the statistics exports are written (`DIR/stats`).
     pub(crate) stats_dir: PathBuf,
+    /// The latest statistics dump and when it was taken: leaderboards are served from it for
+    /// [`DUMP_FRESH_MS`], so dashboards polling them cost one query a while, not one each.
+    pub(crate) dump_cache: tokio::sync::Mutex<Option<(u64, Arc<herd_store::StatsDump>)>>,
+}
+
+/// How long a statistics dump serves leaderboards.
+pub(crate) const DUMP_FRESH_MS: u64 = 30_000;
+
+impl Shared {
+    /// The statistics dump, at most [`DUMP_FRESH_MS`] old.
+    pub(crate) async fn fresh_dump(&self) -> anyhow::Result<Arc<herd_store::StatsDump>> {
+        let mut cache = self.dump_cache.lock().await;
+        let now = now_ms();
+        if let Some((taken, dump)) = cache.as_ref()
+            && now.saturating_sub(*taken) < DUMP_FRESH_MS
+        {
+            return Ok(dump.clone());
+        }
+        let dump = Arc::new(self.store.stats_dump(now).await?);
+        *cache = Some((now, dump.clone()));
+        Ok(dump)
+    }
 }
 
 /// Milliseconds since the Unix epoch: the only clock the coordinator reads, passed to the pure
@@ -83,6 +106,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         sandbox,
         project_key: SigningKey::from_seed(dir.project_key.seed()),
         stats_dir: stats::dir(&config.data_dir),
+        dump_cache: tokio::sync::Mutex::new(None),
     });
     // The token in DATA_DIR/researcher.token is the administrator's.
     shared

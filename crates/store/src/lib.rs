@@ -135,6 +135,17 @@ pub struct ProjectSummary {
     pub total_credit: f64,
 }
 
+/// Work done in one interval of time, for throughput charts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ThroughputBucket {
+    /// The interval's start (Unix milliseconds).
+    pub start_ms: u64,
+    /// Units validated in it.
+    pub units: u64,
+    /// Fuel credited in it.
+    pub fuel: u64,
+}
+
 /// A researcher: who may create batches and see them (no one else sees them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Researcher {
@@ -341,6 +352,15 @@ pub trait Store: Send + Sync {
 
     /// Every volunteer, team and host with credit, recent averages as of `now_ms`, by id.
     fn stats_dump(&self, now_ms: u64) -> Pending<StatsDump>;
+
+    /// Units validated and fuel credited from `since_ms` on, in intervals of `bucket_ms`
+    /// (every interval, empty ones too, oldest first).
+    fn throughput(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        bucket_ms: u64,
+    ) -> Pending<Vec<ThroughputBucket>>;
 
     /// The project at a glance as of `now_ms`: activity within `active_ms`, throughput over
     /// the last `window_ms`.

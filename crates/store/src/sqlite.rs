@@ -20,7 +20,7 @@ use crate::live::Live;
 use crate::{
     BatchStatus, BatchSummary, CreditLine, CreditTotals, Exchange, HostLine, HostRecord, NewBatch,
     Pending, ProjectSummary, ReportEffect, ReportRefusal, Researcher, RetiredBatch, StatsDump,
-    Store, StoreError, UnitStatus, Want,
+    Store, StoreError, ThroughputBucket, UnitStatus, Want,
 };
 
 const SCHEMA_VERSION: i64 = 8;
@@ -902,6 +902,15 @@ impl Store for SqliteStore {
 
     fn stats_dump(&self, now_ms: u64) -> Pending<StatsDump> {
         self.run(move |tx, _| stats::dump(tx, now_ms))
+    }
+
+    fn throughput(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        bucket_ms: u64,
+    ) -> Pending<Vec<ThroughputBucket>> {
+        self.run(move |tx, _| stats::throughput(tx, since_ms, until_ms, bucket_ms))
     }
 
     fn project_summary(

@@ -6,7 +6,9 @@ use herd_lifecycle::credit_for_fuel;
 use rusqlite::Connection;
 
 use super::{rac_at, to_i64, to_u64};
-use crate::{HostStats, ProjectSummary, StatsDump, StoreError, TeamStats, VolunteerStats};
+use crate::{
+    HostStats, ProjectSummary, StatsDump, StoreError, TeamStats, ThroughputBucket, VolunteerStats,
+};
 
 pub(super) fn dump(tx: &Connection, now_ms: u64) -> Result<StatsDump, StoreError> {
     let volunteers: Vec<VolunteerStats> = tx
@@ -150,4 +152,47 @@ pub(super) fn summary(
         units_failed: number(tx, "SELECT COUNT(*) FROM units WHERE state = 'failed'", [])?,
         total_credit: credit_for_fuel(total_fuel),
     })
+}
+
+pub(super) fn throughput(
+    tx: &Connection,
+    since_ms: u64,
+    until_ms: u64,
+    bucket_ms: u64,
+) -> Result<Vec<ThroughputBucket>, StoreError> {
+    let bucket_ms = bucket_ms.max(1);
+    let count = until_ms.saturating_sub(since_ms).div_ceil(bucket_ms);
+    let mut buckets: Vec<ThroughputBucket> = (0..count)
+        .map(|i| ThroughputBucket {
+            start_ms: since_ms + i * bucket_ms,
+            units: 0,
+            fuel: 0,
+        })
+        .collect();
+    let range = [to_i64(since_ms), to_i64(until_ms), to_i64(bucket_ms)];
+    let units: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT (settled_ms - ?1) / ?3, COUNT(*) FROM units
+             WHERE state = 'validated' AND settled_ms >= ?1 AND settled_ms < ?2 GROUP BY 1",
+        )?
+        .query_map(range, |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (index, n) in units {
+        if let Some(bucket) = buckets.get_mut(to_u64(index) as usize) {
+            bucket.units = to_u64(n);
+        }
+    }
+    let fuel: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT (granted_ms - ?1) / ?3, SUM(fuel) FROM credit
+             WHERE granted_ms >= ?1 AND granted_ms < ?2 GROUP BY 1",
+        )?
+        .query_map(range, |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (index, n) in fuel {
+        if let Some(bucket) = buckets.get_mut(to_u64(index) as usize) {
+            bucket.fuel = to_u64(n);
+        }
+    }
+    Ok(buckets)
 }

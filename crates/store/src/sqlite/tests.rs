@@ -1386,4 +1386,10 @@ fn the_stats_dump_lists_volunteers_teams_and_hosts_by_id_with_their_credit() {
         .wait()
         .expect("summary");
     assert_eq!((later.units_per_second, later.hosts_active), (0.0, 0));
+    // The chart's series: the unit settled at 20 ms falls in the first 10 ms bucket of [10, 40).
+    let series = store.throughput(10, 40, 10).wait().expect("throughput");
+    let units: Vec<u64> = series.iter().map(|b| b.units).collect();
+    let starts: Vec<u64> = series.iter().map(|b| b.start_ms).collect();
+    assert_eq!((starts, units), (vec![10, 20, 30], vec![0, 1, 0]));
+    assert_eq!(series[1].fuel, 6_000_000_000);
 }
