@@ -654,10 +654,16 @@ fn a_result_finished_while_the_coordinator_is_down_survives_the_worker_being_kil
         false,
         &["--fuel", "1000000000000"],
     );
-    eventually(Duration::from_secs(60), "both to start the unit", || {
-        (spooled(root.path(), "ada", "assigned") == 1
-            && spooled(root.path(), "grace", "assigned") == 1)
-            .then_some(())
+    // Both have the unit's input and run it (their status files show it running).
+    let running = |name: &str| {
+        let path = herd_e2e::worker_dir(root.path(), name).join("status.json");
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|status| status["units"].as_array().is_some_and(|u| u.len() == 1))
+    };
+    eventually(Duration::from_secs(60), "both to run the unit", || {
+        (running("ada") && running("grace")).then_some(())
     });
     // The coordinator dies; both finish and cannot report; then both die too.
     coordinator.process.kill();
@@ -862,6 +868,57 @@ fn a_download_limit_holds_within_ten_percent_on_a_large_input() {
             (rate - 512.0).abs() <= 51.2,
             "fetched at {rate} KiB/s with a 512 KiB/s limit"
         );
+    }
+}
+
+/// The coordinator goes away while the workers are still fetching a unit's input: the
+/// replicas are not given up (that would waste them and count as errors); the workers fetch
+/// again once it is back, and the unit validates on exactly its two replicas.
+#[test]
+fn losing_the_coordinator_mid_fetch_does_not_give_the_replicas_up() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let port = free_udp_port();
+    let mut coordinator = Coordinator::start(root.path(), port).expect("coordinator");
+    let join = coordinator.join.clone();
+    let limited = |name: &str| {
+        herd_e2e::start_worker_with(
+            root.path(),
+            &join,
+            name,
+            "t",
+            1,
+            &["--always", "--pref", "download_kib_per_s=256"],
+        )
+        .expect("worker")
+    };
+    let workers = [limited("ada"), limited("grace")];
+    // 2 MiB at 256 KiB/s: eight seconds of fetching to be interrupted.
+    let inputs = root.path().join("big-inputs");
+    std::fs::create_dir_all(&inputs).expect("inputs dir");
+    let mut input =
+        herd_samples::mandelbrot_input((-2.0, -1.0), (0.5, 1.0), (16, 16), 50).into_bytes();
+    input.resize(2 << 20, b' ');
+    std::fs::write(inputs.join("padded"), &input).expect("write input");
+    let batch = submit(&coordinator, root.path(), &inputs, false);
+    eventually(Duration::from_secs(30), "both to accept the unit", || {
+        (spooled(root.path(), "ada", "assigned") == 1
+            && spooled(root.path(), "grace", "assigned") == 1)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    coordinator.process.kill();
+    drop(coordinator);
+    let coordinator = Coordinator::start(root.path(), port).expect("restart");
+    let status = eventually(Duration::from_secs(90), "the unit validated", || {
+        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"] == 1).then_some(status)
+    });
+    assert_eq!(status["units"][0]["replicas"], 2, "{status}");
+    for worker in &workers {
+        let log = std::fs::read_to_string(&worker.log).expect("log");
+        assert!(!log.contains("aborted"), "{log}");
+        assert!(log.contains("it will run after reconnecting"), "{log}");
     }
 }
 
@@ -1312,6 +1369,24 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
         (status, body["error"]["code"].as_str()),
         (400, Some("bad_query"))
     );
+    // A bulk upload cut short is refused whole, naming the blob.
+    let (status, body) = coordinator.api(
+        "POST",
+        "/api/v1/blobs",
+        Some(&grace),
+        Some("\0\0\0\x02ok\0\0\0\x09short"),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_frame")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("blob 1")),
+        "{body}"
+    );
     // No token, a wrong token.
     let (status, body) = coordinator.api("GET", "/api/v1/batches", None, None);
     assert_eq!(
@@ -1449,6 +1524,72 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
+}
+
+/// A batch of 100,000 units through the researcher's tools: inputs uploaded many to a request,
+/// the batch created in one call, and its units listed a page at a time.
+#[test]
+fn a_batch_of_100000_units_is_created_and_listed_through_the_api() {
+    const UNITS: usize = 100_000;
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let inputs = root.path().join("sweep");
+    std::fs::create_dir_all(&inputs).expect("mkdir");
+    for i in 0..UNITS {
+        std::fs::write(inputs.join(format!("p{i:06}")), format!("{i}\n")).expect("input");
+    }
+    let started = std::time::Instant::now();
+    let batch = submit(&coordinator, root.path(), &inputs, false);
+    let created = started.elapsed();
+    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    let listed = started.elapsed() - created;
+    assert_eq!(status["total"], UNITS as u64);
+    assert_eq!(status["open"], UNITS as u64);
+    let units = status["units"].as_array().expect("units");
+    assert_eq!(units.len(), UNITS);
+    // In id order, each named after its file, nothing listed twice.
+    let ids: Vec<u64> = units
+        .iter()
+        .map(|u| u["id"].as_u64().expect("id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(units[0]["name"], "p000000");
+    assert_eq!(units[UNITS - 1]["name"], format!("p{:06}", UNITS - 1));
+    // A page in the middle, filtered by state.
+    let (code, page) = coordinator.api(
+        "GET",
+        &format!(
+            "/api/v1/batches/{batch}/units?after={}&limit=10&state=open",
+            ids[50_000]
+        ),
+        Some(&coordinator.token),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(page["units"][0]["id"], ids[50_001]);
+    assert_eq!(page["next_after"], ids[50_010]);
+    let (code, page) = coordinator.api(
+        "GET",
+        &format!("/api/v1/batches/{batch}/units?state=validated"),
+        Some(&coordinator.token),
+        None,
+    );
+    assert_eq!(
+        (code, page["units"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (code, body) = coordinator.api(
+        "GET",
+        &format!("/api/v1/batches/{batch}/units?state=lost"),
+        Some(&coordinator.token),
+        None,
+    );
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("bad_query"))
+    );
+    eprintln!("100,000 units: created in {created:?}, listed in {listed:?}");
 }
 
 /// The web dashboard in a real browser (headless Chromium) against a live coordinator with

@@ -6,10 +6,12 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | PUT | `/api/v1/blobs/{hash}` | upload a module or input (body: its bytes; refused if they do not hash to `{hash}`) |
+//! | POST | `/api/v1/blobs` | upload many inputs at once: the body is each blob as a 4-byte big-endian length and its bytes; answers their hashes in order |
 //! | GET | `/api/v1/blobs/{hash}` | download a blob of one of your batches (an output, by the hash in a unit's result) |
 //! | POST | `/api/v1/batches` | create a batch (see [`CreateBatch`]) |
 //! | GET | `/api/v1/batches?after=ID&limit=N` | your batches, oldest first, a page at a time (`next_after` names the next page) |
-//! | GET | `/api/v1/batches/{id}` | a batch's progress and units |
+//! | GET | `/api/v1/batches/{id}` | a batch's counts |
+//! | GET | `/api/v1/batches/{id}/units?after=ID&limit=N&state=S` | a page of its units (state, result, failure, replicas) |
 //! | POST | `/api/v1/batches/{id}/cancel` | fail the batch's open units as cancelled; no more replicas are sent |
 //! | POST | `/api/v1/batches/{id}/retire` | purge a batch's rows and blobs; `{"archive": true}` keeps a copy first |
 //! | POST | `/api/v1/researchers` | the administrator adds a researcher (`{"name"}`); the answer holds their token, once |
@@ -39,7 +41,7 @@ use axum::{Json, Router};
 use herd_lifecycle::{Adaptive, PPM, Policy};
 use herd_protocol::ContentHash;
 use herd_sandbox::{Limits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_OUTPUT_BYTES};
-use herd_store::{NewBatch, NewUnit, Researcher, RetiredBatch, StoreError};
+use herd_store::{NewBatch, NewUnit, Researcher, RetiredBatch, StoreError, UnitState};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -57,9 +59,11 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let app = Router::new()
+        .route("/api/v1/blobs", post(put_blobs))
         .route("/api/v1/blobs/{hash}", get(get_blob).put(put_blob))
         .route("/api/v1/batches", post(create_batch).get(list_batches))
         .route("/api/v1/batches/{id}", get(batch_status))
+        .route("/api/v1/batches/{id}/units", get(batch_units))
         .route("/api/v1/batches/{id}/cancel", post(cancel_batch))
         .route("/api/v1/batches/{id}/retire", post(retire_batch))
         .route("/api/v1/researchers", post(add_researcher))
@@ -501,11 +505,11 @@ async fn batch_status(
     let id = parse_batch_id(&id)?;
     match shared
         .store
-        .batch_status(id)
+        .batch_summary(id)
         .await
         .map_err(anyhow::Error::from)?
     {
-        Some(status) if status.researcher_id == me.id => Ok(Json(status).into_response()),
+        Some((owner, summary)) if owner == me.id => Ok(Json(summary).into_response()),
         _ => Err(no_batch(id)),
     }
 }
@@ -956,4 +960,124 @@ async fn dashboard_style() -> Response {
         include_str!("dashboard/dashboard.css"),
     )
         .into_response()
+}
+
+/// The query of `GET /api/v1/batches/{id}/units`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnitsQuery {
+    /// Units with ids above this (the `next_after` of the page before).
+    after: Option<u64>,
+    /// At most this many (1..=1000, default 1000).
+    limit: Option<u32>,
+    /// Only units in this state: `open`, `validated` or `failed`.
+    state: Option<String>,
+}
+
+/// `GET /api/v1/batches/{id}/units`: a page of a batch's units, in id order.
+async fn batch_units(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<UnitsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let me = researcher(&shared, &headers).await?;
+    let id = parse_batch_id(&id)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request("bad_query", format!("unit list: {e}")))?;
+    let limit = check_range(
+        "limit",
+        u64::from(query.limit.unwrap_or(MAX_PAGE)),
+        1,
+        MAX_PAGE.into(),
+    )?;
+    let state = match query.state.as_deref() {
+        None => None,
+        Some(name) => Some(UnitState::parse(name).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_query",
+                format!(
+                    "state `{}` is not open, validated or failed",
+                    name.escape_debug()
+                ),
+            )
+        })?),
+    };
+    own_batch(&shared, &me, id).await?;
+    let units = shared
+        .store
+        .batch_units(id, query.after.unwrap_or(0), limit as u32, state)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let next_after = (units.len() as u64 == limit)
+        .then(|| units.last().map(|u| u.id))
+        .flatten();
+    Ok(Json(serde_json::json!({ "units": units, "next_after": next_after })).into_response())
+}
+
+/// `POST /api/v1/blobs`: many blobs in one request, for batches of many small inputs. The body
+/// is a sequence of frames, each a 4-byte big-endian length then that many bytes; the answer
+/// lists their hashes in order. Nothing is stored unless every frame is whole and within the
+/// blob size limit.
+async fn put_blobs(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    researcher(&shared, &headers).await?;
+    // Checked whole before anything is stored.
+    split_frames(&body)?;
+    let store = shared.blobs.clone();
+    let hashes = blocking(move || {
+        let blobs = split_frames(&body).map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok(store.put_many(&blobs)?)
+    })
+    .await?;
+    let hashes: Vec<String> = hashes.iter().map(ContentHash::to_hex).collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "hashes": hashes })),
+    )
+        .into_response())
+}
+
+/// Splits a bulk upload into its blobs, refusing a truncated frame or an oversized blob.
+fn split_frames(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
+    let mut blobs = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let Some((length, after)) = rest.split_first_chunk::<4>() else {
+            return Err(ApiError::bad_request(
+                "bad_frame",
+                format!(
+                    "blob {}: the body ends inside its 4-byte length",
+                    blobs.len()
+                ),
+            ));
+        };
+        let length = u32::from_be_bytes(*length) as usize;
+        if length > MAX_MODULE_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "blob {} is {length} bytes, over the limit of {MAX_MODULE_BYTES}",
+                    blobs.len()
+                ),
+            ));
+        }
+        let Some((blob, after)) = after.split_at_checked(length) else {
+            return Err(ApiError::bad_request(
+                "bad_frame",
+                format!(
+                    "blob {} claims {length} bytes; the body has {} left",
+                    blobs.len(),
+                    after.len()
+                ),
+            ));
+        };
+        blobs.push(blob);
+        rest = after;
+    }
+    Ok(blobs)
 }

@@ -496,9 +496,7 @@ impl Worker {
                         }
                         Err(panic) => tracing::error!("spool task: {panic}"),
                     }
-                    next = self
-                        .compute_and_report(slot, &connection, signed.assignment)
-                        .await?;
+                    next = self.compute_and_report(slot, &connection, signed).await?;
                 }
                 ServerMessage::NoWork { retry_after_ms } => {
                     // The coordinator's wait, doubled for every answer in a row without work
@@ -523,11 +521,20 @@ impl Worker {
         &self,
         slot: u32,
         connection: &Connection,
-        assignment: Assignment,
+        signed: SignedAssignment,
     ) -> anyhow::Result<Option<SignedAssignment>> {
+        let assignment = &signed.assignment;
         let replica_id = assignment.replica_id;
-        let execution = match self.compute(connection, &assignment).await {
+        let execution = match self.compute(connection, assignment).await {
             Ok(execution) => execution,
+            // The connection failed while fetching what the unit needs: not the unit's fault,
+            // and no reason to give the replica up. It stays in the spool and in hand, and runs
+            // first on the next connection.
+            Err(error) if lost_connection(&error) => {
+                tracing::warn!("replica {replica_id}: {error:#}; it will run after reconnecting");
+                lock(&self.recovered).push(signed.clone());
+                return Err(error);
+            }
             Err(error) => {
                 tracing::warn!("replica {replica_id}: {error:#}");
                 Execution {
@@ -868,6 +875,22 @@ async fn write_status(worker: Arc<Worker>) {
             tracing::debug!("status file: {error}");
         }
     }
+}
+
+/// Whether an error came from the connection to the coordinator (as opposed to a refusal, a
+/// bad blob or this machine).
+fn lost_connection(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<herd_net::NetError>(),
+            Some(
+                herd_net::NetError::Connection(_)
+                    | herd_net::NetError::Write(_)
+                    | herd_net::NetError::Closed(_)
+                    | herd_net::NetError::Read(_)
+            )
+        )
+    })
 }
 
 /// Aborts a task when dropped: the governor stops with the worker.

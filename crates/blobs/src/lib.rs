@@ -81,6 +81,58 @@ impl BlobStore {
         Ok(hash)
     }
 
+    /// Stores many blobs, durably, in far fewer syncs than one [`put`](Self::put) each: every
+    /// new blob is written to a temporary file, the file system is synced once, the files are
+    /// renamed into place, and it is synced once more. Returns their hashes in order. (A
+    /// hundred thousand small inputs took 40 s one fsync at a time.)
+    pub fn put_many(&self, blobs: &[&[u8]]) -> Result<Vec<ContentHash>, BlobError> {
+        let mut hashes = Vec::with_capacity(blobs.len());
+        let mut pending = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for bytes in blobs {
+            let hash = ContentHash::of(bytes);
+            hashes.push(hash);
+            let path = self.path(&hash);
+            if !seen.insert(hash) || path.is_file() {
+                continue;
+            }
+            let io = |source| BlobError::Io {
+                path: path.clone(),
+                source,
+            };
+            let dir = path.parent().unwrap_or(&self.root);
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+            file.write_all(bytes).map_err(io)?;
+            // Closed now (a batch's inputs would exhaust the file descriptors), renamed later.
+            pending.push((path, file.into_temp_path()));
+        }
+        if pending.is_empty() {
+            return Ok(hashes);
+        }
+        let sync = |what: &Path| -> Result<(), BlobError> {
+            let root = std::fs::File::open(&self.root).map_err(|source| BlobError::Io {
+                path: what.to_path_buf(),
+                source,
+            })?;
+            rustix::fs::syncfs(&root).map_err(|errno| BlobError::Io {
+                path: what.to_path_buf(),
+                source: errno.into(),
+            })
+        };
+        // The contents are on disk before any blob has its name.
+        sync(&self.root)?;
+        for (path, temp) in pending {
+            temp.persist(&path).map_err(|e| BlobError::Io {
+                path: path.clone(),
+                source: e.error,
+            })?;
+        }
+        // And the names before the caller refers to them.
+        sync(&self.root)?;
+        Ok(hashes)
+    }
+
     /// Stores `bytes` that are claimed to hash to `claimed`, refusing them if they do not.
     pub fn put_verified(&self, claimed: &ContentHash, bytes: &[u8]) -> Result<(), BlobError> {
         let actual = ContentHash::of(bytes);
@@ -171,6 +223,36 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_blobs_are_stored_at_once_duplicates_and_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path().join("blobs")).expect("open");
+        let already = store.put(b"kept").expect("put");
+        let inputs: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("input {i}").into_bytes())
+            .collect();
+        let mut blobs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        blobs.push(b"input 7");
+        blobs.push(b"kept");
+        let hashes = store.put_many(&blobs).expect("put many");
+        assert_eq!(hashes.len(), blobs.len());
+        for (bytes, hash) in blobs.iter().zip(&hashes) {
+            assert_eq!(*hash, ContentHash::of(bytes));
+            assert_eq!(store.get(hash).expect("get").as_deref(), Some(*bytes));
+        }
+        assert_eq!(hashes[501], already);
+        // No temporary file is left anywhere.
+        let leftovers = std::fs::read_dir(dir.path().join("blobs"))
+            .expect("root")
+            .flatten()
+            .filter(|shard| shard.path().is_dir())
+            .flat_map(|shard| std::fs::read_dir(shard.path()).expect("shard").flatten())
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(leftovers, 0);
+        assert_eq!(store.put_many(&[]).expect("nothing"), Vec::new());
+    }
 
     #[test]
     fn blobs_round_trip_and_are_verified() {

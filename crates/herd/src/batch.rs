@@ -64,6 +64,9 @@ fn bar(len: u64, message: &str) -> ProgressBar {
     bar
 }
 
+/// The most input bytes one upload request carries.
+const UPLOAD_CHUNK: usize = 8 << 20;
+
 /// Uploads the module and inputs and creates the batch; returns its id.
 pub(crate) fn submit(
     client: &Client,
@@ -87,13 +90,31 @@ pub(crate) fn submit(
         bar(submission.inputs.len() as u64, "uploading")
     };
     let mut units = Vec::with_capacity(submission.inputs.len());
-    for (name, bytes) in &submission.inputs {
-        let input = client.put_blob(bytes)?;
-        units.push(UnitSpec {
-            name: name.clone(),
-            input: input.to_hex(),
-        });
-        progress.inc(1);
+    // Inputs go up many to a request, each request under UPLOAD_CHUNK bytes (a larger input
+    // goes alone).
+    let mut start = 0;
+    while start < submission.inputs.len() {
+        let mut end = start + 1;
+        let mut bytes = submission.inputs[start].1.len();
+        while end < submission.inputs.len()
+            && bytes + submission.inputs[end].1.len() + 4 <= UPLOAD_CHUNK
+        {
+            bytes += submission.inputs[end].1.len() + 4;
+            end += 1;
+        }
+        let chunk: Vec<&[u8]> = submission.inputs[start..end]
+            .iter()
+            .map(|(_, bytes)| bytes.as_slice())
+            .collect();
+        let hashes = client.put_blobs(&chunk)?;
+        for ((name, _), hash) in submission.inputs[start..end].iter().zip(hashes) {
+            units.push(UnitSpec {
+                name: name.clone(),
+                input: hash.to_hex(),
+            });
+        }
+        progress.inc((end - start) as u64);
+        start = end;
     }
     progress.finish_and_clear();
     client.create_batch(&BatchSpec {
@@ -112,10 +133,10 @@ fn count(status: &Value, field: &str) -> u64 {
 }
 
 /// Follows a batch with a progress bar until every unit is validated or failed; returns the
-/// final status.
+/// final status, with its failed units.
 pub(crate) fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<Value> {
     let started = Instant::now();
-    let mut status = client.batch_status(id)?;
+    let mut status = client.batch_summary(id)?;
     let total = count(&status, "total");
     let progress = if quiet {
         ProgressBar::hidden()
@@ -135,10 +156,10 @@ pub(crate) fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<Valu
         progress.set_message(format!("{failed} failed {eta}"));
         if done >= total {
             progress.finish_and_clear();
-            return Ok(status);
+            return client.batch_status_with(id, Some("failed"));
         }
         std::thread::sleep(POLL);
-        status = client.batch_status(id)?;
+        status = client.batch_summary(id)?;
     }
 }
 
@@ -172,10 +193,10 @@ fn safe_file_name(name: &str) -> bool {
 
 /// Downloads every validated unit's output into `out`, named after its input; returns how many.
 pub(crate) fn results(client: &Client, id: u64, out: &Path) -> anyhow::Result<usize> {
-    let status = client.batch_status(id)?;
+    let units = client.batch_units(id, Some("validated"))?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut written = 0;
-    for unit in status["units"].as_array().into_iter().flatten() {
+    for unit in &units {
         let name = unit["name"].as_str().unwrap_or_default();
         if unit["state"] != "validated" {
             continue;

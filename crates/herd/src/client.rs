@@ -119,6 +119,41 @@ impl Client {
         Ok(hash)
     }
 
+    /// Uploads many blobs in one request (`POST /api/v1/blobs`); returns their hashes, checked
+    /// against the coordinator's answer.
+    pub(crate) fn put_blobs(&self, blobs: &[&[u8]]) -> anyhow::Result<Vec<ContentHash>> {
+        let mut body = Vec::with_capacity(blobs.iter().map(|b| b.len() + 4).sum());
+        for blob in blobs {
+            let length = u32::try_from(blob.len()).context("a blob over 4 GiB")?;
+            body.extend_from_slice(&length.to_be_bytes());
+            body.extend_from_slice(blob);
+        }
+        let response = self
+            .agent
+            .post(&self.url("blobs"))
+            .header("Authorization", &self.auth()?)
+            .header("Content-Type", "application/octet-stream")
+            .send(&body[..]);
+        let answer = self.finish("upload blobs", response)?;
+        let answer: Value = Self::json("upload blobs", &answer)?;
+        let hashes: Vec<ContentHash> = blobs.iter().map(|b| ContentHash::of(b)).collect();
+        let said: Vec<&str> = answer["hashes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if said.len() != hashes.len()
+            || said
+                .iter()
+                .zip(&hashes)
+                .any(|(said, hash)| **said != hash.to_hex())
+        {
+            bail!("upload blobs: the coordinator's hashes do not match the blobs sent");
+        }
+        Ok(hashes)
+    }
+
     pub(crate) fn get_blob(&self, hash: &ContentHash) -> anyhow::Result<Vec<u8>> {
         let response = self
             .agent
@@ -146,7 +181,8 @@ impl Client {
             .context("create batch: the response has no batch id")
     }
 
-    pub(crate) fn batch_status(&self, id: u64) -> anyhow::Result<Value> {
+    /// A batch's counts.
+    pub(crate) fn batch_summary(&self, id: u64) -> anyhow::Result<Value> {
         let response = self
             .agent
             .get(&self.url(&format!("batches/{id}")))
@@ -154,6 +190,36 @@ impl Client {
             .call();
         let body = self.finish("batch status", response)?;
         Self::json("batch status", &body)
+    }
+
+    /// Every unit of a batch (in `state`, if given), page after page.
+    pub(crate) fn batch_units(&self, id: u64, state: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let mut units = Vec::new();
+        let mut after = 0;
+        loop {
+            let filter = state.map(|s| format!("&state={s}")).unwrap_or_default();
+            let response = self
+                .agent
+                .get(&self.url(&format!(
+                    "batches/{id}/units?after={after}&limit=1000{filter}"
+                )))
+                .header("Authorization", &self.auth()?)
+                .call();
+            let body = self.finish("batch units", response)?;
+            let page: Value = Self::json("batch units", &body)?;
+            units.extend(page["units"].as_array().into_iter().flatten().cloned());
+            match page["next_after"].as_u64() {
+                Some(next) => after = next,
+                None => return Ok(units),
+            }
+        }
+    }
+
+    /// A batch's counts with its units (in `state`, if given) under `"units"`.
+    pub(crate) fn batch_status_with(&self, id: u64, state: Option<&str>) -> anyhow::Result<Value> {
+        let mut status = self.batch_summary(id)?;
+        status["units"] = Value::Array(self.batch_units(id, state)?);
+        Ok(status)
     }
 
     /// Retires a batch, archiving it on the coordinator first if asked.

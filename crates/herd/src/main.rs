@@ -246,7 +246,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { batch: id, json } => {
-            let status = client().batch_status(*id)?;
+            let status = client().batch_status_with(*id, None)?;
             if *json {
                 println!("{status}");
             } else {

@@ -220,6 +220,31 @@ pub struct UnitStatus {
     pub replicas: u32,
 }
 
+/// A unit's state, to filter a batch's units by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitState {
+    Open,
+    Validated,
+    Failed,
+}
+
+impl UnitState {
+    /// The name the database and the API use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Validated => "validated",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Open, Self::Validated, Self::Failed]
+            .into_iter()
+            .find(|state| state.name() == name)
+    }
+}
+
 /// A batch's progress.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BatchStatus {
@@ -389,6 +414,19 @@ pub trait Store: Send + Sync {
         after: u64,
         limit: u32,
     ) -> Pending<Vec<BatchSummary>>;
+
+    /// A batch's counts and its researcher's id, without its units.
+    fn batch_summary(&self, batch_id: u64) -> Pending<Option<(u64, BatchSummary)>>;
+
+    /// A page of a batch's units: ids above `after`, in id order, at most `limit`, only those
+    /// in `state` if given.
+    fn batch_units(
+        &self,
+        batch_id: u64,
+        after: u64,
+        limit: u32,
+        state: Option<UnitState>,
+    ) -> Pending<Vec<UnitStatus>>;
 
     /// Whose batch this is; `None` if there is no such batch.
     fn batch_owner(&self, batch_id: u64) -> Pending<Option<u64>>;

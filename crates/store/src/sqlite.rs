@@ -20,7 +20,7 @@ use crate::live::Live;
 use crate::{
     BatchStatus, BatchSummary, CreditLine, CreditTotals, Exchange, HostLine, HostRecord, NewBatch,
     Pending, ProjectSummary, ReportEffect, ReportRefusal, Researcher, RetiredBatch, StatsDump,
-    Store, StoreError, ThroughputBucket, UnitStatus, Want,
+    Store, StoreError, ThroughputBucket, UnitState, UnitStatus, Want,
 };
 
 const SCHEMA_VERSION: i64 = 8;
@@ -471,6 +471,56 @@ impl SqliteStore {
     }
 }
 
+/// A batch's units with ids above `after`, in id order, at most `limit`, only those in
+/// `state` if given.
+fn unit_page(
+    tx: &Connection,
+    batch_id: u64,
+    after: u64,
+    limit: u32,
+    state: Option<UnitState>,
+) -> Result<Vec<UnitStatus>, StoreError> {
+    let mut statement = tx.prepare_cached(
+        "SELECT id, name, state, input_hash, canonical, failure,
+            (SELECT COUNT(*) FROM replicas r WHERE r.unit_id = units.id)
+         FROM units WHERE batch_id = ?1 AND id > ?2 AND (?3 IS NULL OR state = ?3)
+         ORDER BY id LIMIT ?4",
+    )?;
+    let rows = statement.query_map(
+        params![
+            to_i64(batch_id),
+            to_i64(after),
+            state.map(UnitState::name),
+            i64::from(limit)
+        ],
+        |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, u32>(6)?,
+            ))
+        },
+    )?;
+    let mut units = Vec::new();
+    for row in rows {
+        let (id, name, state, input, canonical, failure, replicas) = row?;
+        units.push(UnitStatus {
+            id: to_u64(id),
+            name,
+            state,
+            input,
+            result: canonical.as_deref().map(parse_result).transpose()?,
+            failure,
+            replicas,
+        });
+    }
+    Ok(units)
+}
+
 #[cfg(test)]
 impl SqliteStore {
     /// Whether the live work in memory equals what loading it from the database gives now.
@@ -652,37 +702,7 @@ impl Store for SqliteStore {
             let Some((module, quorum, created_ms, researcher_id)) = batch else {
                 return Ok(None);
             };
-            let mut units = Vec::new();
-            {
-                let mut statement = tx.prepare_cached(
-                    "SELECT id, name, state, input_hash, canonical, failure,
-                        (SELECT COUNT(*) FROM replicas r WHERE r.unit_id = units.id)
-                 FROM units WHERE batch_id = ?1 ORDER BY id",
-                )?;
-                let rows = statement.query_map([to_i64(batch_id)], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                        row.get::<_, Option<String>>(5)?,
-                        row.get::<_, u32>(6)?,
-                    ))
-                })?;
-                for row in rows {
-                    let (id, name, state, input, canonical, failure, replicas) = row?;
-                    units.push(UnitStatus {
-                        id: to_u64(id),
-                        name,
-                        state,
-                        input,
-                        result: canonical.as_deref().map(parse_result).transpose()?,
-                        failure,
-                        replicas,
-                    });
-                }
-            }
+            let units = unit_page(tx, batch_id, 0, u32::MAX, None)?;
             let count = |state: &str| units.iter().filter(|u| u.state == state).count() as u64;
             Ok(Some(BatchStatus {
                 id: batch_id,
@@ -885,6 +905,20 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Pending<Vec<BatchSummary>> {
         self.run(move |tx, _| researchers::list_batches(tx, researcher_id, after, limit))
+    }
+
+    fn batch_summary(&self, batch_id: u64) -> Pending<Option<(u64, BatchSummary)>> {
+        self.run(move |tx, _| researchers::summary(tx, batch_id))
+    }
+
+    fn batch_units(
+        &self,
+        batch_id: u64,
+        after: u64,
+        limit: u32,
+        state: Option<UnitState>,
+    ) -> Pending<Vec<UnitStatus>> {
+        self.run(move |tx, _| unit_page(tx, batch_id, after, limit, state))
     }
 
     fn batch_owner(&self, batch_id: u64) -> Pending<Option<u64>> {

@@ -96,38 +96,61 @@ pub(super) fn by_token(
         .optional()?)
 }
 
+/// The columns [`summary_from_row`] reads, from `batches b`.
+const SUMMARY_COLUMNS: &str = "b.id, b.module_hash, b.quorum, b.priority, b.created_ms,
+    (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'open'),
+    (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'validated'),
+    (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'failed'),
+    b.researcher_id";
+
+fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, BatchSummary)> {
+    let (open, validated, failed): (i64, i64, i64) = (row.get(5)?, row.get(6)?, row.get(7)?);
+    Ok((
+        row.get::<_, Option<i64>>(8)?.map_or(0, to_u64),
+        BatchSummary {
+            id: to_u64(row.get(0)?),
+            module: row.get(1)?,
+            quorum: row.get(2)?,
+            priority: row.get(3)?,
+            created_ms: to_u64(row.get(4)?),
+            total: to_u64(open + validated + failed),
+            open: to_u64(open),
+            validated: to_u64(validated),
+            failed: to_u64(failed),
+        },
+    ))
+}
+
 pub(super) fn list_batches(
     tx: &Connection,
     researcher_id: u64,
     after: u64,
     limit: u32,
 ) -> Result<Vec<BatchSummary>, StoreError> {
-    let mut statement = tx.prepare_cached(
-        "SELECT b.id, b.module_hash, b.quorum, b.priority, b.created_ms,
-                (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'open'),
-                (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'validated'),
-                (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'failed')
-         FROM batches b WHERE b.researcher_id = ?1 AND b.id > ?2 ORDER BY b.id LIMIT ?3",
-    )?;
+    let mut statement = tx.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM batches b
+         WHERE b.researcher_id = ?1 AND b.id > ?2 ORDER BY b.id LIMIT ?3"
+    ))?;
     let rows = statement.query_map(
         params![to_i64(researcher_id), to_i64(after), i64::from(limit)],
-        |row| {
-            let (open, validated, failed): (i64, i64, i64) =
-                (row.get(5)?, row.get(6)?, row.get(7)?);
-            Ok(BatchSummary {
-                id: to_u64(row.get(0)?),
-                module: row.get(1)?,
-                quorum: row.get(2)?,
-                priority: row.get(3)?,
-                created_ms: to_u64(row.get(4)?),
-                total: to_u64(open + validated + failed),
-                open: to_u64(open),
-                validated: to_u64(validated),
-                failed: to_u64(failed),
-            })
-        },
+        summary_from_row,
     )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows
+        .map(|row| row.map(|(_, summary)| summary))
+        .collect::<Result<_, _>>()?)
+}
+
+/// A batch's counts and whose it is.
+pub(super) fn summary(
+    tx: &Connection,
+    batch_id: u64,
+) -> Result<Option<(u64, BatchSummary)>, StoreError> {
+    Ok(tx
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM batches b WHERE b.id = ?1"
+        ))?
+        .query_row([to_i64(batch_id)], summary_from_row)
+        .optional()?)
 }
 
 pub(super) fn owner(tx: &Connection, batch_id: u64) -> Result<Option<u64>, StoreError> {
