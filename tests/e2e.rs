@@ -1435,6 +1435,11 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
         (6..=8).contains(&replicas),
         "only my 3 units were computed: {hosts}"
     );
+    // The API describes itself.
+    let (status, spec) = coordinator.api("GET", "/api/v1/openapi.json", None, None);
+    assert_eq!((status, spec["openapi"].as_str()), (200, Some("3.1.0")));
+    assert!(spec["paths"]["/api/v1/batches/{id}/units"]["get"].is_object());
+
     // Dashboards: the summary, Prometheus metrics and BOINC-style exports agree with the
     // credit the API shows.
     let (status, summary) = coordinator.api("GET", "/api/v1/summary", None, None);
@@ -1605,8 +1610,45 @@ fn the_dashboard_shows_status_throughput_leaderboards_and_volunteer_pages_in_a_b
             start_worker(root.path(), &coordinator.join, name, "engines", 1).expect("worker")
         })
         .collect();
-    write_tiles(&root.path().join("inputs"), 4);
-    submit(&coordinator, root.path(), &root.path().join("inputs"), true);
+    // The batch is a parameter sweep: four tiles from a template, submitted and waited for.
+    let template = root.path().join("tile.template");
+    std::fs::write(&template, "{x} -1.0 0.5 1.0 16 16 {iterations}\n").expect("template");
+    let module = root.path().join("mandelbrot.wasm");
+    std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
+    let output = coordinator.herd(&[
+        "submit",
+        &module.display().to_string(),
+        "--template",
+        &template.display().to_string(),
+        "--sweep",
+        "x=-2.0..-1.0:0.5",
+        "--sweep",
+        "iterations=10,20",
+        "--wait",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let batch = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let status = coordinator.herd_json(&["status", &batch, "--json"]);
+    let names: Vec<&str> = status["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|u| u["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "x=-2.0,iterations=10",
+            "x=-2.0,iterations=20",
+            "x=-1.5,iterations=10",
+            "x=-1.5,iterations=20"
+        ]
+    );
+    assert_eq!(status["validated"], 4, "{status}");
 
     let page = herd_e2e::browser_dom(&format!("{}/", coordinator.http));
     let dom = page_text(&page);

@@ -25,6 +25,7 @@
 //! | GET | `/metrics` | the summary in Prometheus's text format (public) |
 //! | GET | `/stats/{file}` | BOINC-format statistics exports (public) |
 //! | GET | `/` | the web dashboard (public; the researcher's batches with their token) |
+//! | GET | `/api/v1/openapi.json` | the OpenAPI 3.1 document describing all of this (public) |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
@@ -79,6 +80,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics))
         .route("/api/v1/credit", get(credit))
         .route("/api/v1/hosts", get(hosts))
+        .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared);
@@ -1080,4 +1082,66 @@ fn split_frames(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
         rest = after;
     }
     Ok(blobs)
+}
+
+/// The OpenAPI document of this API, kept beside this file; a test checks that it names every
+/// route the router serves, with the same methods, and no other.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /api/v1/openapi.json`.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The routes this file gives the router, as (method, path), read from its source.
+    fn served() -> BTreeSet<(String, String)> {
+        let source = include_str!("http.rs");
+        let mut routes = BTreeSet::new();
+        for line in source.lines().map(str::trim) {
+            let Some(rest) = line.strip_prefix(".route(\"") else {
+                continue;
+            };
+            let Some((path, handlers)) = rest.split_once('"') else {
+                continue;
+            };
+            for method in ["get", "post", "put"] {
+                if handlers.contains(&format!("{method}(")) {
+                    routes.insert((method.to_string(), path.to_string()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route_and_only_those() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert_eq!(spec["openapi"], "3.1.0");
+        let mut described = BTreeSet::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                assert!(
+                    operation["responses"].is_object(),
+                    "{method} {path} has no responses"
+                );
+                described.insert((method.clone(), path.clone()));
+            }
+        }
+        let served = served();
+        assert!(served.len() >= 20, "the route scan found {served:?}");
+        assert_eq!(described, served);
+        // Every reference resolves.
+        for reference in OPENAPI.split("\"$ref\": \"#/").skip(1) {
+            let pointer = reference.split('"').next().expect("a reference");
+            assert!(
+                spec.pointer(&format!("/{pointer}")).is_some(),
+                "dangling $ref {pointer}"
+            );
+        }
+    }
 }

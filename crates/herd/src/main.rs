@@ -6,6 +6,7 @@ mod batch;
 mod client;
 mod demo;
 mod run;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,8 +64,20 @@ enum Command {
         /// The module (.wasm or .wat).
         module: PathBuf,
         /// Directory whose files are the units' inputs (one unit each, named after the file).
-        #[arg(long)]
-        inputs: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "template",
+            conflicts_with = "template"
+        )]
+        inputs: Option<PathBuf>,
+        /// A parameter sweep instead of --inputs: the input text, with `{NAME}` where each
+        /// swept parameter's value goes.
+        #[arg(long, requires = "sweep")]
+        template: Option<PathBuf>,
+        /// One swept parameter (repeatable): `NAME=a,b,c`, or `NAME=START..END[:STEP]` (END
+        /// excluded). One unit per combination, named after its values (`x=1,y=0.5`).
+        #[arg(long, requires = "template")]
+        sweep: Vec<String>,
         /// Agreeing replicas needed to accept a result.
         #[arg(long, default_value_t = 2)]
         quorum: u32,
@@ -202,6 +215,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit {
             module,
             inputs,
+            template,
+            sweep,
             quorum,
             fuel,
             memory_mb,
@@ -211,9 +226,19 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
         } => {
             let client = client();
+            let inputs = match (inputs, template) {
+                (Some(dir), _) => batch::read_inputs(dir)?,
+                (None, Some(template)) => {
+                    let text = std::fs::read_to_string(template).with_context(|| {
+                        format!("cannot read the template {}", template.display())
+                    })?;
+                    sweep::inputs(&text, sweep)?
+                }
+                (None, None) => anyhow::bail!("give --inputs DIR, or --template FILE with --sweep"),
+            };
             let submission = batch::Submission {
                 module,
-                inputs: batch::read_inputs(inputs)?,
+                inputs,
                 quorum: Some(*quorum),
                 fuel: *fuel,
                 memory_mb: *memory_mb,
