@@ -88,6 +88,101 @@ fn check_results(coordinator: &Coordinator, root: &Path, batch: u64, tiles: &[(S
     }
 }
 
+/// The results as one tar archive: every output, named after its unit, read back by a real
+/// tar reader; a partial download resumes with only the missing bytes, and a resumption of
+/// another archive (a different ETag) gets the whole one.
+fn check_archive(coordinator: &Coordinator, root: &Path, batch: u64, tiles: &[(String, String)]) {
+    let archive = root.join(format!("results-{batch}.tar"));
+    let report = coordinator.herd_json(&[
+        "results",
+        &batch.to_string(),
+        "--archive",
+        &archive.display().to_string(),
+        "--json",
+    ]);
+    let whole = std::fs::read(&archive).expect("archive written");
+    assert_eq!(report["bytes"], whole.len() as u64);
+    let mut reader = tar::Archive::new(&whole[..]);
+    let mut names = Vec::new();
+    for file in reader.entries().expect("a tar archive") {
+        let mut file = file.expect("an entry");
+        let name = file.path().expect("a name").display().to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).expect("its bytes");
+        let (_, text) = tiles
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("a known unit");
+        assert!(
+            bytes == tile::render_ppm(&tile::parse_tile(text).expect("tile")),
+            "{name}"
+        );
+        names.push(name);
+    }
+    assert_eq!(names.len(), tiles.len());
+
+    let url = format!("{}/api/v1/batches/{batch}/results", coordinator.http);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |range: Option<&str>, if_range: Option<&str>| {
+        let mut request = agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", coordinator.token));
+        if let Some(range) = range {
+            request = request.header("Range", range);
+        }
+        if let Some(tag) = if_range {
+            request = request.header("If-Range", tag);
+        }
+        let mut response = request.call().expect("an answer");
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (etag, content_range) = (header("ETag"), header("Content-Range"));
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .expect("body");
+        (status, etag, content_range, body)
+    };
+    let (status, etag, _, body) = get(None, None);
+    assert_eq!((status, body.len()), (200, whole.len()));
+    let (status, _, content_range, body) = get(Some("bytes=1000-"), Some(&etag));
+    assert_eq!(status, 206);
+    assert_eq!(
+        content_range,
+        format!("bytes 1000-{}/{}", whole.len() - 1, whole.len())
+    );
+    assert!(body == whole[1000..]);
+    let (status, _, _, body) = get(Some("bytes=1000-"), Some("\"another archive\""));
+    assert_eq!((status, body.len()), (200, whole.len()));
+    let (status, _, _, _) = get(Some(&format!("bytes={}-", whole.len())), None);
+    assert_eq!(status, 416);
+    // The CLI resumes a partial download left by an interrupted run.
+    std::fs::remove_file(&archive).expect("remove");
+    std::fs::write(archive.with_extension("part"), &whole[..1000]).expect("part");
+    std::fs::write(archive.with_extension("part.etag"), &etag).expect("etag");
+    coordinator.herd_json(&[
+        "results",
+        &batch.to_string(),
+        "--archive",
+        &archive.display().to_string(),
+        "--json",
+    ]);
+    assert!(std::fs::read(&archive).expect("resumed") == whole);
+    assert!(!archive.with_extension("part").exists());
+}
+
 /// Credit must equal exactly two grants of each unit's agreed fuel, and no replica is credited
 /// twice; no volunteer reported two replicas of one unit.
 fn check_ledger(coordinator: &Coordinator, status: &serde_json::Value) {
@@ -155,6 +250,7 @@ fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
         assert!(unit["replicas"].as_u64().expect("replicas") >= 2);
     }
     check_results(&coordinator, root.path(), batch, &tiles);
+    check_archive(&coordinator, root.path(), batch, &tiles);
     check_ledger(&coordinator, &status);
     // Each worker measured its speed on the units it ran and keeps it for its requests.
     for (name, _) in VOLUNTEERS {

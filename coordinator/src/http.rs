@@ -12,6 +12,7 @@
 //! | GET | `/api/v1/batches?after=ID&limit=N` | your batches, oldest first, a page at a time (`next_after` names the next page) |
 //! | GET | `/api/v1/batches/{id}` | a batch's counts |
 //! | GET | `/api/v1/batches/{id}/units?after=ID&limit=N&state=S` | a page of its units (state, result, failure, replicas) |
+//! | GET | `/api/v1/batches/{id}/results` | every validated output as one tar archive, streamed; `Range` resumes it (`If-Range` with its `ETag`) |
 //! | POST | `/api/v1/batches/{id}/cancel` | fail the batch's open units as cancelled; no more replicas are sent |
 //! | POST | `/api/v1/batches/{id}/retire` | purge a batch's rows and blobs; `{"archive": true}` keeps a copy first |
 //! | POST | `/api/v1/researchers` | the administrator adds a researcher (`{"name"}`); the answer holds their token, once |
@@ -65,6 +66,7 @@ pub(crate) async fn serve(
         .route("/api/v1/batches", post(create_batch).get(list_batches))
         .route("/api/v1/batches/{id}", get(batch_status))
         .route("/api/v1/batches/{id}/units", get(batch_units))
+        .route("/api/v1/batches/{id}/results", get(batch_results))
         .route("/api/v1/batches/{id}/cancel", post(cancel_batch))
         .route("/api/v1/batches/{id}/retire", post(retire_batch))
         .route("/api/v1/researchers", post(add_researcher))
@@ -1091,6 +1093,151 @@ pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 /// `GET /api/v1/openapi.json`.
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// `GET /api/v1/batches/{id}/results`: the batch's validated outputs as one tar archive (see
+/// [`crate::archive`]), streamed output by output; `Range: bytes=N-` resumes it, and
+/// `If-Range` with the ETag makes sure the resumed bytes are of the same archive.
+async fn batch_results(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::archive;
+    let me = researcher(&shared, &headers).await?;
+    let id = parse_batch_id(&id)?;
+    own_batch(&shared, &me, id).await?;
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = shared
+            .store
+            .batch_units(id, after, MAX_PAGE, Some(UnitState::Validated))
+            .await
+            .map_err(anyhow::Error::from)?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        let full = page.len() as u32 == MAX_PAGE;
+        for unit in page {
+            if let Some(result) = unit.result {
+                entries.push(archive::Entry {
+                    name: unit.name,
+                    hash: result.output_hash,
+                    len: result.output_len,
+                });
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    let layout = archive::layout(&entries);
+    let etag = archive::etag(&entries);
+    let header_text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    // A Range for another archive (its ETag changed) gets the whole new one.
+    let same_archive = header_text(header::IF_RANGE).is_none_or(|tag| tag == etag);
+    let range = if same_archive {
+        archive::parse_range(header_text(header::RANGE), layout.total)
+    } else {
+        Ok(None)
+    };
+    let (start, end) = match range {
+        Ok(Some(range)) => range,
+        Ok(None) => (0, layout.total.saturating_sub(1)),
+        Err(()) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{}", layout.total))],
+                Json(serde_json::json!({ "error": {
+                    "code": "bad_range",
+                    "message": format!("the archive has {} bytes", layout.total),
+                }})),
+            )
+                .into_response());
+        }
+    };
+    let partial = (start, end) != (0, layout.total.saturating_sub(1));
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let blobs = shared.blobs.clone();
+    let total = layout.total;
+    tokio::spawn(async move {
+        let mut ends: Vec<u64> = layout.offsets.iter().skip(1).map(|(s, _)| *s).collect();
+        ends.push(total - 1024);
+        for ((entry, (entry_start, _)), entry_end) in entries.iter().zip(&layout.offsets).zip(ends)
+        {
+            if entry_end <= start || *entry_start > end {
+                continue;
+            }
+            let store = blobs.clone();
+            let hash = entry.hash;
+            let data = match tokio::task::spawn_blocking(move || store.get(&hash)).await {
+                Ok(Ok(Some(data))) => data,
+                other => {
+                    tracing::error!("batch {id} results: output {hash} unreadable: {other:?}");
+                    let _ = sender
+                        .send(Err(std::io::Error::other("an output is unreadable")))
+                        .await;
+                    return;
+                }
+            };
+            let bytes = archive::entry_bytes(entry, &data);
+            let from = start.saturating_sub(*entry_start) as usize;
+            let to = ((end + 1).min(entry_end) - entry_start) as usize;
+            if sender
+                .send(Ok(Bytes::copy_from_slice(&bytes[from..to])))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        // The two zero blocks that end an archive.
+        let trailer_start = total - 1024;
+        if end >= trailer_start {
+            let from = start.max(trailer_start);
+            let zeros = vec![0u8; (end + 1 - from) as usize];
+            let _ = sender.send(Ok(Bytes::from(zeros))).await;
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    });
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    *response.status_mut() = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let set = |response: &mut Response, name, value: String| {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    };
+    set(
+        &mut response,
+        header::CONTENT_TYPE,
+        "application/x-tar".into(),
+    );
+    set(
+        &mut response,
+        header::CONTENT_LENGTH,
+        (end + 1 - start).to_string(),
+    );
+    set(&mut response, header::ACCEPT_RANGES, "bytes".into());
+    set(&mut response, header::ETAG, etag);
+    set(
+        &mut response,
+        header::CONTENT_DISPOSITION,
+        format!("attachment; filename=\"batch-{id}.tar\""),
+    );
+    if partial {
+        set(
+            &mut response,
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{total}"),
+        );
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

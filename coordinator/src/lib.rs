@@ -6,6 +6,7 @@
 //! This crate is the shell around the pure parts: the lifecycle decides, the [`Store`] commits,
 //! and only then does the coordinator answer.
 
+mod archive;
 mod data_dir;
 mod http;
 mod leaderboard;

@@ -233,6 +233,63 @@ impl Client {
         Self::json("retire batch", &body)
     }
 
+    /// Downloads the batch's results archive into `path`, resuming a partial download left in
+    /// `path.part` (with the ETag it had, in `path.part.etag`): only the missing bytes are
+    /// fetched, and only if the archive has not changed since. Returns the archive's size.
+    pub(crate) fn download_archive(&self, id: u64, path: &std::path::Path) -> anyhow::Result<u64> {
+        use std::io::Write;
+        let part = path.with_extension("part");
+        let tag_file = path.with_extension("part.etag");
+        let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        let tag = std::fs::read_to_string(&tag_file).ok();
+        let mut request = self
+            .agent
+            .get(&self.url(&format!("batches/{id}/results")))
+            .header("Authorization", &self.auth()?);
+        if let (true, Some(tag)) = (have > 0, tag.as_deref()) {
+            request = request
+                .header("Range", &format!("bytes={have}-"))
+                .header("If-Range", tag.trim());
+        }
+        let mut response = request
+            .call()
+            .with_context(|| format!("download results: cannot reach {}", self.base))?;
+        let status = response.status().as_u16();
+        if !(status == 200 || status == 206) {
+            // An error: read its JSON for the message.
+            return self
+                .finish("download results", Ok(response))
+                .and_then(|_| bail!("download results: HTTP {status}"));
+        }
+        let etag = response
+            .headers()
+            .get("ETag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        std::fs::write(&tag_file, &etag)
+            .with_context(|| format!("cannot write {}", tag_file.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(status == 206)
+            .write(true)
+            .truncate(status == 200)
+            .open(&part)
+            .with_context(|| format!("cannot open {}", part.display()))?;
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut reader, &mut file).with_context(|| {
+            format!(
+                "download results: interrupted; run again to resume ({})",
+                part.display()
+            )
+        })?;
+        file.flush()?;
+        let size = file.metadata()?.len();
+        std::fs::rename(&part, path).with_context(|| format!("cannot write {}", path.display()))?;
+        let _ = std::fs::remove_file(&tag_file);
+        Ok(size)
+    }
+
     /// One page of the researcher's batches (ids above `after`).
     pub(crate) fn list_batches(&self, after: u64, limit: u32) -> anyhow::Result<Value> {
         let response = self

@@ -126,11 +126,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Download the outputs of a batch's validated units, one file per unit named after its input.
+    /// Download the outputs of a batch's validated units: one file per unit named after its
+    /// input (--out DIR), or all of them as one tar archive (--archive FILE). Both resume an
+    /// interrupted download when run again.
     Results {
         batch: u64,
+        #[arg(long, required_unless_present = "archive", conflicts_with = "archive")]
+        out: Option<PathBuf>,
         #[arg(long)]
-        out: PathBuf,
+        archive: Option<PathBuf>,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Retire a batch: delete its units, replicas and the blobs nothing else uses (credit granted
     /// stays). Download its results first, or pass --archive.
@@ -314,9 +321,34 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Results { batch: id, out } => {
-            let written = batch::results(&client(), *id, out)?;
-            eprintln!("{written} outputs in {}", out.display());
+        Command::Results {
+            batch: id,
+            out,
+            archive,
+            json,
+        } => {
+            let (what, report) = match (out, archive) {
+                (Some(out), _) => {
+                    let written = batch::results(&client(), *id, out)?;
+                    (
+                        format!("{written} outputs in {}", out.display()),
+                        serde_json::json!({ "outputs": written, "dir": out }),
+                    )
+                }
+                (None, Some(archive)) => {
+                    let size = client().download_archive(*id, archive)?;
+                    (
+                        format!("{size} bytes in {}", archive.display()),
+                        serde_json::json!({ "bytes": size, "archive": archive }),
+                    )
+                }
+                (None, None) => anyhow::bail!("give --out DIR or --archive FILE"),
+            };
+            if *json {
+                println!("{report}");
+            } else {
+                eprintln!("{what}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Credit { json } => {
