@@ -1465,6 +1465,35 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
         (status, body["error"]["code"].as_str()),
         (400, Some("bad_query"))
     );
+    // A body over the limit is refused as JSON too.
+    let huge = " ".repeat(33 << 20);
+    let (status, body) = coordinator.api("POST", "/api/v1/batches", Some(&grace), Some(&huge));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+    // Submitting the same module again skips its upload (the coordinator has it for her).
+    let again = coordinator.herd_as(
+        &grace,
+        &[
+            "submit",
+            &module.display().to_string(),
+            "--inputs",
+            &root.path().join("inputs").display().to_string(),
+        ],
+    );
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let resubmitted: u64 = String::from_utf8_lossy(&again.stdout)
+        .trim()
+        .parse()
+        .expect("batch id");
+    let cancelled = coordinator.herd_as(&grace, &["cancel", &resubmitted.to_string()]);
+    assert!(cancelled.status.success());
     // A bulk upload cut short is refused whole, naming the blob.
     let (status, body) = coordinator.api(
         "POST",

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -203,6 +203,27 @@ async fn own_batch(shared: &Shared, researcher: &Researcher, id: u64) -> Result<
     }
 }
 
+/// A request's body, or the reason it could not be read, as a JSON error like every other:
+/// 413 `too_large` past [`MAX_BODY_BYTES`].
+fn request_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "too_large",
+                format!("the request body is over the limit of {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(
+                status,
+                "bad_body",
+                format!("cannot read the request body: {rejection}"),
+            )
+        }
+    })
+}
+
 fn parse_hash(text: &str) -> Result<ContentHash, ApiError> {
     text.parse()
         .map_err(|e| ApiError::bad_request("bad_hash", format!("{e}")))
@@ -212,8 +233,9 @@ async fn put_blob(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(hash): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = request_body(body)?;
     researcher(&shared, &headers).await?;
     let claimed = parse_hash(&hash)?;
     if body.len() > MAX_MODULE_BYTES {
@@ -339,8 +361,9 @@ fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<u64, ApiErr
 async fn create_batch(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = request_body(body)?;
     let me = researcher(&shared, &headers).await?;
     let request: CreateBatch = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("batch description: {e}")))?;
@@ -569,8 +592,9 @@ async fn retire_batch(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = request_body(body)?;
     let me = researcher(&shared, &headers).await?;
     let id = parse_batch_id(&id)?;
     own_batch(&shared, &me, id).await?;
@@ -718,8 +742,9 @@ struct AddResearcher {
 async fn add_researcher(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = request_body(body)?;
     let me = researcher(&shared, &headers).await?;
     if me.name != ADMIN {
         return Err(ApiError::new(
@@ -1026,8 +1051,9 @@ async fn batch_units(
 async fn put_blobs(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = request_body(body)?;
     researcher(&shared, &headers).await?;
     // Checked whole before anything is stored.
     split_frames(&body)?;

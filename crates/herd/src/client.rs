@@ -107,9 +107,19 @@ impl Client {
         serde_json::from_slice(body).with_context(|| format!("{what}: unexpected response"))
     }
 
-    /// Uploads a blob; returns its hash.
+    /// Uploads a blob unless the coordinator already has it for this researcher (a module
+    /// submitted before); returns its hash.
     pub(crate) fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<ContentHash> {
         let hash = ContentHash::of(bytes);
+        let known = self
+            .agent
+            .head(&self.url(&format!("blobs/{hash}")))
+            .header("Authorization", &self.auth()?)
+            .call()
+            .is_ok_and(|response| response.status().is_success());
+        if known {
+            return Ok(hash);
+        }
         let response = self
             .agent
             .put(&self.url(&format!("blobs/{hash}")))
