@@ -1560,6 +1560,37 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
         (6..=8).contains(&replicas),
         "only my 3 units were computed: {hosts}"
     );
+    // Leaderboards: a page, sorted, ranked; unknown boards and sorts are refused by name.
+    let (status, board) = coordinator.api(
+        "GET",
+        "/api/v1/leaderboard/volunteers?sort=recent&limit=1",
+        None,
+        None,
+    );
+    assert_eq!((status, board["total"].as_u64()), (200, Some(2)), "{board}");
+    assert_eq!(board["entries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(board["entries"][0]["rank"], 1);
+    let (status, body) = coordinator.api("GET", "/api/v1/leaderboard/planets", None, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = coordinator.api("GET", "/api/v1/leaderboard/teams?sort=size", None, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_query"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("size"))
+    );
+    let (status, body) = coordinator.api("GET", "/api/v1/throughput?hours=1000", None, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("out_of_range"))
+    );
+
     // The API describes itself.
     let (status, spec) = coordinator.api("GET", "/api/v1/openapi.json", None, None);
     assert_eq!((status, spec["openapi"].as_str()), (200, Some("3.1.0")));
