@@ -675,6 +675,16 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
+/// The `after` of the page following `page` (of at most `limit` items), or `None` if `page` was
+/// the last.
+fn next_after<T>(page: &[T], limit: u64, id: impl Fn(&T) -> u64) -> Option<u64> {
+    if page.len() as u64 == limit {
+        page.last().map(id)
+    } else {
+        None
+    }
+}
+
 /// The most batches one page lists.
 const MAX_PAGE: u32 = 1000;
 
@@ -698,9 +708,7 @@ async fn list_batches(
         .list_batches(me.id, query.after.unwrap_or(0), limit as u32)
         .await
         .map_err(anyhow::Error::from)?;
-    let next_after = (batches.len() as u64 == limit)
-        .then(|| batches.last().map(|b| b.id))
-        .flatten();
+    let next_after = next_after(&batches, limit, |b| b.id);
     Ok(Json(serde_json::json!({ "batches": batches, "next_after": next_after })).into_response())
 }
 
@@ -1038,9 +1046,7 @@ async fn batch_units(
         .batch_units(id, query.after.unwrap_or(0), limit as u32, state)
         .await
         .map_err(anyhow::Error::from)?;
-    let next_after = (units.len() as u64 == limit)
-        .then(|| units.last().map(|u| u.id))
-        .flatten();
+    let next_after = next_after(&units, limit, |u| u.id);
     Ok(Json(serde_json::json!({ "units": units, "next_after": next_after })).into_response())
 }
 
