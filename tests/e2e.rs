@@ -64,6 +64,28 @@ fn submit_with(
         .expect("submit prints the batch id")
 }
 
+/// `herd submit MODULE --inputs DIR` with another researcher's token; returns the batch id.
+fn submit_as(coordinator: &Coordinator, token: &str, module: &Path, inputs: &Path) -> u64 {
+    let output = coordinator.herd_as(
+        token,
+        &[
+            "submit",
+            &module.display().to_string(),
+            "--inputs",
+            &inputs.display().to_string(),
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("submit prints the batch id")
+}
+
 /// Checks every output against the known answer (the job's own code, run natively).
 fn check_results(coordinator: &Coordinator, root: &Path, batch: u64, tiles: &[(String, String)]) {
     let out = root.join(format!("results-{batch}"));
@@ -1360,24 +1382,7 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
         false,
     );
     let module = root.path().join("mandelbrot.wasm");
-    let output = coordinator.herd_as(
-        &grace,
-        &[
-            "submit",
-            &module.display().to_string(),
-            "--inputs",
-            &root.path().join("inputs").display().to_string(),
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let hers: u64 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("batch id");
+    let hers = submit_as(&coordinator, &grace, &module, &root.path().join("inputs"));
 
     // Lists: each their own.
     let listed = |token: &str| -> Vec<u64> {
@@ -1474,24 +1479,7 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
         "{body}"
     );
     // Submitting the same module again skips its upload (the coordinator has it for her).
-    let again = coordinator.herd_as(
-        &grace,
-        &[
-            "submit",
-            &module.display().to_string(),
-            "--inputs",
-            &root.path().join("inputs").display().to_string(),
-        ],
-    );
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    let resubmitted: u64 = String::from_utf8_lossy(&again.stdout)
-        .trim()
-        .parse()
-        .expect("batch id");
+    let resubmitted = submit_as(&coordinator, &grace, &module, &root.path().join("inputs"));
     let cancelled = coordinator.herd_as(&grace, &["cancel", &resubmitted.to_string()]);
     assert!(cancelled.status.success());
     // A bulk upload cut short is refused whole, naming the blob.

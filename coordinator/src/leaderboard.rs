@@ -2,6 +2,8 @@
 //! the dump in, JSON out). Ranks count from 1; ties keep id order, so pages are stable.
 
 use herd_store::{HostStats, StatsDump, TeamStats, VolunteerStats};
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 
 /// Which leaderboard.
@@ -42,100 +44,123 @@ impl SortBy {
     }
 }
 
-/// One line of any board: its id, figures and the JSON it shows.
-struct Line {
-    id: u64,
-    credit: f64,
-    recent: f64,
-    shown: Value,
+/// Lookups a board needs, built once per request: without them every line would scan the
+/// whole dump (volunteers x hosts for the volunteer board).
+struct Index<'a> {
+    team_names: HashMap<u64, &'a str>,
+    volunteer_names: HashMap<u64, &'a str>,
+    hosts_per_volunteer: HashMap<u64, usize>,
 }
 
-fn volunteer_line(v: &VolunteerStats, dump: &StatsDump) -> Line {
-    let team = v
-        .team_id
-        .and_then(|id| dump.teams.iter().find(|t| t.id == id))
-        .map(|t| t.name.clone());
-    Line {
-        id: v.id,
-        credit: v.credit,
-        recent: v.recent_average_credit,
-        shown: json!({
-            "id": v.id,
-            "name": v.name,
-            "team": team,
-            "credit": v.credit,
-            "recent_average_credit": v.recent_average_credit,
-            "hosts": dump.hosts.iter().filter(|h| h.volunteer_id == v.id).count(),
-        }),
+impl<'a> Index<'a> {
+    fn new(dump: &'a StatsDump) -> Self {
+        let mut hosts_per_volunteer = HashMap::new();
+        for host in &dump.hosts {
+            *hosts_per_volunteer.entry(host.volunteer_id).or_insert(0) += 1;
+        }
+        Self {
+            team_names: dump.teams.iter().map(|t| (t.id, t.name.as_str())).collect(),
+            volunteer_names: dump
+                .volunteers
+                .iter()
+                .map(|v| (v.id, v.name.as_str()))
+                .collect(),
+            hosts_per_volunteer,
+        }
     }
 }
 
-fn team_line(t: &TeamStats) -> Line {
-    Line {
-        id: t.id,
-        credit: t.credit,
-        recent: t.recent_average_credit,
-        shown: json!({
-            "id": t.id,
-            "name": t.name,
-            "members": t.members,
-            "founder": t.founder_name,
-            "credit": t.credit,
-            "recent_average_credit": t.recent_average_credit,
-        }),
-    }
+fn show_volunteer(v: &VolunteerStats, index: &Index<'_>) -> Value {
+    json!({
+        "id": v.id,
+        "name": v.name,
+        "team": v.team_id.and_then(|id| index.team_names.get(&id)),
+        "credit": v.credit,
+        "recent_average_credit": v.recent_average_credit,
+        "hosts": index.hosts_per_volunteer.get(&v.id).copied().unwrap_or(0),
+    })
 }
 
-fn host_line(h: &HostStats, dump: &StatsDump) -> Line {
-    let volunteer = dump
-        .volunteers
-        .iter()
-        .find(|v| v.id == h.volunteer_id)
-        .map(|v| v.name.clone());
-    Line {
-        id: h.id,
-        credit: h.credit,
-        recent: h.recent_average_credit,
-        shown: json!({
-            "id": h.id,
-            "volunteer": volunteer,
-            "cores": h.cores,
-            "last_seen_ms": h.last_seen_ms,
-            "credit": h.credit,
-            "recent_average_credit": h.recent_average_credit,
-        }),
-    }
+fn show_team(t: &TeamStats) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "members": t.members,
+        "founder": t.founder_name,
+        "credit": t.credit,
+        "recent_average_credit": t.recent_average_credit,
+    })
 }
 
-fn sorted(mut lines: Vec<Line>, sort: SortBy) -> Vec<Line> {
-    let key = |line: &Line| match sort {
-        SortBy::Credit => line.credit,
-        SortBy::Recent => line.recent,
+fn show_host(h: &HostStats, index: &Index<'_>) -> Value {
+    json!({
+        "id": h.id,
+        "volunteer": index.volunteer_names.get(&h.volunteer_id),
+        "cores": h.cores,
+        "last_seen_ms": h.last_seen_ms,
+        "credit": h.credit,
+        "recent_average_credit": h.recent_average_credit,
+    })
+}
+
+/// The order of a board: positions into its list, best first; ties keep id order.
+fn ranking(figures: impl Iterator<Item = (u64, f64, f64)>, sort: SortBy) -> Vec<usize> {
+    let figures: Vec<(u64, f64, f64)> = figures.collect();
+    let key = |i: &usize| match sort {
+        SortBy::Credit => figures[*i].1,
+        SortBy::Recent => figures[*i].2,
     };
-    lines.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.id.cmp(&b.id)));
-    lines
+    let mut order: Vec<usize> = (0..figures.len()).collect();
+    order.sort_by(|a, b| {
+        key(b)
+            .total_cmp(&key(a))
+            .then(figures[*a].0.cmp(&figures[*b].0))
+    });
+    order
 }
 
 /// One page of a leaderboard: `{"board", "sort", "total", "offset", "entries": [{"rank", ...}]}`.
+/// Only the entries of the page are rendered.
 pub(crate) fn page(dump: &StatsDump, board: Board, sort: SortBy, offset: u64, limit: u64) -> Value {
-    let lines: Vec<Line> = match board {
-        Board::Volunteers => dump
-            .volunteers
-            .iter()
-            .map(|v| volunteer_line(v, dump))
-            .collect(),
-        Board::Teams => dump.teams.iter().map(team_line).collect(),
-        Board::Hosts => dump.hosts.iter().map(|h| host_line(h, dump)).collect(),
+    let index = Index::new(dump);
+    let (order, show): (Vec<usize>, Box<dyn Fn(usize) -> Value + '_>) = match board {
+        Board::Volunteers => (
+            ranking(
+                dump.volunteers
+                    .iter()
+                    .map(|v| (v.id, v.credit, v.recent_average_credit)),
+                sort,
+            ),
+            Box::new(|i| show_volunteer(&dump.volunteers[i], &index)),
+        ),
+        Board::Teams => (
+            ranking(
+                dump.teams
+                    .iter()
+                    .map(|t| (t.id, t.credit, t.recent_average_credit)),
+                sort,
+            ),
+            Box::new(|i| show_team(&dump.teams[i])),
+        ),
+        Board::Hosts => (
+            ranking(
+                dump.hosts
+                    .iter()
+                    .map(|h| (h.id, h.credit, h.recent_average_credit)),
+                sort,
+            ),
+            Box::new(|i| show_host(&dump.hosts[i], &index)),
+        ),
     };
-    let total = lines.len() as u64;
-    let entries: Vec<Value> = sorted(lines, sort)
+    let total = order.len() as u64;
+    let entries: Vec<Value> = order
         .into_iter()
         .enumerate()
         .skip(usize::try_from(offset).unwrap_or(usize::MAX))
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        .map(|(index, line)| {
-            let mut shown = line.shown;
-            shown["rank"] = json!(index + 1);
+        .map(|(rank, position)| {
+            let mut shown = show(position);
+            shown["rank"] = json!(rank + 1);
             shown
         })
         .collect();
@@ -157,16 +182,17 @@ pub(crate) fn page(dump: &StatsDump, board: Board, sort: SortBy, offset: u64, li
 
 /// A volunteer's page: their figures, rank by credit, team and hosts; `None` if unknown.
 pub(crate) fn volunteer(dump: &StatsDump, name: &str) -> Option<Value> {
-    let found = dump.volunteers.iter().find(|v| v.name == name)?;
-    let ranked = sorted(
+    let position = dump.volunteers.iter().position(|v| v.name == name)?;
+    let found = &dump.volunteers[position];
+    let index = Index::new(dump);
+    let order = ranking(
         dump.volunteers
             .iter()
-            .map(|v| volunteer_line(v, dump))
-            .collect(),
+            .map(|v| (v.id, v.credit, v.recent_average_credit)),
         SortBy::Credit,
     );
-    let rank = ranked.iter().position(|line| line.id == found.id)? + 1;
-    let mut shown = volunteer_line(found, dump).shown;
+    let rank = order.iter().position(|i| *i == position)? + 1;
+    let mut shown = show_volunteer(found, &index);
     shown["rank"] = json!(rank);
     shown["volunteers"] = json!(dump.volunteers.len());
     shown["created_ms"] = json!(found.created_ms);
@@ -174,7 +200,7 @@ pub(crate) fn volunteer(dump: &StatsDump, name: &str) -> Option<Value> {
         dump.hosts
             .iter()
             .filter(|h| h.volunteer_id == found.id)
-            .map(|h| host_line(h, dump).shown)
+            .map(|h| show_host(h, &index))
             .collect(),
     );
     Some(shown)

@@ -38,13 +38,17 @@ pub(super) fn dump(tx: &Connection, now_ms: u64) -> Result<StatsDump, StoreError
         .prepare("SELECT id, name, created_ms FROM teams ORDER BY id")?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<Result<_, _>>()?;
+    // Members by team, in one pass (volunteers are in id order, so each list is too).
+    let mut by_team: std::collections::HashMap<u64, Vec<&VolunteerStats>> = Default::default();
+    for volunteer in &volunteers {
+        if let Some(team) = volunteer.team_id {
+            by_team.entry(team).or_default().push(volunteer);
+        }
+    }
     let mut teams = Vec::new();
     for (id, name, created_ms) in team_rows {
         let id = to_u64(id);
-        let members: Vec<&VolunteerStats> = volunteers
-            .iter()
-            .filter(|v| v.team_id == Some(id))
-            .collect();
+        let members = by_team.remove(&id).unwrap_or_default();
         // Volunteers are in id order: the first member is the one who joined first.
         let Some(founder) = members.first() else {
             continue;
