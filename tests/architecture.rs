@@ -1,4 +1,5 @@
-//! Architecture invariants checked as ordinary tests: the pure crates keep IO out of their whole
+//! Architecture invariants checked as ordinary tests: the pure crates (protocol, lifecycle and the
+//! instrumentation pass) keep IO out of their whole
 //! dependency tree (read from Cargo.lock, so a transitive dependency cannot sneak it in).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,7 +51,7 @@ fn closure(graph: &BTreeMap<String, Vec<String>>, root: &str) -> BTreeSet<String
 #[test]
 fn the_pure_crates_depend_on_no_runtime_network_database_or_engine() {
     let graph = lock_graph();
-    for pure in ["herd-protocol", "herd-lifecycle"] {
+    for pure in ["herd-protocol", "herd-lifecycle", "herd-instrument"] {
         let deps = closure(&graph, pure);
         assert!(deps.len() > 1, "{pure} not found in Cargo.lock");
         for forbidden in [

@@ -1100,6 +1100,7 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     runtime.block_on(async {
         let old = herd_protocol::encode_frame(&ClientMessage::Hello {
             protocol_version: 99,
+            instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
             host_key: PublicKey([3; 32]),
             volunteer: "eve".into(),
             team: None,
@@ -1114,6 +1115,25 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
             }
             other => panic!("unexpected {other:?}"),
         }
+        // The right protocol, but another version of the instrumentation: its replicas' fuel
+        // could not be compared with the others', so it is refused by name.
+        let other_pass = herd_protocol::encode_frame(&ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION + 1,
+            host_key: PublicKey([3; 32]),
+            volunteer: "eve".into(),
+            team: None,
+            cores: 1,
+            held_replicas: Vec::new(),
+        })
+        .expect("encode");
+        match hello_answer(&join, other_pass).await {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::UnsupportedVersion);
+                assert!(message.contains("instrumentation version"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
         // A report signed by another key than the host's: refused, connection closed.
         let host = herd_protocol::SigningKey::from_seed([4; 32]);
         let impostor = herd_protocol::SigningKey::from_seed([5; 32]);
@@ -1122,6 +1142,7 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
             &connection,
             &ClientMessage::Hello {
                 protocol_version: PROTOCOL_VERSION,
+                instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
                 host_key: host.public_key(),
                 volunteer: "mallory".into(),
                 team: None,
@@ -1179,6 +1200,7 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
             &connection,
             &ClientMessage::Hello {
                 protocol_version: PROTOCOL_VERSION,
+                instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
                 host_key: honest.public_key(),
                 volunteer: "trent".into(),
                 team: None,

@@ -142,6 +142,7 @@ async fn worker(join: JoinString, index: usize, batch: usize, stop: Arc<AtomicBo
     let connection = herd_net::connect(&join).await.expect("connect");
     let hello = ClientMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
+        instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
         host_key: key.public_key(),
         volunteer: format!("sim-{index}"),
         team: None,
@@ -300,6 +301,7 @@ fn over_quic(c: &mut Criterion) {
             let key = SigningKey::from_seed([(i % 250) as u8 + 1; 32]);
             let hello = ClientMessage::Hello {
                 protocol_version: PROTOCOL_VERSION,
+                instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
                 host_key: key.public_key(),
                 volunteer: format!("idle-{i}"),
                 team: None,

@@ -1,7 +1,9 @@
 //! Sandbox speed, each against a baseline measured in the same run:
-//! - `kernels/<job>/native` vs `kernels/<job>/herd`: each sample job's kernel compiled natively,
-//!   and its wasm32-wasip1 build run in Herd's sandbox (fuel metering and NaN canonicalisation on,
-//!   as every unit runs);
+//! - `kernels/<job>/native` vs `kernels/<job>/herd` vs `kernels/<job>/wasmtime_switches`: each
+//!   sample job's kernel compiled natively; its wasm32-wasip1 build run in Herd's sandbox as every
+//!   unit runs (rewritten by the deterministic instrumentation: NaN canonicalisation where bits
+//!   become visible, fuel per basic block, call depth); and the same build under wasmtime's own
+//!   NaN canonicalisation and fuel (the oracle, and the baseline the instrumentation beats);
 //! - `unit_overhead/empty`: the per-unit cost of a cached module (instantiate, WASI set-up, run an
 //!   empty `_start`, tear down);
 //! - `compile/<job>`: admission and compilation of a module by a fresh engine;
@@ -98,10 +100,14 @@ fn kernels() -> Vec<Kernel> {
 
 fn kernel_ratios(c: &mut Criterion) {
     let sandbox = Sandbox::new().expect("engine");
+    let oracle = Sandbox::oracle().expect("oracle engine");
     let limits = Limits::default();
     for kernel in kernels() {
         let module = sandbox.admit(kernel.wasm).expect("admitted");
+        let oracle_module = oracle.admit(kernel.wasm).expect("admitted by the oracle");
         let execution = sandbox.run(&module, kernel.input.as_bytes(), 0, &limits);
+        let expected = oracle.run(&oracle_module, kernel.input.as_bytes(), 0, &limits);
+        assert_eq!(execution.output, expected.output, "{}", kernel.name);
         if kernel.same_output {
             assert_eq!(
                 execution.output,
@@ -119,6 +125,16 @@ fn kernel_ratios(c: &mut Criterion) {
             b.iter(|| {
                 sandbox.run(
                     &module,
+                    std::hint::black_box(kernel.input.as_bytes()),
+                    0,
+                    &limits,
+                )
+            })
+        });
+        group.bench_function("wasmtime_switches", |b| {
+            b.iter(|| {
+                oracle.run(
+                    &oracle_module,
                     std::hint::black_box(kernel.input.as_bytes()),
                     0,
                     &limits,

@@ -96,6 +96,7 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
     };
     let ClientMessage::Hello {
         protocol_version,
+        instrumentation_version,
         host_key,
         volunteer,
         team,
@@ -115,6 +116,15 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
     if protocol_version != PROTOCOL_VERSION {
         let message = format!(
             "protocol version {protocol_version} is not supported; this coordinator speaks {PROTOCOL_VERSION}"
+        );
+        refuse(&connection, send, ErrorCode::UnsupportedVersion, message).await;
+        return Ok(());
+    }
+    if instrumentation_version != herd_sandbox::INSTRUMENTATION_VERSION {
+        let message = format!(
+            "instrumentation version {instrumentation_version} is not supported; this coordinator's \
+             units run under version {} (replicas must agree on it); update herd-worker",
+            herd_sandbox::INSTRUMENTATION_VERSION
         );
         refuse(&connection, send, ErrorCode::UnsupportedVersion, message).await;
         return Ok(());

@@ -295,6 +295,7 @@ impl Worker {
         };
         let hello = ClientMessage::Hello {
             protocol_version: PROTOCOL_VERSION,
+            instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
             host_key: self.host_key.public_key(),
             volunteer: self.config.volunteer.clone(),
             team: self.config.team.clone(),

@@ -26,7 +26,8 @@ pub use outcome::{AbortReason, Outcome, RunResult, Status, TrapKind};
 pub use signing::{PublicKey, Signature, SignatureError, SigningKey};
 
 /// The version of this protocol. A coordinator refuses a worker whose `Hello` carries another.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4 added the instrumentation version to `Hello`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The ALPN identifier both ends of a Herd QUIC connection must agree on.
 pub const ALPN: &[u8] = b"herd/1";

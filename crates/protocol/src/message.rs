@@ -21,6 +21,10 @@ pub enum ClientMessage {
     /// The first message of a connection: who this host is and for which volunteer it computes.
     Hello {
         protocol_version: u32,
+        /// The version of the deterministic instrumentation the host's sandbox applies to every
+        /// module (`herd-instrument`). The fuel and the NaN bits of a unit depend on it, so the
+        /// coordinator only admits hosts that run its own: replicas must be comparable.
+        instrumentation_version: u32,
         /// The host's identity: its reports are signed with the matching secret key.
         host_key: PublicKey,
         volunteer: String,

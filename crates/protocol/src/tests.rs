@@ -50,6 +50,7 @@ fn every_message_round_trips() {
     let clients = vec![
         ClientMessage::Hello {
             protocol_version: PROTOCOL_VERSION,
+            instrumentation_version: 1,
             host_key: key.public_key(),
             volunteer: "ada".into(),
             team: Some("lovelace".into()),
@@ -163,6 +164,7 @@ fn hello_golden_bytes() {
     // Pins the encoding of the handshake: variant 0, then the version, first.
     let hello = ClientMessage::Hello {
         protocol_version: 1,
+        instrumentation_version: 1,
         host_key: PublicKey([0; 32]),
         volunteer: "a".into(),
         team: None,
@@ -170,7 +172,7 @@ fn hello_golden_bytes() {
         held_replicas: vec![5],
     };
     let frame = encode_frame(&hello).expect("encode");
-    let mut expected = vec![0, 0, 0, 40, 0, 1];
+    let mut expected = vec![0, 0, 0, 41, 0, 1, 1];
     expected.extend_from_slice(&[0; 32]);
     expected.extend_from_slice(&[1, b'a', 0, 2, 1, 5]);
     assert_eq!(frame, expected);

@@ -36,11 +36,23 @@ pub enum AdmissionError {
         "module declares {declared} bytes of initial memory, over the memory limit of {limit} bytes"
     )]
     InitialMemoryOverLimit { declared: u64, limit: u64 },
+    #[error("module cannot be instrumented: {0}")]
+    Instrumentation(String),
+}
+
+impl From<herd_instrument::InstrumentError> for AdmissionError {
+    fn from(error: herd_instrument::InstrumentError) -> Self {
+        match error {
+            herd_instrument::InstrumentError::Invalid(reason) => Self::Invalid(reason),
+            other => Self::Instrumentation(other.to_string()),
+        }
+    }
 }
 
 /// The Wasm features a unit may use: WebAssembly 1.0 plus the finished proposals that today's
-/// compilers emit by default for wasm32-wasip1. Threads, SIMD (whose float NaNs are not yet
-/// handled), relaxed SIMD, memory64, multi-memory, GC and exceptions stay out.
+/// compilers emit by default for wasm32-wasip1; the same set the instrumentation understands
+/// (`herd_instrument::supported_features`, checked by a test). Threads, SIMD (whose float NaNs
+/// the pass does not handle), relaxed SIMD, memory64, multi-memory, GC and exceptions stay out.
 pub(crate) fn allowed_features() -> WasmFeatures {
     WasmFeatures::MUTABLE_GLOBAL
         | WasmFeatures::SATURATING_FLOAT_TO_INT
@@ -82,11 +94,15 @@ pub(crate) fn check_structure(wasm: &[u8]) -> Result<(), AdmissionError> {
 }
 
 /// Checks done on the compiled module's imports and exports.
-pub(crate) fn check_interface(module: &Module) -> Result<(), AdmissionError> {
+/// `instrumented`: the module is the instrumentation's rewrite, whose own host imports are
+/// allowed (the pass refuses a submitted module that imports them itself).
+pub(crate) fn check_interface(module: &Module, instrumented: bool) -> Result<(), AdmissionError> {
     for import in module.imports() {
-        let allowed = import.module() == wasi::MODULE
-            && wasi::FUNCTIONS.contains(&import.name())
-            && matches!(import.ty(), ExternType::Func(_));
+        let wasi = import.module() == wasi::MODULE && wasi::FUNCTIONS.contains(&import.name());
+        let herd = instrumented
+            && import.module() == herd_instrument::HOST_MODULE
+            && [herd_instrument::REFUEL, herd_instrument::STACK_EXHAUSTED].contains(&import.name());
+        let allowed = (wasi || herd) && matches!(import.ty(), ExternType::Func(_));
         if !allowed {
             return Err(AdmissionError::ImportNotAllowed {
                 module: import.module().to_string(),

@@ -1,10 +1,13 @@
 //! Pausing, resuming and cancelling a run, and a minimal executor for callers without one.
 //!
-//! A run is a future that wasmtime makes yield every [`YIELD_FUEL`](crate::YIELD_FUEL) units of
-//! fuel. [`Controlled`] wraps it: while its [`RunControl`] is paused it returns `Pending` without
-//! driving the run (the unit keeps its memory and its progress, and burns no CPU); when cancelled it
-//! ends with the `cancelled` abort. Yields change nothing the unit can observe, so a unit paused and
-//! resumed any number of times ends exactly as one run straight through.
+//! A run is a future that yields every [`YIELD_FUEL`](crate::YIELD_FUEL) units of fuel (at the
+//! instrumentation's refuel, or wasmtime's fuel yield under the oracle). [`Controlled`] wraps it:
+//! while its [`RunControl`] is paused it returns `Pending` without driving the run (the unit keeps
+//! its memory and its progress, and burns no CPU); when cancelled it ends with the `cancelled`
+//! abort; when the time it has spent running (paused time not counted) is over the watchdog's
+//! limit it ends with the `watchdog` abort. Yields change nothing the unit can observe, so a unit
+//! paused and resumed any number of times ends exactly as one run straight through. No timer
+//! thread is involved: time is read around each stretch of running.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -12,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use herd_protocol::{AbortReason, Outcome};
 
@@ -79,47 +83,10 @@ impl RunControl {
 pub struct Controlled<F> {
     pub(crate) run: Pin<Box<F>>,
     pub(crate) control: Arc<RunControl>,
-    pub(crate) clock: Arc<WatchdogClock>,
-}
-
-/// Whether any unit is executing now, so the watchdog's clock ticks only then: an idle worker
-/// (no unit, or every unit paused) has no thread waking a hundred times a second.
-#[derive(Debug, Default)]
-pub(crate) struct WatchdogClock {
-    executing: std::sync::atomic::AtomicUsize,
-    thread: Mutex<Option<Thread>>,
-}
-
-impl WatchdogClock {
-    pub(crate) fn set_thread(&self, thread: Thread) {
-        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
-    }
-
-    pub(crate) fn is_idle(&self) -> bool {
-        self.executing.load(Ordering::SeqCst) == 0
-    }
-
-    pub(crate) fn wake(&self) {
-        if let Some(thread) = &*self.thread.lock().unwrap_or_else(PoisonError::into_inner) {
-            thread.unpark();
-        }
-    }
-
-    /// Counts a stretch of execution (one poll of a run) for as long as the guard lives.
-    fn executing(&self) -> Executing<'_> {
-        if self.executing.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.wake();
-        }
-        Executing(self)
-    }
-}
-
-struct Executing<'a>(&'a WatchdogClock);
-
-impl Drop for Executing<'_> {
-    fn drop(&mut self) {
-        self.0.executing.fetch_sub(1, Ordering::SeqCst);
-    }
+    /// Running time allowed before the watchdog aborts the run.
+    pub(crate) watchdog: Duration,
+    /// Running time so far (paused time not counted).
+    pub(crate) ran: Duration,
 }
 
 impl<F: Future<Output = Execution>> Future for Controlled<F> {
@@ -134,10 +101,18 @@ impl<F: Future<Output = Execution>> Future for Controlled<F> {
                     output: Vec::new(),
                 });
             }
+            if self.ran > self.watchdog {
+                return Poll::Ready(Execution {
+                    outcome: Outcome::Aborted(AbortReason::Watchdog {
+                        after_ms: self.watchdog.as_millis() as u64,
+                    }),
+                    output: Vec::new(),
+                });
+            }
             if !control.is_paused() {
-                let clock = self.clock.clone();
-                let _executing = clock.executing();
+                let started = Instant::now();
                 let polled = self.run.as_mut().poll(cx);
+                self.ran += started.elapsed();
                 // The run only returns `Pending` at a fuel yield (host calls are synchronous).
                 if polled.is_pending() {
                     control.yields.fetch_add(1, Ordering::Relaxed);

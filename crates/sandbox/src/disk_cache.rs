@@ -32,6 +32,8 @@ impl DiskCache {
         let mut hasher = std::hash::SipHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         CONFIG_VERSION.hash(&mut hasher);
+        // The compiled code is the instrumentation's rewrite: a new pass is a new key.
+        herd_instrument::VERSION.hash(&mut hasher);
         Ok(Self {
             dir: dir.to_path_buf(),
             engine_key: format!("{:016x}", hasher.finish()),

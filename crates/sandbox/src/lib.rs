@@ -3,9 +3,16 @@
 //! A work unit is a WASI preview 1 core module with `_start`. Its input arrives on stdin, its output
 //! is what it writes to stdout (up to a cap), and nothing else of the host is visible: no files,
 //! sockets, environment or arguments; clocks are fixed and `random_get` returns bytes derived from
-//! the unit's seed. With NaN canonicalisation on and the Wasm features listed explicitly, a run is a
-//! pure function of (module, input, seed, limits): the same [`Outcome`] and the same fuel on every
-//! host, which is what lets replicas on strangers' machines agree bit for bit.
+//! the unit's seed. Every module is rewritten by Herd's deterministic instrumentation
+//! (`herd-instrument`: NaN canonicalisation where NaN bits can become visible, fuel per basic
+//! block, a call-depth budget) before it is compiled, and the Wasm features are listed
+//! explicitly, so a run is a pure function of (module, input, seed, limits): the same [`Outcome`]
+//! and the same fuel on every host, which is what lets replicas on strangers' machines agree bit
+//! for bit.
+//!
+//! [`Sandbox::oracle`] runs modules unrewritten under wasmtime's own switches instead (NaN
+//! canonicalisation of every float operation, wasmtime's fuel): five times slower on float code,
+//! and kept only as the oracle the instrumentation is tested against.
 //!
 //! Architecture Invariant: no wasmtime type appears in this crate's public API. Callers see
 //! [`AdmittedModule`], [`Limits`], [`Execution`] and the protocol's [`Outcome`].
@@ -15,6 +22,7 @@
 mod admission;
 mod control;
 mod disk_cache;
+mod meter;
 mod wasi;
 
 use std::collections::HashMap;
@@ -23,26 +31,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herd_protocol::{AbortReason, ContentHash, Outcome, RunResult, Status, TrapKind};
-use wasmtime::{
-    Config, Engine, InstancePre, Linker, Module, Store, Trap, UpdateDeadline, WasmBacktrace,
-    WasmFeatures,
-};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, WasmBacktrace};
 
 pub use admission::{AdmissionError, MAX_MODULE_BYTES, module_bytes};
 pub use control::{Controlled, RunControl};
-use wasi::{Exit, HostState, MemoryLimitExceeded, OutputLimitExceeded};
+use wasi::{Exit, FuelKeeper, HostState, MemoryLimitExceeded, OutputLimitExceeded};
+
+/// The version of the instrumentation this sandbox applies; replicas of a unit must agree on it.
+pub const INSTRUMENTATION_VERSION: u32 = herd_instrument::VERSION;
 
 /// Fuel between two points where a run yields to its caller: the pause latency is the time this
-/// much fuel takes to burn (about 5 ms on the machines we measured).
+/// much fuel takes to burn (a few milliseconds on the machines we measured). The watchdog is
+/// checked at the same points.
 pub const YIELD_FUEL: u64 = 5_000_000;
 
 /// Units one sandbox can run at once: the pooling allocator keeps this many instance, memory and
 /// stack slots ready, so starting a unit allocates nothing. A unit started beyond it waits for
 /// nothing and fails with a host-failure abort, so callers run at most this many at a time.
 pub const MAX_CONCURRENT_UNITS: u32 = 256;
-
-/// The watchdog's clock: the engine's epoch advances this often.
-pub const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 
 /// Fuel charged for every host (WASI) call, on top of one unit per byte it moves: a module that
 /// calls the host in a tight loop spends its budget as surely as one that computes.
@@ -54,10 +60,15 @@ pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
 /// The largest output limit a unit may ask for: 16 MiB (outputs travel in one frame).
 pub const MAX_OUTPUT_BYTES: u64 = 16 << 20;
 
-/// The wasm stack available to a unit. Recursion deeper than this fits ends in the
-/// `stack_overflow` trap; the depth it allows depends on the frames' sizes, which the same
-/// module compiled by the same engine makes the same on every x86-64 and aarch64 host.
-pub const MAX_WASM_STACK_BYTES: usize = 512 * 1024;
+/// The native stack a unit's wasm may use. The instrumentation's call-depth budget
+/// ([`herd_instrument::STACK_BUDGET_SLOTS`] slots of 16 bytes, 2 MiB) is what ends deep
+/// recursion, the same way on every host; this is eight times that, so the native stack is never
+/// what runs out (a frame would have to take eight times the space its locals and operands need).
+pub const MAX_WASM_STACK_BYTES: usize = 16 << 20;
+
+/// The native stack of the oracle ([`Sandbox::oracle`]), which has no call-depth budget: deep
+/// recursion ends where this runs out.
+pub const ORACLE_WASM_STACK_BYTES: usize = 512 * 1024;
 
 /// The limits a unit runs under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +80,9 @@ pub struct Limits {
     /// Maximum bytes written to stdout.
     pub output_bytes: u64,
     /// Wall-clock time the unit may spend running (paused time is not counted) before the
-    /// watchdog aborts it. An abort, never a countable outcome: fuel is the deterministic limit,
-    /// the watchdog only catches what fuel cannot.
+    /// watchdog aborts it, checked every [`YIELD_FUEL`] fuel. An abort, never a countable
+    /// outcome: fuel is the deterministic limit, the watchdog only catches a host too slow to
+    /// burn it in time.
     pub watchdog: Duration,
 }
 
@@ -114,6 +126,9 @@ impl Limits {
 pub struct AdmittedModule {
     pre: InstancePre<HostState>,
     initial_memory_bytes: u64,
+    /// For a module the instrumentation rewrote: functions the original imported (to name a
+    /// trapping function by its original index). `None` under the oracle.
+    original_imports: Option<u32>,
 }
 
 impl AdmittedModule {
@@ -148,6 +163,15 @@ pub struct Execution {
 #[error("cannot configure the WebAssembly engine: {0}")]
 pub struct EngineError(String);
 
+/// How a sandbox makes runs deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Determinism {
+    /// Herd's instrumentation rewrites every module; the engine's switches are off.
+    Instrumentation,
+    /// wasmtime's switches on the module as submitted: the test oracle.
+    EngineSwitches,
+}
+
 /// The wasmtime engine with Herd's deterministic configuration, its WASI linker, and an in-memory
 /// cache of compiled modules keyed by content hash. Cheap to share across threads.
 pub struct Sandbox {
@@ -156,66 +180,50 @@ pub struct Sandbox {
     compiled: Mutex<HashMap<ContentHash, AdmittedModule>>,
     /// Compiled modules kept across restarts, if the caller gave a directory.
     disk: Option<disk_cache::DiskCache>,
-    clock: Arc<control::WatchdogClock>,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // The clock thread sleeps while no unit runs; wake it to notice the engine is gone.
-        self.clock.wake();
-    }
-}
-
-/// Advances the engine's epoch every [`WATCHDOG_TICK`] while some unit is executing, and sleeps
-/// (no wake-ups at all) while none is, until the engine is dropped.
-fn start_watchdog_clock(engine: &Engine, clock: &Arc<control::WatchdogClock>) {
-    let weak = engine.weak();
-    let clock = clock.clone();
-    let spawned = std::thread::Builder::new()
-        .name("herd-watchdog".into())
-        .spawn(move || {
-            clock.set_thread(std::thread::current());
-            while let Some(engine) = weak.upgrade() {
-                if clock.is_idle() {
-                    drop(engine);
-                    std::thread::park();
-                    continue;
-                }
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(WATCHDOG_TICK);
-            }
-        });
-    // Without the clock the watchdog never fires; fuel still bounds every unit.
-    if let Err(error) = spawned {
-        eprintln!("herd-sandbox: cannot start the watchdog clock: {error}");
-    }
+    determinism: Determinism,
 }
 
 impl Sandbox {
     /// Builds the engine, with a cache of compiled modules in memory only.
     pub fn new() -> Result<Self, EngineError> {
-        Self::build(None)
+        Self::build(None, Determinism::Instrumentation)
     }
 
     /// Builds the engine, keeping compiled modules in `dir` too (created, mode 0700), so they are
     /// compiled once per host rather than once per start.
     pub fn with_disk_cache(dir: &std::path::Path) -> Result<Self, EngineError> {
-        Self::build(Some(dir))
+        Self::build(Some(dir), Determinism::Instrumentation)
+    }
+
+    /// The oracle: modules run as submitted, under wasmtime's NaN canonicalisation of every
+    /// float operation and wasmtime's fuel. Its outputs are what the instrumentation must
+    /// reproduce; its fuel counts differently (and costs more), so it never runs real units.
+    pub fn oracle() -> Result<Self, EngineError> {
+        Self::build(None, Determinism::EngineSwitches)
     }
 
     /// Every setting that could make two hosts disagree is set explicitly here, in one place.
-    fn build(cache_dir: Option<&std::path::Path>) -> Result<Self, EngineError> {
+    fn build(
+        cache_dir: Option<&std::path::Path>,
+        determinism: Determinism,
+    ) -> Result<Self, EngineError> {
         let mut config = Config::new();
         // Start from nothing and allow exactly the features listed in `allowed_features`:
         // wasmtime's defaults grow with each release, and a feature we have not vetted for
         // determinism must not slip in with an upgrade.
-        config.wasm_features(WasmFeatures::all(), false);
+        config.wasm_features(wasmtime::WasmFeatures::all(), false);
         config.wasm_features(admission::allowed_features(), true);
-        config.cranelift_nan_canonicalization(true);
-        config.consume_fuel(true);
-        config.epoch_interruption(true);
-        config.max_wasm_stack(MAX_WASM_STACK_BYTES);
+        let oracle = determinism == Determinism::EngineSwitches;
+        config.cranelift_nan_canonicalization(oracle);
+        config.consume_fuel(oracle);
+        let stack = if oracle {
+            ORACLE_WASM_STACK_BYTES
+        } else {
+            MAX_WASM_STACK_BYTES
+        };
+        config.max_wasm_stack(stack);
+        // Host calls run on the same stack above the deepest wasm frame.
+        config.async_stack_size(stack + (1 << 20));
         // Pre-allocated slots for instances, memories, tables and async stacks: the per-unit cost
         // of a cached module stays in microseconds. Memory slots are address space, reserved for
         // the largest memory a unit may ask for, and committed only as a unit touches them.
@@ -228,8 +236,6 @@ impl Sandbox {
             .table_elements(wasi::MAX_TABLE_ELEMENTS);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
-        let clock = Arc::new(control::WatchdogClock::default());
-        start_watchdog_clock(&engine, &clock);
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| EngineError(format!("{e:#}")))?;
         let disk = match cache_dir {
@@ -243,7 +249,7 @@ impl Sandbox {
             linker,
             compiled: Mutex::new(HashMap::new()),
             disk,
-            clock,
+            determinism,
         })
     }
 
@@ -255,6 +261,14 @@ impl Sandbox {
             return Ok(module.clone());
         }
         admission::check_structure(wasm)?;
+        let instrumented = self.determinism == Determinism::Instrumentation;
+        // The rewrite is cheap next to compiling, and tells the original import count even when
+        // the compiled module comes from the disk cache.
+        let rewritten = if instrumented {
+            Some(herd_instrument::instrument(wasm).map_err(AdmissionError::from)?)
+        } else {
+            None
+        };
         let cached = self
             .disk
             .as_ref()
@@ -262,7 +276,8 @@ impl Sandbox {
         let module = match cached {
             Some(module) => module,
             None => {
-                let module = Module::new(&self.engine, wasm)
+                let code = rewritten.as_ref().map_or(wasm, |r| &r.wasm[..]);
+                let module = Module::new(&self.engine, code)
                     .map_err(|e| AdmissionError::Invalid(format!("{e:#}")))?;
                 if let Some(disk) = &self.disk {
                     disk.store(&hash, &module);
@@ -270,7 +285,7 @@ impl Sandbox {
                 module
             }
         };
-        admission::check_interface(&module)?;
+        admission::check_interface(&module, instrumented)?;
         let pre = self
             .linker
             .instantiate_pre(&module)
@@ -278,6 +293,7 @@ impl Sandbox {
         let admitted = AdmittedModule {
             initial_memory_bytes: admission::initial_memory_bytes(&module),
             pre,
+            original_imports: rewritten.map(|r| r.original_imports),
         };
         self.cache().insert(hash, admitted.clone());
         Ok(admitted)
@@ -327,64 +343,100 @@ impl Sandbox {
     ) -> Controlled<impl Future<Output = Execution> + Send + 'static> {
         let engine = self.engine.clone();
         let pre = module.pre.clone();
-        let state = HostState::new(input, seed, limits);
+        let fuel = match module.original_imports {
+            Some(_) => FuelKeeper::Pass {
+                global: None,
+                meter: meter::Meter::start(limits.fuel).0,
+            },
+            None => FuelKeeper::Engine,
+        };
+        let state = HostState::new(input, seed, limits, fuel);
         let limits = *limits;
         Controlled {
-            run: Box::pin(execute(engine, pre, state, limits)),
+            run: Box::pin(execute(engine, pre, state, limits, module.original_imports)),
             control,
-            clock: self.clock.clone(),
+            watchdog: limits.watchdog,
+            ran: Duration::ZERO,
         }
     }
 }
-
-/// The watchdog fired.
-#[derive(Debug, thiserror::Error)]
-#[error("watchdog: the unit ran for more than {0:?}")]
-struct WatchdogFired(Duration);
 
 async fn execute(
     engine: Engine,
     pre: InstancePre<HostState>,
     state: HostState,
     limits: Limits,
+    original_imports: Option<u32>,
 ) -> Execution {
     let mut store = Store::new(&engine, state);
     store.limiter(|state| &mut state.limiter);
-    // Admission refuses start sections, so instantiation runs no wasm code; the fuel here
-    // only satisfies the engine and is never reported (instantiation's fuel is not portable).
+    // Admission refuses start sections, so instantiation runs no wasm code; the engine's fuel
+    // here (oracle only) is never reported (instantiation's fuel is not portable).
     let setup = async {
-        store.set_fuel(u64::MAX / 2)?;
-        store.fuel_async_yield_interval(Some(YIELD_FUEL))?;
+        if original_imports.is_none() {
+            store.set_fuel(u64::MAX / 2)?;
+            store.fuel_async_yield_interval(Some(YIELD_FUEL))?;
+        }
         let instance = pre.instantiate_async(&mut store).await?;
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
+        if original_imports.is_some() {
+            let global = instance
+                .get_global(&mut store, herd_instrument::FUEL_GLOBAL)
+                .ok_or_else(|| wasmtime::Error::msg("the rewritten module has no fuel global"))?;
+            let (meter, slice) = meter::Meter::start(limits.fuel);
+            global.set(&mut store, wasmtime::Val::I64(slice))?;
+            store.data_mut().fuel = FuelKeeper::Pass {
+                global: Some(global),
+                meter,
+            };
+        }
         instance.get_typed_func::<(), ()>(&mut store, "_start")
     };
     let start = match setup.await {
         Ok(start) => start,
-        Err(error) => return finish(store, classify(&error), 0),
+        Err(error) => return finish(store, classify(&error, original_imports), 0),
     };
-    if let Err(error) = store.set_fuel(limits.fuel) {
+    if original_imports.is_none()
+        && let Err(error) = store.set_fuel(limits.fuel)
+    {
         return abort(AbortReason::HostFailure(format!("set fuel: {error:#}")));
     }
-    // The deadline is checked only while wasm runs, so ticks counted here are running time.
-    let allowed_ticks = limits.watchdog.as_millis() / WATCHDOG_TICK.as_millis().max(1);
-    let mut ticks = 0u128;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        ticks += 1;
-        if ticks > allowed_ticks {
-            Err(wasmtime::Error::new(WatchdogFired(limits.watchdog)))
-        } else {
-            Ok(UpdateDeadline::Continue(1))
-        }
-    });
     let result = start.call_async(&mut store, ()).await;
-    let remaining = store.get_fuel().unwrap_or(0);
-    let fuel = limits.fuel.saturating_sub(remaining);
-    let ending = match result {
+    let mut ending = match result {
         Ok(()) => Ending::Status(Status::Success),
-        Err(error) => classify(&error),
+        Err(error) => classify(&error, original_imports),
+    };
+    let fuel = match &store.data().fuel {
+        FuelKeeper::Engine => limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+        FuelKeeper::Pass { global, meter } => {
+            let (global, meter) = (*global, *meter);
+            let left = global.map(|g| FuelKeeper::read(g, &mut store));
+            match left {
+                Some(Ok(left)) => {
+                    let burned = meter.burned(left);
+                    // A unit that ends past its budget without meeting another check (the
+                    // rest of a basic block, a return) has run out all the same.
+                    if burned > u128::from(limits.fuel) {
+                        if let Ending::Status(_) = ending {
+                            ending = Ending::Status(Status::OutOfFuel);
+                        }
+                        limits.fuel
+                    } else {
+                        burned as u64
+                    }
+                }
+                _ => {
+                    return abort(AbortReason::HostFailure(
+                        "cannot read the unit's fuel".into(),
+                    ));
+                }
+            }
+        }
+    };
+    let fuel = match ending {
+        Ending::Status(Status::OutOfFuel) => limits.fuel,
+        _ => fuel,
     };
     finish(store, ending, fuel)
 }
@@ -421,7 +473,7 @@ fn finish(store: Store<HostState>, ending: Ending, fuel: u64) -> Execution {
 }
 
 /// Maps an error from instantiation or the entry call to how the run ended.
-fn classify(error: &wasmtime::Error) -> Ending {
+fn classify(error: &wasmtime::Error, original_imports: Option<u32>) -> Ending {
     if let Some(Exit(code)) = error.downcast_ref::<Exit>() {
         return Ending::Status(if *code == 0 {
             Status::Success
@@ -440,11 +492,6 @@ fn classify(error: &wasmtime::Error) -> Ending {
             requested_bytes: exceeded.desired,
         });
     }
-    if let Some(WatchdogFired(after)) = error.downcast_ref::<WatchdogFired>() {
-        return Ending::Abort(AbortReason::Watchdog {
-            after_ms: after.as_millis() as u64,
-        });
-    }
     if let Some(trap) = error.downcast_ref::<Trap>() {
         let kind = match trap {
             Trap::OutOfFuel => return Ending::Status(Status::OutOfFuel),
@@ -461,14 +508,15 @@ fn classify(error: &wasmtime::Error) -> Ending {
         };
         return Ending::Status(Status::Trap {
             kind,
-            function: trapping_function(error),
+            function: trapping_function(error, original_imports),
         });
     }
     Ending::Abort(AbortReason::HostFailure(format!("{error:#}")))
 }
 
-/// The innermost wasm function of a trap: its name, or `func[INDEX]` in a module without names.
-fn trapping_function(error: &wasmtime::Error) -> String {
+/// The innermost wasm function of a trap: its name, or `func[INDEX]` (its index in the module
+/// as submitted) in a module without names.
+fn trapping_function(error: &wasmtime::Error, original_imports: Option<u32>) -> String {
     error
         .downcast_ref::<WasmBacktrace>()
         .and_then(|trace| trace.frames().first())
@@ -476,7 +524,16 @@ fn trapping_function(error: &wasmtime::Error) -> String {
             || "unknown".to_string(),
             |frame| match frame.func_name() {
                 Some(name) => name.to_string(),
-                None => format!("func[{}]", frame.func_index()),
+                None => {
+                    let index = frame.func_index();
+                    let original = match original_imports {
+                        Some(imports) if index >= imports + herd_instrument::ADDED_IMPORTS => {
+                            index - herd_instrument::ADDED_IMPORTS
+                        }
+                        _ => index,
+                    };
+                    format!("func[{original}]")
+                }
             },
         )
 }

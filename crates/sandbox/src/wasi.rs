@@ -9,8 +9,9 @@
 //! Guest pointers are hostile: every access is bounds-checked and a bad pointer returns `EFAULT`
 //! to the module, never a panic in the host.
 
-use wasmtime::{Caller, Linker, Memory, ResourceLimiter, Trap};
+use wasmtime::{Caller, Global, Linker, Memory, ResourceLimiter, Trap, Val};
 
+use crate::meter::{Meter, Spent};
 use crate::{HOST_CALL_FUEL, Limits};
 
 /// The import module name of WASI preview 1.
@@ -116,10 +117,38 @@ pub(crate) struct HostState {
     pub(crate) limiter: UnitLimiter,
     /// The unit's exported memory, looked up once after instantiation.
     pub(crate) memory: Option<Memory>,
+    /// Where the unit's fuel is kept.
+    pub(crate) fuel: FuelKeeper,
+}
+
+/// Who counts a unit's fuel.
+pub(crate) enum FuelKeeper {
+    /// wasmtime's own metering (the oracle).
+    Engine,
+    /// The instrumentation: the current slice in the module's fuel global, the rest in the
+    /// meter. The global is looked up once after instantiation.
+    Pass {
+        global: Option<Global>,
+        meter: Meter,
+    },
+}
+
+impl FuelKeeper {
+    /// The slice in the module's fuel global.
+    pub(crate) fn read(
+        global: Global,
+        store: impl wasmtime::AsContextMut,
+    ) -> wasmtime::Result<i64> {
+        let mut store = store;
+        match global.get(&mut store) {
+            Val::I64(fuel) => Ok(fuel),
+            _ => Err(wasmtime::Error::msg("the fuel global is not an i64")),
+        }
+    }
 }
 
 impl HostState {
-    pub(crate) fn new(input: &[u8], seed: u64, limits: &Limits) -> Self {
+    pub(crate) fn new(input: &[u8], seed: u64, limits: &Limits, fuel: FuelKeeper) -> Self {
         let mut random = blake3::Hasher::new_derive_key("herd random_get v1");
         random.update(&seed.to_le_bytes());
         Self {
@@ -132,6 +161,7 @@ impl HostState {
                 memory_bytes: limits.memory_bytes,
             },
             memory: None,
+            fuel,
         }
     }
 }
@@ -141,6 +171,15 @@ type Ctx<'a> = Caller<'a, HostState>;
 /// Charges a host call: the base cost plus one fuel per byte moved.
 fn charge(caller: &mut Ctx<'_>, bytes: u64) -> wasmtime::Result<()> {
     let cost = HOST_CALL_FUEL.saturating_add(bytes);
+    if let FuelKeeper::Pass { global, meter } = &caller.data().fuel {
+        let (global, meter) = (*global, *meter);
+        let global = global.ok_or_else(|| wasmtime::Error::msg("no fuel global"))?;
+        let fuel = FuelKeeper::read(global, &mut *caller)?;
+        return match meter.charge(fuel, cost) {
+            Ok(after) => global.set(&mut *caller, Val::I64(after)),
+            Err(Spent) => Err(wasmtime::Error::new(Trap::OutOfFuel)),
+        };
+    }
     let remaining = caller.get_fuel()?;
     if remaining < cost {
         caller.set_fuel(0)?;
@@ -429,5 +468,64 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(MODULE, "sched_yield", |caller: Ctx<'_>| {
         constant(caller, ERRNO_SUCCESS)
     })?;
+    add_instrumentation_to_linker(linker)
+}
+
+/// The host functions the instrumentation's rewritten modules import (`herd-instrument`).
+fn add_instrumentation_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use herd_instrument::{HOST_MODULE, REFUEL, STACK_EXHAUSTED};
+    linker.func_wrap_async(HOST_MODULE, REFUEL, |mut caller: Ctx<'_>, (): ()| {
+        Box::new(async move {
+            refuel(&mut caller)?;
+            // Every slice, the run yields to whoever polls it: where pauses, cancellation and
+            // the watchdog take effect.
+            YieldOnce(false).await;
+            Ok(())
+        })
+    })?;
+    linker.func_wrap(
+        HOST_MODULE,
+        STACK_EXHAUSTED,
+        |_: Ctx<'_>| -> wasmtime::Result<()> { Err(wasmtime::Error::new(Trap::StackOverflow)) },
+    )?;
     Ok(())
+}
+
+/// Grants the module its next slice of fuel, or ends the run out of fuel.
+fn refuel(caller: &mut Ctx<'_>) -> wasmtime::Result<()> {
+    let FuelKeeper::Pass { global, meter } = &caller.data().fuel else {
+        return Err(wasmtime::Error::msg(
+            "refuel called without the instrumentation's fuel",
+        ));
+    };
+    let (global, mut meter) = (*global, *meter);
+    let global = global.ok_or_else(|| wasmtime::Error::msg("no fuel global"))?;
+    let fuel = FuelKeeper::read(global, &mut *caller)?;
+    let next = meter
+        .refuel(fuel)
+        .map_err(|Spent| wasmtime::Error::new(Trap::OutOfFuel))?;
+    global.set(&mut *caller, Val::I64(next))?;
+    if let FuelKeeper::Pass { meter: kept, .. } = &mut caller.data_mut().fuel {
+        *kept = meter;
+    }
+    Ok(())
+}
+
+/// A future that is pending once (waking its task at once) and then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }

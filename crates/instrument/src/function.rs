@@ -1,0 +1,393 @@
+//! Rewriting one function body: fuel per basic block, call-depth accounting, and the NaN
+//! canonicalisations `nan.rs` planned.
+//!
+//! The shape of a rewritten function:
+//!
+//! ```text
+//! depth -= weight; if depth < 0 { herd.stack_exhausted() }      ;; call-depth budget
+//! fuel = FUEL - cost(entry block); if fuel < 0 { refuel }        ;; local `fuel` from the global
+//! block (result ...)                                              ;; the original body; branches
+//!   ... each basic block starts with `fuel -= cost(block)`        ;; to its outermost label land
+//!   ... each loop header also checks `fuel < 0`                   ;; at this block's end
+//!   ... calls: FUEL = fuel; call; fuel = FUEL
+//!   ... return: FUEL = fuel; depth += weight; return
+//! end
+//! FUEL = fuel; depth += weight                                    ;; leaving normally
+//! ```
+//!
+//! where `refuel` is `FUEL = fuel; herd.refuel(); fuel = FUEL`. A basic block ends at every
+//! control instruction (`loop`, `if`, `else`, `end`, `br`, `br_if`, `br_table`, `return`,
+//! `unreachable`); its cost is charged at its start, one fuel per instruction except the
+//! structural ones, plus, for the bulk memory and table operations, one per
+//! [`BULK_BYTES_PER_FUEL`](crate::BULK_BYTES_PER_FUEL) bytes or elements they move. Every cycle
+//! in a program passes a loop header or a function entry, so fuel is checked at least once per
+//! iteration and per call.
+
+use wasm_encoder::reencode::Reencode;
+use wasm_encoder::{BlockType, Function, Ieee32, Ieee64, Instruction, ValType};
+use wasmparser::{FunctionBody, Operator};
+
+use crate::nan::{self, Float};
+use crate::{
+    BULK_BYTES_PER_FUEL, CANONICAL_NAN_F32, CANONICAL_NAN_F64, FRAME_OVERHEAD_SLOTS,
+    InstrumentError, ModuleInfo, Report, encoder_val_type,
+};
+
+/// wasmparser's limit on a function's locals.
+const MAX_LOCALS: u32 = 50_000;
+
+/// Locals the pass adds to every function: fuel (i64), a bulk length (i32), and one scratch per
+/// float type for canonicalising.
+const ADDED_LOCALS: u32 = 4;
+
+/// Fuel one instruction costs before any dynamic part: the structural ones are free (they
+/// compile to nothing), as in wasmtime's own metering.
+fn cost(op: &Operator<'_>) -> u64 {
+    use Operator as O;
+    match op {
+        O::Nop | O::Drop | O::Block { .. } | O::Loop { .. } | O::End | O::Else => 0,
+        O::Unreachable | O::Return => 0,
+        _ => 1,
+    }
+}
+
+/// Whether the instruction ends a basic block.
+fn ends_block(op: &Operator<'_>) -> bool {
+    use Operator as O;
+    matches!(
+        op,
+        O::Loop { .. }
+            | O::If { .. }
+            | O::Else
+            | O::End
+            | O::Br { .. }
+            | O::BrIf { .. }
+            | O::BrTable { .. }
+            | O::Return
+            | O::Unreachable
+    )
+}
+
+/// Whether the instruction moves a number of bytes or elements given by its last operand.
+fn is_bulk(op: &Operator<'_>) -> bool {
+    use Operator as O;
+    matches!(
+        op,
+        O::MemoryFill { .. }
+            | O::MemoryCopy { .. }
+            | O::MemoryInit { .. }
+            | O::TableFill { .. }
+            | O::TableCopy { .. }
+            | O::TableInit { .. }
+    )
+}
+
+/// The indices of the locals the pass adds.
+struct Added {
+    fuel: u32,
+    length: u32,
+    scratch_f32: u32,
+    scratch_f64: u32,
+}
+
+/// Reencodes the original instructions with function indices shifted past the new imports.
+struct Shift<'a>(&'a ModuleInfo);
+
+impl Reencode for Shift<'_> {
+    type Error = std::convert::Infallible;
+
+    fn function_index(
+        &mut self,
+        func: u32,
+    ) -> Result<u32, wasm_encoder::reencode::Error<Self::Error>> {
+        Ok(self.0.shifted_function(func))
+    }
+}
+
+/// Rewrites the body of function `index`.
+pub(crate) fn rewrite(
+    info: &ModuleInfo,
+    index: u32,
+    body: &FunctionBody<'_>,
+    report: &mut Report,
+) -> Result<Function, InstrumentError> {
+    let invalid = |e: wasmparser::BinaryReaderError| InstrumentError::Invalid(e.to_string());
+    let sig = info
+        .signature_of_function(index)
+        .ok_or_else(|| InstrumentError::Invalid(format!("function {index} has no type")))?;
+    let mut local_types = sig.params.clone();
+    let mut declared = Vec::new();
+    for pair in body.get_locals_reader().map_err(invalid)? {
+        let (count, ty) = pair.map_err(invalid)?;
+        let total = local_types.len() as u64 + u64::from(count);
+        if total > u64::from(MAX_LOCALS) {
+            return Err(too_many(index, total, info));
+        }
+        local_types.extend(std::iter::repeat_n(ty, count as usize));
+        declared.push((count, encoder_val_type(ty)?));
+    }
+    let original_locals = local_types.len() as u32;
+    if original_locals + ADDED_LOCALS > MAX_LOCALS {
+        return Err(too_many(index, u64::from(original_locals), info));
+    }
+    let added = Added {
+        fuel: original_locals,
+        length: original_locals + 1,
+        scratch_f32: original_locals + 2,
+        scratch_f64: original_locals + 3,
+    };
+    declared.extend([
+        (1, ValType::I64),
+        (1, ValType::I32),
+        (1, ValType::F32),
+        (1, ValType::F64),
+    ]);
+
+    let mut ops = Vec::new();
+    let mut reader = body.get_operators_reader().map_err(invalid)?;
+    while !reader.eof() {
+        ops.push(reader.read().map_err(invalid)?);
+    }
+    let plan = nan::plan(info, sig, &local_types, &ops)?;
+    for op in &ops {
+        if nan::arithmetic_type(op).is_some() {
+            report.float_arith += 1;
+        }
+    }
+    report.canonicalised_at_operation += plan.after.iter().filter(|c| c.is_some()).count() as u32;
+    report.canonicalised_at_use += plan.before.iter().filter(|c| c.is_some()).count() as u32
+        + u32::from(plan.at_exit.is_some());
+    report.conservative_functions += u32::from(plan.conservative);
+
+    // Cost of the basic block starting after each operator (and at entry).
+    let mut block_cost = vec![0u64; ops.len()];
+    let mut entry_cost = 0u64;
+    let mut anchor: Option<usize> = None;
+    let mut running = 0u64;
+    for (i, op) in ops.iter().enumerate() {
+        running += cost(op);
+        if ends_block(op) {
+            match anchor {
+                None => entry_cost = running,
+                Some(a) => block_cost[a] = running,
+            }
+            anchor = Some(i);
+            running = 0;
+        }
+    }
+
+    let weight = i32::try_from(
+        u64::from(FRAME_OVERHEAD_SLOTS)
+            + u64::from(original_locals + ADDED_LOCALS)
+            + u64::from(plan.max_height),
+    )
+    .map_err(|_| InstrumentError::Rewrite(format!("function {index}'s frame is too large")))?;
+
+    let mut out = Emitter {
+        f: Function::new(declared),
+        info,
+        added,
+        weight,
+    };
+    out.prologue(entry_cost);
+    let results = wrapper_type(info, &sig.results)?;
+    out.ins(&Instruction::Block(results));
+
+    let mut shift = Shift(info);
+    let last = ops.len().saturating_sub(1);
+    for (i, op) in ops.iter().enumerate() {
+        if i == last {
+            // The body's own `end` closes the wrapper block; then the function leaves.
+            out.ins(&Instruction::End);
+            if let Some(ty) = plan.at_exit {
+                out.canonicalise(ty);
+            }
+            out.leave();
+            out.ins(&Instruction::End);
+            break;
+        }
+        if let Some(ty) = plan.before[i] {
+            out.canonicalise(ty);
+        }
+        let call = matches!(op, Operator::Call { .. } | Operator::CallIndirect { .. });
+        if call {
+            out.flush();
+        }
+        if matches!(op, Operator::Return) {
+            out.leave();
+        }
+        if is_bulk(op) {
+            out.charge_bulk();
+        }
+        let instruction = shift
+            .instruction(op.clone())
+            .map_err(|e| InstrumentError::Rewrite(e.to_string()))?;
+        out.ins(&instruction);
+        if let Some(ty) = plan.after[i] {
+            out.canonicalise(ty);
+        }
+        if call {
+            out.reload();
+        }
+        if ends_block(op) {
+            if matches!(op, Operator::Loop { .. }) {
+                out.charge_and_check(block_cost[i]);
+            } else if block_cost[i] > 0 {
+                out.charge(block_cost[i]);
+            }
+        }
+    }
+    Ok(out.f)
+}
+
+fn too_many(index: u32, locals: u64, _info: &ModuleInfo) -> InstrumentError {
+    InstrumentError::TooManyLocals {
+        function: index,
+        locals: u32::try_from(locals).unwrap_or(u32::MAX),
+        added: ADDED_LOCALS,
+        limit: MAX_LOCALS,
+    }
+}
+
+/// The block type of the wrapper around a body with these results.
+fn wrapper_type(
+    info: &ModuleInfo,
+    results: &[wasmparser::ValType],
+) -> Result<BlockType, InstrumentError> {
+    Ok(match results {
+        [] => BlockType::Empty,
+        [one] => BlockType::Result(encoder_val_type(*one)?),
+        many => {
+            let index = info
+                .result_types
+                .iter()
+                .find(|(r, _)| r == many)
+                .map(|(_, index)| *index)
+                .ok_or_else(|| {
+                    InstrumentError::Rewrite("no block type for a multi-value result".into())
+                })?;
+            BlockType::FunctionType(index)
+        }
+    })
+}
+
+struct Emitter<'a> {
+    f: Function,
+    info: &'a ModuleInfo,
+    added: Added,
+    weight: i32,
+}
+
+impl Emitter<'_> {
+    fn ins(&mut self, instruction: &Instruction<'_>) {
+        self.f.instruction(instruction);
+    }
+
+    /// Takes the frame's weight from the call-depth budget, loads fuel and charges the entry
+    /// block.
+    fn prologue(&mut self, entry_cost: u64) {
+        let depth = self.info.depth_global();
+        self.ins(&Instruction::GlobalGet(depth));
+        self.ins(&Instruction::I32Const(self.weight));
+        self.ins(&Instruction::I32Sub);
+        self.ins(&Instruction::GlobalSet(depth));
+        self.ins(&Instruction::GlobalGet(depth));
+        self.ins(&Instruction::I32Const(0));
+        self.ins(&Instruction::I32LtS);
+        self.ins(&Instruction::If(BlockType::Empty));
+        self.ins(&Instruction::Call(self.info.stack_exhausted_function()));
+        self.ins(&Instruction::End);
+        self.reload();
+        self.charge_and_check(entry_cost);
+    }
+
+    /// `fuel -= cost`.
+    fn charge(&mut self, cost: u64) {
+        let fuel = self.added.fuel;
+        self.ins(&Instruction::LocalGet(fuel));
+        self.ins(&Instruction::I64Const(cost as i64));
+        self.ins(&Instruction::I64Sub);
+        self.ins(&Instruction::LocalSet(fuel));
+    }
+
+    /// `fuel -= cost; if fuel < 0 { refuel }`.
+    fn charge_and_check(&mut self, cost: u64) {
+        let fuel = self.added.fuel;
+        self.ins(&Instruction::LocalGet(fuel));
+        if cost > 0 {
+            self.ins(&Instruction::I64Const(cost as i64));
+            self.ins(&Instruction::I64Sub);
+            self.ins(&Instruction::LocalTee(fuel));
+        }
+        self.ins(&Instruction::I64Const(0));
+        self.ins(&Instruction::I64LtS);
+        self.ins(&Instruction::If(BlockType::Empty));
+        self.flush();
+        self.ins(&Instruction::Call(self.info.refuel_function()));
+        self.reload();
+        self.ins(&Instruction::End);
+    }
+
+    /// Charges a bulk operation whose count (an i32) is on top of the stack, leaving it there.
+    fn charge_bulk(&mut self) {
+        let fuel = self.added.fuel;
+        let length = self.added.length;
+        self.ins(&Instruction::LocalTee(length));
+        self.ins(&Instruction::LocalGet(fuel));
+        self.ins(&Instruction::LocalGet(length));
+        self.ins(&Instruction::I64ExtendI32U);
+        self.ins(&Instruction::I64Const(i64::from(
+            BULK_BYTES_PER_FUEL.trailing_zeros(),
+        )));
+        self.ins(&Instruction::I64ShrU);
+        self.ins(&Instruction::I64Sub);
+        self.ins(&Instruction::LocalSet(fuel));
+    }
+
+    /// `FUEL = fuel`.
+    fn flush(&mut self) {
+        self.ins(&Instruction::LocalGet(self.added.fuel));
+        self.ins(&Instruction::GlobalSet(self.info.fuel_global()));
+    }
+
+    /// `fuel = FUEL`.
+    fn reload(&mut self) {
+        self.ins(&Instruction::GlobalGet(self.info.fuel_global()));
+        self.ins(&Instruction::LocalSet(self.added.fuel));
+    }
+
+    /// Flushes fuel and gives the frame's weight back.
+    fn leave(&mut self) {
+        self.flush();
+        let depth = self.info.depth_global();
+        self.ins(&Instruction::GlobalGet(depth));
+        self.ins(&Instruction::I32Const(self.weight));
+        self.ins(&Instruction::I32Add);
+        self.ins(&Instruction::GlobalSet(depth));
+    }
+
+    /// Replaces the float on top of the stack by the canonical NaN if it is a NaN:
+    /// `select(x, NaN, x == x)`.
+    fn canonicalise(&mut self, ty: Float) {
+        match ty {
+            Float::F32 => {
+                let t = self.added.scratch_f32;
+                self.ins(&Instruction::LocalTee(t));
+                self.ins(&Instruction::F32Const(Ieee32::new(CANONICAL_NAN_F32)));
+                self.ins(&Instruction::LocalGet(t));
+                self.ins(&Instruction::LocalGet(t));
+                self.ins(&Instruction::F32Eq);
+                self.ins(&Instruction::Select);
+            }
+            Float::F64 => {
+                let t = self.added.scratch_f64;
+                self.ins(&Instruction::LocalTee(t));
+                self.ins(&Instruction::F64Const(Ieee64::new(CANONICAL_NAN_F64)));
+                self.ins(&Instruction::LocalGet(t));
+                self.ins(&Instruction::LocalGet(t));
+                self.ins(&Instruction::F64Eq);
+                self.ins(&Instruction::Select);
+            }
+        }
+    }
+}
