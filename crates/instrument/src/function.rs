@@ -15,7 +15,12 @@
 //! FUEL = fuel; depth += weight                                    ;; leaving normally
 //! ```
 //!
-//! where `refuel` is `FUEL = fuel; herd.refuel(); fuel = FUEL`. A basic block ends at every
+//! where `refuel` is `FUEL = fuel; herd.refuel(); fuel = FUEL`. A loop is wrapped so that its
+//! refuel happens outside it (`block $done (results) loop $outer block $exhausted loop L`: the
+//! header's check leaves to `$exhausted`, which refuels and goes round `$outer` back into the
+//! header; falling out of `L` leaves `$done` with its results): with a call inside a loop, the
+//! compiler spills the loop's float values around it on every iteration (twice as slow on a
+//! Mandelbrot kernel); with the call outside, the hot loop has none. A basic block ends at every
 //! control instruction (`loop`, `if`, `else`, `end`, `br`, `br_if`, `br_table`, `return`,
 //! `unreachable`); its cost is charged at its start, one fuel per instruction except the
 //! structural ones, plus, for the bulk memory and table operations, one per
@@ -194,6 +199,14 @@ pub(crate) fn rewrite(
     out.ins(&Instruction::Block(results));
 
     let mut shift = Shift(info);
+    // The original's control frames, each with the absolute depth of its label in the output
+    // (the output adds labels: the body's wrapper, and three around every wrapped loop), so
+    // branches can be renumbered. Output labels open: the function's own and the wrapper.
+    let mut frames = vec![OutFrame {
+        label: 1,
+        wrapped_loop: false,
+    }];
+    let mut open = 2u32;
     let last = ops.len().saturating_sub(1);
     for (i, op) in ops.iter().enumerate() {
         if i == last {
@@ -219,25 +232,140 @@ pub(crate) fn rewrite(
         if is_bulk(op) {
             out.charge_bulk();
         }
-        let instruction = shift
-            .instruction(op.clone())
-            .map_err(|e| InstrumentError::Rewrite(e.to_string()))?;
-        out.ins(&instruction);
-        if let Some(ty) = plan.after[i] {
-            out.canonicalise(ty);
-        }
-        if call {
-            out.reload();
-        }
-        if ends_block(op) {
-            if matches!(op, Operator::Loop { .. }) {
-                out.charge_and_check(block_cost[i]);
-            } else if block_cost[i] > 0 {
-                out.charge(block_cost[i]);
+        let relabel =
+            |depth: u32, frames: &[OutFrame], open: u32| -> Result<u32, InstrumentError> {
+                let target = frames
+                    .len()
+                    .checked_sub(1 + depth as usize)
+                    .and_then(|t| frames.get(t))
+                    .ok_or_else(|| InstrumentError::Invalid(format!("branch depth {depth}")))?;
+                Ok(open - 1 - target.label)
+            };
+        match op {
+            Operator::Loop { blockty } if loop_params(info, *blockty) == 0 => {
+                // loop L  =>  block $done (results) / loop $outer / block $exhausted / loop L:
+                // the header checks fuel and leaves to $exhausted to refuel, outside the loop,
+                // then comes back to the header. Nothing in the hot loop is a call, so the
+                // compiler keeps its values in registers across iterations.
+                let Instruction::Loop(results) = reencode(&mut shift, op)? else {
+                    return Err(InstrumentError::Rewrite(
+                        "loop reencoded as another op".into(),
+                    ));
+                };
+                out.ins(&Instruction::Block(results));
+                out.ins(&Instruction::Loop(BlockType::Empty));
+                out.ins(&Instruction::Block(BlockType::Empty));
+                out.ins(&Instruction::Loop(results));
+                open += 4;
+                frames.push(OutFrame {
+                    label: open - 1,
+                    wrapped_loop: true,
+                });
+                out.exit_if_out_of_fuel();
+                if block_cost[i] > 0 {
+                    out.charge(block_cost[i]);
+                }
+            }
+            Operator::Block { .. } | Operator::If { .. } | Operator::Loop { .. } => {
+                out.ins(&reencode(&mut shift, op)?);
+                open += 1;
+                frames.push(OutFrame {
+                    label: open - 1,
+                    wrapped_loop: false,
+                });
+                if matches!(op, Operator::Loop { .. }) {
+                    // A loop with parameters refuels in place (its parameters cannot be
+                    // carried out and back without more types); compilers rarely emit them.
+                    out.charge_and_check(block_cost[i]);
+                } else if block_cost[i] > 0 {
+                    out.charge(block_cost[i]);
+                }
+            }
+            Operator::End => {
+                let frame = frames
+                    .pop()
+                    .ok_or_else(|| InstrumentError::Invalid("unbalanced end".into()))?;
+                out.ins(&Instruction::End);
+                if frame.wrapped_loop {
+                    // Falling out of the loop leaves with its results; the way back from a
+                    // refuel re-enters its header.
+                    out.ins(&Instruction::Br(2));
+                    out.ins(&Instruction::End);
+                    out.flush();
+                    out.ins(&Instruction::Call(info.refuel_function()));
+                    out.reload();
+                    out.ins(&Instruction::Br(0));
+                    out.ins(&Instruction::End);
+                    out.ins(&Instruction::Unreachable);
+                    out.ins(&Instruction::End);
+                    open -= 4;
+                } else {
+                    open -= 1;
+                }
+                if block_cost[i] > 0 {
+                    out.charge(block_cost[i]);
+                }
+            }
+            Operator::Br { relative_depth } => {
+                out.ins(&Instruction::Br(relabel(*relative_depth, &frames, open)?));
+            }
+            Operator::BrIf { relative_depth } => {
+                out.ins(&Instruction::BrIf(relabel(*relative_depth, &frames, open)?));
+                if block_cost[i] > 0 {
+                    out.charge(block_cost[i]);
+                }
+            }
+            Operator::BrTable { targets } => {
+                let mut mapped = Vec::new();
+                for target in targets.targets() {
+                    let depth = target.map_err(|e| InstrumentError::Invalid(e.to_string()))?;
+                    mapped.push(relabel(depth, &frames, open)?);
+                }
+                let default = relabel(targets.default(), &frames, open)?;
+                out.ins(&Instruction::BrTable(mapped.into(), default));
+            }
+            _ => {
+                out.ins(&reencode(&mut shift, op)?);
+                if let Some(ty) = plan.after[i] {
+                    out.canonicalise(ty);
+                }
+                if call {
+                    out.reload();
+                }
+                if ends_block(op) && block_cost[i] > 0 {
+                    out.charge(block_cost[i]);
+                }
             }
         }
     }
     Ok(out.f)
+}
+
+fn reencode<'a>(
+    shift: &mut Shift<'_>,
+    op: &Operator<'a>,
+) -> Result<Instruction<'a>, InstrumentError> {
+    shift
+        .instruction(op.clone())
+        .map_err(|e| InstrumentError::Rewrite(e.to_string()))
+}
+
+/// An original control frame in the output.
+struct OutFrame {
+    /// Absolute depth of its label among the output's open labels.
+    label: u32,
+    /// A loop wrapped for refuelling outside it (three more labels around it).
+    wrapped_loop: bool,
+}
+
+/// Parameters a loop's block type takes.
+fn loop_params(info: &ModuleInfo, ty: wasmparser::BlockType) -> usize {
+    match ty {
+        wasmparser::BlockType::FuncType(index) => {
+            info.signature(index).map_or(0, |sig| sig.params.len())
+        }
+        _ => 0,
+    }
 }
 
 fn too_many(index: u32, locals: u64, _info: &ModuleInfo) -> InstrumentError {
@@ -326,6 +454,16 @@ impl Emitter<'_> {
         self.ins(&Instruction::Call(self.info.refuel_function()));
         self.reload();
         self.ins(&Instruction::End);
+    }
+
+    /// At a wrapped loop's header: leaves to its `$exhausted` block when fuel is below zero.
+    /// The check comes before the header's charge, so coming back after a refuel charges the
+    /// block once, whatever the slices.
+    fn exit_if_out_of_fuel(&mut self) {
+        self.ins(&Instruction::LocalGet(self.added.fuel));
+        self.ins(&Instruction::I64Const(0));
+        self.ins(&Instruction::I64LtS);
+        self.ins(&Instruction::BrIf(1));
     }
 
     /// Charges a bulk operation whose count (an i32) is on top of the stack, leaving it there.
