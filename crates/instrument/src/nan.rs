@@ -350,7 +350,8 @@ fn conservative(ops: &[Operator<'_>], max_height: u32) -> Plan {
     }
 }
 
-/// The analysis went over its work budget.
+/// The analysis went over its work budget, or met an operator it cannot model: the function
+/// gets the conservative plan.
 struct Budget;
 
 /// The abstract state while walking the function.
@@ -808,9 +809,11 @@ impl Analysis<'_> {
                 None => {
                     // Every other operator: its operands are consumed NaN-blindly (comparisons,
                     // conversions to integers) or are integers, and its results are clean.
+                    // An operator whose effect on the stack cannot be told makes the whole
+                    // function's analysis untrustworthy: it falls back to the conservative plan.
                     let (pops, pushes) = op
                         .operator_arity(&Arity { info: self.info })
-                        .unwrap_or((0, 0));
+                        .ok_or(Budget)?;
                     for _ in 0..pops {
                         state.pop();
                     }

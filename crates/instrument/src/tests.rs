@@ -199,3 +199,35 @@ fn every_sample_job_is_rewritten_to_a_valid_module() {
         assert_eq!(out.report.conservative_functions, 0, "{name}");
     }
 }
+
+/// A function whose analysis would cost more than its budget: 2,000 float locals, each holding an
+/// arithmetic result, carried through 12,000 branches.
+fn over_budget_module() -> String {
+    let mut body = String::new();
+    for i in 0..2000 {
+        body.push_str(&format!(
+            "(local.set {i} (f64.div (f64.load (i32.const 0)) (f64.const 0)))\n"
+        ));
+    }
+    body.push_str("(block\n");
+    for _ in 0..12000 {
+        body.push_str("(br_if 0 (i32.load (i32.const 8)))\n");
+    }
+    body.push_str(")\n(f64.store (i32.const 16) (f64.neg (local.get 1999)))\n");
+    format!(
+        r#"(module (memory (export "memory") 1)
+             (func (export "_start") (local {} ) {body}))"#,
+        "f64 ".repeat(2000)
+    )
+}
+
+#[test]
+fn a_function_over_the_analysis_budget_is_canonicalised_conservatively() {
+    let out = rewrite(&over_budget_module());
+    assert_eq!(out.report.conservative_functions, 1);
+    assert_eq!(out.report.float_arith, 2000);
+    assert_eq!(
+        out.report.canonicalised_at_operation, 2000,
+        "every arithmetic result, where it is computed"
+    );
+}
