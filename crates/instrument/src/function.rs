@@ -126,14 +126,14 @@ pub(crate) fn rewrite(
         let (count, ty) = pair.map_err(invalid)?;
         let total = local_types.len() as u64 + u64::from(count);
         if total > u64::from(MAX_LOCALS) {
-            return Err(too_many(index, total, info));
+            return Err(too_many(index, total));
         }
         local_types.extend(std::iter::repeat_n(ty, count as usize));
         declared.push((count, encoder_val_type(ty)?));
     }
     let original_locals = local_types.len() as u32;
     if original_locals + ADDED_LOCALS > MAX_LOCALS {
-        return Err(too_many(index, u64::from(original_locals), info));
+        return Err(too_many(index, u64::from(original_locals)));
     }
     let added = Added {
         fuel: original_locals,
@@ -368,7 +368,7 @@ fn loop_params(info: &ModuleInfo, ty: wasmparser::BlockType) -> usize {
     }
 }
 
-fn too_many(index: u32, locals: u64, _info: &ModuleInfo) -> InstrumentError {
+fn too_many(index: u32, locals: u64) -> InstrumentError {
     InstrumentError::TooManyLocals {
         function: index,
         locals: u32::try_from(locals).unwrap_or(u32::MAX),

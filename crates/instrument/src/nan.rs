@@ -303,7 +303,6 @@ pub(crate) fn plan(
     local_types: &[ValType],
     ops: &[Operator<'_>],
 ) -> Result<Plan, InstrumentError> {
-    let _ = local_types;
     let mut analysis = Analysis {
         info,
         sig,

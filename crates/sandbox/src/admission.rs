@@ -50,17 +50,12 @@ impl From<herd_instrument::InstrumentError> for AdmissionError {
 }
 
 /// The Wasm features a unit may use: WebAssembly 1.0 plus the finished proposals that today's
-/// compilers emit by default for wasm32-wasip1; the same set the instrumentation understands
-/// (`herd_instrument::supported_features`, checked by a test). Threads, SIMD (whose float NaNs
-/// the pass does not handle), relaxed SIMD, memory64, multi-memory, GC and exceptions stay out.
+/// compilers emit by default for wasm32-wasip1: exactly the set the instrumentation understands
+/// (`herd_instrument::supported_features`). Threads, SIMD (whose float NaNs the pass does not
+/// handle), relaxed SIMD, memory64, multi-memory, GC and exceptions stay out.
 pub(crate) fn allowed_features() -> WasmFeatures {
-    WasmFeatures::MUTABLE_GLOBAL
-        | WasmFeatures::SATURATING_FLOAT_TO_INT
-        | WasmFeatures::SIGN_EXTENSION
-        | WasmFeatures::MULTI_VALUE
-        | WasmFeatures::BULK_MEMORY
-        | WasmFeatures::REFERENCE_TYPES
-        | WasmFeatures::FLOATS
+    // One list, the pass's: a feature it does not understand must not reach a unit.
+    WasmFeatures::from_bits_truncate(herd_instrument::supported_features().bits())
 }
 
 /// Turns a module file's bytes into binary WebAssembly: `.wat` text is assembled, binary passes

@@ -343,14 +343,8 @@ impl Sandbox {
     ) -> Controlled<impl Future<Output = Execution> + Send + 'static> {
         let engine = self.engine.clone();
         let pre = module.pre.clone();
-        let fuel = match module.original_imports {
-            Some(_) => FuelKeeper::Pass {
-                global: None,
-                meter: meter::Meter::start(limits.fuel).0,
-            },
-            None => FuelKeeper::Engine,
-        };
-        let state = HostState::new(input, seed, limits, fuel);
+        // The instrumentation's fuel is set up once the instance (and its fuel global) exists.
+        let state = HostState::new(input, seed, limits, FuelKeeper::Engine);
         let limits = *limits;
         Controlled {
             run: Box::pin(execute(engine, pre, state, limits, module.original_imports)),
@@ -386,10 +380,7 @@ async fn execute(
                 .ok_or_else(|| wasmtime::Error::msg("the rewritten module has no fuel global"))?;
             let (meter, slice) = meter::Meter::start(limits.fuel);
             global.set(&mut store, wasmtime::Val::I64(slice))?;
-            store.data_mut().fuel = FuelKeeper::Pass {
-                global: Some(global),
-                meter,
-            };
+            store.data_mut().fuel = FuelKeeper::Pass { global, meter };
         }
         instance.get_typed_func::<(), ()>(&mut store, "_start")
     };
@@ -411,26 +402,21 @@ async fn execute(
         FuelKeeper::Engine => limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
         FuelKeeper::Pass { global, meter } => {
             let (global, meter) = (*global, *meter);
-            let left = global.map(|g| FuelKeeper::read(g, &mut store));
-            match left {
-                Some(Ok(left)) => {
-                    let burned = meter.burned(left);
-                    // A unit that ends past its budget without meeting another check (the
-                    // rest of a basic block, a return) has run out all the same.
-                    if burned > u128::from(limits.fuel) {
-                        if let Ending::Status(_) = ending {
-                            ending = Ending::Status(Status::OutOfFuel);
-                        }
-                        limits.fuel
-                    } else {
-                        burned as u64
-                    }
+            let Ok(left) = FuelKeeper::read(global, &mut store) else {
+                return abort(AbortReason::HostFailure(
+                    "cannot read the unit's fuel".into(),
+                ));
+            };
+            let burned = meter.burned(left);
+            // A unit that ends past its budget without meeting another check (the rest of a
+            // basic block, a return) has run out all the same.
+            if burned > u128::from(limits.fuel) {
+                if let Ending::Status(_) = ending {
+                    ending = Ending::Status(Status::OutOfFuel);
                 }
-                _ => {
-                    return abort(AbortReason::HostFailure(
-                        "cannot read the unit's fuel".into(),
-                    ));
-                }
+                limits.fuel
+            } else {
+                burned as u64
             }
         }
     };

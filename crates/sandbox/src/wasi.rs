@@ -125,12 +125,9 @@ pub(crate) struct HostState {
 pub(crate) enum FuelKeeper {
     /// wasmtime's own metering (the oracle).
     Engine,
-    /// The instrumentation: the current slice in the module's fuel global, the rest in the
-    /// meter. The global is looked up once after instantiation.
-    Pass {
-        global: Option<Global>,
-        meter: Meter,
-    },
+    /// The instrumentation: the current slice in the module's fuel global (looked up once,
+    /// after instantiation), the rest in the meter.
+    Pass { global: Global, meter: Meter },
 }
 
 impl FuelKeeper {
@@ -173,7 +170,6 @@ fn charge(caller: &mut Ctx<'_>, bytes: u64) -> wasmtime::Result<()> {
     let cost = HOST_CALL_FUEL.saturating_add(bytes);
     if let FuelKeeper::Pass { global, meter } = &caller.data().fuel {
         let (global, meter) = (*global, *meter);
-        let global = global.ok_or_else(|| wasmtime::Error::msg("no fuel global"))?;
         let fuel = FuelKeeper::read(global, &mut *caller)?;
         return match meter.charge(fuel, cost) {
             Ok(after) => global.set(&mut *caller, Val::I64(after)),
@@ -499,7 +495,6 @@ fn refuel(caller: &mut Ctx<'_>) -> wasmtime::Result<()> {
         ));
     };
     let (global, mut meter) = (*global, *meter);
-    let global = global.ok_or_else(|| wasmtime::Error::msg("no fuel global"))?;
     let fuel = FuelKeeper::read(global, &mut *caller)?;
     let next = meter
         .refuel(fuel)
