@@ -14,7 +14,8 @@
 //!   that only computes gets nothing added.
 //! - **Fuel** (`function.rs`). Each basic block subtracts its cost from a local (which the
 //!   compiler keeps in a register), flushed to the exported global [`FUEL_GLOBAL`] around calls
-//!   and returns. Loop headers and function entries check it; when it is below zero the module
+//!   and returns. Every branch back to a loop and every function entry check it (a loop that a
+//!   `br_table` branches back to, at its header); when it is below zero the module
 //!   calls the host's [`REFUEL`], which grants the next slice of the budget (and is where the
 //!   host may pause the run) or traps when the budget is spent. The fuel of a unit is therefore
 //!   defined by this pass, the same in every engine.

@@ -204,3 +204,57 @@ fn fuel_runs_out_at_the_same_point_every_time() {
         assert_eq!(other, first);
     }
 }
+
+#[test]
+fn every_way_back_into_a_loop_is_metered() {
+    // Endless loops closed by br, br_if, br_table and a loop with parameters: fuel is checked on
+    // each way back (or at the header), so each ends out of fuel with all of its budget burned,
+    // the same every time, as under the oracle.
+    let oracle = Sandbox::oracle().expect("oracle");
+    let pass = Sandbox::new().expect("sandbox");
+    let loops = [
+        (
+            "br",
+            "(loop $l (local.set 0 (i32.add (local.get 0) (i32.const 1))) (br $l))",
+        ),
+        (
+            "br_if",
+            "(loop $l (local.set 0 (i32.add (local.get 0) (i32.const 1))) (br_if $l (i32.const 1)))",
+        ),
+        (
+            "br_table",
+            "(block $out (loop $l (local.set 0 (i32.add (local.get 0) (i32.const 1))) (br_table $l $out (i32.const 0))))",
+        ),
+        (
+            "params",
+            "(i32.const 0) (loop $l (param i32) (i32.add (i32.const 1)) (local.tee 0) (br $l)) ",
+        ),
+    ];
+    let limits = Limits {
+        fuel: 3 * herd_sandbox::YIELD_FUEL + 17,
+        ..Limits::default()
+    };
+    for (name, body) in loops {
+        let wat = format!(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "_start") (local i32) {body}))"#
+        );
+        let wasm = module_bytes(wat.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let module = pass.admit(&wasm).expect("admitted");
+        let first = pass.run(&module, b"", 0, &limits);
+        assert_eq!(result(&first).status, Status::OutOfFuel, "{name}");
+        assert_eq!(result(&first).fuel, limits.fuel, "{name}");
+        assert_eq!(pass.run(&module, b"", 0, &limits), first, "{name}: again");
+        let expected = oracle.run(
+            &oracle.admit(&wasm).expect("oracle admits"),
+            b"",
+            0,
+            &limits,
+        );
+        assert_eq!(
+            result(&expected).status,
+            Status::OutOfFuel,
+            "{name}: oracle"
+        );
+    }
+}
