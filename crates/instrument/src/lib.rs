@@ -135,13 +135,19 @@ impl Instrumented {
     /// The original module's index of a function of the rewritten one (for naming the function
     /// a trap happened in), or `None` for the functions the pass added.
     pub fn original_function_index(&self, rewritten: u32) -> Option<u32> {
-        if rewritten < self.original_imports {
-            Some(rewritten)
-        } else {
-            rewritten
-                .checked_sub(ADDED_IMPORTS)
-                .filter(|index| *index >= self.original_imports)
-        }
+        original_function_index(self.original_imports, rewritten)
+    }
+}
+
+/// The same, for a module that imported `original_imports` functions itself (what a host keeps
+/// when it compiled the rewrite earlier and kept only the compiled code).
+pub fn original_function_index(original_imports: u32, rewritten: u32) -> Option<u32> {
+    if rewritten < original_imports {
+        Some(rewritten)
+    } else {
+        rewritten
+            .checked_sub(ADDED_IMPORTS)
+            .filter(|index| *index >= original_imports)
     }
 }
 

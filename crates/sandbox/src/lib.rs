@@ -262,20 +262,19 @@ impl Sandbox {
         }
         admission::check_structure(wasm)?;
         let instrumented = self.determinism == Determinism::Instrumentation;
-        // The rewrite is cheap next to compiling, and tells the original import count even when
-        // the compiled module comes from the disk cache.
-        let rewritten = if instrumented {
-            Some(herd_instrument::instrument(wasm).map_err(AdmissionError::from)?)
-        } else {
-            None
-        };
         let cached = self
             .disk
             .as_ref()
             .and_then(|disk| disk.load(&self.engine, &hash));
         let module = match cached {
+            // Only this sandbox's own rewrites, under the same pass version, are in the cache.
             Some(module) => module,
             None => {
+                let rewritten = if instrumented {
+                    Some(herd_instrument::instrument(wasm).map_err(AdmissionError::from)?)
+                } else {
+                    None
+                };
                 let code = rewritten.as_ref().map_or(wasm, |r| &r.wasm[..]);
                 let module = Module::new(&self.engine, code)
                     .map_err(|e| AdmissionError::Invalid(format!("{e:#}")))?;
@@ -293,7 +292,14 @@ impl Sandbox {
         let admitted = AdmittedModule {
             initial_memory_bytes: admission::initial_memory_bytes(&module),
             pre,
-            original_imports: rewritten.map(|r| r.original_imports),
+            // The rewrite appends its own imports after the module's.
+            original_imports: instrumented.then(|| {
+                let imported = module
+                    .imports()
+                    .filter(|import| matches!(import.ty(), wasmtime::ExternType::Func(_)))
+                    .count() as u32;
+                imported.saturating_sub(herd_instrument::ADDED_IMPORTS)
+            }),
         };
         self.cache().insert(hash, admitted.clone());
         Ok(admitted)
@@ -512,12 +518,11 @@ fn trapping_function(error: &wasmtime::Error, original_imports: Option<u32>) -> 
                 Some(name) => name.to_string(),
                 None => {
                     let index = frame.func_index();
-                    let original = match original_imports {
-                        Some(imports) if index >= imports + herd_instrument::ADDED_IMPORTS => {
-                            index - herd_instrument::ADDED_IMPORTS
-                        }
-                        _ => index,
-                    };
+                    let original = original_imports
+                        .and_then(|imports| {
+                            herd_instrument::original_function_index(imports, index)
+                        })
+                        .unwrap_or(index);
                     format!("func[{original}]")
                 }
             },

@@ -258,3 +258,41 @@ fn every_way_back_into_a_loop_is_metered() {
         );
     }
 }
+
+#[test]
+fn a_trap_names_its_function_by_the_submitted_module_s_index() {
+    // No name section and an import before it: the rewrite's own imports shift every function,
+    // and the trap must still name the function as the submitted module numbers it, as the
+    // oracle does, also when the compiled rewrite comes back from the disk cache.
+    let wasm = module_bytes(
+        br#"(module
+             (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+             (memory (export "memory") 1)
+             (func (export "_start") (call 2))
+             (func unreachable))"#,
+    )
+    .expect("assembles");
+    let oracle = Sandbox::oracle().expect("oracle");
+    let expected = oracle.run(
+        &oracle.admit(&wasm).expect("admitted"),
+        b"",
+        0,
+        &Limits::default(),
+    );
+    let trap = Status::Trap {
+        kind: TrapKind::Unreachable,
+        function: "func[2]".into(),
+    };
+    assert_eq!(result(&expected).status, trap);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for _ in 0..2 {
+        let pass = Sandbox::with_disk_cache(dir.path()).expect("sandbox");
+        let actual = pass.run(
+            &pass.admit(&wasm).expect("admitted"),
+            b"",
+            0,
+            &Limits::default(),
+        );
+        assert_eq!(result(&actual).status, trap);
+    }
+}
