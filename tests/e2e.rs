@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herd_e2e::{Coordinator, LogsOnFailure, eventually, free_udp_port, start_worker};
-use herd_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PublicKey, ServerMessage};
+use herd_protocol::{
+    ChannelBinding, ClientMessage, ErrorCode, Hello, PROTOCOL_VERSION, ServerMessage, SigningKey,
+};
 
 #[path = "../sample-jobs/mandelbrot/src/kernel.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -946,7 +948,7 @@ fn herd_worker_install_writes_a_user_unit_whose_command_runs_the_worker() {
 }
 
 #[test]
-fn a_download_limit_holds_within_ten_percent_on_a_large_input() {
+fn a_download_limit_is_never_exceeded_on_a_large_input() {
     let root = tempfile::tempdir().expect("tempdir");
     let _logs = LogsOnFailure(root.path());
     let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
@@ -982,9 +984,15 @@ fn a_download_limit_holds_within_ten_percent_on_a_large_input() {
                 rest.trim_end_matches(" KiB/s)").parse().ok()
             })
             .expect("the big input's fetch is logged");
+        // A limit is an upper bound: the reader waits before each 16 KiB chunk but the first
+        // tenth of a second's burst and the last chunk, so no transfer can go faster than this
+        // (plus the log's rounding). A busy machine only ever makes it slower, so the lower
+        // bound is loose; how close to the limit it paces is for a benchmark, not a test.
+        let (limit, size) = (512.0, 2048.0);
+        let fastest = limit * size / (size - limit / 10.0 - 16.0) + 1.0;
         assert!(
-            (rate - 512.0).abs() <= 51.2,
-            "fetched at {rate} KiB/s with a 512 KiB/s limit"
+            rate <= fastest && rate >= limit / 8.0,
+            "fetched at {rate} KiB/s with a {limit} KiB/s limit (at most {fastest:.1})"
         );
     }
 }
@@ -1076,17 +1084,40 @@ fn coordinator_hosts(http: &str) -> serde_json::Value {
     response.body_mut().read_json().expect("JSON")
 }
 
-/// Sends `hello` as the first message of a fresh connection and returns the answer.
+/// A hello of this protocol and instrumentation from `key`'s host, holding no replicas.
+fn hello_from(key: &SigningKey, volunteer: &str, team: Option<&str>) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
+        host_key: key.public_key(),
+        volunteer: volunteer.into(),
+        team: team.map(Into::into),
+        cores: 1,
+        held_replicas: Vec::new(),
+    }
+}
+
+/// Sends `frame` as the first message of a fresh connection and returns the answer.
 async fn hello_answer(join: &herd_net::JoinString, frame: Vec<u8>) -> ServerMessage {
     let connection = herd_net::connect(join).await.expect("connect");
-    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
-    send.write_all(&frame).await.expect("write");
-    send.finish().expect("finish");
-    let answer = herd_net::read_message(&mut recv).await.expect("an answer");
-    // The coordinator closes the connection after refusing.
+    refused_first(&connection, frame).await
+}
+
+/// Sends `frame` as the first message of `connection` and returns the answer, a refusal: the
+/// coordinator closes the connection after it.
+async fn refused_first(connection: &herd_net::Connection, frame: Vec<u8>) -> ServerMessage {
+    let answer = first_answer(connection, frame).await;
     let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await;
     assert!(closed.is_ok(), "the connection was not closed");
     answer
+}
+
+/// Sends `frame` as the first message of `connection` and returns the answer.
+async fn first_answer(connection: &herd_net::Connection, frame: Vec<u8>) -> ServerMessage {
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    send.write_all(&frame).await.expect("write");
+    send.finish().expect("finish");
+    herd_net::read_message(&mut recv).await.expect("an answer")
 }
 
 #[test]
@@ -1098,34 +1129,51 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     let coordinator_http = coordinator.http.clone();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let old = herd_protocol::encode_frame(&ClientMessage::Hello {
-            protocol_version: 99,
-            instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
-            host_key: PublicKey([3; 32]),
-            volunteer: "eve".into(),
-            team: None,
-            cores: 1,
-            held_replicas: Vec::new(),
-        })
+        // A hello of a later version: refused by name (its proof is not even looked at).
+        let eve = SigningKey::from_seed([3; 32]);
+        let later = herd_protocol::encode_frame(&ClientMessage::Hello(
+            Hello {
+                protocol_version: 99,
+                ..hello_from(&eve, "eve", None)
+            }
+            .sign(&eve, &ChannelBinding([0; 32])),
+        ))
         .expect("encode");
-        match hello_answer(&join, old).await {
+        match hello_answer(&join, later).await {
             ServerMessage::Error { code, message } => {
                 assert_eq!(code, ErrorCode::UnsupportedVersion);
                 assert!(message.contains("protocol version 99"), "{message}");
             }
             other => panic!("unexpected {other:?}"),
         }
+        // Exactly what a protocol-4 worker sends (its hello had no proof, so it does not decode
+        // as this version's): refused by its version's number, which it can read.
+        let mut v4 = vec![0, 4, herd_sandbox::INSTRUMENTATION_VERSION as u8];
+        v4.extend_from_slice(&[3; 32]);
+        v4.extend_from_slice(&[3, b'e', b'v', b'e', 0, 1, 0]);
+        let mut frame = (v4.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&v4);
+        match hello_answer(&join, frame).await {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::UnsupportedVersion);
+                assert!(
+                    message.contains("protocol version 4 is not supported")
+                        && message.contains(&format!("speaks {PROTOCOL_VERSION}"))
+                        && message.contains("update herd-worker"),
+                    "{message}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
         // The right protocol, but another version of the instrumentation: its replicas' fuel
         // could not be compared with the others', so it is refused by name.
-        let other_pass = herd_protocol::encode_frame(&ClientMessage::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION + 1,
-            host_key: PublicKey([3; 32]),
-            volunteer: "eve".into(),
-            team: None,
-            cores: 1,
-            held_replicas: Vec::new(),
-        })
+        let other_pass = herd_protocol::encode_frame(&ClientMessage::Hello(
+            Hello {
+                instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION + 1,
+                ..hello_from(&eve, "eve", None)
+            }
+            .sign(&eve, &ChannelBinding([0; 32])),
+        ))
         .expect("encode");
         match hello_answer(&join, other_pass).await {
             ServerMessage::Error { code, message } => {
@@ -1138,20 +1186,10 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
         let host = herd_protocol::SigningKey::from_seed([4; 32]);
         let impostor = herd_protocol::SigningKey::from_seed([5; 32]);
         let connection = herd_net::connect(&join).await.expect("connect");
-        let welcome: ServerMessage = herd_net::request(
-            &connection,
-            &ClientMessage::Hello {
-                protocol_version: PROTOCOL_VERSION,
-                instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
-                host_key: host.public_key(),
-                volunteer: "mallory".into(),
-                team: None,
-                cores: 1,
-                held_replicas: Vec::new(),
-            },
-        )
-        .await
-        .expect("hello");
+        let welcome: ServerMessage =
+            herd_net::say_hello(&connection, &host, hello_from(&host, "mallory", None))
+                .await
+                .expect("hello");
         assert!(
             matches!(welcome, ServerMessage::Welcome { .. }),
             "{welcome:?}"
@@ -1196,20 +1234,10 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
         // than the maximum is refused whole and the connection closed.
         let honest = herd_protocol::SigningKey::from_seed([6; 32]);
         let connection = herd_net::connect(&join).await.expect("connect");
-        let _: ServerMessage = herd_net::request(
-            &connection,
-            &ClientMessage::Hello {
-                protocol_version: PROTOCOL_VERSION,
-                instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
-                host_key: honest.public_key(),
-                volunteer: "trent".into(),
-                team: None,
-                cores: 1,
-                held_replicas: Vec::new(),
-            },
-        )
-        .await
-        .expect("hello");
+        let _: ServerMessage =
+            herd_net::say_hello(&connection, &honest, hello_from(&honest, "trent", None))
+                .await
+                .expect("hello");
         let claims = |replica_id: u64, output: &[u8]| herd_protocol::FinishedReplica {
             report: herd_protocol::Report {
                 replica_id,
@@ -1362,6 +1390,240 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     assert!(stderr.contains("forbidden"), "{stderr}");
 }
 
+/// Issue 13's attack, from outside: a raw client speaking the protocol names an honest host's
+/// public key (public at `/api/v1/hosts`), another volunteer and team, and no replicas held. It
+/// cannot prove the key, so it is refused and changes nothing: the honest host keeps its
+/// volunteer, team, replicas and credit. A hello recorded on one connection is refused on
+/// another; a proven host gets no blob it was not assigned; and a stranger's own host cannot move
+/// a volunteer to another team.
+#[test]
+fn a_stranger_naming_another_hosts_key_is_refused_and_takes_no_replica_credit_team_or_blob() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let join: herd_net::JoinString = coordinator.join.parse().expect("join string");
+    let start =
+        |name: &str| start_worker(root.path(), &coordinator.join, name, "real", 1).expect("worker");
+    let ada = start("ada");
+    let bob = start("bob");
+    // One unit lasting seconds, so both honest hosts are in the middle of it during the attack.
+    let long = write_long_tile(root.path());
+    let long_batch = submit_with(
+        &coordinator,
+        root.path(),
+        &long,
+        false,
+        &["--fuel", "1000000000000"],
+    );
+    eventually(
+        Duration::from_secs(60),
+        "ada and bob to start the unit",
+        || {
+            (spooled(root.path(), "ada", "assigned") == 1
+                && spooled(root.path(), "bob", "assigned") == 1)
+                .then_some(())
+        },
+    );
+    let host_of = |hosts: &serde_json::Value, volunteer: &str| -> Vec<serde_json::Value> {
+        hosts["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .filter(|h| h["volunteer"] == volunteer)
+            .cloned()
+            .collect()
+    };
+    let before = coordinator_hosts(&coordinator.http);
+    let ada_host = host_of(&before, "ada").pop().expect("ada's host is listed");
+    assert_eq!(ada_host["in_progress"], 1, "{ada_host}");
+    let ada_key = herd_protocol::PublicKey::from_hex(ada_host["public_key"].as_str().expect("key"))
+        .expect("a public key");
+    let module = herd_protocol::ContentHash::of(herd_samples::MANDELBROT_WASM);
+    let input = herd_protocol::ContentHash::of(
+        &std::fs::read(long.join("deep")).expect("the long unit's input"),
+    );
+    let mallory = SigningKey::from_seed([66; 32]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        // Ada's key, mallory's name and team, nothing held: signed with mallory's own key, the
+        // best a stranger can do.
+        let claim = Hello {
+            host_key: ada_key,
+            ..hello_from(&mallory, "mallory", Some("mallory-team"))
+        };
+        let connection = herd_net::connect(&join).await.expect("connect");
+        let channel = herd_net::channel_binding(&connection).expect("channel binding");
+        let forged = herd_protocol::encode_frame(&ClientMessage::Hello(
+            claim.clone().sign(&mallory, &channel),
+        ))
+        .expect("encode");
+        match refused_first(&connection, forged).await {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::BadSignature);
+                assert!(
+                    message.contains(&ada_key.to_hex())
+                        && message.contains("not signed by that key"),
+                    "{message}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // With no proof at all.
+        let unproven =
+            herd_protocol::encode_frame(&ClientMessage::Hello(herd_protocol::SignedHello {
+                hello: claim,
+                proof: herd_protocol::Signature(Vec::new()),
+            }))
+            .expect("encode");
+        match hello_answer(&join, unproven).await {
+            ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::BadSignature),
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // Mallory's own host, proven on its connection: it may register, but it gets no blob
+        // that no replica of its own needs (the unit's module and input are ada's and bob's).
+        let first = herd_net::connect(&join).await.expect("connect");
+        let channel = herd_net::channel_binding(&first).expect("channel binding");
+        let recorded = herd_protocol::encode_frame(&ClientMessage::Hello(
+            hello_from(&mallory, "mallory", None).sign(&mallory, &channel),
+        ))
+        .expect("encode");
+        let welcome = first_answer(&first, recorded.clone()).await;
+        assert!(
+            matches!(welcome, ServerMessage::Welcome { .. }),
+            "{welcome:?}"
+        );
+        for hash in [module, input] {
+            let answer: ServerMessage =
+                herd_net::request(&first, &ClientMessage::FetchBlob { hash })
+                    .await
+                    .expect("an answer");
+            match answer {
+                ServerMessage::Error { code, message } => {
+                    assert_eq!(code, ErrorCode::NotAssigned);
+                    assert!(message.contains(&hash.to_hex()), "{message}");
+                }
+                other => panic!("blob {hash} was served: {other:?}"),
+            }
+        }
+        // The same hello bytes, recorded there and sent on another connection: refused.
+        match hello_answer(&join, recorded).await {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::BadSignature);
+                assert!(message.contains("another connection"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // A host of mallory's joining ada's volunteer cannot move ada to another team.
+        let stranger = SigningKey::from_seed([67; 32]);
+        let connection = herd_net::connect(&join).await.expect("connect");
+        let answer: ServerMessage = herd_net::say_hello(
+            &connection,
+            &stranger,
+            hello_from(&stranger, "ada", Some("mallory-team")),
+        )
+        .await
+        .expect("an answer");
+        match answer {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::NotAllowed);
+                assert!(
+                    message.contains("`ada`") && message.contains("`real`"),
+                    "{message}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+
+    // The honest run is untouched: the unit is validated by ada's and bob's replicas, and no
+    // third was needed (neither was taken from its host and reissued).
+    let status = eventually(Duration::from_secs(180), "the long unit validated", || {
+        let status = coordinator.herd_json(&["status", &long_batch.to_string(), "--json"]);
+        (status["validated"] == 1).then_some(status)
+    });
+    assert_eq!(status["units"][0]["replicas"], 2, "{status}");
+    // More work runs as ever, every output right.
+    let inputs = root.path().join("inputs");
+    let tiles = write_tiles(&inputs, 6);
+    let batch = submit(&coordinator, root.path(), &inputs, true);
+    check_results(&coordinator, root.path(), batch, &tiles);
+
+    let after = coordinator_hosts(&coordinator.http);
+    let ada_hosts = host_of(&after, "ada");
+    assert_eq!(ada_hosts.len(), 1, "only ada's own host is ada's: {after}");
+    let ada_host = &ada_hosts[0];
+    assert_eq!(ada_host["public_key"], ada_key.to_hex());
+    assert_eq!(ada_host["valid"], 7, "{ada_host}");
+    assert_eq!(ada_host["timed_out"], 0, "{ada_host}");
+    assert_eq!(ada_host["refused_reports"], 0, "{ada_host}");
+    assert_eq!(ada_host["in_progress"], 0, "{ada_host}");
+    let mallory_hosts = host_of(&after, "mallory");
+    assert_eq!(mallory_hosts.len(), 1, "mallory's own host only: {after}");
+    assert_eq!(
+        mallory_hosts[0]["public_key"],
+        mallory.public_key().to_hex()
+    );
+    assert_eq!(mallory_hosts[0]["valid"], 0);
+    let credit = coordinator.herd_json(&["credit", "--json"]);
+    let line = |name: &str| {
+        credit["volunteers"]
+            .as_array()
+            .expect("volunteers")
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+    };
+    for honest in ["ada", "bob"] {
+        let line = line(honest).expect("listed");
+        assert_eq!(line["team"], "real", "{line}");
+        assert_eq!(line["replicas"], 7, "{line}");
+        assert!(line["credit"].as_f64().expect("credit") > 0.0, "{line}");
+    }
+    if let Some(mallory) = line("mallory") {
+        assert_eq!(mallory["credit"], 0.0, "{mallory}");
+    }
+    assert!(
+        credit["teams"]
+            .as_array()
+            .expect("teams")
+            .iter()
+            .all(|t| t["name"] != "mallory-team"),
+        "{credit}"
+    );
+    let log = std::fs::read_to_string(&coordinator.process.log).expect("log");
+    assert!(!log.contains("lost replicas will be reissued"), "{log}");
+    for worker in [&ada, &bob] {
+        let log = std::fs::read_to_string(&worker.log).expect("log");
+        assert!(!log.contains("refused"), "{log}");
+    }
+    // A real worker on another machine (another host key) joining ada on another team stops at
+    // once with the reason (exit 3, no retry loop); ada's team stays.
+    let elsewhere = root.path().join("another-machine");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    let mut joiner =
+        start_worker(&elsewhere, &coordinator.join, "ada", "mallory-team", 1).expect("worker");
+    let code = eventually(Duration::from_secs(30), "the joiner to stop", || {
+        joiner.exit_code()
+    });
+    assert_eq!(code, Some(3));
+    let log = std::fs::read_to_string(&joiner.log).expect("log");
+    assert!(
+        log.contains("cannot change its team") && log.contains("NotAllowed"),
+        "{log}"
+    );
+    let credit = coordinator.herd_json(&["credit", "--json"]);
+    let ada_line = credit["volunteers"]
+        .as_array()
+        .expect("volunteers")
+        .iter()
+        .find(|v| v["name"] == "ada")
+        .cloned()
+        .expect("ada");
+    assert_eq!(ada_line["team"], "real");
+}
+
 /// The API contract of researchers: the administrator adds researchers, each sees only their
 /// own batches and blobs, pages and cancelling work, and every refusal is JSON with a code.
 #[test]
@@ -1463,6 +1725,50 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
         (status, body["error"]["code"].as_str()),
         (404, Some("blob_not_found"))
     );
+    // Nor can she make a batch of another researcher's blobs by naming their hashes (to read
+    // them as its blobs, or its outputs): they are missing to her, exactly as absent ones are.
+    let secret = b"2 2 1 1 4 4 10".to_vec();
+    let secret_hash = herd_protocol::ContentHash::of(&secret);
+    let private_module = herd_samples::PRIMES_WASM.to_vec();
+    let private_module_hash = herd_protocol::ContentHash::of(&private_module);
+    for (hash, bytes) in [(secret_hash, secret), (private_module_hash, private_module)] {
+        let response = agent
+            .put(&format!("{}/api/v1/blobs/{hash}", coordinator.http))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .send(&bytes[..])
+            .expect("an answer");
+        assert_eq!(response.status().as_u16(), 201);
+    }
+    for (module, input, code) in [
+        (module_hash, secret_hash, "input_missing"),
+        (private_module_hash, secret_hash, "module_missing"),
+    ] {
+        let request =
+            format!(r#"{{"module": "{module}", "units": [{{"name": "u", "input": "{input}"}}]}}"#);
+        let (status, body) =
+            coordinator.api("POST", "/api/v1/batches", Some(&grace), Some(&request));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}"
+        );
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains("has not been uploaded"), "{message}");
+    }
+    for hash in [secret_hash, private_module_hash] {
+        let (status, _) =
+            coordinator.api("GET", &format!("/api/v1/blobs/{hash}"), Some(&grace), None);
+        assert_eq!(status, 404);
+    }
+    assert_eq!(listed(&grace), vec![hers]);
+    // The researcher who uploaded them reads them.
+    let (status, _) = coordinator.api(
+        "GET",
+        &format!("/api/v1/blobs/{secret_hash}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200);
 
     // Pages.
     let (status, page) = coordinator.api("GET", "/api/v1/batches?limit=1", Some(&admin), None);

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group};
 use herd_net::JoinString;
 use herd_protocol::{
-    ClientMessage, ContentHash, FinishedReplica, Outcome, PROTOCOL_VERSION, Report, RunResult,
-    ServerMessage, SignedAssignment, SigningKey, Status,
+    ClientMessage, ContentHash, FinishedReplica, Hello, Outcome, PROTOCOL_VERSION, Report,
+    RunResult, ServerMessage, SignedAssignment, SigningKey, Status,
 };
 
 /// Units per batch: enough that a run lasts seconds, so polling its status every
@@ -132,7 +132,6 @@ fn validated(coordinator: &Running, batch: u64) -> u64 {
     status["validated"].as_u64().expect("validated")
 }
 
-/// A simulated worker: connects, says hello, then asks and reports until told to stop.
 /// A simulated worker: connects, says hello, then runs `CORES / batch` loops that each report
 /// `batch` finished units and ask for `batch` more in one exchange, until told to stop. With
 /// `batch` 1 it talks as the real worker does today (one exchange per core); with `batch` =
@@ -140,7 +139,7 @@ fn validated(coordinator: &Running, batch: u64) -> u64 {
 async fn worker(join: JoinString, index: usize, batch: usize, stop: Arc<AtomicBool>) {
     let key = Arc::new(SigningKey::from_seed([index as u8 + 1; 32]));
     let connection = herd_net::connect(&join).await.expect("connect");
-    let hello = ClientMessage::Hello {
+    let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
         host_key: key.public_key(),
@@ -149,7 +148,9 @@ async fn worker(join: JoinString, index: usize, batch: usize, stop: Arc<AtomicBo
         cores: CORES as u32,
         held_replicas: Vec::new(),
     };
-    let _: ServerMessage = herd_net::request(&connection, &hello).await.expect("hello");
+    let _: ServerMessage = herd_net::say_hello(&connection, &key, hello)
+        .await
+        .expect("hello");
     let loops: Vec<_> = (0..CORES / batch)
         .map(|_| {
             tokio::spawn(exchanges(
@@ -299,7 +300,7 @@ fn over_quic(c: &mut Criterion) {
         for i in 0..500 {
             let connection = herd_net::connect(&coordinator.join).await.expect("connect");
             let key = SigningKey::from_seed([(i % 250) as u8 + 1; 32]);
-            let hello = ClientMessage::Hello {
+            let hello = Hello {
                 protocol_version: PROTOCOL_VERSION,
                 instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
                 host_key: key.public_key(),
@@ -308,7 +309,9 @@ fn over_quic(c: &mut Criterion) {
                 cores: 1,
                 held_replicas: Vec::new(),
             };
-            let _: ServerMessage = herd_net::request(&connection, &hello).await.expect("hello");
+            let _: ServerMessage = herd_net::say_hello(&connection, &key, hello)
+                .await
+                .expect("hello");
             connections.push(connection);
         }
         connections

@@ -80,7 +80,15 @@ fn batch() -> NewBatch {
 
 /// Runs one batch to completion; returns the time it took.
 fn run_batch(store: &SqliteStore, hosts: &[u64]) -> Duration {
-    let batch_id = store.create_batch(&batch(), 0).wait().expect("batch");
+    let batch = batch();
+    let blobs = std::iter::once(batch.module)
+        .chain(batch.units.iter().map(|u| u.input))
+        .collect();
+    store
+        .record_uploads(batch.researcher_id, blobs)
+        .wait()
+        .expect("uploads");
+    let batch_id = store.create_batch(&batch, 0).wait().expect("batch");
     let started = Instant::now();
     std::thread::scope(|scope| {
         for thread in 0..THREADS {

@@ -236,7 +236,7 @@ async fn put_blob(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = request_body(body)?;
-    researcher(&shared, &headers).await?;
+    let me = researcher(&shared, &headers).await?;
     let claimed = parse_hash(&hash)?;
     if body.len() > MAX_MODULE_BYTES {
         return Err(ApiError::new(
@@ -257,6 +257,11 @@ async fn put_blob(
     }
     let blobs = shared.blobs.clone();
     blocking(move || Ok(blobs.put(&body)?)).await?;
+    shared
+        .store
+        .record_uploads(me.id, vec![claimed])
+        .await
+        .map_err(anyhow::Error::from)?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "hash": claimed.to_hex() })),
@@ -471,6 +476,22 @@ async fn create_batch(
         priority,
         units,
     };
+    // Another researcher's module, named by its hash, is missing to this one: it is neither
+    // admitted nor looked at (admission's refusals would tell of it).
+    let module_missing = || {
+        ApiError::bad_request(
+            "module_missing",
+            format!("module {} has not been uploaded", batch.module),
+        )
+    };
+    if !shared
+        .store
+        .blob_visible(me.id, &batch.module)
+        .await
+        .map_err(anyhow::Error::from)?
+    {
+        return Err(module_missing());
+    }
     let checker = shared.clone();
     let created = blocking(move || {
         let shared = checker;
@@ -512,6 +533,19 @@ async fn create_batch(
         Ok(id) => id,
         Err(StoreError::Invalid(message)) => {
             return Err(ApiError::bad_request("invalid_batch", message));
+        }
+        // An input this researcher does not hold (uploaded by someone else, or no one): the
+        // same answer as a missing one.
+        Err(StoreError::BlobMissing(hash)) => {
+            let unit = created
+                .units
+                .iter()
+                .find(|u| u.input == hash)
+                .map_or_else(String::new, |u| format!(" of unit `{}`", u.name));
+            return Err(ApiError::bad_request(
+                "input_missing",
+                format!("input {hash}{unit} has not been uploaded"),
+            ));
         }
         Err(other) => return Err(anyhow::Error::from(other).into()),
     };
@@ -1060,7 +1094,7 @@ async fn put_blobs(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = request_body(body)?;
-    researcher(&shared, &headers).await?;
+    let me = researcher(&shared, &headers).await?;
     // Checked whole before anything is stored.
     split_frames(&body)?;
     let store = shared.blobs.clone();
@@ -1069,6 +1103,11 @@ async fn put_blobs(
         Ok(store.put_many(&blobs)?)
     })
     .await?;
+    shared
+        .store
+        .record_uploads(me.id, hashes.clone())
+        .await
+        .map_err(anyhow::Error::from)?;
     let hashes: Vec<String> = hashes.iter().map(ContentHash::to_hex).collect();
     Ok((
         StatusCode::CREATED,

@@ -1,5 +1,7 @@
 //! The worker-facing QUIC service. Each worker holds one connection: its first stream carries
-//! `Hello` (protocol version, host key, volunteer), every later stream one request and its answer.
+//! `Hello` (protocol version, host key, volunteer, and the proof that the host holds its key on
+//! this connection), every later stream one request and its answer. Nothing a connection asks is
+//! done before its hello is proven, and every later request acts only for the proven host.
 //!
 //! A malformed frame, an unsupported version or a bad signature gets an `Error` message naming
 //! the problem and the connection is closed; the coordinator itself carries on.
@@ -11,8 +13,8 @@ use herd_net::{
     Connection, Endpoint, NetError, RecvStream, SendStream, read_message, write_message,
 };
 use herd_protocol::{
-    Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, MAX_EXCHANGE, Outcome,
-    PROTOCOL_VERSION, PublicKey, RefusedReport, ServerMessage, SignedReport, Standing,
+    Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, Hello, MAX_EXCHANGE,
+    Outcome, PROTOCOL_VERSION, PublicKey, RefusedReport, ServerMessage, SignedReport, Standing,
     TeamStanding,
 };
 use herd_store::{HostRecord, ReportRefusal, StoreError, Want};
@@ -79,56 +81,87 @@ async fn refuse(connection: &Connection, mut send: SendStream, code: ErrorCode, 
     connection.close(CLOSE_PROTOCOL_ERROR.into(), message.as_bytes());
 }
 
+/// Reads the first message of a connection and checks it: a hello of this protocol and
+/// instrumentation version, signed by its host key over this connection's channel binding. Any
+/// other first message is answered with the refusal to send (`Err`); nothing about the host it
+/// names has been touched.
+async fn read_hello(
+    connection: &Connection,
+    recv: &mut RecvStream,
+) -> Result<Hello, (ErrorCode, String)> {
+    let body = match herd_net::read_frame(recv).await {
+        Ok(body) => body,
+        Err(error) => return Err((ErrorCode::Malformed, format!("bad hello: {error}"))),
+    };
+    let unsupported = |version: u32| {
+        (
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {version} is not supported; this coordinator speaks {PROTOCOL_VERSION} (update herd-worker)"
+            ),
+        )
+    };
+    let signed = match herd_protocol::decode_body::<ClientMessage>(&body) {
+        Ok(ClientMessage::Hello(signed)) => signed,
+        Ok(_) => {
+            return Err((
+                ErrorCode::NotRegistered,
+                "the first message must be Hello".into(),
+            ));
+        }
+        // Another version's hello has another shape; its version still reads.
+        Err(error) => match herd_protocol::hello_version(&body) {
+            Some(version) if version != PROTOCOL_VERSION => return Err(unsupported(version)),
+            _ => return Err((ErrorCode::Malformed, format!("bad hello: {error}"))),
+        },
+    };
+    let hello = &signed.hello;
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(unsupported(hello.protocol_version));
+    }
+    if hello.instrumentation_version != herd_sandbox::INSTRUMENTATION_VERSION {
+        return Err((
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "instrumentation version {} is not supported; this coordinator's units run under \
+                 version {} (replicas must agree on it); update herd-worker",
+                hello.instrumentation_version,
+                herd_sandbox::INSTRUMENTATION_VERSION
+            ),
+        ));
+    }
+    let channel = herd_net::channel_binding(connection)
+        .map_err(|error| (ErrorCode::Internal, format!("{error}")))?;
+    if let Err(problem) = signed.verify(&channel) {
+        return Err((
+            ErrorCode::BadSignature,
+            format!(
+                "the hello for host key {} is not signed by that key over this connection ({problem}): \
+                 a host must prove it holds its key, and a hello recorded on another connection proves nothing",
+                hello.host_key.to_hex()
+            ),
+        ));
+    }
+    Ok(signed.hello)
+}
+
 async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow::Result<()> {
     let (mut send, mut recv) = connection.accept_bi().await?;
-    let hello = match read_message::<ClientMessage>(&mut recv).await {
-        Ok(hello) => hello,
-        Err(error) => {
-            refuse(
-                &connection,
-                send,
-                ErrorCode::Malformed,
-                format!("bad hello: {error}"),
-            )
-            .await;
-            return Ok(());
-        }
-    };
-    let ClientMessage::Hello {
-        protocol_version,
-        instrumentation_version,
+    let Hello {
         host_key,
         volunteer,
         team,
         cores,
         held_replicas,
-    } = hello
-    else {
-        refuse(
-            &connection,
-            send,
-            ErrorCode::NotRegistered,
-            "the first message must be Hello".into(),
-        )
-        .await;
-        return Ok(());
+        ..
+    } = match read_hello(&connection, &mut recv).await {
+        Ok(hello) => hello,
+        Err((code, message)) => {
+            // Counted nowhere: a refused hello proves nothing about the host it names.
+            refuse(&connection, send, code, message).await;
+            return Ok(());
+        }
     };
-    if protocol_version != PROTOCOL_VERSION {
-        let message = format!(
-            "protocol version {protocol_version} is not supported; this coordinator speaks {PROTOCOL_VERSION}"
-        );
-        refuse(&connection, send, ErrorCode::UnsupportedVersion, message).await;
-        return Ok(());
-    }
-    if instrumentation_version != herd_sandbox::INSTRUMENTATION_VERSION {
-        let message = format!(
-            "instrumentation version {instrumentation_version} is not supported; this coordinator's \
-             units run under version {} (replicas must agree on it); update herd-worker",
-            herd_sandbox::INSTRUMENTATION_VERSION
-        );
-        refuse(&connection, send, ErrorCode::UnsupportedVersion, message).await;
-        return Ok(());
-    }
     let now = now_ms();
     let registered = match shared
         .store
@@ -154,6 +187,10 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         Ok(host) => host,
         Err(StoreError::Invalid(message)) => {
             refuse(&connection, send, ErrorCode::Malformed, message).await;
+            return Ok(());
+        }
+        Err(StoreError::NotAllowed(message)) => {
+            refuse(&connection, send, ErrorCode::NotAllowed, message).await;
             return Ok(());
         }
         Err(error) => return Err(error.into()),
@@ -259,7 +296,7 @@ async fn answer(
     peer: &Arc<Peer>,
 ) -> anyhow::Result<(ServerMessage, After)> {
     match request {
-        ClientMessage::Hello { .. } => Ok((
+        ClientMessage::Hello(_) => Ok((
             error(
                 ErrorCode::Malformed,
                 "Hello was already sent on this connection",
@@ -267,7 +304,9 @@ async fn answer(
             After::Close,
         )),
         ClientMessage::RequestWork => Ok((assign(shared, peer).await?, After::KeepOpen)),
-        ClientMessage::FetchBlob { hash } => Ok((fetch_blob(shared, hash).await?, After::KeepOpen)),
+        ClientMessage::FetchBlob { hash } => {
+            Ok((fetch_blob(shared, peer, hash).await?, After::KeepOpen))
+        }
         ClientMessage::Standing => Ok((standing(shared, peer).await?, After::KeepOpen)),
         ClientMessage::Report { report, output } => {
             if let Some(refusal) = bad_signature(peer, std::slice::from_ref(&report)) {
@@ -491,7 +530,25 @@ async fn assign(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<Server
     Ok(ServerMessage::Work(assignment.sign(&shared.project_key)?))
 }
 
-async fn fetch_blob(shared: &Arc<Shared>, hash: ContentHash) -> anyhow::Result<ServerMessage> {
+/// A blob for the peer: only the module or input of a replica in progress on its host, so a
+/// connected host cannot read other batches' inputs (or anything else) by hash.
+async fn fetch_blob(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    hash: ContentHash,
+) -> anyhow::Result<ServerMessage> {
+    if !shared
+        .store
+        .host_needs_blob(peer.host.host_id, &hash)
+        .await?
+    {
+        return Ok(error(
+            ErrorCode::NotAssigned,
+            format!(
+                "blob {hash} is not the module or input of a replica in progress on this host: a host fetches only what its assignments name"
+            ),
+        ));
+    }
     let blobs = shared.blobs.clone();
     let bytes = blocking(move || Ok(blobs.get(&hash)?)).await?;
     Ok(match bytes {

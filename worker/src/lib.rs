@@ -30,8 +30,8 @@ use anyhow::{Context, bail};
 use herd_blobs::BlobStore;
 use herd_net::{Connection, JoinString};
 use herd_protocol::{
-    AbortReason, Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, Outcome,
-    PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SigningKey, Standing,
+    AbortReason, Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, Hello,
+    Outcome, PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SigningKey, Standing,
 };
 use herd_sandbox::{Execution, Limits, Sandbox};
 use std::time::Instant;
@@ -293,7 +293,9 @@ impl Worker {
                 return Err(anyhow::Error::from(error).context(format!("connect to {}", join.addr)));
             }
         };
-        let hello = ClientMessage::Hello {
+        // Signed over this connection's channel binding: proof that this host holds its key,
+        // worthless on any other connection.
+        let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
             host_key: self.host_key.public_key(),
@@ -302,7 +304,7 @@ impl Worker {
             cores: self.config.cores,
             held_replicas: lock(&self.in_hand).iter().copied().collect(),
         };
-        match herd_net::request(&connection, &hello).await? {
+        match herd_net::say_hello(&connection, &self.host_key, hello).await? {
             ServerMessage::Welcome { project_key } if project_key == join.project_key => {}
             ServerMessage::Welcome { project_key } => {
                 return Err(Permanent(format!(
@@ -313,7 +315,9 @@ impl Worker {
                 .into());
             }
             ServerMessage::Error {
-                code: code @ (ErrorCode::UnsupportedVersion | ErrorCode::Malformed),
+                code:
+                    code
+                    @ (ErrorCode::UnsupportedVersion | ErrorCode::Malformed | ErrorCode::NotAllowed),
                 message,
             } => {
                 // This worker will be refused the same way every time.

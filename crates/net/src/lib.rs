@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_protocol::{ALPN, FrameError, HEADER_LEN, decode_body, decode_header, encode_frame};
+use herd_protocol::{
+    ALPN, CHANNEL_BINDING_LABEL, ChannelBinding, ClientMessage, FrameError, HEADER_LEN, Hello,
+    SigningKey, decode_body, decode_header, encode_frame,
+};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
@@ -61,6 +64,8 @@ pub enum NetError {
     Read(String),
     #[error("frame: {0}")]
     Frame(#[from] FrameError),
+    #[error("TLS keying material: {0}")]
+    Exporter(String),
 }
 
 /// A freshly generated self-signed certificate and its key, both DER.
@@ -197,6 +202,30 @@ pub async fn connect(join: &JoinString) -> Result<Connection, NetError> {
     })
 }
 
+/// The connection's [`ChannelBinding`]: keying material exported from its TLS session under
+/// [`CHANNEL_BINDING_LABEL`]. Both ends compute the same value, no other connection has it, and
+/// no one outside the TLS session can learn it, so a host's hello signed over it proves the host
+/// holds its key on this connection and cannot be replayed on another.
+pub fn channel_binding(connection: &Connection) -> Result<ChannelBinding, NetError> {
+    let mut binding = [0u8; 32];
+    connection
+        .export_keying_material(&mut binding, CHANNEL_BINDING_LABEL, b"")
+        .map_err(|e| NetError::Exporter(format!("{e:?}")))?;
+    Ok(ChannelBinding(binding))
+}
+
+/// Opens a connection's handshake: signs `hello` with `key` over the connection's channel
+/// binding (the proof the coordinator requires), sends it on the first stream and returns the
+/// answer (`Welcome`, or the refusal).
+pub async fn say_hello<R: DeserializeOwned>(
+    connection: &Connection,
+    key: &SigningKey,
+    hello: Hello,
+) -> Result<R, NetError> {
+    let channel = channel_binding(connection)?;
+    request(connection, &ClientMessage::Hello(hello.sign(key, &channel))).await
+}
+
 /// Writes one framed message to a stream.
 pub async fn write_message<T: Serialize>(
     send: &mut SendStream,
@@ -232,12 +261,24 @@ impl Pace for Unpaced {
     async fn download(&self, _: usize) {}
 }
 
+/// Reads one frame's body without decoding it (refusing an oversized frame from its header), for
+/// a reader that looks at the bytes before it decodes them.
+pub async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, NetError> {
+    read_frame_paced(recv, &Unpaced).await
+}
+
 /// Reads one framed message, letting `pace` hold the reading back chunk by chunk (QUIC's flow
 /// control then slows the sender down).
 pub async fn read_message_paced<T: DeserializeOwned>(
     recv: &mut RecvStream,
     pace: &impl Pace,
 ) -> Result<T, NetError> {
+    let body = read_frame_paced(recv, pace).await?;
+    Ok(decode_body(&body)?)
+}
+
+/// [`read_frame`] under a [`Pace`].
+async fn read_frame_paced(recv: &mut RecvStream, pace: &impl Pace) -> Result<Vec<u8>, NetError> {
     let mut header = [0u8; HEADER_LEN];
     recv.read_exact(&mut header)
         .await
@@ -254,7 +295,7 @@ pub async fn read_message_paced<T: DeserializeOwned>(
         pace.download(end - filled).await;
         filled = end;
     }
-    Ok(decode_body(&body)?)
+    Ok(body)
 }
 
 /// Writes one framed message, asking `pace` before each chunk.

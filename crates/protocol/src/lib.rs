@@ -5,11 +5,13 @@
 //! neither tokio, quinn nor wasmtime, so every byte format here can be tested as pure data.
 //!
 //! Messages are encoded with postcard, which is not self-describing: the first message on every
-//! connection is [`ClientMessage::Hello`], whose first field is [`PROTOCOL_VERSION`], and the
+//! connection is [`ClientMessage::Hello`], whose first field is [`PROTOCOL_VERSION`] (and which
+//! proves the host holds its key: [`hello`]), and the
 //! golden-bytes tests in `tests.rs` pin the encoding of each message so a change cannot slip in.
 
 mod framing;
 mod hash;
+pub mod hello;
 mod message;
 mod outcome;
 mod signing;
@@ -18,6 +20,7 @@ pub use framing::{
     FrameError, HEADER_LEN, MAX_FRAME_LEN, decode_body, decode_header, encode_frame,
 };
 pub use hash::{ContentHash, HashParseError};
+pub use hello::{CHANNEL_BINDING_LABEL, ChannelBinding, Hello, SignedHello, hello_version};
 pub use message::{
     Assignment, ClientMessage, ErrorCode, FinishedReplica, MAX_EXCHANGE, RefusedReport, Report,
     ServerMessage, SignedAssignment, SignedReport, Standing, TeamStanding,
@@ -26,8 +29,9 @@ pub use outcome::{AbortReason, Outcome, RunResult, Status, TrapKind};
 pub use signing::{PublicKey, Signature, SignatureError, SigningKey};
 
 /// The version of this protocol. A coordinator refuses a worker whose `Hello` carries another.
-/// Version 4 added the instrumentation version to `Hello`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Version 4 added the instrumentation version to `Hello`; version 5 its proof (the host key's
+/// signature over the hello and the connection's channel binding).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The ALPN identifier both ends of a Herd QUIC connection must agree on.
 pub const ALPN: &[u8] = b"herd/1";

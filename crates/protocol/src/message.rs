@@ -4,11 +4,15 @@
 //!
 //! Wire-format invariant: variant 0 of [`ClientMessage`] is `Hello` and its first field is the
 //! protocol version, so any future version can still read an old worker's version and refuse it
-//! with a clear error.
+//! with a clear error ([`crate::hello_version`]). The encoding of [`ServerMessage::Error`] and of
+//! the existing [`ErrorCode`]s never changes (new codes are appended), so an old worker can read
+//! that refusal.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ContentHash, FrameError, Outcome, PublicKey, Signature, SignatureError, SigningKey};
+use crate::{
+    ContentHash, FrameError, Outcome, PublicKey, Signature, SignatureError, SignedHello, SigningKey,
+};
 
 /// Domain string for assignment signatures.
 const ASSIGNMENT_DOMAIN: &[u8] = b"herd assignment v1\0";
@@ -18,26 +22,13 @@ const REPORT_DOMAIN: &[u8] = b"herd report v1\0";
 /// What a worker sends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientMessage {
-    /// The first message of a connection: who this host is and for which volunteer it computes.
-    Hello {
-        protocol_version: u32,
-        /// The version of the deterministic instrumentation the host's sandbox applies to every
-        /// module (`herd-instrument`). The fuel and the NaN bits of a unit depend on it, so the
-        /// coordinator only admits hosts that run its own: replicas must be comparable.
-        instrumentation_version: u32,
-        /// The host's identity: its reports are signed with the matching secret key.
-        host_key: PublicKey,
-        volunteer: String,
-        team: Option<String>,
-        /// Units this host runs at once; caps its in-flight replicas.
-        cores: u32,
-        /// Replicas this host still holds from an earlier connection (running, or finished and
-        /// not yet acknowledged). Its other in-progress replicas were lost and are reissued.
-        held_replicas: Vec<u64>,
-    },
+    /// The first message of a connection: who this host is, for which volunteer it computes,
+    /// and the proof that it holds its key, bound to this connection (see [`crate::hello`]).
+    Hello(SignedHello),
     /// Ask for one replica to run.
     RequestWork,
-    /// Ask for a blob (module or input) by its hash.
+    /// Ask for a blob by its hash: the module or the input of a replica in progress on this host
+    /// (anything else is refused with [`ErrorCode::NotAssigned`]).
     FetchBlob { hash: ContentHash },
     /// Report a finished replica, with its output bytes.
     Report {
@@ -142,6 +133,11 @@ pub enum ErrorCode {
     BlobNotFound,
     BadOutput,
     Internal,
+    /// Well formed, but the project's rules refuse it (a new host may not change the team of
+    /// the volunteer it joins). Retrying the same request cannot help.
+    NotAllowed,
+    /// A blob asked for that no replica in progress on this host needs.
+    NotAssigned,
 }
 
 /// One replica of a work unit given to one host, signed by the project key.

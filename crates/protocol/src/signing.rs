@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 
 /// An ed25519 public key (a worker's host identity or the project's key).
@@ -39,7 +39,9 @@ impl PublicKey {
             .try_into()
             .map_err(|_| SignatureError::Invalid)?;
         let signature = ed25519_dalek::Signature::from_bytes(&bytes);
-        key.verify(&signed_bytes(domain, message), &signature)
+        // Strict: refuses weak (small-order) keys and non-canonical signatures, under which one
+        // signature can check out for many messages.
+        key.verify_strict(&signed_bytes(domain, message), &signature)
             .map_err(|_| SignatureError::Invalid)
     }
 }

@@ -48,15 +48,18 @@ fn every_message_round_trips() {
     .sign(&key)
     .expect("sign");
     let clients = vec![
-        ClientMessage::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            instrumentation_version: 1,
-            host_key: key.public_key(),
-            volunteer: "ada".into(),
-            team: Some("lovelace".into()),
-            cores: 4,
-            held_replicas: vec![1, 300],
-        },
+        ClientMessage::Hello(
+            Hello {
+                protocol_version: PROTOCOL_VERSION,
+                instrumentation_version: 1,
+                host_key: key.public_key(),
+                volunteer: "ada".into(),
+                team: Some("lovelace".into()),
+                cores: 4,
+                held_replicas: vec![1, 300],
+            }
+            .sign(&key, &ChannelBinding([8; 32])),
+        ),
         ClientMessage::RequestWork,
         ClientMessage::FetchBlob {
             hash: ContentHash::of(b"x"),
@@ -159,23 +162,114 @@ fn oversized_frames_are_refused_from_the_header() {
     ));
 }
 
+/// A hello as tests make it.
+fn sample_hello(key: &SigningKey) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        instrumentation_version: 1,
+        host_key: key.public_key(),
+        volunteer: "ada".into(),
+        team: Some("engines".into()),
+        cores: 2,
+        held_replicas: vec![5, 9],
+    }
+}
+
 #[test]
 fn hello_golden_bytes() {
-    // Pins the encoding of the handshake: variant 0, then the version, first.
-    let hello = ClientMessage::Hello {
-        protocol_version: 1,
-        instrumentation_version: 1,
-        host_key: PublicKey([0; 32]),
-        volunteer: "a".into(),
-        team: None,
-        cores: 2,
-        held_replicas: vec![5],
-    };
+    // Pins the encoding of the handshake: variant 0, then the version, first; the proof last.
+    let hello = ClientMessage::Hello(SignedHello {
+        hello: Hello {
+            protocol_version: 5,
+            instrumentation_version: 1,
+            host_key: PublicKey([0; 32]),
+            volunteer: "a".into(),
+            team: None,
+            cores: 2,
+            held_replicas: vec![5],
+        },
+        proof: Signature(vec![7; 64]),
+    });
     let frame = encode_frame(&hello).expect("encode");
-    let mut expected = vec![0, 0, 0, 41, 0, 1, 1];
+    let mut expected = vec![0, 0, 0, 106, 0, 5, 1];
     expected.extend_from_slice(&[0; 32]);
-    expected.extend_from_slice(&[1, b'a', 0, 2, 1, 5]);
+    expected.extend_from_slice(&[1, b'a', 0, 2, 1, 5, 64]);
+    expected.extend_from_slice(&[7; 64]);
     assert_eq!(frame, expected);
+    assert_eq!(hello_version(&frame[HEADER_LEN..]), Some(5));
+}
+
+#[test]
+fn a_hello_proof_signs_the_binding_then_the_hello_under_its_own_domain() {
+    // Pins what the proof covers, so both ends of every version compute the same bytes.
+    let key = SigningKey::from_seed([3; 32]);
+    let channel = ChannelBinding([0xab; 32]);
+    let signed = sample_hello(&key).sign(&key, &channel);
+    let mut message = vec![0xab; 32];
+    message.extend_from_slice(&postcard::to_allocvec(&signed.hello).expect("encode"));
+    assert_eq!(
+        key.public_key()
+            .verify(b"herd hello v1\0", &message, &signed.proof),
+        Ok(())
+    );
+    // Ed25519 signatures are deterministic: the same hello on the same channel, the same proof.
+    assert_eq!(sample_hello(&key).sign(&key, &channel), signed);
+    // Under a report's domain the same signature is worthless.
+    assert!(
+        key.public_key()
+            .verify(b"herd report v1\0", &message, &signed.proof)
+            .is_err()
+    );
+}
+
+#[test]
+fn a_hello_proves_its_key_only_on_its_own_connection() {
+    let key = SigningKey::from_seed([3; 32]);
+    let here = ChannelBinding([1; 32]);
+    let elsewhere = ChannelBinding([2; 32]);
+    let signed = sample_hello(&key).sign(&key, &here);
+    assert_eq!(signed.verify(&here), Ok(&signed.hello));
+    // Replayed on another connection.
+    assert_eq!(signed.verify(&elsewhere), Err(SignatureError::Invalid));
+    // Signed by someone else for a key they do not hold (every host key is public).
+    let victim = SigningKey::from_seed([4; 32]);
+    let mut claim = sample_hello(&key);
+    claim.host_key = victim.public_key();
+    let forged = claim.sign(&key, &here);
+    assert_eq!(forged.verify(&here), Err(SignatureError::Invalid));
+    // Any claim changed after signing: the volunteer, the team, the replicas held.
+    for tamper in [
+        (|h: &mut Hello| h.volunteer = "mallory".into()) as fn(&mut Hello),
+        |h| h.team = Some("mallory-team".into()),
+        |h| h.held_replicas.clear(),
+        |h| h.cores = 64,
+    ] {
+        let mut tampered = signed.clone();
+        tamper(&mut tampered.hello);
+        assert_eq!(tampered.verify(&here), Err(SignatureError::Invalid));
+    }
+    // A proof of the wrong length, or none, is an error, not a panic.
+    let mut cut = signed.clone();
+    cut.proof.0.truncate(63);
+    assert!(cut.verify(&here).is_err());
+    cut.proof.0.clear();
+    assert!(cut.verify(&here).is_err());
+}
+
+#[test]
+fn the_version_of_an_older_hello_is_read_though_its_shape_differs() {
+    // Exactly the bytes a protocol-4 worker sends (no proof): not a version-5 message, yet its
+    // version is readable, so the coordinator can refuse it by name.
+    let mut v4 = vec![0, 4, 1];
+    v4.extend_from_slice(&[0; 32]);
+    v4.extend_from_slice(&[1, b'a', 0, 2, 1, 5]);
+    assert!(decode_body::<ClientMessage>(&v4).is_err());
+    assert_eq!(hello_version(&v4), Some(4));
+    // Not a hello at all, or cut short: no version.
+    assert_eq!(hello_version(&[1]), None);
+    assert_eq!(hello_version(&[]), None);
+    assert_eq!(hello_version(&[0]), None);
+    assert_eq!(hello_version(&[0, 0xff]), None);
 }
 
 #[test]
@@ -190,6 +284,31 @@ fn request_and_report_golden_bytes() {
         })
         .expect("encode"),
         vec![0, 0, 0, 3, 2, 0xac, 0x02]
+    );
+    // A refusal's encoding is the same in every version (variant 5, the code, the message), and
+    // codes are only ever appended, so a worker of any version reads why it was refused.
+    let refusal = |code| {
+        encode_frame(&ServerMessage::Error {
+            code,
+            message: "x".into(),
+        })
+        .expect("encode")
+    };
+    assert_eq!(
+        refusal(ErrorCode::UnsupportedVersion),
+        vec![0, 0, 0, 4, 5, 0, 1, b'x']
+    );
+    assert_eq!(
+        refusal(ErrorCode::BadSignature),
+        vec![0, 0, 0, 4, 5, 3, 1, b'x']
+    );
+    assert_eq!(
+        refusal(ErrorCode::NotAllowed),
+        vec![0, 0, 0, 4, 5, 9, 1, b'x']
+    );
+    assert_eq!(
+        refusal(ErrorCode::NotAssigned),
+        vec![0, 0, 0, 4, 5, 10, 1, b'x']
     );
 }
 

@@ -37,6 +37,14 @@ pub enum StoreError {
     UnknownHost,
     #[error("{0}")]
     Invalid(String),
+    /// A batch names a module or input that its researcher has not uploaded (and no batch of
+    /// theirs uses): missing, or someone else's, which looks the same.
+    #[error("blob {0} has not been uploaded")]
+    BlobMissing(ContentHash),
+    /// A well-formed request the project's rules refuse (a new host may not change the team of
+    /// the volunteer it joins).
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("could not commit: {0}")]
     Commit(String),
     #[error("the store is closed")]
@@ -323,7 +331,15 @@ pub struct CreditTotals {
 /// The coordinator's durable state. Every call answers through a [`Pending`] result, which async
 /// code awaits and other code waits for; a change is durable before its result arrives.
 pub trait Store: Send + Sync {
-    /// Registers a host (or updates it) under its volunteer, creating the volunteer if new.
+    /// Registers a host (or updates it) under its volunteer, creating the volunteer if new. The
+    /// caller has checked that the host proved it holds `key`.
+    ///
+    /// A volunteer's name belongs to it from its first registration on. A host may join an
+    /// existing volunteer (a volunteer adding a machine) but only under that volunteer's team, or
+    /// naming none; a team other than the volunteer's is refused ([`StoreError::NotAllowed`])
+    /// unless the host was already the volunteer's, so a stranger cannot move a volunteer to
+    /// another team. Replicas already assigned keep the volunteer they were assigned under,
+    /// whatever host record changes later.
     fn register_host(
         &self,
         key: &PublicKey,
@@ -333,7 +349,9 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> Pending<HostRecord>;
 
-    /// Creates a batch and its units; returns the batch id.
+    /// Creates a batch and its units; returns the batch id. Its module and every input must be
+    /// blobs the researcher holds ([`blob_visible`](Store::blob_visible)): another's blob, even
+    /// named by its hash, is [`StoreError::BlobMissing`] exactly as a missing one is.
     fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Pending<u64>;
 
     /// Picks a unit that wants a replica and that this host's volunteer has not had, creates the
@@ -366,6 +384,10 @@ pub trait Store: Send + Sync {
 
     /// Every host's record, with recent average credit as of `now_ms`.
     fn hosts(&self, now_ms: u64) -> Pending<Vec<HostLine>>;
+
+    /// Whether `hash` is the module or the input of a replica in progress on this host: what a
+    /// host may fetch.
+    fn host_needs_blob(&self, host_id: u64, hash: &ContentHash) -> Pending<bool>;
 
     /// Purges a batch: its units and replicas are deleted (the credit ledger keeps its grants),
     /// and the blobs no other batch refers to are named so the caller can archive and delete
@@ -431,9 +453,13 @@ pub trait Store: Send + Sync {
     /// Whose batch this is; `None` if there is no such batch.
     fn batch_owner(&self, batch_id: u64) -> Pending<Option<u64>>;
 
-    /// Whether a blob belongs to one of the researcher's batches (its module, an input, or an
-    /// output a replica reported).
+    /// Whether the researcher holds a blob: uploaded it ([`record_uploads`](Store::record_uploads)),
+    /// or one of their batches uses it (its module, an input, or an output a replica reported).
     fn blob_visible(&self, researcher_id: u64, hash: &ContentHash) -> Pending<bool>;
+
+    /// Records that the researcher uploaded these blobs (already stored), so they may read them
+    /// and make batches of them. Committed before it returns.
+    fn record_uploads(&self, researcher_id: u64, hashes: Vec<ContentHash>) -> Pending<()>;
 
     /// Cancels a batch: its open units fail as cancelled, and no more replicas of it are sent
     /// (those running may still report). Returns how many units it cancelled; `None` if there

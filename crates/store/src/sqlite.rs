@@ -23,7 +23,7 @@ use crate::{
     Store, StoreError, ThroughputBucket, UnitState, UnitStatus, Want,
 };
 
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -172,6 +172,13 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE units ADD COLUMN settled_ms INTEGER;
      CREATE INDEX units_by_settled ON units (settled_ms) WHERE settled_ms IS NOT NULL;
      CREATE INDEX credit_by_time ON credit (granted_ms);",
+    // 9: who uploaded each blob, so a researcher's batch may use only blobs that researcher
+    // holds (uploaded, or of their own batches), never another's by knowing its hash.
+    "CREATE TABLE blob_uploads (
+         hash TEXT NOT NULL,
+         researcher_id INTEGER NOT NULL REFERENCES researchers(id),
+         PRIMARY KEY (hash, researcher_id)
+     ) WITHOUT ROWID;",
 ];
 
 const SCHEMA: &str = "
@@ -689,6 +696,11 @@ impl Store for SqliteStore {
         })
     }
 
+    fn host_needs_blob(&self, host_id: u64, hash: &ContentHash) -> Pending<bool> {
+        let hash = *hash;
+        self.run(move |tx, live| work::host_needs_blob(tx, live, host_id, &hash))
+    }
+
     fn batch_status(&self, batch_id: u64) -> Pending<Option<BatchStatus>> {
         self.run(move |tx: &Connection, _: &mut Live| {
             let batch: Option<(String, u32, i64, Option<i64>)> = tx
@@ -871,6 +883,8 @@ impl Store for SqliteStore {
                     |row| row.get(0),
                 )?;
                 if !still_used {
+                    // The blob is about to go: no one holds it any more.
+                    tx.execute("DELETE FROM blob_uploads WHERE hash = ?1", [&hash])?;
                     unreferenced.push(parse_hash(&hash)?);
                 }
             }
@@ -928,6 +942,10 @@ impl Store for SqliteStore {
     fn blob_visible(&self, researcher_id: u64, hash: &ContentHash) -> Pending<bool> {
         let hash = hash.to_hex();
         self.run(move |tx, _| researchers::blob_visible(tx, researcher_id, &hash))
+    }
+
+    fn record_uploads(&self, researcher_id: u64, hashes: Vec<ContentHash>) -> Pending<()> {
+        self.run(move |tx, _| researchers::record_uploads(tx, researcher_id, &hashes))
     }
 
     fn cancel_batch(&self, batch_id: u64) -> Pending<Option<u64>> {

@@ -1,11 +1,12 @@
 //! Researchers and what each may see: their tokens (stored as hashes), their batches, the
-//! blobs of those batches, and cancelling a batch.
+//! blobs they uploaded and the blobs of their batches, and cancelling a batch.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{to_i64, to_u64};
 use crate::live::Live;
 use crate::{BatchSummary, Researcher, StoreError};
+use herd_protocol::ContentHash;
 
 /// Researcher names: what `herd researcher add` accepts.
 pub(super) fn check_name(name: &str) -> Result<(), StoreError> {
@@ -161,6 +162,23 @@ pub(super) fn owner(tx: &Connection, batch_id: u64) -> Result<Option<u64>, Store
         .map(|owner| owner.map_or(0, to_u64)))
 }
 
+/// Records that the researcher uploaded these blobs (each once).
+pub(super) fn record_uploads(
+    tx: &Connection,
+    researcher_id: u64,
+    hashes: &[ContentHash],
+) -> Result<(), StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO blob_uploads (hash, researcher_id) VALUES (?1, ?2)",
+    )?;
+    for hash in hashes {
+        insert.execute(params![hash.to_hex(), to_i64(researcher_id)])?;
+    }
+    Ok(())
+}
+
+/// Whether the researcher holds the blob: uploaded it, or one of their batches uses it (its
+/// module, an input, or an output a replica reported).
 pub(super) fn blob_visible(
     tx: &Connection,
     researcher_id: u64,
@@ -168,7 +186,8 @@ pub(super) fn blob_visible(
 ) -> Result<bool, StoreError> {
     Ok(tx
         .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM batches WHERE researcher_id = ?1 AND module_hash = ?2)
+            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE hash = ?2 AND researcher_id = ?1)
+             OR EXISTS (SELECT 1 FROM batches WHERE researcher_id = ?1 AND module_hash = ?2)
              OR EXISTS (SELECT 1 FROM units u JOIN batches b ON b.id = u.batch_id
                         WHERE u.input_hash = ?2 AND b.researcher_id = ?1)
              OR EXISTS (SELECT 1 FROM replicas r JOIN units u ON u.id = r.unit_id

@@ -29,6 +29,23 @@ fn success(output: &[u8]) -> Outcome {
     })
 }
 
+/// Creating a batch as a researcher does: its module and inputs uploaded first.
+trait CreateUploaded {
+    fn create_uploaded(&self, batch: &NewBatch, now_ms: u64) -> Pending<u64>;
+}
+
+impl CreateUploaded for SqliteStore {
+    fn create_uploaded(&self, batch: &NewBatch, now_ms: u64) -> Pending<u64> {
+        let hashes = std::iter::once(batch.module)
+            .chain(batch.units.iter().map(|u| u.input))
+            .collect();
+        if let Err(error) = self.record_uploads(batch.researcher_id, hashes).wait() {
+            return Pending::ready(Err(error));
+        }
+        self.create_batch(batch, now_ms)
+    }
+}
+
 /// An in-memory store with one researcher (id 1), whom [`batch`] makes the owner.
 fn open_store() -> SqliteStore {
     let store = SqliteStore::in_memory().expect("open");
@@ -73,7 +90,10 @@ fn hosts(store: &SqliteStore, n: u8) -> Vec<HostRecord> {
 #[test]
 fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
     let store = open_store();
-    let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
+    let batch_id = store
+        .create_uploaded(&batch(1, 2), 0)
+        .wait()
+        .expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
         .assign(hosts[0].host_id, 10)
@@ -142,7 +162,10 @@ fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once() {
 #[test]
 fn a_disagreement_leads_to_a_third_replica_that_decides() {
     let store = open_store();
-    let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
+    let batch_id = store
+        .create_uploaded(&batch(1, 2), 0)
+        .wait()
+        .expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
         .assign(hosts[0].host_id, 0)
@@ -193,7 +216,10 @@ fn a_disagreement_leads_to_a_third_replica_that_decides() {
 #[test]
 fn one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts() {
     let store = open_store();
-    store.create_batch(&batch(1, 2), 0).wait().expect("batch");
+    store
+        .create_uploaded(&batch(1, 2), 0)
+        .wait()
+        .expect("batch");
     let first = store
         .register_host(&key(1), "ada", None, 4, 0)
         .wait()
@@ -219,7 +245,10 @@ fn one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts() {
 #[test]
 fn a_host_holds_no_more_replicas_than_its_cores() {
     let store = open_store();
-    store.create_batch(&batch(5, 1), 0).wait().expect("batch");
+    store
+        .create_uploaded(&batch(5, 1), 0)
+        .wait()
+        .expect("batch");
     let host = store
         .register_host(&key(1), "ada", None, 2, 0)
         .wait()
@@ -244,7 +273,10 @@ fn a_host_holds_no_more_replicas_than_its_cores() {
 #[test]
 fn reports_for_unknown_or_foreign_replicas_are_refused() {
     let store = open_store();
-    store.create_batch(&batch(1, 2), 0).wait().expect("batch");
+    store
+        .create_uploaded(&batch(1, 2), 0)
+        .wait()
+        .expect("batch");
     let hosts = hosts(&store, 2);
     let a = store
         .assign(hosts[0].host_id, 0)
@@ -270,7 +302,7 @@ fn expired_replicas_are_replaced_and_a_late_report_is_still_checked() {
     let store = open_store();
     let mut spec = batch(1, 1);
     spec.policy.replica_deadline_ms = 1_000;
-    store.create_batch(&spec, 0).wait().expect("batch");
+    store.create_uploaded(&spec, 0).wait().expect("batch");
     let hosts = hosts(&store, 2);
     let a = store
         .assign(hosts[0].host_id, 0)
@@ -307,7 +339,7 @@ fn aborts_never_count_and_too_many_fail_the_unit() {
     let store = open_store();
     let mut spec = batch(1, 1);
     spec.policy.max_error_replicas = 2;
-    let batch_id = store.create_batch(&spec, 0).wait().expect("batch");
+    let batch_id = store.create_uploaded(&spec, 0).wait().expect("batch");
     let hosts = hosts(&store, 3);
     for host in &hosts[..2] {
         let r = store
@@ -349,7 +381,10 @@ fn everything_survives_reopening_the_file() {
             .ensure_researcher("tester", "token-hash", 0)
             .wait()
             .expect("researcher");
-        let batch_id = store.create_batch(&batch(2, 1), 0).wait().expect("batch");
+        let batch_id = store
+            .create_uploaded(&batch(2, 1), 0)
+            .wait()
+            .expect("batch");
         let host = store
             .register_host(&key(1), "ada", Some("x"), 4, 0)
             .wait()
@@ -383,7 +418,7 @@ fn bad_batches_and_names_are_refused_by_name() {
     let mut spec = batch(2, 2);
     spec.units[1].name = spec.units[0].name.clone();
     assert!(matches!(
-        store.create_batch(&spec, 0).wait(),
+        store.create_uploaded(&spec, 0).wait(),
         Err(StoreError::Invalid(m)) if m.contains("appears twice")
     ));
     // The refused batch's first unit and its batch row were rolled back with it: nothing of it
@@ -393,7 +428,7 @@ fn bad_batches_and_names_are_refused_by_name() {
     assert_eq!(store.batch_status(1).wait().expect("status"), None);
     mirrored(&store);
     assert!(matches!(
-        store.create_batch(&batch(1, 99), 0).wait(),
+        store.create_uploaded(&batch(1, 99), 0).wait(),
         Err(StoreError::Invalid(m)) if m.contains("quorum 99")
     ));
     assert!(matches!(
@@ -406,7 +441,10 @@ fn bad_batches_and_names_are_refused_by_name() {
 fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
     // Two volunteers, quorum 2: if an abort barred its volunteer, the unit could never finish.
     let store = open_store();
-    let batch_id = store.create_batch(&batch(1, 2), 0).wait().expect("batch");
+    let batch_id = store
+        .create_uploaded(&batch(1, 2), 0)
+        .wait()
+        .expect("batch");
     let hosts = hosts(&store, 2);
     let a = store
         .assign(hosts[0].host_id, 0)
@@ -452,7 +490,10 @@ fn a_volunteer_whose_replica_aborted_may_take_the_unit_again() {
 #[test]
 fn credit_carries_a_recent_average_and_hosts_keep_their_record() {
     let store = open_store();
-    store.create_batch(&batch(1, 2), 0).wait().expect("batch");
+    store
+        .create_uploaded(&batch(1, 2), 0)
+        .wait()
+        .expect("batch");
     let hosts = hosts(&store, 3);
     let a = store
         .assign(hosts[0].host_id, 0)
@@ -549,15 +590,24 @@ fn a_version_1_database_is_migrated() {
         .expect("admin");
     assert_eq!(store.batch_owner(1).wait().expect("owner"), Some(admin.id));
     // Ids go on above the old ones.
-    let next = store.create_batch(&batch(1, 1), 0).wait().expect("batch");
+    let next = store
+        .create_uploaded(&batch(1, 1), 0)
+        .wait()
+        .expect("batch");
     assert_eq!(next, 2);
 }
 
 #[test]
 fn batches_share_workers_fairly_and_priority_goes_first() {
     let store = open_store();
-    let first = store.create_batch(&batch(10, 1), 0).wait().expect("batch");
-    let second = store.create_batch(&batch(10, 1), 0).wait().expect("batch");
+    let first = store
+        .create_uploaded(&batch(10, 1), 0)
+        .wait()
+        .expect("batch");
+    let second = store
+        .create_uploaded(&batch(10, 1), 0)
+        .wait()
+        .expect("batch");
     let host = store
         .register_host(&key(1), "ada", None, 8, 0)
         .wait()
@@ -577,7 +627,7 @@ fn batches_share_workers_fairly_and_priority_goes_first() {
     // A batch of higher priority is served before both.
     let mut urgent = batch(2, 1);
     urgent.priority = 5;
-    let urgent = store.create_batch(&urgent, 0).wait().expect("batch");
+    let urgent = store.create_uploaded(&urgent, 0).wait().expect("batch");
     let next: Vec<u64> = (0..3)
         .map(|_| {
             store
@@ -594,11 +644,14 @@ fn batches_share_workers_fairly_and_priority_goes_first() {
 #[test]
 fn retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs() {
     let store = open_store();
-    let first = store.create_batch(&batch(2, 1), 0).wait().expect("batch");
+    let first = store
+        .create_uploaded(&batch(2, 1), 0)
+        .wait()
+        .expect("batch");
     // The second batch shares the module and the first unit's input.
     let mut shared = batch(1, 1);
     shared.units[0].name = "other".into();
-    let second = store.create_batch(&shared, 0).wait().expect("batch");
+    let second = store.create_uploaded(&shared, 0).wait().expect("batch");
     let host = store
         .register_host(&key(1), "ada", None, 4, 0)
         .wait()
@@ -654,11 +707,17 @@ fn ids_are_never_reused_after_the_newest_batch_is_retired_and_its_grants_stay_ap
             .expect("report");
         r
     };
-    let first = store.create_batch(&batch(1, 1), 0).wait().expect("batch");
+    let first = store
+        .create_uploaded(&batch(1, 1), 0)
+        .wait()
+        .expect("batch");
     let old = run_one(first);
     store.retire_batch(first).wait().expect("retire");
     // The newest batch, its unit and its replica are gone: none of their ids comes back.
-    let second = store.create_batch(&batch(1, 1), 0).wait().expect("batch");
+    let second = store
+        .create_uploaded(&batch(1, 1), 0)
+        .wait()
+        .expect("batch");
     assert!(second > first, "batch id {second} after {first}");
     let new = run_one(second);
     assert!(new.unit_id > old.unit_id && new.replica_id > old.replica_id);
@@ -706,7 +765,7 @@ fn a_trusted_host_validates_alone_and_spot_checks_still_come() {
     let (trusted, other) = (hosts[0].host_id, hosts[1].host_id);
     // Never spot-checked: once trusted, every unit it starts is validated by it alone.
     let batch_id = store
-        .create_batch(&adaptive_batch(4, 2, 0), 0)
+        .create_uploaded(&adaptive_batch(4, 2, 0), 0)
         .wait()
         .expect("batch");
     validate_pair(&store, trusted, other, b"ok", b"ok");
@@ -746,7 +805,7 @@ fn a_trusted_host_validates_alone_and_spot_checks_still_come() {
     assert_eq!(status.validated, 3);
     // Always spot-checked: trust never lets a unit stand alone.
     let checked = store
-        .create_batch(&adaptive_batch(1, 1, herd_lifecycle::PPM), 5)
+        .create_uploaded(&adaptive_batch(1, 1, herd_lifecycle::PPM), 5)
         .wait()
         .expect("batch");
     store.retire_batch(batch_id).wait().expect("retire");
@@ -769,7 +828,7 @@ fn an_invalid_result_resets_trust_and_reopens_what_the_host_validated_alone() {
     let hosts = hosts(&store, 3);
     let (sleeper, honest, third) = (hosts[0].host_id, hosts[1].host_id, hosts[2].host_id);
     store
-        .create_batch(&adaptive_batch(6, 1, 0), 0)
+        .create_uploaded(&adaptive_batch(6, 1, 0), 0)
         .wait()
         .expect("batch");
     // Honest once (trusted from then on), confirmed unit by unit...
@@ -885,7 +944,7 @@ fn a_host_too_slow_for_the_deadline_gets_no_units_of_a_batch_it_cannot_finish() 
     let store = open_store();
     let mut new = batch(6, 1);
     new.policy.replica_deadline_ms = 60_000;
-    store.create_batch(&new, 0).wait().expect("batch");
+    store.create_uploaded(&new, 0).wait().expect("batch");
     let hosts = hosts(&store, 4);
     let speed = |fuel_per_second| Want {
         units: 1,
@@ -922,7 +981,10 @@ fn a_host_too_slow_for_the_deadline_gets_no_units_of_a_batch_it_cannot_finish() 
 #[test]
 fn an_exchange_records_reports_in_order_refuses_some_alone_and_assigns_after() {
     let store = open_store();
-    store.create_batch(&batch(3, 1), 0).wait().expect("batch");
+    store
+        .create_uploaded(&batch(3, 1), 0)
+        .wait()
+        .expect("batch");
     let hosts = hosts(&store, 2);
     let (host, other) = (hosts[0].host_id, hosts[1].host_id);
     let first = store
@@ -1104,7 +1166,7 @@ mod mirror {
                     for unit in &mut new.units {
                         unit.name = format!("{}-{}", batches.len(), unit.name);
                     }
-                    batches.push(store.create_batch(&new, now).wait().expect("batch"));
+                    batches.push(store.create_uploaded(&new, now).wait().expect("batch"));
                 }
                 Op::Assign { host } => {
                     let Some(host_id) = host_ids.get(&host) else {
@@ -1239,11 +1301,14 @@ fn researchers_see_only_their_own_batches_and_blobs_and_can_cancel() {
         store.researcher_by_token("nobody").wait().expect("lookup"),
         None
     );
-    let mine = store.create_batch(&batch(3, 1), 0).wait().expect("batch");
+    let mine = store
+        .create_uploaded(&batch(3, 1), 0)
+        .wait()
+        .expect("batch");
     let mut theirs_new = batch(2, 1);
     theirs_new.researcher_id = other.id;
     theirs_new.module = ContentHash::of(b"their module");
-    let theirs = store.create_batch(&theirs_new, 1).wait().expect("batch");
+    let theirs = store.create_uploaded(&theirs_new, 1).wait().expect("batch");
     let ids = |researcher, after, limit| -> Vec<u64> {
         store
             .list_batches(researcher, after, limit)
@@ -1256,7 +1321,10 @@ fn researchers_see_only_their_own_batches_and_blobs_and_can_cancel() {
     assert_eq!(ids(1, 0, 10), vec![mine]);
     assert_eq!(ids(other.id, 0, 10), vec![theirs]);
     // Pages: after the last id seen.
-    let more = store.create_batch(&batch(1, 1), 2).wait().expect("batch");
+    let more = store
+        .create_uploaded(&batch(1, 1), 2)
+        .wait()
+        .expect("batch");
     assert_eq!(ids(1, 0, 1), vec![mine]);
     assert_eq!(ids(1, mine, 1), vec![more]);
     assert_eq!(ids(1, more, 1), Vec::<u64>::new());
@@ -1329,7 +1397,10 @@ fn a_researcher_ensured_again_keeps_its_id_and_takes_the_new_token() {
 #[test]
 fn the_stats_dump_lists_volunteers_teams_and_hosts_by_id_with_their_credit() {
     let store = open_store();
-    store.create_batch(&batch(2, 2), 0).wait().expect("batch");
+    store
+        .create_uploaded(&batch(2, 2), 0)
+        .wait()
+        .expect("batch");
     // hosts() registers volunteer-1 and volunteer-2 in team "team".
     let hosts = hosts(&store, 2);
     let loner = store
@@ -1392,4 +1463,262 @@ fn the_stats_dump_lists_volunteers_teams_and_hosts_by_id_with_their_credit() {
     let starts: Vec<u64> = series.iter().map(|b| b.start_ms).collect();
     assert_eq!((starts, units), (vec![10, 20, 30], vec![0, 1, 0]));
     assert_eq!(series[1].fuel, 6_000_000_000);
+}
+
+fn volunteer_team(store: &SqliteStore, name: &str) -> Option<String> {
+    store
+        .credit_totals(0)
+        .wait()
+        .expect("credit")
+        .volunteers
+        .into_iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("volunteer {name} is listed"))
+        .team
+}
+
+#[test]
+fn a_host_joining_a_volunteer_keeps_its_team_and_only_its_own_hosts_change_it() {
+    let store = open_store();
+    let first = store
+        .register_host(&key(1), "ada", Some("real"), 4, 0)
+        .wait()
+        .expect("register");
+    // A second machine of the volunteer's, naming the same team or none: it joins.
+    let second = store
+        .register_host(&key(2), "ada", Some("real"), 2, 1)
+        .wait()
+        .expect("a second machine on the same team");
+    assert_eq!(second.volunteer_id, first.volunteer_id);
+    let third = store
+        .register_host(&key(3), "ada", None, 2, 1)
+        .wait()
+        .expect("a third machine naming no team");
+    assert_eq!(third.volunteer_id, first.volunteer_id);
+    assert_eq!(volunteer_team(&store, "ada").as_deref(), Some("real"));
+    // A stranger's host naming the volunteer and another team is refused, naming both, and
+    // nothing changes: no host, no team.
+    let refused = store
+        .register_host(&key(9), "ada", Some("mallory-team"), 1, 2)
+        .wait();
+    match refused {
+        Err(StoreError::NotAllowed(message)) => {
+            assert!(
+                message.contains("`ada`") && message.contains("`real`"),
+                "{message}"
+            );
+            assert!(message.contains("mallory-team"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let hosts = store.hosts(0).wait().expect("hosts");
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    assert!(
+        store
+            .credit_totals(0)
+            .wait()
+            .expect("credit")
+            .teams
+            .iter()
+            .all(|t| t.name != "mallory-team")
+    );
+    assert_eq!(volunteer_team(&store, "ada").as_deref(), Some("real"));
+    mirrored(&store);
+    // One of the volunteer's own hosts changes the team (or leaves it).
+    store
+        .register_host(&key(2), "ada", Some("engines"), 2, 3)
+        .wait()
+        .expect("the volunteer's own host changes the team");
+    assert_eq!(volunteer_team(&store, "ada").as_deref(), Some("engines"));
+    store
+        .register_host(&key(1), "ada", None, 4, 4)
+        .wait()
+        .expect("the volunteer's own host leaves the team");
+    assert_eq!(volunteer_team(&store, "ada"), None);
+    // With no team now, a newcomer naming one is a change too, and refused.
+    assert!(matches!(
+        store.register_host(&key(8), "ada", Some("x"), 1, 5).wait(),
+        Err(StoreError::NotAllowed(_))
+    ));
+    mirrored(&store);
+}
+
+#[test]
+fn credit_goes_to_the_volunteer_a_replica_was_assigned_under_whatever_its_host_becomes() {
+    let store = open_store();
+    store
+        .create_uploaded(&batch(1, 2), 0)
+        .wait()
+        .expect("batch");
+    let ada = store
+        .register_host(&key(1), "ada", None, 1, 0)
+        .wait()
+        .expect("register");
+    let bob = store
+        .register_host(&key(2), "bob", None, 1, 0)
+        .wait()
+        .expect("register");
+    let a = store
+        .assign(ada.host_id, 1)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    let b = store
+        .assign(bob.host_id, 1)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    // Ada's host, by its own proven hello, now computes for mallory.
+    let moved = store
+        .register_host(&key(1), "mallory", None, 1, 2)
+        .wait()
+        .expect("register");
+    assert_eq!(moved.host_id, ada.host_id);
+    assert_ne!(moved.volunteer_id, ada.volunteer_id);
+    for (host, replica) in [(ada.host_id, a.replica_id), (bob.host_id, b.replica_id)] {
+        store
+            .record_report(host, replica, &success(b"out"), 3)
+            .wait()
+            .expect("report");
+    }
+    let credit = store.credit_totals(10).wait().expect("credit");
+    let of = |name: &str| {
+        credit
+            .volunteers
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| (v.credit, v.replicas))
+    };
+    assert_eq!(of("ada"), Some((3.0, 1)));
+    assert_eq!(of("bob"), Some((3.0, 1)));
+    assert_eq!(of("mallory"), Some((0.0, 0)));
+    mirrored(&store);
+}
+
+#[test]
+fn a_host_may_fetch_only_the_module_and_inputs_of_its_replicas_in_progress() {
+    let store = open_store();
+    let mut first = batch(2, 2);
+    // A third replica at once, so one is still in progress after the unit closes.
+    first.policy.initial_replicas = 3;
+    first.units.truncate(1);
+    store.create_uploaded(&first, 0).wait().expect("batch");
+    let mut other = batch(1, 1);
+    other.module = ContentHash::of(b"another module");
+    other.units[0].input = ContentHash::of(b"another input");
+    // Served after the first, so every host below gets a replica of the first.
+    other.priority = -1;
+    store.create_uploaded(&other, 0).wait().expect("batch");
+    let hosts = hosts(&store, 3);
+    let module = ContentHash::of(b"module");
+    let input = first.units[0].input;
+    let needs =
+        |host: u64, hash: &ContentHash| store.host_needs_blob(host, hash).wait().expect("needs");
+    // Before any assignment, nothing.
+    assert!(!needs(hosts[0].host_id, &module));
+    let replicas: Vec<Assignment> = hosts
+        .iter()
+        .map(|h| {
+            store
+                .assign(h.host_id, 1)
+                .wait()
+                .expect("assign")
+                .expect("work")
+        })
+        .collect();
+    assert!(replicas.iter().all(|r| r.unit_id == replicas[0].unit_id));
+    for host in &hosts {
+        assert!(needs(host.host_id, &module));
+        assert!(needs(host.host_id, &input));
+        // Another batch's module and input, an output, anything else: no.
+        assert!(!needs(host.host_id, &other.module));
+        assert!(!needs(host.host_id, &other.units[0].input));
+        assert!(!needs(host.host_id, &ContentHash::of(b"out")));
+    }
+    assert!(!needs(999, &module), "an unknown host needs nothing");
+    // Two agree: the unit closes. Their hosts need nothing more; the third, still computing a
+    // replica of a closed unit (looked up in the database), still needs what it runs.
+    for i in 0..2 {
+        store
+            .record_report(
+                hosts[i].host_id,
+                replicas[i].replica_id,
+                &success(b"out"),
+                2,
+            )
+            .wait()
+            .expect("report");
+    }
+    assert!(!needs(hosts[0].host_id, &module));
+    assert!(!needs(hosts[1].host_id, &input));
+    assert!(needs(hosts[2].host_id, &module));
+    assert!(needs(hosts[2].host_id, &input));
+    assert!(!needs(hosts[2].host_id, &other.module));
+    // Once it has reported, it needs nothing either.
+    store
+        .record_report(
+            hosts[2].host_id,
+            replicas[2].replica_id,
+            &success(b"out"),
+            3,
+        )
+        .wait()
+        .expect("report");
+    assert!(!needs(hosts[2].host_id, &input));
+    mirrored(&store);
+}
+
+#[test]
+fn a_batch_may_use_only_blobs_its_researcher_uploaded_or_already_uses() {
+    let store = open_store();
+    let other = store
+        .add_researcher("other", "other-token-hash", 0)
+        .wait()
+        .expect("researcher");
+    // Researcher 1's batch, its blobs uploaded.
+    let hers = batch(2, 1);
+    store.create_uploaded(&hers, 0).wait().expect("batch");
+    // The other researcher names her module and input by hash without holding them: refused as
+    // if missing, and nothing is created.
+    let mut theirs = batch(1, 1);
+    theirs.researcher_id = other.id;
+    assert!(matches!(
+        store.create_batch(&theirs, 1).wait(),
+        Err(StoreError::BlobMissing(hash)) if hash == hers.module
+    ));
+    store
+        .record_uploads(other.id, vec![hers.module])
+        .wait()
+        .expect("upload");
+    assert!(matches!(
+        store.create_batch(&theirs, 1).wait(),
+        Err(StoreError::BlobMissing(hash)) if hash == hers.units[0].input
+    ));
+    assert!(
+        !store
+            .blob_visible(other.id, &hers.units[0].input)
+            .wait()
+            .expect("visible")
+    );
+    assert_eq!(
+        store
+            .list_batches(other.id, 0, 10)
+            .wait()
+            .expect("list")
+            .len(),
+        0
+    );
+    // Once they upload it themselves (they have the bytes), it is theirs too.
+    store
+        .record_uploads(other.id, vec![hers.units[0].input])
+        .wait()
+        .expect("upload");
+    assert!(
+        store
+            .blob_visible(other.id, &hers.units[0].input)
+            .wait()
+            .expect("visible")
+    );
+    store.create_batch(&theirs, 2).wait().expect("batch");
+    mirrored(&store);
 }

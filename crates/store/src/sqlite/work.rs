@@ -11,7 +11,7 @@ use herd_lifecycle::{
     Adaptive, HostTrust, PPM, Policy, RecentAverage, Replica, ReplicaState, TrustChange, Verdict,
     credit_for_fuel,
 };
-use herd_protocol::{Assignment, Outcome, PublicKey};
+use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{encode_result, parse_hash, parse_result, to_i64, to_u64};
@@ -276,7 +276,12 @@ fn replica_state(
     })
 }
 
-/// Registers (or updates) a host under its volunteer; names were checked by the caller.
+/// Registers (or updates) a host under its volunteer; names were checked by the caller, and the
+/// host's proof of its key by the coordinator. The rules are [`Store::register_host`]'s: a new
+/// volunteer is created with the hello's team; an existing one takes a team change only from a
+/// host already registered to it, and a host joining it may name its team or none.
+///
+/// [`Store::register_host`]: crate::Store::register_host
 pub(super) fn register_host(
     tx: &Connection,
     live: &mut Live,
@@ -286,18 +291,54 @@ pub(super) fn register_host(
     cores: u32,
     now_ms: u64,
 ) -> Result<HostRecord, StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO volunteers (name, team, created_ms) VALUES (?1, ?2, ?3)
-         ON CONFLICT (name) DO UPDATE SET team = excluded.team",
-    )?
-    .execute(params![volunteer, team, to_i64(now_ms)])?;
-    if let Some(team) = team {
+    let host_owner: Option<i64> = tx
+        .prepare_cached("SELECT volunteer_id FROM hosts WHERE public_key = ?1")?
+        .query_row([&key.0[..]], |row| row.get(0))
+        .optional()?;
+    let existing: Option<(i64, Option<String>)> = tx
+        .prepare_cached("SELECT id, team FROM volunteers WHERE name = ?1")?
+        .query_row([volunteer], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    // Whether the volunteer's team is set (or changed) by this hello.
+    let sets_team;
+    let volunteer_id = match existing {
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO volunteers (name, team, created_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![volunteer, team, to_i64(now_ms)])?;
+            sets_team = true;
+            tx.last_insert_rowid()
+        }
+        Some((id, current)) if current.as_deref() == team => {
+            sets_team = false;
+            id
+        }
+        Some((id, _)) if host_owner == Some(id) => {
+            // One of the volunteer's own hosts: it may change the team (or leave it).
+            tx.prepare_cached("UPDATE volunteers SET team = ?2 WHERE id = ?1")?
+                .execute(params![id, team])?;
+            sets_team = true;
+            id
+        }
+        // A host joining an existing volunteer without naming a team joins it as it is.
+        Some((id, _)) if team.is_none() => {
+            sets_team = false;
+            id
+        }
+        Some((_, current)) => {
+            return Err(StoreError::NotAllowed(format!(
+                "volunteer `{volunteer}` is already registered ({}): a host joining it cannot change its team to `{}`; \
+                 give its team (or none) on this machine, or change the team from a host already registered to `{volunteer}`",
+                current.map_or("with no team".to_string(), |t| format!("on team `{t}`")),
+                team.unwrap_or_default()
+            )));
+        }
+    };
+    if sets_team && let Some(team) = team {
         tx.prepare_cached("INSERT OR IGNORE INTO teams (name, created_ms) VALUES (?1, ?2)")?
             .execute(params![team, to_i64(now_ms)])?;
     }
-    let volunteer_id: i64 = tx
-        .prepare_cached("SELECT id FROM volunteers WHERE name = ?1")?
-        .query_row([volunteer], |row| row.get(0))?;
     tx.prepare_cached(
         "INSERT INTO hosts (public_key, volunteer_id, cores, registered_ms, last_seen_ms)
          VALUES (?1, ?2, ?3, ?4, ?4)
@@ -336,6 +377,15 @@ pub(super) fn create_batch(
     batch: &NewBatch,
     now_ms: u64,
 ) -> Result<u64, StoreError> {
+    // Only blobs the researcher holds: knowing another's hash is not having it.
+    let mut checked = std::collections::HashSet::new();
+    for hash in std::iter::once(&batch.module).chain(batch.units.iter().map(|u| &u.input)) {
+        if checked.insert(*hash)
+            && !super::researchers::blob_visible(tx, batch.researcher_id, &hash.to_hex())?
+        {
+            return Err(StoreError::BlobMissing(*hash));
+        }
+    }
     tx.execute(
         "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
             replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
@@ -991,6 +1041,52 @@ pub(super) fn time_out(
         }
     }
     Ok(())
+}
+
+/// Whether `hash` is the module or input of a replica in progress on `host_id`. Answered from
+/// `Live` when the replica's unit and batch are open there; a replica in progress of a unit that
+/// already closed is looked up in the database.
+pub(super) fn host_needs_blob(
+    tx: &Connection,
+    live: &Live,
+    host_id: u64,
+    hash: &ContentHash,
+) -> Result<bool, StoreError> {
+    let Some(host) = live.hosts.get(&host_id) else {
+        return Ok(false);
+    };
+    let mut unresolved = false;
+    for replica_id in &host.in_flight {
+        let Some(reference) = live.replicas.get(replica_id) else {
+            continue;
+        };
+        match (
+            live.units.get(&reference.unit_id),
+            live.batches.get(&reference.batch_id),
+        ) {
+            (Some(unit), Some(batch)) => {
+                if unit.input == *hash || batch.module == *hash {
+                    return Ok(true);
+                }
+            }
+            _ => unresolved = true,
+        }
+    }
+    if !unresolved {
+        return Ok(false);
+    }
+    let hex = hash.to_hex();
+    let found: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (
+                SELECT 1 FROM replicas r
+                JOIN units u ON u.id = r.unit_id
+                JOIN batches b ON b.id = u.batch_id
+                WHERE r.host_id = ?1 AND r.state = 'in_progress'
+                  AND (u.input_hash = ?2 OR b.module_hash = ?2))",
+        )?
+        .query_row(params![to_i64(host_id), hex], |row| row.get(0))?;
+    Ok(found)
 }
 
 /// The replicas in progress that `host_id` holds but did not list in `held`.

@@ -1,0 +1,105 @@
+//! The handshake: a host says who it is and proves it.
+//!
+//! Every host's public key is public (the coordinator lists them), so a `Hello` that only named a
+//! key would let anyone speak as any host: take its replicas away, move it to another volunteer,
+//! and with it the credit it earns. A [`SignedHello`] therefore carries a signature by the host's
+//! secret key over the hello's claims *and* a [`ChannelBinding`], a value both ends of one QUIC
+//! connection derive from its TLS session (an RFC 5705 / RFC 8446 exporter) and that no other
+//! connection shares. A signature made for one connection proves nothing on another, so a
+//! recorded `Hello` cannot be replayed, and no one without the secret key can make one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{PublicKey, Signature, SignatureError, SigningKey};
+
+/// Domain string for hello proofs (never valid as an assignment's or a report's signature).
+const HELLO_DOMAIN: &[u8] = b"herd hello v1\0";
+
+/// The TLS exporter label both ends derive the [`ChannelBinding`] under (RFC 8446 section 7.5;
+/// exporter labels begin with `EXPORTER-`).
+pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-herd-hello-v1";
+
+/// A secret both ends of one connection share and no other connection has: the TLS session's
+/// keying material exported under [`CHANNEL_BINDING_LABEL`]. The host signs its hello over it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChannelBinding(pub [u8; 32]);
+
+impl std::fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A per-connection secret: not for logs.
+        f.write_str("ChannelBinding(..)")
+    }
+}
+
+/// What a host claims when it connects: who it is and for which volunteer it computes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// First, so any version of the coordinator can read it (see [`hello_version`]).
+    pub protocol_version: u32,
+    /// The version of the deterministic instrumentation the host's sandbox applies to every
+    /// module (`herd-instrument`). The fuel and the NaN bits of a unit depend on it, so the
+    /// coordinator only admits hosts that run its own: replicas must be comparable.
+    pub instrumentation_version: u32,
+    /// The host's identity: the hello's proof and its reports are signed with the matching
+    /// secret key.
+    pub host_key: PublicKey,
+    pub volunteer: String,
+    pub team: Option<String>,
+    /// Units this host runs at once; caps its in-flight replicas.
+    pub cores: u32,
+    /// Replicas this host still holds from an earlier connection (running, or finished and
+    /// not yet acknowledged). Its other in-progress replicas were lost and are reissued.
+    pub held_replicas: Vec<u64>,
+}
+
+impl Hello {
+    /// Signs the hello for the connection `channel` belongs to, with the secret key of
+    /// `host_key` (which must be `key`'s public half, or the coordinator refuses it).
+    pub fn sign(self, key: &SigningKey, channel: &ChannelBinding) -> SignedHello {
+        let proof = key.sign(HELLO_DOMAIN, &proof_bytes(&self, channel));
+        SignedHello { hello: self, proof }
+    }
+}
+
+/// A hello and its proof: the host key's signature over the hello and the connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHello {
+    pub hello: Hello,
+    pub proof: Signature,
+}
+
+impl SignedHello {
+    /// Checks that the hello was signed by its host key's secret for this connection.
+    pub fn verify(&self, channel: &ChannelBinding) -> Result<&Hello, SignatureError> {
+        self.hello.host_key.verify(
+            HELLO_DOMAIN,
+            &proof_bytes(&self.hello, channel),
+            &self.proof,
+        )?;
+        Ok(&self.hello)
+    }
+}
+
+/// The bytes a hello's proof signs: the channel binding, then the hello's encoding.
+fn proof_bytes(hello: &Hello, channel: &ChannelBinding) -> Vec<u8> {
+    let mut bytes = channel.0.to_vec();
+    // Encoding a plain struct into a vector cannot fail; if it ever did, the proof would be
+    // over the binding alone and the coordinator, encoding the same way, would still agree.
+    if let Ok(encoded) = postcard::to_allocvec(hello) {
+        bytes.extend_from_slice(&encoded);
+    }
+    bytes
+}
+
+/// The protocol version of a first message, read without decoding the rest: `Some` if `body`
+/// begins as a `Hello` of any version does (variant 0, then the version). A coordinator uses it
+/// to refuse a worker of another version by name even when the rest of its hello has another
+/// shape.
+pub fn hello_version(body: &[u8]) -> Option<u32> {
+    let (variant, rest): (u32, _) = postcard::take_from_bytes(body).ok()?;
+    if variant != 0 {
+        return None;
+    }
+    let (version, _): (u32, _) = postcard::take_from_bytes(rest).ok()?;
+    Some(version)
+}
