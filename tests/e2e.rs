@@ -1333,6 +1333,60 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("`env.system`"));
 
+    // Bytes that are no module at all, named `.wasm`: the same words from `herd run`, from
+    // `herd submit` and in the coordinator's 422, decided by the bytes, not the name.
+    let not_a_module = "not a WebAssembly module (no `\\0asm` header, and not WebAssembly text)";
+    let junk: Vec<u8> = (0..256u32).map(|i| (i * 151 + 7) as u8 | 0x80).collect();
+    let junk_path = root.path().join("x.wasm");
+    std::fs::write(&junk_path, &junk).expect("write");
+    for args in [
+        vec!["run", junk_path.to_str().expect("path")],
+        vec![
+            "submit",
+            junk_path.to_str().expect("path"),
+            "--inputs",
+            inputs.to_str().expect("path"),
+        ],
+    ] {
+        let output = coordinator.herd(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(not_a_module), "{args:?}: {stderr}");
+    }
+    let junk_hash = herd_protocol::ContentHash::of(&junk);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let uploaded = agent
+        .put(&format!("{}/api/v1/blobs/{junk_hash}", coordinator.http))
+        .header("Authorization", &format!("Bearer {}", coordinator.token))
+        .send(&junk[..])
+        .expect("an answer");
+    assert_eq!(uploaded.status().as_u16(), 201);
+    let input_hash =
+        herd_protocol::ContentHash::of(&std::fs::read(inputs.join("tile-00")).expect("an input"));
+    let request = format!(
+        r#"{{"module": "{junk_hash}", "units": [{{"name": "u", "input": "{input_hash}"}}]}}"#
+    );
+    let (status, body) = coordinator.api(
+        "POST",
+        "/api/v1/batches",
+        Some(&coordinator.token),
+        Some(&request),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("module_rejected")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(not_a_module)),
+        "{body}"
+    );
+
     // A module that could never run under the batch's memory limit is refused, naming both.
     let big = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -2242,4 +2296,80 @@ fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
     let output = run(&["run", "/nonexistent/module.wasm"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read module"));
+}
+
+/// The README's main command, as a new user runs it: `herd demo` starts a coordinator and three
+/// workers, computes the picture and writes it as a PNG. The PNG is compared pixel for pixel with
+/// the same tiles rendered natively by the sample's own kernel, placed by this test's own code.
+#[test]
+fn herd_demo_draws_the_mandelbrot_set_exactly_as_the_kernel_renders_it_natively() {
+    use herd_samples::demo;
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let out = root.path().join("herd-demo.png");
+    let output = std::process::Command::new(herd_e2e::bin_dir().join("herd"))
+        .args(["demo", "--out", &out.display().to_string(), "--keep"])
+        .arg(root.path().join("demo"))
+        .output()
+        .expect("run herd demo");
+    assert!(
+        output.status.success(),
+        "herd demo failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("all 16 tiles validated by quorum"),
+        "{stdout}"
+    );
+
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&out).expect("the PNG is written"),
+    ));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut image = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut image).expect("its pixels");
+    assert_eq!((info.width, info.height), (demo::WIDTH, demo::HEIGHT));
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    image.truncate(info.buffer_size());
+
+    // The reference: each tile rendered natively, its rows copied into place.
+    let (tile_w, tile_h) = demo::tile_size();
+    let row_bytes = demo::WIDTH as usize * 3;
+    let mut expected = vec![0u8; row_bytes * demo::HEIGHT as usize];
+    for tile in demo::tiles() {
+        let pixels = tile::render(&tile::parse_tile(&tile.input).expect("a valid tile"));
+        assert_eq!(pixels.len(), (tile_w * tile_h * 3) as usize);
+        for y in 0..tile_h as usize {
+            let line = &pixels[y * tile_w as usize * 3..(y + 1) * tile_w as usize * 3];
+            let at = (tile.row as usize * tile_h as usize + y) * row_bytes
+                + tile.column as usize * tile_w as usize * 3;
+            expected[at..at + line.len()].copy_from_slice(line);
+        }
+    }
+    if let Some(first) = image.iter().zip(&expected).position(|(a, b)| a != b) {
+        let pixel = first / 3;
+        panic!(
+            "the demo's image differs from the native rendering first at pixel ({}, {})",
+            pixel % demo::WIDTH as usize,
+            pixel / demo::WIDTH as usize
+        );
+    }
+    assert_eq!(image.len(), expected.len());
+
+    // Not uniform either, so a change that blanked both the demo and the reference would not
+    // pass: the set's inside is black, its outside coloured, with many shades in between.
+    let colours: std::collections::HashSet<&[u8]> = image.chunks_exact(3).collect();
+    assert!(
+        colours.len() >= 64,
+        "only {} distinct colours in the demo's image",
+        colours.len()
+    );
+    let black = image.chunks_exact(3).filter(|p| *p == [0, 0, 0]).count();
+    let pixels = image.len() / 3;
+    assert!(
+        black > pixels / 20 && black < pixels * 19 / 20,
+        "{black} of {pixels} pixels are black"
+    );
 }

@@ -132,8 +132,8 @@ fn count(status: &Value, field: &str) -> u64 {
     status[field].as_u64().unwrap_or(0)
 }
 
-/// Follows a batch with a progress bar until every unit is validated or failed; returns the
-/// final status, with its failed units.
+/// Follows a batch with a progress bar until every unit is validated or failed; returns its
+/// final counts (no units: callers page through those they need with `Client::batch_units`).
 pub(crate) fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut status = client.batch_summary(id)?;
@@ -156,14 +156,14 @@ pub(crate) fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<Valu
         progress.set_message(format!("{failed} failed {eta}"));
         if done >= total {
             progress.finish_and_clear();
-            return client.batch_status_with(id, Some("failed"));
+            return Ok(status);
         }
         std::thread::sleep(POLL);
         status = client.batch_summary(id)?;
     }
 }
 
-/// A human summary of a batch's status.
+/// A human summary of a batch: its counts, and the reason of each failed unit among `"units"`.
 pub(crate) fn describe(status: &Value) -> String {
     let mut text = format!(
         "batch {}: {} units: {} validated, {} failed, {} open (quorum {})",

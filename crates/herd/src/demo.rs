@@ -1,7 +1,10 @@
 //! `herd demo`: a whole project on this machine. It starts a coordinator (temporary data dir,
 //! loopback) and three workers as real processes, submits the Mandelbrot sample as a batch of
-//! tiles with quorum 2, waits, writes the assembled image as a PNG and prints the credit table.
+//! tiles with quorum 2 (the picture is [`herd_samples::demo`]), waits, writes the assembled image
+//! as a PNG and prints the credit table. Every tile must be validated and well formed, or the
+//! demo fails naming it: it never draws a blank region.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -10,17 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use herd_protocol::ContentHash;
-use herd_samples::{MANDELBROT_WASM, mandelbrot_input};
+use herd_samples::{MANDELBROT_WASM, demo};
 
-use crate::batch::{Submission, credit_table, submit, wait};
+use crate::batch::{Submission, credit_table, describe, submit, wait};
 use crate::client::Client;
-
-/// The image: 960 x 640 pixels in 4 x 4 tiles.
-const WIDTH: u32 = 960;
-const HEIGHT: u32 = 640;
-const TILES_X: u32 = 4;
-const TILES_Y: u32 = 4;
-const MAX_ITER: u32 = 600;
 
 /// The demo's volunteers: (name, team).
 const VOLUNTEERS: [(&str, &str); 3] = [
@@ -87,55 +83,21 @@ fn wait_for_file(path: &Path, coordinator: &mut Running, log: &Path) -> anyhow::
     }
 }
 
-/// The tile inputs, named so that sorting by name gives row-major order.
-fn tiles() -> Vec<(String, Vec<u8>)> {
-    let (x_min, x_max) = (-2.2f64, 1.0f64);
-    let half_height = (x_max - x_min) * f64::from(HEIGHT) / f64::from(WIDTH) / 2.0;
-    let (y_min, y_max) = (-half_height, half_height);
-    let (tile_w, tile_h) = (WIDTH / TILES_X, HEIGHT / TILES_Y);
-    let step_x = (x_max - x_min) / f64::from(TILES_X);
-    let step_y = (y_max - y_min) / f64::from(TILES_Y);
-    let mut inputs = Vec::new();
-    for row in 0..TILES_Y {
-        for column in 0..TILES_X {
-            let left = x_min + step_x * f64::from(column);
-            let top = y_max - step_y * f64::from(row);
-            let text = mandelbrot_input(
-                (left, top - step_y),
-                (left + step_x, top),
-                (tile_w, tile_h),
-                MAX_ITER,
-            );
-            inputs.push((format!("tile-{row}-{column}"), text.into_bytes()));
-        }
-    }
-    inputs
-}
-
-/// Writes the tiles' RGB outputs as one PNG.
-fn assemble(client: &Client, status: &serde_json::Value, out: &Path) -> anyhow::Result<()> {
-    let (tile_w, tile_h) = ((WIDTH / TILES_X) as usize, (HEIGHT / TILES_Y) as usize);
-    let mut image = vec![0u8; WIDTH as usize * HEIGHT as usize * 3];
-    for unit in status["units"].as_array().into_iter().flatten() {
-        let name = unit["name"].as_str().unwrap_or_default();
-        let mut parts = name.trim_start_matches("tile-").split('-');
-        let (Some(Ok(row)), Some(Ok(column))) = (
-            parts.next().map(str::parse::<usize>),
-            parts.next().map(str::parse::<usize>),
-        ) else {
-            bail!("unexpected unit {name}");
+/// Draws the picture from the tiles' outputs: every tile of [`demo::tiles`] must have an output
+/// that is a PPM image of the tile's size, or the error names the tile (never a blank region).
+/// Pure: the outputs come in, RGB pixels (rows top down) go out.
+fn compose(outputs: &HashMap<String, Vec<u8>>) -> anyhow::Result<Vec<u8>> {
+    let (tile_w, tile_h) = demo::tile_size();
+    let (tile_w, tile_h) = (tile_w as usize, tile_h as usize);
+    let width = demo::WIDTH as usize;
+    let mut image = vec![0u8; width * demo::HEIGHT as usize * 3];
+    let header = format!("P6\n{tile_w} {tile_h}\n255\n");
+    for tile in demo::tiles() {
+        let name = &tile.name;
+        let Some(output) = outputs.get(name) else {
+            bail!("tile {name} has no output");
         };
-        if unit["state"] != "validated" {
-            bail!("tile {name} was not validated: {}", unit["failure"]);
-        }
-        let hash: ContentHash = unit["result"]["output_hash"]
-            .as_str()
-            .unwrap_or_default()
-            .parse()?;
-        let image_bytes = client.get_blob(&hash)?;
-        // Each tile is a PPM of the tile's size: its header, then its RGB pixels.
-        let header = format!("P6\n{tile_w} {tile_h}\n255\n");
-        let Some(pixels) = image_bytes.strip_prefix(header.as_bytes()) else {
+        let Some(pixels) = output.strip_prefix(header.as_bytes()) else {
             bail!("tile {name} is not a {tile_w}x{tile_h} PPM image");
         };
         if pixels.len() != tile_w * tile_h * 3 {
@@ -145,19 +107,61 @@ fn assemble(client: &Client, status: &serde_json::Value, out: &Path) -> anyhow::
                 tile_w * tile_h * 3
             );
         }
-        for y in 0..tile_h {
-            let src = &pixels[y * tile_w * 3..(y + 1) * tile_w * 3];
-            let start = ((row * tile_h + y) * WIDTH as usize + column * tile_w) * 3;
-            image[start..start + tile_w * 3].copy_from_slice(src);
+        let (row, column) = (tile.row as usize, tile.column as usize);
+        for (y, line) in pixels.chunks_exact(tile_w * 3).enumerate() {
+            let start = ((row * tile_h + y) * width + column * tile_w) * 3;
+            image[start..start + tile_w * 3].copy_from_slice(line);
         }
     }
+    Ok(image)
+}
+
+/// Every tile's validated output, from every unit of the batch (all pages). A tile that is
+/// missing, failed or still open is an error that names it.
+fn tile_outputs(client: &Client, id: u64) -> anyhow::Result<HashMap<String, Vec<u8>>> {
+    let units = client.batch_units(id, None)?;
+    let by_name: HashMap<&str, &serde_json::Value> = units
+        .iter()
+        .filter_map(|unit| Some((unit["name"].as_str()?, unit)))
+        .collect();
+    let mut outputs = HashMap::new();
+    for tile in demo::tiles() {
+        let name = tile.name;
+        let Some(unit) = by_name.get(name.as_str()) else {
+            bail!("tile {name} is missing from batch {id}");
+        };
+        if unit["state"] != "validated" {
+            bail!(
+                "tile {name} was not validated ({}): {}",
+                unit["state"],
+                unit["failure"]
+            );
+        }
+        let hash: ContentHash = unit["result"]["output_hash"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("tile {name}: no output hash"))?;
+        let bytes = client
+            .get_blob(&hash)
+            .with_context(|| format!("download tile {name}"))?;
+        if ContentHash::of(&bytes) != hash {
+            bail!("tile {name}: the downloaded output does not hash to {hash}");
+        }
+        outputs.insert(name, bytes);
+    }
+    Ok(outputs)
+}
+
+/// Writes RGB pixels of the demo's size as a PNG.
+fn write_png(image: &[u8], out: &Path) -> anyhow::Result<()> {
     let file = File::create(out).with_context(|| format!("create {}", out.display()))?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), WIDTH, HEIGHT);
+    let mut encoder = png::Encoder::new(BufWriter::new(file), demo::WIDTH, demo::HEIGHT);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     encoder
         .write_header()
-        .and_then(|mut writer| writer.write_image_data(&image))
+        .and_then(|mut writer| writer.write_image_data(image))
         .with_context(|| format!("write {}", out.display()))?;
     Ok(())
 }
@@ -226,7 +230,10 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
     let client = Client::new(&http, Some(token));
     let module_path = root.join("mandelbrot.wasm");
     std::fs::write(&module_path, MANDELBROT_WASM).context("write the sample module")?;
-    let inputs = tiles();
+    let inputs: Vec<(String, Vec<u8>)> = demo::tiles()
+        .into_iter()
+        .map(|tile| (tile.name, tile.input.into_bytes()))
+        .collect();
     let units = inputs.len();
     let started = Instant::now();
     let id = submit(
@@ -243,15 +250,97 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
         false,
     )?;
     println!("batch {id}: {units} Mandelbrot tiles, quorum 2");
-    let status = wait(&client, id, false)?;
+    let summary = wait(&client, id, false)?;
+    if summary["validated"].as_u64() != Some(units as u64) {
+        let failed = client.batch_status_with(id, Some("failed"))?;
+        bail!("not every tile was validated: {}", describe(&failed));
+    }
     println!(
         "all {units} tiles validated by quorum in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assemble(&client, &status, out)?;
+    let image = compose(&tile_outputs(&client, id)?)?;
+    write_png(&image, out)?;
     println!("image: {}", out.display());
     println!("\n{}", credit_table(&client.credit()?));
     drop(workers);
     drop(coordinator);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outputs for every tile, each filled with one colour per tile: (row, column, index).
+    fn flat_outputs() -> HashMap<String, Vec<u8>> {
+        let (w, h) = demo::tile_size();
+        demo::tiles()
+            .into_iter()
+            .enumerate()
+            .map(|(index, tile)| {
+                let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
+                for _ in 0..w * h {
+                    ppm.extend_from_slice(&[tile.row as u8, tile.column as u8, index as u8 + 1]);
+                }
+                (tile.name, ppm)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_tile_lands_in_its_place() {
+        let image = compose(&flat_outputs()).expect("compose");
+        let (w, h) = demo::tile_size();
+        let pixel = |x: u32, y: u32| {
+            let at = ((y * demo::WIDTH + x) * 3) as usize;
+            [image[at], image[at + 1], image[at + 2]]
+        };
+        for tile in demo::tiles() {
+            let index = tile.row * demo::TILES_X + tile.column;
+            let expected = [tile.row as u8, tile.column as u8, index as u8 + 1];
+            // Its corners and its middle.
+            for (x, y) in [
+                (0, 0),
+                (w - 1, 0),
+                (0, h - 1),
+                (w - 1, h - 1),
+                (w / 2, h / 2),
+            ] {
+                assert_eq!(
+                    pixel(tile.column * w + x, tile.row * h + y),
+                    expected,
+                    "{}",
+                    tile.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_or_malformed_tile_is_an_error_that_names_it() {
+        let mut outputs = flat_outputs();
+        outputs.remove("tile-2-1");
+        let error = compose(&outputs).expect_err("a missing tile");
+        assert!(
+            error.to_string().contains("tile tile-2-1 has no output"),
+            "{error}"
+        );
+        let mut outputs = flat_outputs();
+        outputs.insert("tile-0-3".into(), b"P6\n3 3\n255\n".to_vec());
+        let error = compose(&outputs).expect_err("a wrong size");
+        assert!(
+            error.to_string().contains("tile tile-0-3 is not a 240x160"),
+            "{error}"
+        );
+        let mut outputs = flat_outputs();
+        if let Some(output) = outputs.get_mut("tile-3-3") {
+            output.pop();
+        }
+        let error = compose(&outputs).expect_err("cut short");
+        assert!(
+            error.to_string().contains("tile tile-3-3 has 115199 bytes"),
+            "{error}"
+        );
+    }
 }

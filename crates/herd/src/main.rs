@@ -269,9 +269,16 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             println!("{id}");
             if *wait {
-                let status = batch::wait(&client, id, false)?;
+                let summary = batch::wait(&client, id, false)?;
+                // The failed units, every page of them, for the summary's reasons.
+                let failed = summary["failed"].as_u64().unwrap_or(0);
+                let status = if failed > 0 {
+                    client.batch_status_with(id, Some("failed"))?
+                } else {
+                    summary
+                };
                 eprintln!("{}", batch::describe(&status));
-                if status["failed"].as_u64().unwrap_or(0) > 0 {
+                if failed > 0 {
                     return Ok(ExitCode::from(3));
                 }
             }

@@ -1,5 +1,8 @@
 //! The sample jobs as WebAssembly modules, built from `sample-jobs/` by this crate's build
-//! script. `herd demo`, the end-to-end tests and the benchmarks take their modules from here.
+//! script. `herd demo`, the end-to-end tests and the benchmarks take their modules from here,
+//! and the demo its picture ([`demo`]).
+
+pub mod demo;
 
 /// The Mandelbrot tile renderer (`sample-jobs/mandelbrot`): f64, loop-heavy.
 pub const MANDELBROT_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mandelbrot.wasm"));

@@ -18,6 +18,9 @@ pub const MAX_MODULE_BYTES: usize = 16 << 20;
 pub enum AdmissionError {
     #[error("module is {size} bytes, over the limit of {MAX_MODULE_BYTES}")]
     TooLarge { size: usize },
+    /// Neither binary WebAssembly (which begins with the `\0asm` magic) nor text.
+    #[error("not a WebAssembly module (no `\\0asm` header, and not WebAssembly text)")]
+    NotAModule,
     #[error("module is not valid WebAssembly text: {0}")]
     BadText(String),
     #[error("module is not valid or uses a feature that is not allowed: {0}")]
@@ -58,11 +61,19 @@ pub(crate) fn allowed_features() -> WasmFeatures {
     WasmFeatures::from_bits_truncate(herd_instrument::supported_features().bits())
 }
 
-/// Turns a module file's bytes into binary WebAssembly: `.wat` text is assembled, binary passes
-/// through. The content hash of a module is always the hash of its binary form.
+/// The first bytes of every binary WebAssembly module.
+const MAGIC: &[u8] = b"\0asm";
+
+/// Turns a module file's bytes into binary WebAssembly, deciding by the bytes (never the file's
+/// name): a binary module (the `\0asm` magic) passes through, UTF-8 text is assembled as
+/// WebAssembly text, anything else is [`AdmissionError::NotAModule`]. The content hash of a
+/// module is always the hash of its binary form.
 pub fn module_bytes(source: &[u8]) -> Result<Vec<u8>, AdmissionError> {
     if source.len() > MAX_MODULE_BYTES * 4 {
         return Err(AdmissionError::TooLarge { size: source.len() });
+    }
+    if !source.starts_with(MAGIC) && std::str::from_utf8(source).is_err() {
+        return Err(AdmissionError::NotAModule);
     }
     let wasm = wat::parse_bytes(source)
         .map_err(|e| AdmissionError::BadText(e.to_string()))?
@@ -77,6 +88,11 @@ pub fn module_bytes(source: &[u8]) -> Result<Vec<u8>, AdmissionError> {
 pub(crate) fn check_structure(wasm: &[u8]) -> Result<(), AdmissionError> {
     if wasm.len() > MAX_MODULE_BYTES {
         return Err(AdmissionError::TooLarge { size: wasm.len() });
+    }
+    // Binary only here (what the coordinator stores and workers run); the same words as
+    // `module_bytes` for bytes that are no module at all.
+    if !wasm.starts_with(MAGIC) {
+        return Err(AdmissionError::NotAModule);
     }
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(|e| AdmissionError::Invalid(e.to_string()))? {

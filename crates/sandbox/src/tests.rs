@@ -193,6 +193,23 @@ fn admission_refuses_with_a_message_that_names_the_problem() {
 }
 
 #[test]
+fn bytes_that_are_no_module_are_named_so_by_their_bytes_not_their_name() {
+    // Random bytes (not UTF-8, no magic): the same words from the file reader and admission.
+    let junk: Vec<u8> = (0..64u32).map(|i| (i * 151 + 7) as u8 | 0x80).collect();
+    let expected = "not a WebAssembly module (no `\\0asm` header, and not WebAssembly text)";
+    let from_file = module_bytes(&junk).expect_err("junk");
+    assert_eq!(from_file, AdmissionError::NotAModule);
+    assert_eq!(from_file.to_string(), expected);
+    let sandbox = Sandbox::new().expect("engine");
+    let admitted = sandbox.admit(&junk).err().expect("junk is refused");
+    assert_eq!(admitted.to_string(), expected);
+    // Text is still assembled, and a binary module passes through unchanged.
+    let wasm = module_bytes(b"(module)").expect("text");
+    assert!(wasm.starts_with(b"\0asm"));
+    assert_eq!(module_bytes(&wasm).expect("binary"), wasm);
+}
+
+#[test]
 fn a_module_whose_initial_memory_exceeds_the_limit_is_refused_by_name() {
     let sandbox = Sandbox::new().expect("engine");
     let module = sandbox.admit(&fixture("big_memory")).expect("admitted");
