@@ -2373,3 +2373,197 @@ fn herd_demo_draws_the_mandelbrot_set_exactly_as_the_kernel_renders_it_natively(
         "{black} of {pixels} pixels are black"
     );
 }
+
+/// Research code in C and C++: each such sample job, built from one source for wasm32-wasi and
+/// natively with `zig cc` / `zig c++` (the README's commands), writes the same bytes (and exits
+/// with the same code) under `herd run` as natively, and runs end to end through a quorum-2
+/// batch with every output equal to the native one.
+#[test]
+fn c_and_cpp_sample_jobs_built_with_zig_agree_with_their_native_builds_and_run_through_a_batch() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let sources = concat!(env!("CARGO_MANIFEST_DIR"), "/../sample-jobs/c");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("a text to count words in");
+    // (source, compiler, flags, inputs): the flags are the README's.
+    let jobs: [(&str, &str, &[&str], Vec<String>); 3] = [
+        (
+            "spectral.c",
+            "cc",
+            &["-O2", "-ffp-contract=off", "-lm"],
+            vec!["120 6".into(), "1 1".into(), "0 0".into()],
+        ),
+        (
+            "wordfreq.c",
+            "cc",
+            &["-O2"],
+            vec![text, String::new(), "b a B, a: c-a".into()],
+        ),
+        (
+            "median.cpp",
+            "c++",
+            &["-O2", "-fno-exceptions"],
+            vec!["5 3 -9 12 7 1".into(), String::new(), "1 x".into()],
+        ),
+    ];
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let _workers: Vec<_> = ["ada", "grace"]
+        .iter()
+        .map(|name| start_worker(root.path(), &coordinator.join, name, "c", 1).expect("worker"))
+        .collect();
+    for (file, driver, flags, inputs) in jobs {
+        let job = file.split('.').next().expect("a name");
+        let source = format!("{sources}/{file}");
+        let wasm = root.path().join(format!("{job}.wasm"));
+        let native = root.path().join(format!("{job}-native"));
+        let wasm_arg = wasm.display().to_string();
+        let native_arg = native.display().to_string();
+        let mut args = vec!["-target", "wasm32-wasi", "-s", &source, "-o", &wasm_arg];
+        args.extend(flags);
+        herd_e2e::zig(driver, &args).expect("build for wasm32-wasi");
+        let mut args = vec![source.as_str(), "-o", &native_arg];
+        args.extend(flags);
+        herd_e2e::zig(driver, &args).expect("build natively");
+
+        let dir = root.path().join(format!("{job}-inputs"));
+        std::fs::create_dir_all(&dir).expect("inputs dir");
+        let mut expected = HashMap::new();
+        for (index, input) in inputs.iter().enumerate() {
+            let name = format!("input-{index}");
+            let path = dir.join(&name);
+            std::fs::write(&path, input).expect("write input");
+            let ran = std::process::Command::new(&native)
+                .stdin(std::fs::File::open(&path).expect("input"))
+                .output()
+                .expect("run the native build");
+            let out = root.path().join(format!("{job}-{name}.out"));
+            let run = coordinator.herd(&[
+                "run",
+                &wasm_arg,
+                "--input",
+                &path.display().to_string(),
+                "--output",
+                &out.display().to_string(),
+            ]);
+            let outcome: serde_json::Value =
+                serde_json::from_slice(&run.stdout).expect("herd run prints JSON");
+            match ran.status.code() {
+                Some(0) => assert_eq!(outcome["status"], "success", "{job} {name}: {outcome}"),
+                code => {
+                    assert_eq!(outcome["status"], "exit_code", "{job} {name}: {outcome}");
+                    assert_eq!(outcome["exit_code"].as_i64(), code.map(i64::from));
+                }
+            }
+            let got = std::fs::read(&out).expect("herd run wrote the output");
+            assert!(
+                got == ran.stdout,
+                "{job} {name}: wasm wrote {:?}, native {:?}",
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&ran.stdout)
+            );
+            if ran.status.success() {
+                expected.insert(name, ran.stdout);
+            } else {
+                // Only successful runs go into the batch (a failing one is not a result to share).
+                std::fs::remove_file(&path).expect("remove");
+            }
+        }
+
+        let submitted = coordinator.herd(&[
+            "submit",
+            &wasm_arg,
+            "--inputs",
+            &dir.display().to_string(),
+            "--quorum",
+            "2",
+            "--wait",
+        ]);
+        assert!(
+            submitted.status.success(),
+            "{job}: {}",
+            String::from_utf8_lossy(&submitted.stderr)
+        );
+        let batch = String::from_utf8_lossy(&submitted.stdout)
+            .trim()
+            .to_string();
+        let out = root.path().join(format!("{job}-results"));
+        let results = coordinator.herd(&["results", &batch, "--out", &out.display().to_string()]);
+        assert!(
+            results.status.success(),
+            "{}",
+            String::from_utf8_lossy(&results.stderr)
+        );
+        for (name, bytes) in &expected {
+            let got = std::fs::read(out.join(name)).expect("a result");
+            assert!(
+                got == *bytes,
+                "{job} {name}: the batch's output differs from native"
+            );
+        }
+    }
+    // The C library calls research code makes (stdio, malloc, qsort, rand, the clocks, time
+    // formatting, getenv) work and give the same answer on every host: the fixed clock, the
+    // module's own rand.
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+    let calls = root.path().join("libc_calls.wasm");
+    let calls_arg = calls.display().to_string();
+    let source = format!("{fixtures}/libc_calls.c");
+    herd_e2e::zig(
+        "cc",
+        &[
+            "-O2",
+            "-target",
+            "wasm32-wasi",
+            "-s",
+            &source,
+            "-o",
+            &calls_arg,
+        ],
+    )
+    .expect("build");
+    let input = root.path().join("hello.txt");
+    std::fs::write(&input, "hello\n").expect("write");
+    let out = root.path().join("libc_calls.out");
+    let run = coordinator.herd(&[
+        "run",
+        &calls_arg,
+        "--input",
+        &input.display().to_string(),
+        "--output",
+        &out.display().to_string(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("output"),
+        "line=hello args=0 home=(none) time=1735689600 realtime=1735689600 tv=1735689600 \
+         when=2025-01-01T00:00:00Z pi=3.141593 sorted=10,15,24,32,32,71,72,87\n"
+    );
+    // Reading a file by name is refused before it runs, saying what to do instead.
+    let opens = root.path().join("opens_a_file.wasm");
+    let opens_arg = opens.display().to_string();
+    let source = format!("{fixtures}/opens_a_file.c");
+    herd_e2e::zig(
+        "cc",
+        &[
+            "-O2",
+            "-target",
+            "wasm32-wasi",
+            "-s",
+            &source,
+            "-o",
+            &opens_arg,
+        ],
+    )
+    .expect("build");
+    let run = coordinator.herd(&["run", &opens_arg]);
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("a unit has no files or directories") && stderr.contains("read stdin"),
+        "{stderr}"
+    );
+}

@@ -26,7 +26,8 @@ pub enum AdmissionError {
     #[error("module is not valid or uses a feature that is not allowed: {0}")]
     Invalid(String),
     #[error(
-        "module import `{module}.{name}` is not allowed (only the WASI preview 1 functions Herd provides)"
+        "module import `{module}.{name}` is not allowed (only the WASI preview 1 functions Herd provides){}",
+        import_hint(.module, .name)
     )]
     ImportNotAllowed { module: String, name: String },
     #[error("module must export a function `_start` taking and returning nothing")]
@@ -50,6 +51,48 @@ impl From<herd_instrument::InstrumentError> for AdmissionError {
             other => Self::Instrumentation(other.to_string()),
         }
     }
+}
+
+/// What a researcher should change when a module imports `module.name`, for the imports that
+/// common toolchains emit (wasi-libc's file functions, sockets, undefined C functions).
+fn import_hint(module: &str, name: &str) -> &'static str {
+    const FILE_CALLS: &[&str] = &[
+        "fd_advise",
+        "fd_allocate",
+        "fd_datasync",
+        "fd_fdstat_set_flags",
+        "fd_fdstat_set_rights",
+        "fd_filestat_get",
+        "fd_filestat_set_size",
+        "fd_filestat_set_times",
+        "fd_pread",
+        "fd_pwrite",
+        "fd_readdir",
+        "fd_renumber",
+        "fd_sync",
+        "fd_tell",
+    ];
+    if module == wasi::MODULE {
+        if name.starts_with("path_") || FILE_CALLS.contains(&name) {
+            return ": a unit has no files or directories; its input is stdin and its output \
+                    stdout (in C, fopen, open, stat and opendir need files: read stdin with \
+                    fread or scanf instead; in Rust, use std::io::stdin, not std::fs)";
+        }
+        if name.starts_with("sock_") {
+            return ": a unit has no network; everything it needs comes in on stdin";
+        }
+        if name == "proc_raise" {
+            return ": a unit cannot raise signals; end it with exit(code) instead of raise or abort";
+        }
+        return "";
+    }
+    if module == "env" {
+        return ": an `env` import is a function the program declares but does not define: link \
+                its definition in, or build for wasm32-wasi (C, with zig cc or clang and \
+                wasi-libc) or wasm32-wasip1 (Rust)";
+    }
+    ": WASI preview 1 imports come from `wasi_snapshot_preview1`; build for wasm32-wasi \
+     (C and C++) or wasm32-wasip1 (Rust)"
 }
 
 /// The Wasm features a unit may use: WebAssembly 1.0 plus the finished proposals that today's

@@ -193,6 +193,30 @@ fn admission_refuses_with_a_message_that_names_the_problem() {
 }
 
 #[test]
+fn a_refused_import_says_what_to_change() {
+    let refusal = |module: &str, name: &str| {
+        AdmissionError::ImportNotAllowed {
+            module: module.into(),
+            name: name.into(),
+        }
+        .to_string()
+    };
+    // What wasi-libc's fopen imports.
+    let fopen = refusal("wasi_snapshot_preview1", "fd_fdstat_set_flags");
+    assert!(
+        fopen.starts_with(
+            "module import `wasi_snapshot_preview1.fd_fdstat_set_flags` is not allowed"
+        ) && fopen.contains("no files")
+            && fopen.contains("stdin"),
+        "{fopen}"
+    );
+    assert!(refusal("wasi_snapshot_preview1", "path_open").contains("no files"));
+    assert!(refusal("wasi_snapshot_preview1", "sock_accept").contains("no network"));
+    assert!(refusal("env", "system").contains("declares but does not define"));
+    assert!(refusal("wasi_unstable", "fd_write").contains("`wasi_snapshot_preview1`"));
+}
+
+#[test]
 fn bytes_that_are_no_module_are_named_so_by_their_bytes_not_their_name() {
     // Random bytes (not UTF-8, no magic): the same words from the file reader and admission.
     let junk: Vec<u8> = (0..64u32).map(|i| (i * 151 + 7) as u8 | 0x80).collect();
