@@ -1460,8 +1460,12 @@ fn a_stranger_naming_another_hosts_key_is_refused_and_takes_no_replica_credit_te
         |name: &str| start_worker(root.path(), &coordinator.join, name, "real", 1).expect("worker");
     let ada = start("ada");
     let bob = start("bob");
-    // One unit lasting seconds, so both honest hosts are in the middle of it during the attack.
-    let long = write_long_tile(root.path());
+    // One unit lasting many seconds (four times the other tests' long tile), so both honest
+    // hosts are surely in the middle of it during the attack, however fast the machine.
+    let long = root.path().join("attack-inputs");
+    std::fs::create_dir_all(&long).expect("inputs dir");
+    let text = herd_samples::mandelbrot_input((-0.5, -0.4), (0.1, 0.4), (320, 320), 20_000);
+    std::fs::write(long.join("deep"), text).expect("write input");
     let long_batch = submit_with(
         &coordinator,
         root.path(),
