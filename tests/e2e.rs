@@ -2508,23 +2508,30 @@ fn c_and_cpp_sample_jobs_built_with_zig_agree_with_their_native_builds_and_run_t
     // The C library calls research code makes (stdio, malloc, qsort, rand, the clocks, time
     // formatting, getenv) work and give the same answer on every host: the fixed clock, the
     // module's own rand.
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
-    let calls = root.path().join("libc_calls.wasm");
-    let calls_arg = calls.display().to_string();
-    let source = format!("{fixtures}/libc_calls.c");
-    herd_e2e::zig(
-        "cc",
-        &[
-            "-O2",
-            "-target",
-            "wasm32-wasi",
-            "-s",
-            &source,
-            "-o",
-            &calls_arg,
-        ],
-    )
-    .expect("build");
+    // A C fixture under tests/fixtures, built for wasm32-wasi; returns the module's path.
+    let fixture = |name: &str| {
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/").to_string() + name + ".c";
+        let module = root
+            .path()
+            .join(format!("{name}.wasm"))
+            .display()
+            .to_string();
+        herd_e2e::zig(
+            "cc",
+            &[
+                "-O2",
+                "-target",
+                "wasm32-wasi",
+                "-s",
+                &source,
+                "-o",
+                &module,
+            ],
+        )
+        .expect("build");
+        module
+    };
+    let calls_arg = fixture("libc_calls");
     let input = root.path().join("hello.txt");
     std::fs::write(&input, "hello\n").expect("write");
     let out = root.path().join("libc_calls.out");
@@ -2547,22 +2554,7 @@ fn c_and_cpp_sample_jobs_built_with_zig_agree_with_their_native_builds_and_run_t
          when=2025-01-01T00:00:00Z pi=3.141593 sorted=10,15,24,32,32,71,72,87\n"
     );
     // Reading a file by name is refused before it runs, saying what to do instead.
-    let opens = root.path().join("opens_a_file.wasm");
-    let opens_arg = opens.display().to_string();
-    let source = format!("{fixtures}/opens_a_file.c");
-    herd_e2e::zig(
-        "cc",
-        &[
-            "-O2",
-            "-target",
-            "wasm32-wasi",
-            "-s",
-            &source,
-            "-o",
-            &opens_arg,
-        ],
-    )
-    .expect("build");
+    let opens_arg = fixture("opens_a_file");
     let run = coordinator.herd(&["run", &opens_arg]);
     assert_eq!(run.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&run.stderr);
