@@ -1136,7 +1136,8 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
                 protocol_version: 99,
                 ..hello_from(&eve, "eve", None)
             }
-            .sign(&eve, &ChannelBinding([0; 32])),
+            .sign(&eve, &ChannelBinding([0; 32]))
+            .expect("sign"),
         ))
         .expect("encode");
         match hello_answer(&join, later).await {
@@ -1172,7 +1173,8 @@ fn bad_versions_frames_signatures_modules_and_tokens_get_clear_errors_and_the_co
                 instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION + 1,
                 ..hello_from(&eve, "eve", None)
             }
-            .sign(&eve, &ChannelBinding([0; 32])),
+            .sign(&eve, &ChannelBinding([0; 32]))
+            .expect("sign"),
         ))
         .expect("encode");
         match hello_answer(&join, other_pass).await {
@@ -1512,7 +1514,7 @@ fn a_stranger_naming_another_hosts_key_is_refused_and_takes_no_replica_credit_te
         let connection = herd_net::connect(&join).await.expect("connect");
         let channel = herd_net::channel_binding(&connection).expect("channel binding");
         let forged = herd_protocol::encode_frame(&ClientMessage::Hello(
-            claim.clone().sign(&mallory, &channel),
+            claim.clone().sign(&mallory, &channel).expect("sign"),
         ))
         .expect("encode");
         match refused_first(&connection, forged).await {
@@ -1543,7 +1545,9 @@ fn a_stranger_naming_another_hosts_key_is_refused_and_takes_no_replica_credit_te
         let first = herd_net::connect(&join).await.expect("connect");
         let channel = herd_net::channel_binding(&first).expect("channel binding");
         let recorded = herd_protocol::encode_frame(&ClientMessage::Hello(
-            hello_from(&mallory, "mallory", None).sign(&mallory, &channel),
+            hello_from(&mallory, "mallory", None)
+                .sign(&mallory, &channel)
+                .expect("sign"),
         ))
         .expect("encode");
         let welcome = first_answer(&first, recorded.clone()).await;

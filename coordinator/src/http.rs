@@ -478,19 +478,16 @@ async fn create_batch(
     };
     // Another researcher's module, named by its hash, is missing to this one: it is neither
     // admitted nor looked at (admission's refusals would tell of it).
-    let module_missing = || {
-        ApiError::bad_request(
-            "module_missing",
-            format!("module {} has not been uploaded", batch.module),
-        )
-    };
     if !shared
         .store
         .blob_visible(me.id, &batch.module)
         .await
         .map_err(anyhow::Error::from)?
     {
-        return Err(module_missing());
+        return Err(ApiError::bad_request(
+            "module_missing",
+            format!("module {} has not been uploaded", batch.module),
+        ));
     }
     let checker = shared.clone();
     let created = blocking(move || {

@@ -223,7 +223,11 @@ pub async fn say_hello<R: DeserializeOwned>(
     hello: Hello,
 ) -> Result<R, NetError> {
     let channel = channel_binding(connection)?;
-    request(connection, &ClientMessage::Hello(hello.sign(key, &channel))).await
+    request(
+        connection,
+        &ClientMessage::Hello(hello.sign(key, &channel)?),
+    )
+    .await
 }
 
 /// Writes one framed message to a stream.

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{PublicKey, Signature, SignatureError, SigningKey};
+use crate::{FrameError, PublicKey, Signature, SignatureError, SigningKey};
 
 /// Domain string for hello proofs (never valid as an assignment's or a report's signature).
 const HELLO_DOMAIN: &[u8] = b"herd hello v1\0";
@@ -55,9 +55,13 @@ pub struct Hello {
 impl Hello {
     /// Signs the hello for the connection `channel` belongs to, with the secret key of
     /// `host_key` (which must be `key`'s public half, or the coordinator refuses it).
-    pub fn sign(self, key: &SigningKey, channel: &ChannelBinding) -> SignedHello {
-        let proof = key.sign(HELLO_DOMAIN, &proof_bytes(&self, channel));
-        SignedHello { hello: self, proof }
+    pub fn sign(
+        self,
+        key: &SigningKey,
+        channel: &ChannelBinding,
+    ) -> Result<SignedHello, FrameError> {
+        let proof = key.sign(HELLO_DOMAIN, &proof_bytes(&self, channel)?);
+        Ok(SignedHello { hello: self, proof })
     }
 }
 
@@ -71,24 +75,19 @@ pub struct SignedHello {
 impl SignedHello {
     /// Checks that the hello was signed by its host key's secret for this connection.
     pub fn verify(&self, channel: &ChannelBinding) -> Result<&Hello, SignatureError> {
-        self.hello.host_key.verify(
-            HELLO_DOMAIN,
-            &proof_bytes(&self.hello, channel),
-            &self.proof,
-        )?;
+        let bytes = proof_bytes(&self.hello, channel).map_err(|_| SignatureError::Invalid)?;
+        self.hello
+            .host_key
+            .verify(HELLO_DOMAIN, &bytes, &self.proof)?;
         Ok(&self.hello)
     }
 }
 
 /// The bytes a hello's proof signs: the channel binding, then the hello's encoding.
-fn proof_bytes(hello: &Hello, channel: &ChannelBinding) -> Vec<u8> {
+fn proof_bytes(hello: &Hello, channel: &ChannelBinding) -> Result<Vec<u8>, FrameError> {
     let mut bytes = channel.0.to_vec();
-    // Encoding a plain struct into a vector cannot fail; if it ever did, the proof would be
-    // over the binding alone and the coordinator, encoding the same way, would still agree.
-    if let Ok(encoded) = postcard::to_allocvec(hello) {
-        bytes.extend_from_slice(&encoded);
-    }
-    bytes
+    bytes.extend_from_slice(&postcard::to_allocvec(hello)?);
+    Ok(bytes)
 }
 
 /// The protocol version of a first message, read without decoding the rest: `Some` if `body`

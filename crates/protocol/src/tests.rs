@@ -58,7 +58,8 @@ fn every_message_round_trips() {
                 cores: 4,
                 held_replicas: vec![1, 300],
             }
-            .sign(&key, &ChannelBinding([8; 32])),
+            .sign(&key, &ChannelBinding([8; 32]))
+            .expect("sign"),
         ),
         ClientMessage::RequestWork,
         ClientMessage::FetchBlob {
@@ -204,7 +205,7 @@ fn a_hello_proof_signs_the_binding_then_the_hello_under_its_own_domain() {
     // Pins what the proof covers, so both ends of every version compute the same bytes.
     let key = SigningKey::from_seed([3; 32]);
     let channel = ChannelBinding([0xab; 32]);
-    let signed = sample_hello(&key).sign(&key, &channel);
+    let signed = sample_hello(&key).sign(&key, &channel).expect("sign");
     let mut message = vec![0xab; 32];
     message.extend_from_slice(&postcard::to_allocvec(&signed.hello).expect("encode"));
     assert_eq!(
@@ -213,7 +214,10 @@ fn a_hello_proof_signs_the_binding_then_the_hello_under_its_own_domain() {
         Ok(())
     );
     // Ed25519 signatures are deterministic: the same hello on the same channel, the same proof.
-    assert_eq!(sample_hello(&key).sign(&key, &channel), signed);
+    assert_eq!(
+        sample_hello(&key).sign(&key, &channel).expect("sign"),
+        signed
+    );
     // Under a report's domain the same signature is worthless.
     assert!(
         key.public_key()
@@ -227,7 +231,7 @@ fn a_hello_proves_its_key_only_on_its_own_connection() {
     let key = SigningKey::from_seed([3; 32]);
     let here = ChannelBinding([1; 32]);
     let elsewhere = ChannelBinding([2; 32]);
-    let signed = sample_hello(&key).sign(&key, &here);
+    let signed = sample_hello(&key).sign(&key, &here).expect("sign");
     assert_eq!(signed.verify(&here), Ok(&signed.hello));
     // Replayed on another connection.
     assert_eq!(signed.verify(&elsewhere), Err(SignatureError::Invalid));
@@ -235,7 +239,7 @@ fn a_hello_proves_its_key_only_on_its_own_connection() {
     let victim = SigningKey::from_seed([4; 32]);
     let mut claim = sample_hello(&key);
     claim.host_key = victim.public_key();
-    let forged = claim.sign(&key, &here);
+    let forged = claim.sign(&key, &here).expect("sign");
     assert_eq!(forged.verify(&here), Err(SignatureError::Invalid));
     // Any claim changed after signing: the volunteer, the team, the replicas held.
     for tamper in [

@@ -299,33 +299,24 @@ pub(super) fn register_host(
         .prepare_cached("SELECT id, team FROM volunteers WHERE name = ?1")?
         .query_row([volunteer], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    // Whether the volunteer's team is set (or changed) by this hello.
-    let sets_team;
-    let volunteer_id = match existing {
+    // The volunteer, and whether this hello sets (or changes) its team.
+    let (volunteer_id, sets_team) = match existing {
         None => {
             tx.prepare_cached(
                 "INSERT INTO volunteers (name, team, created_ms) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![volunteer, team, to_i64(now_ms)])?;
-            sets_team = true;
-            tx.last_insert_rowid()
+            (tx.last_insert_rowid(), true)
         }
-        Some((id, current)) if current.as_deref() == team => {
-            sets_team = false;
-            id
-        }
+        Some((id, current)) if current.as_deref() == team => (id, false),
         Some((id, _)) if host_owner == Some(id) => {
             // One of the volunteer's own hosts: it may change the team (or leave it).
             tx.prepare_cached("UPDATE volunteers SET team = ?2 WHERE id = ?1")?
                 .execute(params![id, team])?;
-            sets_team = true;
-            id
+            (id, true)
         }
         // A host joining an existing volunteer without naming a team joins it as it is.
-        Some((id, _)) if team.is_none() => {
-            sets_team = false;
-            id
-        }
+        Some((id, _)) if team.is_none() => (id, false),
         Some((_, current)) => {
             return Err(StoreError::NotAllowed(format!(
                 "volunteer `{volunteer}` is already registered ({}): a host joining it cannot change its team to `{}`; \
