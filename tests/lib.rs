@@ -105,6 +105,8 @@ pub fn free_udp_port() -> u16 {
 pub struct Coordinator {
     pub process: Process,
     pub data_dir: PathBuf,
+    /// Its PostgreSQL database's URL; `None` for the data directory's SQLite file.
+    pub database: Option<String>,
     pub join: String,
     pub http: String,
     pub token: String,
@@ -113,6 +115,12 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts a coordinator on 127.0.0.1 with the given QUIC port (0 for any).
     pub fn start(root: &Path, quic_port: u16) -> anyhow::Result<Self> {
+        Self::start_on(root, quic_port, None)
+    }
+
+    /// Starts a coordinator whose database is PostgreSQL at `database` (or, with `None`, the
+    /// SQLite file in its data directory).
+    pub fn start_on(root: &Path, quic_port: u16, database: Option<&str>) -> anyhow::Result<Self> {
         let data_dir = root.join("coordinator");
         // Stale address files from an earlier run must not be mistaken for this one's.
         let _ = std::fs::remove_file(data_dir.join("join"));
@@ -125,6 +133,10 @@ impl Coordinator {
             "--http".into(),
             "127.0.0.1:0".into(),
         ];
+        let mut args = args;
+        if let Some(url) = database {
+            args.extend(["--database".into(), url.to_string()]);
+        }
         let log = root.join(format!("coordinator-{}.log", free_udp_port()));
         let mut process = spawn(&bin_dir().join("herd-coordinator"), &args, log)?;
         let started = Instant::now();
@@ -136,6 +148,7 @@ impl Coordinator {
                 return Ok(Self {
                     process,
                     data_dir,
+                    database: database.map(str::to_string),
                     join: join.trim().into(),
                     http: http.trim().into(),
                     token: token.trim().into(),
@@ -151,6 +164,29 @@ impl Coordinator {
                 bail!("coordinator did not start within 60 s");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The number a SQL query (`SELECT COUNT(*) ...`) answers on this coordinator's database,
+    /// read beside the coordinator: the SQLite file read-only, or PostgreSQL through `psql`.
+    pub fn sql_number(&self, sql: &str) -> anyhow::Result<i64> {
+        match &self.database {
+            None => {
+                let db = rusqlite::Connection::open_with_flags(
+                    self.data_dir.join("herd.sqlite"),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                Ok(db.query_row(sql, [], |row| row.get(0))?)
+            }
+            Some(url) => {
+                let output = Command::new("psql")
+                    .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, url])
+                    .output()?;
+                if !output.status.success() {
+                    bail!("psql: {}", String::from_utf8_lossy(&output.stderr));
+                }
+                Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
+            }
         }
     }
 

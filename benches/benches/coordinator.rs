@@ -52,6 +52,7 @@ fn run_coordinator(dir: &str) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let config = herd_coordinator::Config {
         data_dir: dir.into(),
+        database: None,
         quic: "127.0.0.1:0".parse().expect("addr"),
         http: "127.0.0.1:0".parse().expect("addr"),
     };

@@ -2,16 +2,18 @@
 //! validate, credit.
 //! - `lifecycle/core`: the pure lifecycle alone (`evaluate` and `may_assign_to` on in-memory
 //!   replicas), no storage;
-//! - `lifecycle/sqlite`: the real `SqliteStore` on a file (WAL, `synchronous=FULL`), driven by sixteen
-//!   threads standing in for the coordinator's request handlers, each assigning a replica to
-//!   a host and reporting it, until every unit of a batch is validated.
+//! - `lifecycle/sqlite`: the real `SqliteStore` on a file (WAL, `synchronous=FULL`), driven by
+//!   64 threads standing in for the coordinator's request handlers, each assigning a replica to
+//!   a host and reporting it, until every unit of a batch is validated;
+//! - `lifecycle/postgres`: the same on the real `PgStore`, on a throw-away PostgreSQL server
+//!   started for the run (`fsync=on`, `synchronous_commit=on`), sharing the machine with it.
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herd_lifecycle::{Policy, Replica, ReplicaState, Verdict, evaluate, may_assign_to};
 use herd_protocol::{ContentHash, Outcome, PublicKey, RunResult, Status};
-use herd_store::{NewBatch, NewUnit, SqliteStore, Store};
+use herd_store::{NewBatch, NewUnit, PgStore, SqliteStore, Store};
 
 const UNITS: usize = 2_000;
 const HOSTS: u8 = 64;
@@ -79,7 +81,7 @@ fn batch() -> NewBatch {
 }
 
 /// Runs one batch to completion; returns the time it took.
-fn run_batch(store: &SqliteStore, hosts: &[u64]) -> Duration {
+fn run_batch(store: &dyn Store, hosts: &[u64]) -> Duration {
     let batch = batch();
     let blobs = std::iter::once(batch.module)
         .chain(batch.units.iter().map(|u| u.input))
@@ -125,9 +127,8 @@ fn run_batch(store: &SqliteStore, hosts: &[u64]) -> Duration {
     started.elapsed()
 }
 
-fn sqlite(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&dir.path().join("bench.sqlite")).expect("open");
+/// Measures `store`: a researcher, 64 hosts, then batches run to completion.
+fn measure(c: &mut Criterion, name: &str, store: &dyn Store) {
     store
         .ensure_researcher("bench", "token-hash", 0)
         .wait()
@@ -144,11 +145,24 @@ fn sqlite(c: &mut Criterion) {
     let mut group = c.benchmark_group("lifecycle");
     group.throughput(Throughput::Elements(UNITS as u64));
     group.sample_size(10);
-    group.bench_function("sqlite", |b| {
-        b.iter_custom(|iterations| (0..iterations).map(|_| run_batch(&store, &hosts)).sum())
+    group.bench_function(name, |b| {
+        b.iter_custom(|iterations| (0..iterations).map(|_| run_batch(store, &hosts)).sum())
     });
     group.finish();
 }
 
-criterion_group!(benches, core, sqlite);
+fn sqlite(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("bench.sqlite")).expect("open");
+    measure(c, "sqlite", &store);
+}
+
+fn postgres(c: &mut Criterion) {
+    let server = herd_pgtest::Server::start(herd_pgtest::Durability::Full).expect("PostgreSQL");
+    server.create_database("bench").expect("database");
+    let store = PgStore::connect(&server.url("bench")).expect("connect");
+    measure(c, "postgres", &store);
+}
+
+criterion_group!(benches, core, sqlite, postgres);
 criterion_main!(benches);

@@ -206,6 +206,7 @@ fn main() {
             let (_stop, shutdown) = tokio::sync::watch::channel(false);
             let config = herd_coordinator::Config {
                 data_dir: dir.into(),
+                database: None,
                 quic: "127.0.0.1:0".parse().expect("addr"),
                 http: "127.0.0.1:0".parse().expect("addr"),
             };

@@ -23,7 +23,7 @@ use anyhow::Context;
 use herd_blobs::BlobStore;
 use herd_protocol::SigningKey;
 use herd_sandbox::Sandbox;
-use herd_store::{SqliteStore, Store};
+use herd_store::{PgStore, SqliteStore, Store};
 use tokio::sync::watch;
 
 pub use data_dir::DataDir;
@@ -35,6 +35,9 @@ const DEADLINE_SWEEP: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The project's database: `None` for the embedded SQLite file in the data directory, or a
+    /// PostgreSQL URL (`postgres://...`) shared with the project's other coordinators.
+    pub database: Option<String>,
     /// The QUIC address workers connect to.
     pub quic: SocketAddr,
     /// The HTTP address of the researcher and dashboard API.
@@ -97,11 +100,11 @@ where
 /// Starts the coordinator and runs until `shutdown` turns true.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let dir = DataDir::open(&config.data_dir)?;
-    let store = SqliteStore::open(&dir.database_path()).context("open the database")?;
+    let store = open_store(&dir, config.database.as_deref()).await?;
     let blobs = BlobStore::open(dir.blobs_path()).context("open the blob store")?;
     let sandbox = Sandbox::new().context("configure the sandbox")?;
     let shared = Arc::new(Shared {
-        store: Arc::new(store),
+        store,
         blobs,
         archive_dir: config.data_dir.join("archive"),
         sandbox,
@@ -157,6 +160,32 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let _ = http_task.await;
     endpoint.wait_idle().await;
     Ok(())
+}
+
+/// The project's database: PostgreSQL at `url`, or the data directory's SQLite file.
+async fn open_store(dir: &DataDir, url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
+    match url {
+        Some(url) => {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                anyhow::bail!(
+                    "--database {url}: give a PostgreSQL URL (postgres://user@host:port/name), \
+                     or leave it out for the data directory's SQLite file"
+                );
+            }
+            let url = url.to_owned();
+            let store = blocking(move || {
+                PgStore::connect(&url).with_context(|| format!("connect to the database {url}"))
+            })
+            .await?;
+            Ok(Arc::new(store))
+        }
+        None => {
+            let path = dir.database_path();
+            let store =
+                blocking(move || SqliteStore::open(&path).context("open the database")).await?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 async fn sweep_deadlines(shared: Arc<Shared>) {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The Herd coordinator: hands out WebAssembly work units to volunteer workers over QUIC,
 /// validates their results by quorum, grants credit, and serves researchers over HTTP.
@@ -12,25 +12,64 @@ use clap::Parser;
 #[command(name = "herd-coordinator", version)]
 struct Args {
     /// Directory for the database, blobs, certificate, keys and token (created if missing).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// The project's database: a PostgreSQL URL (`postgres://user@host:port/name`); without it,
+    /// `herd.sqlite` in the data directory.
+    #[arg(long, env = "HERD_DATABASE")]
+    database: Option<String>,
     /// QUIC address for workers.
     #[arg(long, default_value = "127.0.0.1:4433")]
     quic: SocketAddr,
     /// HTTP address for researchers and dashboards.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Copies the project in the data directory's SQLite file into an empty PostgreSQL
+    /// database, and checks the copy (every table's rows, the credit ledgers' totals, every
+    /// volunteer's credit) before committing it. Stop the coordinator first; afterwards start it
+    /// with `--database URL` and the same data directory (its keys, certificate and blobs).
+    Migrate {
+        /// The PostgreSQL database to copy into (`postgres://user@host:port/name`).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     herd_net::init_logging();
+    let data_dir = args
+        .data_dir
+        .context("--data-dir DIR is required: the directory of the project's files")?;
+    if let Some(Command::Migrate { to }) = args.command {
+        let database = data_dir.join("herd.sqlite");
+        let migrated = herd_store::migrate_sqlite_to_postgres(&database, &to)
+            .with_context(|| format!("migrate {} to {to}", database.display()))?;
+        for (table, rows) in &migrated.tables {
+            println!("{table:>16}: {rows} rows");
+        }
+        println!(
+            "copied and checked: {} fuel granted, {} revoked, in both. Start the coordinator \
+             with --database {to} --data-dir {}",
+            migrated.granted_fuel,
+            migrated.revoked_fuel,
+            data_dir.display()
+        );
+        return Ok(());
+    }
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
         let shutdown = herd_net::shutdown_on_signal();
         herd_coordinator::run(
             herd_coordinator::Config {
-                data_dir: args.data_dir,
+                data_dir,
+                database: args.database,
                 quic: args.quic,
                 http: args.http,
             },

@@ -1,7 +1,10 @@
 //! Storage: the coordinator's durable state, behind one seam.
 //!
-//! [`Store`] is the seam: the coordinator's shell calls only its methods, so the SQLite backend
-//! here ([`SqliteStore`]) can be joined by a PostgreSQL one without touching the coordinator.
+//! [`Store`] is the seam: the coordinator's shell calls only its methods. Two backends implement
+//! it, [`SqliteStore`] (one embedded file, the default) and [`PgStore`] (PostgreSQL, shared by
+//! several coordinators). Both run the same logic: what each call does (`operations.rs`), the
+//! hot path (`work.rs`), the reads (`reads.rs`, `researchers.rs`, `stats.rs`) are written once
+//! against [`sql::Sql`], and a backend is only how it runs SQL, commits groups and serves reads.
 //! Rows (volunteers, hosts, batches, units, replicas, the credit ledger) live in the database;
 //! bytes (modules, inputs, outputs) live in the content-addressed blob store (`herd-blobs`).
 //!
@@ -11,15 +14,26 @@
 //! Architecture Invariant: a replica is credited at most once (the ledger's `replica_id` is
 //! unique), and only after a quorum agreed on its result.
 
+mod group;
 mod live;
+mod migrate;
+mod operations;
 mod pending;
+mod postgres;
+mod reads;
+mod researchers;
+mod sql;
 mod sqlite;
+mod stats;
+mod work;
 
 use herd_lifecycle::Policy;
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey, RunResult};
 use serde::Serialize;
 
+pub use migrate::{Migrated, migrate_sqlite_to_postgres};
 pub use pending::{Answer, Pending};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A storage failure, or a request the stored state refuses.
@@ -27,6 +41,8 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("replica {0} does not exist")]
@@ -508,3 +524,26 @@ pub struct Exchange {
     /// The new replicas, at most `want`.
     pub assignments: Vec<Assignment>,
 }
+
+fn parse_hash(text: &str) -> Result<ContentHash, StoreError> {
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{e}")))
+}
+
+fn parse_result(text: &str) -> Result<RunResult, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored result: {e}")))
+}
+
+fn encode_result(result: &RunResult) -> Result<String, StoreError> {
+    serde_json::to_string(result).map_err(|e| StoreError::Corrupt(format!("encode result: {e}")))
+}
+
+/// A stored recent average, brought up to `now_ms`.
+fn rac_at(per_day: f64, as_of_ms: u64, now_ms: u64) -> f64 {
+    herd_lifecycle::RecentAverage { per_day, as_of_ms }
+        .at(now_ms)
+        .per_day
+}
+
+#[cfg(test)]
+mod tests;

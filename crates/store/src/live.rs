@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use herd_lifecycle::{HostTrust, Policy, RecentAverage, Replica, ReplicaState, Verdict, evaluate};
+use herd_lifecycle::{HostTrust, Policy, Replica, ReplicaState, Verdict, evaluate};
 use herd_protocol::{ContentHash, PublicKey};
 
 /// A batch that still has open units.
@@ -68,6 +68,10 @@ pub(crate) struct LiveUnit {
     /// One trusted host's result may validate it alone (adaptive replication).
     pub(crate) alone: bool,
     pub(crate) replicas: Vec<LiveReplica>,
+    /// Replicas of it already credited, with the fuel granted: only a unit validated alone and
+    /// reopened has any (its lone replica), which agreeing again must not credit twice and
+    /// disagreeing revokes.
+    pub(crate) credited: BTreeMap<u64, u64>,
 }
 
 /// One replica of an open unit, as the lifecycle sees it, plus its host.
@@ -110,9 +114,6 @@ pub(crate) struct Live {
     pub(crate) replicas: HashMap<u64, ReplicaRef>,
     /// Replicas in progress by deadline: `(deadline_ms, replica_id)`.
     pub(crate) deadlines: BTreeSet<(u64, u64)>,
-    /// Recent average credit of volunteers and hosts met so far (the database has the rest).
-    pub(crate) volunteer_rac: HashMap<u64, RecentAverage>,
-    pub(crate) host_rac: HashMap<u64, RecentAverage>,
 }
 
 /// A unit chosen for a new replica.
@@ -455,6 +456,7 @@ mod tests {
             seed: 0,
             alone: false,
             replicas: Vec::new(),
+            credited: BTreeMap::new(),
         }
     }
 

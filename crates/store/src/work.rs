@@ -1,22 +1,28 @@
-//! The hot path of the SQLite store: loading the live work into memory, registering hosts,
-//! creating batches, assigning, recording reports, timing out replicas and granting credit.
-//! Each operation decides from [`Live`] and writes its decision to SQLite, in the writer's group
-//! transaction; the database stays the truth and `Live` is rebuilt from it after any failure.
+//! The hot path, on any backend: loading the live work into memory, registering hosts, creating
+//! batches, assigning, recording reports, timing out replicas and granting credit. Each
+//! operation decides from [`Live`] and writes its decision through [`Sql`], in the writer's
+//! group transaction; the database stays the truth and `Live` is rebuilt from it after any
+//! failure.
 //!
 //! Rule that keeps `Live` a true mirror: an operation refuses a request (unknown host or replica,
 //! someone else's replica, a bad batch) before it changes anything; any other error marks `Live`
 //! stale, and the writer rebuilds it once the group has been rolled back or committed.
+//!
+//! The hot path reads nothing: what it needs to decide is in `Live`, ids are reserved ahead, and
+//! counters shared with other coordinators (recent average credit, trust, refusals) are updated
+//! relative to what the row holds, so a backend may hold every write until the commit.
 
 use herd_lifecycle::{
-    Adaptive, HostTrust, PPM, Policy, RecentAverage, Replica, ReplicaState, TrustChange, Verdict,
-    credit_for_fuel,
+    Adaptive, HostTrust, PPM, Policy, RAC_HALF_LIFE_MS, Replica, ReplicaState, TrustChange,
+    Verdict, credit_for_fuel,
 };
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
-use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{encode_result, parse_hash, parse_result, to_i64, to_u64};
 use crate::live::{FUEL_SUM_UNIT, Live, LiveBatch, LiveHost, LiveReplica, LiveUnit, ReplicaRef};
-use crate::{HostRecord, NewBatch, ReportEffect, StoreError};
+use crate::sql::{Row, Sequence, Sql, args};
+use crate::{
+    HostRecord, NewBatch, ReportEffect, StoreError, encode_result, parse_hash, parse_result,
+};
 
 /// Units examined per assignment request before answering "no work".
 const ASSIGN_SCAN_LIMIT: usize = 512;
@@ -26,29 +32,23 @@ const ASSIGN_SCAN_LIMIT: usize = 512;
 const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
 
 /// Columns of `batches` read by [`batch_from_row`], in its order.
-const BATCH_COLUMNS: &str = "id, module_hash, quorum, max_total_replicas, max_error_replicas,
-    replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, initial_replicas,
-    max_success_replicas, priority, trust_after, spot_check_ppm";
+pub(crate) const BATCH_COLUMNS: &str = "id, module_hash, quorum, max_total_replicas,
+    max_error_replicas, replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes,
+    initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm";
 
-fn batch_from_row(row: &rusqlite::Row<'_>) -> Result<(u64, String, LiveBatch), rusqlite::Error> {
-    let module: String = row.get(1)?;
+fn batch_from_row(row: &Row) -> Result<(u64, LiveBatch), StoreError> {
     Ok((
-        to_u64(row.get(0)?),
-        module,
+        row.u64(0)?,
         LiveBatch {
-            // Parsed by the caller (a rusqlite row closure cannot return a StoreError).
-            module: herd_protocol::ContentHash::of(b""),
+            module: parse_hash(&row.text(1)?)?,
             policy: Policy {
-                quorum: row.get(2)?,
-                max_total_replicas: row.get(3)?,
-                max_error_replicas: row.get(4)?,
-                replica_deadline_ms: to_u64(row.get(5)?),
-                initial_replicas: row.get(9)?,
-                max_success_replicas: row.get(10)?,
-                adaptive: match (
-                    row.get::<_, Option<u32>>(12)?,
-                    row.get::<_, Option<u32>>(13)?,
-                ) {
+                quorum: row.u32(2)?,
+                max_total_replicas: row.u32(3)?,
+                max_error_replicas: row.u32(4)?,
+                replica_deadline_ms: row.u64(5)?,
+                initial_replicas: row.u32(9)?,
+                max_success_replicas: row.u32(10)?,
+                adaptive: match (row.opt_u32(12)?, row.opt_u32(13)?) {
                     (Some(trust_after), Some(spot_check_ppm)) => Some(Adaptive {
                         trust_after,
                         spot_check_ppm,
@@ -56,10 +56,10 @@ fn batch_from_row(row: &rusqlite::Row<'_>) -> Result<(u64, String, LiveBatch), r
                     _ => None,
                 },
             },
-            fuel_limit: to_u64(row.get(6)?),
-            memory_limit_bytes: to_u64(row.get(7)?),
-            output_limit_bytes: to_u64(row.get(8)?),
-            priority: row.get(11)?,
+            fuel_limit: row.u64(6)?,
+            memory_limit_bytes: row.u64(7)?,
+            output_limit_bytes: row.u64(8)?,
+            priority: row.i32(11)?,
             in_flight: 0,
             open_units: 0,
             wanting: Default::default(),
@@ -70,16 +70,32 @@ fn batch_from_row(row: &rusqlite::Row<'_>) -> Result<(u64, String, LiveBatch), r
 }
 
 /// Reads a batch's credit grants into its live record (for its typical fuel).
-fn load_grants(tx: &Connection, batch_id: u64, batch: &mut LiveBatch) -> Result<(), StoreError> {
-    let (grants, fuel): (i64, i64) = tx
-        .prepare_cached(&format!(
-            "SELECT COUNT(*), COALESCE(SUM(c.fuel / {FUEL_SUM_UNIT}), 0)
+fn load_grants(tx: &mut dyn Sql, batch_id: u64, batch: &mut LiveBatch) -> Result<(), StoreError> {
+    let row = tx.query_one(
+        &format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(c.fuel / {FUEL_SUM_UNIT}), 0) AS BIGINT)
              FROM units u JOIN replicas r ON r.unit_id = u.id JOIN credit c ON c.replica_id = r.id
              WHERE u.batch_id = ?1"
-        ))?
-        .query_row([to_i64(batch_id)], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    batch.grants = to_u64(grants);
-    batch.granted_fuel = to_u64(fuel);
+        ),
+        &args![batch_id],
+    )?;
+    batch.grants = row.u64(0)?;
+    batch.granted_fuel = row.u64(1)?;
+    Ok(())
+}
+
+/// Loads one batch (with its grants) into `live`, if it is not there yet.
+fn load_batch(tx: &mut dyn Sql, live: &mut Live, batch_id: u64) -> Result<(), StoreError> {
+    if live.batches.contains_key(&batch_id) {
+        return Ok(());
+    }
+    let row = tx.query_one(
+        &format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1"),
+        &args![batch_id],
+    )?;
+    let (id, mut batch) = batch_from_row(&row)?;
+    load_grants(tx, id, &mut batch)?;
+    live.batches.insert(id, batch);
     Ok(())
 }
 
@@ -90,57 +106,49 @@ fn host_key(bytes: Vec<u8>, host_id: u64) -> Result<PublicKey, StoreError> {
 }
 
 /// Reads a host's row into a [`LiveHost`] (with nothing in flight), or `None`.
-fn load_host(tx: &Connection, host_id: u64) -> Result<Option<LiveHost>, StoreError> {
-    let row: Option<(i64, u32, Vec<u8>, i64, u32)> = tx
-        .prepare_cached(
-            "SELECT volunteer_id, cores, public_key, last_seen_ms, consecutive_valid
-             FROM hosts WHERE id = ?1",
-        )?
-        .query_row([to_i64(host_id)], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
-        })
-        .optional()?;
-    let Some((volunteer_id, cores, key, last_seen_ms, consecutive_valid)) = row else {
+fn load_host(tx: &mut dyn Sql, host_id: u64) -> Result<Option<LiveHost>, StoreError> {
+    let Some(row) = tx.query_row(
+        "SELECT volunteer_id, cores, public_key, last_seen_ms, consecutive_valid
+         FROM hosts WHERE id = ?1",
+        &args![host_id],
+    )?
+    else {
         return Ok(None);
     };
     Ok(Some(LiveHost {
-        volunteer_id: to_u64(volunteer_id),
-        cores,
-        key: host_key(key, host_id)?,
-        last_seen_ms: to_u64(last_seen_ms),
-        trust: HostTrust { consecutive_valid },
+        volunteer_id: row.u64(0)?,
+        cores: row.u32(1)?,
+        key: host_key(row.blob(2)?, host_id)?,
+        last_seen_ms: row.u64(3)?,
+        trust: HostTrust {
+            consecutive_valid: row.u32(4)?,
+        },
         in_flight: Default::default(),
     }))
 }
 
 /// Builds the live work from the database: batches with open units, their open units and
 /// replicas, replicas in progress of closed units, and the hosts holding work.
-pub(super) fn load_live(tx: &Connection) -> Result<Live, StoreError> {
+pub(crate) fn load_live(tx: &mut dyn Sql) -> Result<Live, StoreError> {
     let mut live = Live::default();
-    let batches: Vec<(u64, String, LiveBatch)> = tx
-        .prepare(&format!(
+    let rows = tx.query(
+        &format!(
             "SELECT {BATCH_COLUMNS} FROM batches b
              WHERE EXISTS (SELECT 1 FROM units u WHERE u.batch_id = b.id AND u.state = 'open')"
-        ))?
-        .query_map([], batch_from_row)?
-        .collect::<Result<_, _>>()?;
-    for (id, module, mut batch) in batches {
-        batch.module = parse_hash(&module)?;
+        ),
+        &[],
+    )?;
+    for row in rows {
+        let (id, mut batch) = batch_from_row(&row)?;
         load_grants(tx, id, &mut batch)?;
         live.batches.insert(id, batch);
     }
-    let host_ids: Vec<i64> = tx
-        .prepare("SELECT DISTINCT host_id FROM replicas WHERE state = 'in_progress'")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    for host_id in host_ids {
-        let host_id = to_u64(host_id);
+    let host_ids = tx.query(
+        "SELECT DISTINCT host_id FROM replicas WHERE state = 'in_progress'",
+        &[],
+    )?;
+    for row in host_ids {
+        let host_id = row.u64(0)?;
         let host = load_host(tx, host_id)?.ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "a replica is held by host {host_id}, which does not exist"
@@ -149,32 +157,21 @@ pub(super) fn load_live(tx: &Connection) -> Result<Live, StoreError> {
         live.hosts.insert(host_id, host);
     }
     load_open_units(tx, &mut live, None)?;
-    let orphans: Vec<(i64, i64, i64, i64, i64, i64)> = tx
-        .prepare(
-            "SELECT r.id, r.unit_id, u.batch_id, r.host_id, r.volunteer_id, r.deadline_ms
-             FROM replicas r JOIN units u ON u.id = r.unit_id
-             WHERE r.state = 'in_progress' AND u.state != 'open'",
-        )?
-        .query_map([], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (id, unit_id, batch_id, host_id, volunteer_id, deadline_ms) in orphans {
+    let orphans = tx.query(
+        "SELECT r.id, r.unit_id, u.batch_id, r.host_id, r.volunteer_id, r.deadline_ms
+         FROM replicas r JOIN units u ON u.id = r.unit_id
+         WHERE r.state = 'in_progress' AND u.state != 'open'",
+        &[],
+    )?;
+    for row in orphans {
         live.insert_orphan_in_progress(
-            to_u64(id),
+            row.u64(0)?,
             ReplicaRef {
-                unit_id: to_u64(unit_id),
-                batch_id: to_u64(batch_id),
-                host_id: to_u64(host_id),
-                volunteer_id: to_u64(volunteer_id),
-                deadline_ms: Some(to_u64(deadline_ms)),
+                unit_id: row.u64(1)?,
+                batch_id: row.u64(2)?,
+                host_id: row.u64(3)?,
+                volunteer_id: row.u64(4)?,
+                deadline_ms: Some(row.u64(5)?),
             },
         );
     }
@@ -185,72 +182,64 @@ pub(super) fn load_live(tx: &Connection) -> Result<Live, StoreError> {
 /// Loads open units and their replicas into `live`: every open unit, or only `unit_id`. Their
 /// batch must be live already.
 fn load_open_units(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     live: &mut Live,
     unit_id: Option<u64>,
 ) -> Result<(), StoreError> {
-    let only = unit_id.map(to_i64);
     let mut replicas: std::collections::HashMap<u64, Vec<LiveReplica>> = Default::default();
-    {
-        let mut statement = tx.prepare_cached(
-            "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result
-             FROM replicas r JOIN units u ON u.id = r.unit_id
-             WHERE u.state = 'open' AND (?1 IS NULL OR u.id = ?1)",
-        )?;
-        let rows = statement.query_map([only], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, i64>(5)?,
-                row.get::<_, Option<String>>(6)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, unit_id, host_id, volunteer_id, state, deadline_ms, result) = row?;
-            let state = replica_state(to_u64(id), &state, to_u64(deadline_ms), result)?;
-            replicas
-                .entry(to_u64(unit_id))
-                .or_default()
-                .push(LiveReplica {
-                    replica: Replica {
-                        id: to_u64(id),
-                        volunteer_id: to_u64(volunteer_id),
-                        state,
-                    },
-                    host_id: to_u64(host_id),
-                });
-        }
+    let rows = tx.query(
+        "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result
+         FROM replicas r JOIN units u ON u.id = r.unit_id
+         WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1)",
+        &args![unit_id],
+    )?;
+    for row in rows {
+        let id = row.u64(0)?;
+        let state = replica_state(id, &row.text(4)?, row.u64(5)?, row.opt_text(6)?)?;
+        replicas.entry(row.u64(1)?).or_default().push(LiveReplica {
+            replica: Replica {
+                id,
+                volunteer_id: row.u64(3)?,
+                state,
+            },
+            host_id: row.u64(2)?,
+        });
     }
-    let units: Vec<(i64, i64, String, i64, bool)> = tx
-        .prepare_cached(
-            "SELECT id, batch_id, input_hash, seed, alone FROM units
-             WHERE state = 'open' AND (?1 IS NULL OR id = ?1)",
-        )?
-        .query_map([only], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (unit_id, batch_id, input, seed, alone) in units {
-        let unit_id = to_u64(unit_id);
+    // Credit already granted to replicas of open units (a unit validated alone, reopened): their
+    // agreement later must not grant it again, their disagreement revokes it.
+    let mut credited: std::collections::HashMap<u64, std::collections::BTreeMap<u64, u64>> =
+        Default::default();
+    let rows = tx.query(
+        "SELECT r.unit_id, c.replica_id, c.fuel
+         FROM credit c JOIN replicas r ON r.id = c.replica_id JOIN units u ON u.id = r.unit_id
+         WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1)
+           AND NOT EXISTS (SELECT 1 FROM credit_revoked x WHERE x.replica_id = c.replica_id)",
+        &args![unit_id],
+    )?;
+    for row in rows {
+        credited
+            .entry(row.u64(0)?)
+            .or_default()
+            .insert(row.u64(1)?, row.u64(2)?);
+    }
+    let units = tx.query(
+        "SELECT id, batch_id, input_hash, seed, alone FROM units
+         WHERE state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR id = ?1)",
+        &args![unit_id],
+    )?;
+    for row in units {
+        let unit_id = row.u64(0)?;
         let mut unit_replicas = replicas.remove(&unit_id).unwrap_or_default();
         unit_replicas.sort_by_key(|r| r.replica.id);
         live.insert_unit(
             unit_id,
             LiveUnit {
-                batch_id: to_u64(batch_id),
-                input: parse_hash(&input)?,
-                seed: to_u64(seed),
-                alone,
+                batch_id: row.u64(1)?,
+                input: parse_hash(&row.text(2)?)?,
+                seed: row.u64(3)?,
+                alone: row.bool(4)?,
                 replicas: unit_replicas,
+                credited: credited.remove(&unit_id).unwrap_or_default(),
             },
         );
     }
@@ -282,8 +271,8 @@ fn replica_state(
 /// host already registered to it, and a host joining it may name its team or none.
 ///
 /// [`Store::register_host`]: crate::Store::register_host
-pub(super) fn register_host(
-    tx: &Connection,
+pub(crate) fn register_host(
+    tx: &mut dyn Sql,
     live: &mut Live,
     key: &PublicKey,
     volunteer: &str,
@@ -291,28 +280,39 @@ pub(super) fn register_host(
     cores: u32,
     now_ms: u64,
 ) -> Result<HostRecord, StoreError> {
-    let host_owner: Option<i64> = tx
-        .prepare_cached("SELECT volunteer_id FROM hosts WHERE public_key = ?1")?
-        .query_row([&key.0[..]], |row| row.get(0))
-        .optional()?;
-    let existing: Option<(i64, Option<String>)> = tx
-        .prepare_cached("SELECT id, team FROM volunteers WHERE name = ?1")?
-        .query_row([volunteer], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
+    let host_owner = match tx.query_row(
+        "SELECT volunteer_id FROM hosts WHERE public_key = ?1",
+        &args![&key.0[..]],
+    )? {
+        Some(row) => Some(row.u64(0)?),
+        None => None,
+    };
+    let existing = match tx.query_row(
+        "SELECT id, team FROM volunteers WHERE name = ?1",
+        &args![volunteer],
+    )? {
+        Some(row) => Some((row.u64(0)?, row.opt_text(1)?)),
+        None => None,
+    };
     // The volunteer, and whether this hello sets (or changes) its team.
     let (volunteer_id, sets_team) = match existing {
         None => {
-            tx.prepare_cached(
-                "INSERT INTO volunteers (name, team, created_ms) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![volunteer, team, to_i64(now_ms)])?;
-            (tx.last_insert_rowid(), true)
+            let id = tx
+                .query_one(
+                    "INSERT INTO volunteers (name, team, created_ms) VALUES (?1, ?2, ?3)
+                     RETURNING id",
+                    &args![volunteer, team, now_ms],
+                )?
+                .u64(0)?;
+            (id, true)
         }
         Some((id, current)) if current.as_deref() == team => (id, false),
         Some((id, _)) if host_owner == Some(id) => {
             // One of the volunteer's own hosts: it may change the team (or leave it).
-            tx.prepare_cached("UPDATE volunteers SET team = ?2 WHERE id = ?1")?
-                .execute(params![id, team])?;
+            tx.execute(
+                "UPDATE volunteers SET team = ?2 WHERE id = ?1",
+                &args![id, team],
+            )?;
             (id, true)
         }
         // A host joining an existing volunteer without naming a team joins it as it is.
@@ -327,21 +327,21 @@ pub(super) fn register_host(
         }
     };
     if sets_team && let Some(team) = team {
-        tx.prepare_cached("INSERT OR IGNORE INTO teams (name, created_ms) VALUES (?1, ?2)")?
-            .execute(params![team, to_i64(now_ms)])?;
+        tx.execute(
+            "INSERT INTO teams (name, created_ms) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            &args![team, now_ms],
+        )?;
     }
-    tx.prepare_cached(
+    let row = tx.query_one(
         "INSERT INTO hosts (public_key, volunteer_id, cores, registered_ms, last_seen_ms)
          VALUES (?1, ?2, ?3, ?4, ?4)
          ON CONFLICT (public_key) DO UPDATE SET
             volunteer_id = excluded.volunteer_id, cores = excluded.cores,
-            last_seen_ms = excluded.last_seen_ms",
-    )?
-    .execute(params![&key.0[..], volunteer_id, cores, to_i64(now_ms)])?;
-    let (host_id, consecutive_valid): (i64, u32) = tx
-        .prepare_cached("SELECT id, consecutive_valid FROM hosts WHERE public_key = ?1")?
-        .query_row([&key.0[..]], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    let (host_id, volunteer_id) = (to_u64(host_id), to_u64(volunteer_id));
+            last_seen_ms = excluded.last_seen_ms
+         RETURNING id, consecutive_valid",
+        &args![&key.0[..], volunteer_id, cores, now_ms],
+    )?;
+    let (host_id, consecutive_valid) = (row.u64(0)?, row.u32(1)?);
     let host = live.hosts.entry(host_id).or_insert_with(|| LiveHost {
         volunteer_id,
         cores,
@@ -354,6 +354,7 @@ pub(super) fn register_host(
     host.cores = cores;
     host.key = *key;
     host.last_seen_ms = now_ms;
+    host.trust = HostTrust { consecutive_valid };
     Ok(HostRecord {
         host_id,
         volunteer_id,
@@ -362,8 +363,8 @@ pub(super) fn register_host(
 }
 
 /// Creates a batch and its units (the caller validated the policy).
-pub(super) fn create_batch(
-    tx: &Connection,
+pub(crate) fn create_batch(
+    tx: &mut dyn Sql,
     live: &mut Live,
     batch: &NewBatch,
     now_ms: u64,
@@ -372,60 +373,57 @@ pub(super) fn create_batch(
     let mut checked = std::collections::HashSet::new();
     for hash in std::iter::once(&batch.module).chain(batch.units.iter().map(|u| &u.input)) {
         if checked.insert(*hash)
-            && !super::researchers::blob_visible(tx, batch.researcher_id, &hash.to_hex())?
+            && !crate::researchers::blob_visible(tx, batch.researcher_id, &hash.to_hex())?
         {
             return Err(StoreError::BlobMissing(*hash));
         }
     }
+    let mut names = std::collections::HashSet::with_capacity(batch.units.len());
+    if let Some(twice) = batch.units.iter().find(|u| !names.insert(u.name.as_str())) {
+        return Err(StoreError::Invalid(format!(
+            "unit name `{}` appears twice",
+            twice.name
+        )));
+    }
+    let batch_id = tx.reserve_id(Sequence::Batches)?;
+    let unit_ids = tx.reserve_ids(Sequence::Units, batch.units.len())?;
     tx.execute(
-        "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
+        "INSERT INTO batches (id, module_hash, quorum, max_total_replicas, max_error_replicas,
             replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
             initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm,
             researcher_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        &args![
+            batch_id,
             batch.module.to_hex(),
             batch.policy.quorum,
             batch.policy.max_total_replicas,
             batch.policy.max_error_replicas,
-            to_i64(batch.policy.replica_deadline_ms),
-            to_i64(batch.fuel_limit),
-            to_i64(batch.memory_limit_bytes),
-            to_i64(batch.output_limit_bytes),
-            to_i64(now_ms),
+            batch.policy.replica_deadline_ms,
+            batch.fuel_limit,
+            batch.memory_limit_bytes,
+            batch.output_limit_bytes,
+            now_ms,
             batch.policy.initial_replicas,
             batch.policy.max_success_replicas,
             batch.priority,
             batch.policy.adaptive.map(|a| a.trust_after),
             batch.policy.adaptive.map(|a| a.spot_check_ppm),
-            to_i64(batch.researcher_id),
+            batch.researcher_id,
         ],
     )?;
-    let batch_id = to_u64(tx.last_insert_rowid());
-    let mut unit_ids = Vec::with_capacity(batch.units.len());
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO units (batch_id, name, input_hash, seed, state)
-             VALUES (?1, ?2, ?3, ?4, 'open')",
+    for (unit, unit_id) in batch.units.iter().zip(&unit_ids) {
+        tx.execute(
+            "INSERT INTO units (id, batch_id, name, input_hash, seed, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'open')",
+            &args![
+                *unit_id,
+                batch_id,
+                &unit.name,
+                unit.input.to_hex(),
+                unit.seed
+            ],
         )?;
-        for unit in &batch.units {
-            insert
-                .execute(params![
-                    to_i64(batch_id),
-                    unit.name,
-                    unit.input.to_hex(),
-                    to_i64(unit.seed)
-                ])
-                .map_err(|e| match e {
-                    rusqlite::Error::SqliteFailure(f, _)
-                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                    {
-                        StoreError::Invalid(format!("unit name `{}` appears twice", unit.name))
-                    }
-                    other => StoreError::Database(other),
-                })?;
-            unit_ids.push(to_u64(tx.last_insert_rowid()));
-        }
     }
     live.batches.insert(
         batch_id,
@@ -452,6 +450,7 @@ pub(super) fn create_batch(
                 seed: unit.seed,
                 alone: false,
                 replicas: Vec::new(),
+                credited: Default::default(),
             },
         );
     }
@@ -460,7 +459,7 @@ pub(super) fn create_batch(
 
 /// The live host, loaded from its row if it is not in memory yet.
 fn live_host<'a>(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     live: &'a mut Live,
     host_id: u64,
 ) -> Result<&'a mut LiveHost, StoreError> {
@@ -473,8 +472,8 @@ fn live_host<'a>(
     }
 }
 
-pub(super) fn assign(
-    tx: &Connection,
+pub(crate) fn assign(
+    tx: &mut dyn Sql,
     live: &mut Live,
     host_id: u64,
     fuel_per_second: Option<u64>,
@@ -482,10 +481,16 @@ pub(super) fn assign(
 ) -> Result<Option<Assignment>, StoreError> {
     let host = live_host(tx, live, host_id)?;
     if host.last_seen_ms.saturating_add(LAST_SEEN_RESOLUTION_MS) < now_ms {
-        tx.prepare_cached("UPDATE hosts SET last_seen_ms = ?2 WHERE id = ?1")?
-            .execute(params![to_i64(host_id), to_i64(now_ms)])?;
         host.last_seen_ms = now_ms;
+        // Never backwards: another coordinator may have seen the host later.
+        tx.execute(
+            "UPDATE hosts SET last_seen_ms = ?2 WHERE id = ?1 AND last_seen_ms < ?2",
+            &args![host_id, now_ms],
+        )?;
     }
+    let Some(host) = live.hosts.get(&host_id) else {
+        return Err(StoreError::UnknownHost);
+    };
     if host.in_flight.len() >= host.cores as usize {
         return Ok(None);
     }
@@ -508,24 +513,8 @@ pub(super) fn assign(
         && batch.policy.adaptive.is_some()
         && trust.may_go_alone(&batch.policy, spot_check_draw()?);
     let deadline_ms = now_ms.saturating_add(batch.policy.replica_deadline_ms);
-    tx.prepare_cached(
-        "INSERT INTO replicas (unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'in_progress')",
-    )?
-    .execute(params![
-        to_i64(pick.unit_id),
-        to_i64(host_id),
-        to_i64(volunteer_id),
-        to_i64(now_ms),
-        to_i64(deadline_ms)
-    ])?;
-    let replica_id = to_u64(tx.last_insert_rowid());
-    if alone {
-        tx.prepare_cached("UPDATE units SET alone = 1 WHERE id = ?1")?
-            .execute([to_i64(pick.unit_id)])?;
-    }
     let assignment = Assignment {
-        replica_id,
+        replica_id: 0,
         unit_id: pick.unit_id,
         batch_id: pick.batch_id,
         host_key: key,
@@ -537,6 +526,25 @@ pub(super) fn assign(
         output_limit_bytes: batch.output_limit_bytes,
         deadline_ms,
     };
+    let replica_id = tx.reserve_id(Sequence::Replicas)?;
+    tx.execute(
+        "INSERT INTO replicas (id, unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_progress')",
+        &args![
+            replica_id,
+            pick.unit_id,
+            host_id,
+            volunteer_id,
+            now_ms,
+            deadline_ms
+        ],
+    )?;
+    if alone {
+        tx.execute(
+            "UPDATE units SET alone = 1 WHERE id = ?1",
+            &args![pick.unit_id],
+        )?;
+    }
     if let Some(unit) = live.units.get_mut(&pick.unit_id) {
         unit.alone = alone;
     }
@@ -550,7 +558,10 @@ pub(super) fn assign(
         host_id,
         deadline_ms,
     );
-    Ok(Some(assignment))
+    Ok(Some(Assignment {
+        replica_id,
+        ..assignment
+    }))
 }
 
 /// A uniform draw in `0..PPM` from the operating system's secure source, for spot checks.
@@ -563,41 +574,41 @@ fn spot_check_draw() -> Result<u32, StoreError> {
 
 /// Writes a report into the replica's row.
 fn write_report(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     replica_id: u64,
     outcome: &Outcome,
     now_ms: u64,
 ) -> Result<ReplicaState, StoreError> {
     Ok(match outcome {
         Outcome::Countable(result) => {
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE replicas SET state = 'reported', result = ?2, reported_ms = ?3,
                                      output_hash = ?4
                  WHERE id = ?1",
-            )?
-            .execute(params![
-                to_i64(replica_id),
-                encode_result(result)?,
-                to_i64(now_ms),
-                result.output_hash.to_hex()
-            ])?;
+                &args![
+                    replica_id,
+                    encode_result(result)?,
+                    now_ms,
+                    result.output_hash.to_hex()
+                ],
+            )?;
             ReplicaState::Reported(result.clone())
         }
         Outcome::Aborted(reason) => {
             let reason =
                 serde_json::to_string(reason).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE replicas SET state = 'aborted', abort_reason = ?2, reported_ms = ?3
                  WHERE id = ?1",
-            )?
-            .execute(params![to_i64(replica_id), reason, to_i64(now_ms)])?;
+                &args![replica_id, reason, now_ms],
+            )?;
             ReplicaState::Aborted
         }
     })
 }
 
-pub(super) fn record_report(
-    tx: &Connection,
+pub(crate) fn record_report(
+    tx: &mut dyn Sql,
     live: &mut Live,
     host_id: u64,
     replica_id: u64,
@@ -649,52 +660,42 @@ pub(super) fn record_report(
 /// A report for a replica `Live` does not hold: unknown, someone else's, a repeat, or a late
 /// report of a timed-out replica whose unit has closed since. Rare, so answered from SQL.
 fn record_report_of_closed_unit(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     live: &mut Live,
     host_id: u64,
     replica_id: u64,
     outcome: &Outcome,
     now_ms: u64,
 ) -> Result<ReportEffect, StoreError> {
-    let row: Option<(i64, i64, i64, String, i64)> = tx
-        .prepare_cached(
-            "SELECT r.unit_id, r.host_id, r.volunteer_id, r.state, u.batch_id
-             FROM replicas r JOIN units u ON u.id = r.unit_id WHERE r.id = ?1",
-        )?
-        .query_row([to_i64(replica_id)], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
-        })
-        .optional()?;
-    let Some((unit_id, owner, volunteer_id, state, batch_id)) = row else {
+    let Some(row) = tx.query_row(
+        "SELECT r.unit_id, r.host_id, r.volunteer_id, r.state, u.batch_id
+         FROM replicas r JOIN units u ON u.id = r.unit_id WHERE r.id = ?1",
+        &args![replica_id],
+    )?
+    else {
         return Err(StoreError::UnknownReplica(replica_id));
     };
-    if to_u64(owner) != host_id {
+    if row.u64(1)? != host_id {
         return Err(StoreError::NotYourReplica { replica_id });
     }
-    if state != "timed_out" {
+    if row.text(3)? != "timed_out" {
         return Ok(ReportEffect::Duplicate);
     }
     write_report(tx, replica_id, outcome, now_ms)?;
     let reference = ReplicaRef {
-        unit_id: to_u64(unit_id),
-        batch_id: to_u64(batch_id),
+        unit_id: row.u64(0)?,
+        batch_id: row.u64(4)?,
         host_id,
-        volunteer_id: to_u64(volunteer_id),
+        volunteer_id: row.u64(2)?,
         deadline_ms: None,
     };
     check_late(tx, live, &reference, replica_id, outcome, now_ms)
 }
 
 /// A late report for a unit that has closed: checked against the canonical result, credited if
-/// it agrees.
+/// it agrees. (A late replica was timed out when its unit closed, so it was never credited.)
 fn check_late(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     live: &mut Live,
     reference: &ReplicaRef,
     replica_id: u64,
@@ -704,11 +705,13 @@ fn check_late(
     let Outcome::Countable(result) = outcome else {
         return Ok(ReportEffect::Recorded);
     };
-    let canonical: Option<String> = tx
-        .prepare_cached("SELECT canonical FROM units WHERE id = ?1 AND state = 'validated'")?
-        .query_row([to_i64(reference.unit_id)], |row| row.get(0))
-        .optional()?
-        .flatten();
+    let canonical = match tx.query_row(
+        "SELECT canonical FROM units WHERE id = ?1 AND state = 'validated'",
+        &args![reference.unit_id],
+    )? {
+        Some(row) => row.opt_text(0)?,
+        None => None,
+    };
     let Some(canonical) = canonical else {
         return Ok(ReportEffect::Recorded);
     };
@@ -717,7 +720,7 @@ fn check_late(
     if agreed {
         grant(tx, live, replica_id, reference, canonical.fuel, now_ms)?;
     } else {
-        judge_invalid(tx, live, replica_id, now_ms)?;
+        judge_invalid(tx, live, replica_id, reference, None, now_ms)?;
     }
     Ok(ReportEffect::LateChecked { agreed })
 }
@@ -725,7 +728,7 @@ fn check_late(
 /// Applies the lifecycle's verdict for an open unit: on validation, grants credit, marks the
 /// disagreeing replicas invalid, and moves their hosts' trust (adaptive replication).
 fn settle(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     live: &mut Live,
     unit_id: u64,
     now_ms: u64,
@@ -741,20 +744,20 @@ fn settle(
         })
     {
         unit.alone = false;
-        tx.prepare_cached("UPDATE units SET alone = 0 WHERE id = ?1")?
-            .execute([to_i64(unit_id)])?;
+        tx.execute("UPDATE units SET alone = 0 WHERE id = ?1", &args![unit_id])?;
     }
     let verdict = live
         .verdict(unit_id)
         .ok_or_else(|| StoreError::Corrupt(format!("unit {unit_id} is not live")))?;
-    let (alone, adaptive) = match live.units.get(&unit_id) {
+    let (alone, adaptive, credited) = match live.units.get(&unit_id) {
         Some(unit) => (
             unit.alone,
             live.batches
                 .get(&unit.batch_id)
                 .is_some_and(|b| b.policy.adaptive.is_some()),
+            unit.credited.clone(),
         ),
-        None => (false, false),
+        None => (false, false, Default::default()),
     };
     match &verdict {
         Verdict::Validated {
@@ -762,34 +765,42 @@ fn settle(
             agreeing,
             disagreeing,
         } => {
-            let mut references = Vec::with_capacity(agreeing.len());
-            for replica_id in agreeing {
-                references.push(live.replicas.get(replica_id).copied().ok_or_else(|| {
-                    StoreError::Corrupt(format!("replica {replica_id} is not live"))
-                })?);
-            }
+            let reference = |live: &Live, replica_id: &u64| {
+                live.replicas
+                    .get(replica_id)
+                    .copied()
+                    .ok_or_else(|| StoreError::Corrupt(format!("replica {replica_id} is not live")))
+            };
+            let agreeing: Vec<(u64, ReplicaRef)> = agreeing
+                .iter()
+                .map(|id| Ok((*id, reference(live, id)?)))
+                .collect::<Result<_, StoreError>>()?;
+            let disagreeing: Vec<(u64, ReplicaRef)> = disagreeing
+                .iter()
+                .map(|id| Ok((*id, reference(live, id)?)))
+                .collect::<Result<_, StoreError>>()?;
             // A unit validated alone remembers its host and replica until a check of a later
             // replica of that host confirms it.
-            let alone_host = references
-                .first()
-                .filter(|_| alone)
-                .map(|r| to_i64(r.host_id));
-            let alone_replica = agreeing.first().filter(|_| alone).map(|id| to_i64(*id));
-            tx.prepare_cached(
+            let lone = agreeing.first().filter(|_| alone);
+            tx.execute(
                 "UPDATE units SET state = 'validated', canonical = ?2, alone_host_id = ?3,
                                   alone_replica_id = ?4, settled_ms = ?5
                  WHERE id = ?1",
-            )?
-            .execute(params![
-                to_i64(unit_id),
-                encode_result(canonical)?,
-                alone_host,
-                alone_replica,
-                to_i64(now_ms)
-            ])?;
+                &args![
+                    unit_id,
+                    encode_result(canonical)?,
+                    lone.map(|(_, r)| r.host_id),
+                    lone.map(|(id, _)| *id),
+                    now_ms
+                ],
+            )?;
             live.close_unit(unit_id);
-            for (replica_id, reference) in agreeing.iter().zip(&references) {
-                grant(tx, live, *replica_id, reference, canonical.fuel, now_ms)?;
+            for (replica_id, reference) in &agreeing {
+                if !credited.contains_key(replica_id) {
+                    grant(tx, live, *replica_id, reference, canonical.fuel, now_ms)?;
+                } else {
+                    mark_valid(tx, *replica_id)?;
+                }
                 if adaptive && !alone {
                     change_trust(
                         tx,
@@ -800,15 +811,16 @@ fn settle(
                     )?;
                 }
             }
-            for replica_id in disagreeing {
-                judge_invalid(tx, live, *replica_id, now_ms)?;
+            for (replica_id, reference) in &disagreeing {
+                let credited_fuel = credited.get(replica_id).copied();
+                judge_invalid(tx, live, *replica_id, reference, credited_fuel, now_ms)?;
             }
         }
         Verdict::Failed { reason } => {
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE units SET state = 'failed', failure = ?2, settled_ms = ?3 WHERE id = ?1",
-            )?
-            .execute(params![to_i64(unit_id), reason, to_i64(now_ms)])?;
+                &args![unit_id, reason, now_ms],
+            )?;
             live.close_unit(unit_id);
         }
         Verdict::Open { .. } => live.refresh_wanting(unit_id),
@@ -816,206 +828,187 @@ fn settle(
     Ok(verdict)
 }
 
-/// A replica's result disagrees with its unit's canonical result: it is invalid, any credit it
-/// was granted (validated alone, then overturned) is revoked, and its host loses its trust.
+/// A replica's result disagrees with its unit's canonical result: it is invalid, the credit it
+/// was granted (`credited_fuel`: validated alone, then overturned) is revoked, and its host
+/// loses its trust.
 fn judge_invalid(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     live: &mut Live,
     replica_id: u64,
+    reference: &ReplicaRef,
+    credited_fuel: Option<u64>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE replicas SET validity = 'invalid' WHERE id = ?1")?
-        .execute([to_i64(replica_id)])?;
-    let revoked = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO credit_revoked (replica_id, volunteer_id, host_id, fuel, revoked_ms)
-             SELECT replica_id, volunteer_id, host_id, fuel, ?2 FROM credit WHERE replica_id = ?1",
-        )?
-        .execute(params![to_i64(replica_id), to_i64(now_ms)])?;
-    let (volunteer_id, host_id): (i64, i64) = tx
-        .prepare_cached("SELECT volunteer_id, host_id FROM replicas WHERE id = ?1")?
-        .query_row([to_i64(replica_id)], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    if revoked == 1 {
-        let fuel: i64 = tx
-            .prepare_cached("SELECT fuel FROM credit_revoked WHERE replica_id = ?1")?
-            .query_row([to_i64(replica_id)], |row| row.get(0))?;
-        let credit = -credit_for_fuel(to_u64(fuel));
-        update_rac(
-            tx,
-            &mut live.volunteer_rac,
-            "volunteers",
-            to_u64(volunteer_id),
-            credit,
-            now_ms,
+    tx.execute(
+        "UPDATE replicas SET validity = 'invalid' WHERE id = ?1",
+        &args![replica_id],
+    )?;
+    if let Some(fuel) = credited_fuel {
+        tx.execute(
+            "INSERT INTO credit_revoked (replica_id, volunteer_id, host_id, fuel, revoked_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (replica_id) DO NOTHING",
+            &args![
+                replica_id,
+                reference.volunteer_id,
+                reference.host_id,
+                fuel,
+                now_ms
+            ],
         )?;
-        update_rac(
-            tx,
-            &mut live.host_rac,
-            "hosts",
-            to_u64(host_id),
-            credit,
-            now_ms,
-        )?;
+        let credit = -credit_for_fuel(fuel);
+        add_recent_credit(tx, "volunteers", reference.volunteer_id, credit, now_ms)?;
+        add_recent_credit(tx, "hosts", reference.host_id, credit, now_ms)?;
     }
-    change_trust(tx, live, to_u64(host_id), TrustChange::Invalid, replica_id)
+    change_trust(
+        tx,
+        live,
+        reference.host_id,
+        TrustChange::Invalid,
+        replica_id,
+    )
 }
 
 /// Moves a host's trust after the judgement of its replica `replica_id`. A checked valid result
 /// confirms the units it validated alone with earlier replicas; an invalid one reopens every
 /// unconfirmed one (back to full replication, the lone result kept as one replica among those
-/// that will now judge it).
+/// that will now judge it). The row is changed relative to what it holds, as
+/// [`HostTrust::after`] does, so two coordinators judging one host's replicas never undo each
+/// other.
 fn change_trust(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     live: &mut Live,
     host_id: u64,
     change: TrustChange,
     replica_id: u64,
 ) -> Result<(), StoreError> {
-    let trust = match live.hosts.get(&host_id) {
-        Some(host) => host.trust,
-        None => load_host(tx, host_id)?.map(|h| h.trust).unwrap_or_default(),
-    }
-    .after(change);
-    tx.prepare_cached("UPDATE hosts SET consecutive_valid = ?2 WHERE id = ?1")?
-        .execute(params![to_i64(host_id), trust.consecutive_valid])?;
     if let Some(host) = live.hosts.get_mut(&host_id) {
-        host.trust = trust;
+        host.trust = host.trust.after(change);
     }
     match change {
         TrustChange::ValidChecked => {
-            tx.prepare_cached(
+            tx.execute(
+                "UPDATE hosts SET consecutive_valid = consecutive_valid + 1 WHERE id = ?1",
+                &args![host_id],
+            )?;
+            tx.execute(
                 "UPDATE units SET alone_host_id = NULL, alone_replica_id = NULL
                  WHERE alone_host_id = ?1 AND alone_replica_id < ?2",
-            )?
-            .execute([to_i64(host_id), to_i64(replica_id)])?;
+                &args![host_id, replica_id],
+            )?;
         }
-        TrustChange::Invalid => reopen_alone_units(tx, live, host_id)?,
+        TrustChange::Invalid => {
+            tx.execute(
+                "UPDATE hosts SET consecutive_valid = 0 WHERE id = ?1",
+                &args![host_id],
+            )?;
+            reopen_alone_units(tx, live, host_id)?;
+        }
     }
     Ok(())
 }
 
 /// Reopens the units `host_id` validated alone and no check has confirmed since.
-fn reopen_alone_units(tx: &Connection, live: &mut Live, host_id: u64) -> Result<(), StoreError> {
-    let units: Vec<(i64, i64)> = tx
-        .prepare_cached(
-            "SELECT id, batch_id FROM units WHERE alone_host_id = ?1 AND state = 'validated'",
-        )?
-        .query_map([to_i64(host_id)], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+fn reopen_alone_units(tx: &mut dyn Sql, live: &mut Live, host_id: u64) -> Result<(), StoreError> {
+    let units = tx.query(
+        "SELECT id, batch_id FROM units WHERE alone_host_id = ?1 AND state = 'validated'",
+        &args![host_id],
+    )?;
     if units.is_empty() {
         return Ok(());
     }
-    for (unit_id, batch_id) in &units {
-        tx.prepare_cached(
+    for row in units {
+        let (unit_id, batch_id) = (row.u64(0)?, row.u64(1)?);
+        tx.execute(
             "UPDATE units SET state = 'open', canonical = NULL, alone = 0, alone_host_id = NULL,
                               alone_replica_id = NULL
              WHERE id = ?1",
-        )?
-        .execute([unit_id])?;
-        tx.prepare_cached(
+            &args![unit_id],
+        )?;
+        tx.execute(
             "UPDATE replicas SET validity = 'pending' WHERE unit_id = ?1 AND state = 'reported'",
-        )?
-        .execute([unit_id])?;
-        let batch_id = to_u64(*batch_id);
-        if !live.batches.contains_key(&batch_id) {
-            let (id, module, mut batch) = tx
-                .prepare_cached(&format!(
-                    "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1"
-                ))?
-                .query_row([to_i64(batch_id)], batch_from_row)?;
-            batch.module = parse_hash(&module)?;
-            load_grants(tx, id, &mut batch)?;
-            live.batches.insert(id, batch);
-        }
-        load_open_units(tx, live, Some(to_u64(*unit_id)))?;
+            &args![unit_id],
+        )?;
+        load_batch(tx, live, batch_id)?;
+        load_open_units(tx, live, Some(unit_id))?;
     }
     // Replicas of those units still in progress now belong to open units again.
     live.recount_in_flight();
     Ok(())
 }
 
-/// Marks a replica valid and writes its credit grant to the ledger (once: the ledger's
-/// `replica_id` is unique), updating its volunteer's and host's recent average credit.
+fn mark_valid(tx: &mut dyn Sql, replica_id: u64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE replicas SET validity = 'valid' WHERE id = ?1",
+        &args![replica_id],
+    )
+}
+
+/// Marks a replica valid and writes its credit grant to the ledger, updating its volunteer's
+/// and host's recent average credit. The caller knows it was not credited before (a replica is
+/// credited at most once; the ledger's unique `replica_id` guards it too).
 fn grant(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     live: &mut Live,
     replica_id: u64,
     reference: &ReplicaRef,
     fuel: u64,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE replicas SET validity = 'valid' WHERE id = ?1")?
-        .execute([to_i64(replica_id)])?;
-    let granted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO credit (replica_id, volunteer_id, host_id, fuel, granted_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            to_i64(replica_id),
-            to_i64(reference.volunteer_id),
-            to_i64(reference.host_id),
-            to_i64(fuel),
-            to_i64(now_ms)
-        ])?;
-    if granted == 1 {
-        if let Some(batch) = live.batches.get_mut(&reference.batch_id) {
-            batch.grants += 1;
-            batch.granted_fuel = batch.granted_fuel.saturating_add(fuel / FUEL_SUM_UNIT);
-        }
-        let credit = credit_for_fuel(fuel);
-        update_rac(
-            tx,
-            &mut live.volunteer_rac,
-            "volunteers",
+    mark_valid(tx, replica_id)?;
+    tx.execute(
+        "INSERT INTO credit (replica_id, volunteer_id, host_id, fuel, granted_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (replica_id) DO NOTHING",
+        &args![
+            replica_id,
             reference.volunteer_id,
-            credit,
-            now_ms,
-        )?;
-        update_rac(
-            tx,
-            &mut live.host_rac,
-            "hosts",
             reference.host_id,
-            credit,
-            now_ms,
-        )?;
+            fuel,
+            now_ms
+        ],
+    )?;
+    if let Some(batch) = live.batches.get_mut(&reference.batch_id) {
+        batch.grants += 1;
+        batch.granted_fuel = batch.granted_fuel.saturating_add(fuel / FUEL_SUM_UNIT);
     }
-    Ok(())
+    let credit = credit_for_fuel(fuel);
+    add_recent_credit(tx, "volunteers", reference.volunteer_id, credit, now_ms)?;
+    add_recent_credit(tx, "hosts", reference.host_id, credit, now_ms)
 }
 
-fn update_rac(
-    tx: &Connection,
-    cache: &mut std::collections::HashMap<u64, RecentAverage>,
+/// Adds `credit` granted at `now_ms` to a volunteer's or host's recent average, as
+/// [`herd_lifecycle::RecentAverage::granted`] does, computed by the database from the row it
+/// holds: no read, and grants made by several coordinators add up whatever their order. An
+/// average older than [`RAC_FORGOTTEN_MS`] has decayed to nothing (PostgreSQL's `exp` refuses
+/// to underflow where Rust's gives 0).
+fn add_recent_credit(
+    tx: &mut dyn Sql,
     table: &str,
     id: u64,
     credit: f64,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    let current = match cache.get(&id) {
-        Some(rac) => *rac,
-        None => {
-            let (per_day, as_of_ms): (f64, i64) = tx
-                .prepare_cached(&format!("SELECT rac, rac_ms FROM {table} WHERE id = ?1"))?
-                .query_row([to_i64(id)], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            RecentAverage {
-                per_day,
-                as_of_ms: to_u64(as_of_ms),
-            }
-        }
-    };
-    let rac = current.granted(credit, now_ms);
-    tx.prepare_cached(&format!(
-        "UPDATE {table} SET rac = ?2, rac_ms = ?3 WHERE id = ?1"
-    ))?
-    .execute(params![to_i64(id), rac.per_day, to_i64(rac.as_of_ms)])?;
-    cache.insert(id, rac);
-    Ok(())
+    let half_life_days = RAC_HALF_LIFE_MS as f64 / 86_400_000.0;
+    let added = credit * std::f64::consts::LN_2 / half_life_days;
+    let decay_per_ms = std::f64::consts::LN_2 / RAC_HALF_LIFE_MS as f64;
+    tx.execute(
+        &format!(
+            "UPDATE {table} SET
+                rac = CASE WHEN ?3 <= rac_ms THEN rac
+                           WHEN ?3 - rac_ms >= ?5 THEN 0
+                           ELSE rac * exp((rac_ms - ?3) * CAST(?4 AS DOUBLE PRECISION)) END + ?2,
+                rac_ms = CASE WHEN ?3 > rac_ms THEN ?3 ELSE rac_ms END
+             WHERE id = ?1"
+        ),
+        &args![id, added, now_ms, decay_per_ms, RAC_FORGOTTEN_MS],
+    )
 }
 
+/// After this long an average has decayed below 2^-1000 of itself: nothing (1,000 half-lives).
+const RAC_FORGOTTEN_MS: u64 = 1000 * RAC_HALF_LIFE_MS;
+
 /// Marks replicas in progress as timed out so their units are reissued, and settles their units.
-pub(super) fn time_out(
-    tx: &Connection,
+pub(crate) fn time_out(
+    tx: &mut dyn Sql,
     live: &mut Live,
     replica_ids: &[u64],
     now_ms: u64,
@@ -1024,8 +1017,10 @@ pub(super) fn time_out(
         let Some(reference) = live.replicas.get(&replica_id).copied() else {
             continue;
         };
-        tx.prepare_cached("UPDATE replicas SET state = 'timed_out' WHERE id = ?1")?
-            .execute([to_i64(replica_id)])?;
+        tx.execute(
+            "UPDATE replicas SET state = 'timed_out' WHERE id = ?1",
+            &args![replica_id],
+        )?;
         live.end_in_progress(replica_id, ReplicaState::TimedOut);
         if live.units.contains_key(&reference.unit_id) {
             settle(tx, live, reference.unit_id, now_ms)?;
@@ -1037,8 +1032,8 @@ pub(super) fn time_out(
 /// Whether `hash` is the module or input of a replica in progress on `host_id`. Answered from
 /// `Live` when the replica's unit and batch are open there; a replica in progress of a unit that
 /// already closed is looked up in the database.
-pub(super) fn host_needs_blob(
-    tx: &Connection,
+pub(crate) fn host_needs_blob(
+    tx: &mut dyn Sql,
     live: &Live,
     host_id: u64,
     hash: &ContentHash,
@@ -1066,23 +1061,21 @@ pub(super) fn host_needs_blob(
     if !unresolved {
         return Ok(false);
     }
-    let hex = hash.to_hex();
-    let found: bool = tx
-        .prepare_cached(
-            "SELECT EXISTS (
-                SELECT 1 FROM replicas r
-                JOIN units u ON u.id = r.unit_id
-                JOIN batches b ON b.id = u.batch_id
-                WHERE r.host_id = ?1 AND r.state = 'in_progress'
-                  AND (u.input_hash = ?2 OR b.module_hash = ?2))",
-        )?
-        .query_row(params![to_i64(host_id), hex], |row| row.get(0))?;
-    Ok(found)
+    tx.query_one(
+        "SELECT EXISTS (
+            SELECT 1 FROM replicas r
+            JOIN units u ON u.id = r.unit_id
+            JOIN batches b ON b.id = u.batch_id
+            WHERE r.host_id = ?1 AND r.state = 'in_progress'
+              AND (u.input_hash = ?2 OR b.module_hash = ?2))",
+        &args![host_id, hash.to_hex()],
+    )?
+    .bool(0)
 }
 
 /// The replicas in progress that `host_id` holds but did not list in `held`.
-pub(super) fn lost_replicas(
-    tx: &Connection,
+pub(crate) fn lost_replicas(
+    tx: &mut dyn Sql,
     live: &mut Live,
     host_id: u64,
     held: &[u64],
@@ -1094,4 +1087,16 @@ pub(super) fn lost_replicas(
         .copied()
         .filter(|id| !held.contains(id))
         .collect())
+}
+
+/// Counts refused reports against a host.
+pub(crate) fn count_refused(
+    tx: &mut dyn Sql,
+    host_id: u64,
+    refused: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE hosts SET refused_reports = refused_reports + ?2 WHERE id = ?1",
+        &args![host_id, refused],
+    )
 }

@@ -1,0 +1,138 @@
+//! Group commit, for every backend: one writer owns the connection and the live work, takes
+//! every operation waiting, runs each in its own savepoint inside one transaction (a failing one
+//! is rolled back alone), commits once, and only then answers each caller. One commit (one fsync,
+//! one round trip) serves many acknowledgements, and nothing is acknowledged before it is
+//! durable.
+
+use std::sync::mpsc;
+
+use crate::live::Live;
+use crate::sql::Sql;
+use crate::{Pending, StoreError, work};
+
+/// Operations committed together at most: bounds the latency one group adds to its last member.
+pub(crate) const MAX_GROUP: usize = 512;
+
+/// A connection the writer drives: [`Sql`] plus the transaction around each group.
+pub(crate) trait Database: Sql {
+    /// Begins the group's transaction.
+    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Sends everything held and commits.
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Abandons the transaction after a failure (whatever state it is in).
+    fn rollback(&mut self);
+    /// Loads the live work this writer decides (all of it, for a lone coordinator).
+    fn load_live(&mut self) -> Result<Live, StoreError> {
+        work::load_live(self.as_sql())
+    }
+    fn as_sql(&mut self) -> &mut dyn Sql;
+}
+
+/// One operation for the writer: it runs inside the group's transaction (in its own savepoint)
+/// with the live work, and says how it went and how to answer its caller once the group's fate
+/// is known.
+pub(crate) type Job = Box<dyn FnOnce(&mut dyn Sql, &mut Live) -> JobDone + Send>;
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+pub(crate) struct JobDone {
+    /// Its writes are kept (else its savepoint is rolled back).
+    ok: bool,
+    /// It failed in a way that may have left `Live` ahead of the database.
+    stale: bool,
+    reply: Reply,
+}
+
+/// Wraps `work` as a job and the [`Pending`] its caller awaits: the result arrives once the
+/// group is committed, or as the error that stopped it.
+pub(crate) fn job<T, F>(work: F) -> (Job, Pending<T>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Sql, &mut Live) -> Result<T, StoreError> + Send + 'static,
+{
+    let (answer, pending) = Pending::channel();
+    let job: Job = Box::new(move |tx: &mut dyn Sql, live: &mut Live| {
+        let outcome = work(tx, live);
+        let ok = outcome.is_ok();
+        let stale = matches!(&outcome, Err(error) if !error.is_refusal());
+        let reply: Reply = Box::new(move |committed: Result<(), String>| {
+            answer.send(match committed {
+                Ok(()) => outcome,
+                Err(message) => Err(StoreError::Commit(message)),
+            });
+        });
+        JobDone { ok, stale, reply }
+    });
+    (job, pending)
+}
+
+/// The writer: groups waiting jobs into one transaction each until the queue closes. `live` is
+/// `None` when it must be (re)loaded from the database before the next group: at start, and
+/// after a group in which an operation failed midway or the commit failed.
+pub(crate) fn write_loop(db: &mut dyn Database, jobs: &mpsc::Receiver<Job>) {
+    let mut live: Option<Live> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_group(db, &mut live, group);
+    }
+}
+
+/// Runs one group. Dropping a job unanswered tells its caller the store failed.
+fn commit_group(db: &mut dyn Database, live: &mut Option<Live>, group: Vec<Job>) {
+    if let Err(error) = db.begin() {
+        eprintln!("herd-store: cannot begin a transaction: {error}");
+        db.rollback();
+        return;
+    }
+    let mut live_now = match live.take() {
+        Some(loaded) => loaded,
+        None => match db.load_live() {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                eprintln!("herd-store: cannot load the live work: {error}");
+                db.rollback();
+                return;
+            }
+        },
+    };
+    let mut stale = false;
+    let mut replies = Vec::with_capacity(group.len());
+    for job in group {
+        let tx = db.as_sql();
+        if tx.execute("SAVEPOINT job", &[]).is_err() {
+            stale = true;
+            continue;
+        }
+        let done = job(tx, &mut live_now);
+        stale |= done.stale;
+        if done.ok {
+            if let Err(error) = tx.execute("RELEASE job", &[]) {
+                stale = true;
+                (done.reply)(Err(error.to_string()));
+                continue;
+            }
+        } else if tx
+            .execute("ROLLBACK TO job", &[])
+            .and_then(|()| tx.execute("RELEASE job", &[]))
+            .is_err()
+        {
+            stale = true;
+        }
+        replies.push(done.reply);
+    }
+    let committed = db.commit().map_err(|e| e.to_string());
+    if committed.is_err() {
+        db.rollback();
+    }
+    if committed.is_ok() && !stale {
+        *live = Some(live_now);
+    }
+    for reply in replies {
+        reply(committed.clone());
+    }
+}

@@ -1,0 +1,335 @@
+//! What each [`Store`] call does, on any backend: the checks made before anything reaches the
+//! database, then the work, run by the backend in its writer (with the live work) or on its
+//! read path. A backend is only its [`Backend`] seam: how it runs a write and a read.
+
+use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
+
+use crate::live::Live;
+use crate::sql::{Sql, args};
+use crate::{
+    BatchStatus, BatchSummary, CreditTotals, Exchange, HostLine, HostRecord, NewBatch, Pending,
+    ProjectSummary, ReportEffect, ReportRefusal, Researcher, RetiredBatch, StatsDump, Store,
+    StoreError, ThroughputBucket, UnitState, UnitStatus, Want, parse_hash, reads, researchers,
+    stats, work,
+};
+
+/// How a backend runs the store's work.
+pub(crate) trait Backend: Send + Sync {
+    /// Runs `work` in the writer's group transaction with the live work; its result arrives once
+    /// the group has committed.
+    fn write<T, F>(&self, work: F) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Sql, &mut Live) -> Result<T, StoreError> + Send + 'static;
+
+    /// Runs read-only `work` where it sees every committed write, off the writer if the backend
+    /// can.
+    fn read<T, F>(&self, work: F) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Sql) -> Result<T, StoreError> + Send + 'static;
+}
+
+impl StoreError {
+    /// Whether this error refuses a request (raised before anything changed) rather than
+    /// reporting a failure that may have interrupted an operation midway.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::UnknownReplica(_)
+                | StoreError::NotYourReplica { .. }
+                | StoreError::UnknownHost
+                | StoreError::Invalid(_)
+                | StoreError::BlobMissing(_)
+                | StoreError::NotAllowed(_)
+        )
+    }
+}
+
+/// Names volunteers and teams may have.
+fn check_host_names(volunteer: &str, team: Option<&str>, cores: u32) -> Result<(), StoreError> {
+    let name = volunteer.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(StoreError::Invalid(format!(
+            "volunteer name `{}` must be 1 to 64 printable characters",
+            volunteer.escape_debug()
+        )));
+    }
+    if let Some(team) = team
+        && (team.trim().is_empty() || team.len() > 64 || team.chars().any(char::is_control))
+    {
+        return Err(StoreError::Invalid(format!(
+            "team name `{}` must be 1 to 64 printable characters",
+            team.escape_debug()
+        )));
+    }
+    if !(1..=1024).contains(&cores) {
+        return Err(StoreError::Invalid(format!(
+            "cores {cores} is outside 1..=1024"
+        )));
+    }
+    Ok(())
+}
+
+/// Purges a batch (see [`Store::retire_batch`]).
+fn retire(
+    tx: &mut dyn Sql,
+    live: &mut Live,
+    batch_id: u64,
+) -> Result<Option<RetiredBatch>, StoreError> {
+    if researchers::owner(tx, batch_id)?.is_none() {
+        return Ok(None);
+    }
+    // Every blob the batch refers to: its module, its inputs, every reported output.
+    let mut referenced: Vec<String> = tx
+        .query(
+            "SELECT module_hash FROM batches WHERE id = ?1
+             UNION SELECT input_hash FROM units WHERE batch_id = ?1
+             UNION SELECT r.output_hash FROM replicas r JOIN units u ON u.id = r.unit_id
+                   WHERE u.batch_id = ?1 AND r.output_hash IS NOT NULL",
+            &args![batch_id],
+        )?
+        .iter()
+        .map(|row| row.text(0))
+        .collect::<Result<_, _>>()?;
+    referenced.sort();
+    referenced.dedup();
+    let replicas = tx.execute_count(
+        "DELETE FROM replicas WHERE unit_id IN (SELECT id FROM units WHERE batch_id = ?1)",
+        &args![batch_id],
+    )?;
+    let units = tx.execute_count("DELETE FROM units WHERE batch_id = ?1", &args![batch_id])?;
+    tx.execute("DELETE FROM batches WHERE id = ?1", &args![batch_id])?;
+    // Blobs that no remaining batch refers to may go.
+    let mut unreferenced = Vec::new();
+    for hash in referenced {
+        let still_used = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM batches WHERE module_hash = ?1)
+                 OR EXISTS (SELECT 1 FROM units WHERE input_hash = ?1)
+                 OR EXISTS (SELECT 1 FROM replicas WHERE output_hash = ?1)",
+                &args![&hash],
+            )?
+            .bool(0)?;
+        if !still_used {
+            // The blob is about to go: no one holds it any more.
+            tx.execute("DELETE FROM blob_uploads WHERE hash = ?1", &args![&hash])?;
+            unreferenced.push(parse_hash(&hash)?);
+        }
+    }
+    live.remove_batch(batch_id);
+    Ok(Some(RetiredBatch {
+        units,
+        replicas,
+        unreferenced_blobs: unreferenced,
+    }))
+}
+
+impl<B: Backend> Store for B {
+    fn register_host(
+        &self,
+        key: &PublicKey,
+        volunteer: &str,
+        team: Option<&str>,
+        cores: u32,
+        now_ms: u64,
+    ) -> Pending<HostRecord> {
+        if let Err(error) = check_host_names(volunteer, team, cores) {
+            return Pending::ready(Err(error));
+        }
+        let key = *key;
+        let name = volunteer.trim().to_string();
+        let team = team.map(|t| t.trim().to_string());
+        self.write(move |tx, live| {
+            work::register_host(tx, live, &key, &name, team.as_deref(), cores, now_ms)
+        })
+    }
+
+    fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Pending<u64> {
+        if let Err(error) = batch.policy.validate() {
+            return Pending::ready(Err(StoreError::Invalid(error.0)));
+        }
+        if batch.units.is_empty() {
+            return Pending::ready(Err(StoreError::Invalid(
+                "a batch needs at least one unit".into(),
+            )));
+        }
+        let batch = batch.clone();
+        self.write(move |tx, live| work::create_batch(tx, live, &batch, now_ms))
+    }
+
+    fn assign(&self, host_id: u64, now_ms: u64) -> Pending<Option<Assignment>> {
+        self.write(move |tx, live| work::assign(tx, live, host_id, None, now_ms))
+    }
+
+    fn record_report(
+        &self,
+        host_id: u64,
+        replica_id: u64,
+        outcome: &Outcome,
+        now_ms: u64,
+    ) -> Pending<ReportEffect> {
+        let outcome = outcome.clone();
+        self.write(move |tx, live| {
+            work::record_report(tx, live, host_id, replica_id, &outcome, now_ms)
+        })
+    }
+
+    fn exchange(
+        &self,
+        host_id: u64,
+        reports: Vec<(u64, Outcome)>,
+        want: Want,
+        now_ms: u64,
+    ) -> Pending<Exchange> {
+        self.write(move |tx, live| {
+            let mut fates = Vec::with_capacity(reports.len());
+            for (replica_id, outcome) in &reports {
+                fates.push(
+                    match work::record_report(tx, live, host_id, *replica_id, outcome, now_ms) {
+                        Ok(effect) => Ok(effect),
+                        Err(StoreError::UnknownReplica(_)) => Err(ReportRefusal::UnknownReplica),
+                        Err(StoreError::NotYourReplica { .. }) => {
+                            Err(ReportRefusal::NotYourReplica)
+                        }
+                        Err(other) => return Err(other),
+                    },
+                );
+            }
+            let refused = fates.iter().filter(|f| f.is_err()).count();
+            if refused > 0 {
+                work::count_refused(tx, host_id, refused as u64)?;
+            }
+            let mut assignments = Vec::new();
+            for _ in 0..want.units {
+                match work::assign(tx, live, host_id, want.fuel_per_second, now_ms)? {
+                    Some(assignment) => assignments.push(assignment),
+                    None => break,
+                }
+            }
+            Ok(Exchange {
+                reports: fates,
+                assignments,
+            })
+        })
+    }
+
+    fn expire_deadlines(&self, now_ms: u64) -> Pending<usize> {
+        self.write(move |tx, live| {
+            let expired = live.expired(now_ms);
+            work::time_out(tx, live, &expired, now_ms)?;
+            Ok(expired.len())
+        })
+    }
+
+    fn release_lost_replicas(&self, host_id: u64, held: &[u64], now_ms: u64) -> Pending<usize> {
+        let held = held.to_vec();
+        self.write(move |tx, live| {
+            let lost = work::lost_replicas(tx, live, host_id, &held)?;
+            work::time_out(tx, live, &lost, now_ms)?;
+            Ok(lost.len())
+        })
+    }
+
+    fn host_needs_blob(&self, host_id: u64, hash: &ContentHash) -> Pending<bool> {
+        let hash = *hash;
+        self.write(move |tx, live| work::host_needs_blob(tx, live, host_id, &hash))
+    }
+
+    fn batch_status(&self, batch_id: u64) -> Pending<Option<BatchStatus>> {
+        self.read(move |tx| reads::batch_status(tx, batch_id))
+    }
+
+    fn credit_totals(&self, now_ms: u64) -> Pending<CreditTotals> {
+        self.read(move |tx| reads::credit_totals(tx, now_ms))
+    }
+
+    fn hosts(&self, now_ms: u64) -> Pending<Vec<HostLine>> {
+        self.read(move |tx| reads::hosts(tx, now_ms))
+    }
+
+    fn retire_batch(&self, batch_id: u64) -> Pending<Option<RetiredBatch>> {
+        self.write(move |tx, live| retire(tx, live, batch_id))
+    }
+
+    fn record_refused_report(&self, host_id: u64) -> Pending<()> {
+        self.write(move |tx, _| work::count_refused(tx, host_id, 1))
+    }
+
+    fn stats_dump(&self, now_ms: u64) -> Pending<StatsDump> {
+        self.read(move |tx| stats::dump(tx, now_ms))
+    }
+
+    fn throughput(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        bucket_ms: u64,
+    ) -> Pending<Vec<ThroughputBucket>> {
+        self.read(move |tx| stats::throughput(tx, since_ms, until_ms, bucket_ms))
+    }
+
+    fn project_summary(
+        &self,
+        now_ms: u64,
+        active_ms: u64,
+        window_ms: u64,
+    ) -> Pending<ProjectSummary> {
+        self.read(move |tx| stats::summary(tx, now_ms, active_ms, window_ms))
+    }
+
+    fn ensure_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher> {
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        self.write(move |tx, _| researchers::ensure(tx, &name, &token_hash, now_ms))
+    }
+
+    fn add_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher> {
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        self.write(move |tx, _| researchers::add(tx, &name, &token_hash, now_ms))
+    }
+
+    fn researcher_by_token(&self, token_hash: &str) -> Pending<Option<Researcher>> {
+        let token_hash = token_hash.to_owned();
+        self.read(move |tx| researchers::by_token(tx, &token_hash))
+    }
+
+    fn list_batches(
+        &self,
+        researcher_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Pending<Vec<BatchSummary>> {
+        self.read(move |tx| researchers::list_batches(tx, researcher_id, after, limit))
+    }
+
+    fn batch_summary(&self, batch_id: u64) -> Pending<Option<(u64, BatchSummary)>> {
+        self.read(move |tx| researchers::summary(tx, batch_id))
+    }
+
+    fn batch_units(
+        &self,
+        batch_id: u64,
+        after: u64,
+        limit: u32,
+        state: Option<UnitState>,
+    ) -> Pending<Vec<UnitStatus>> {
+        self.read(move |tx| reads::unit_page(tx, batch_id, after, limit, state))
+    }
+
+    fn batch_owner(&self, batch_id: u64) -> Pending<Option<u64>> {
+        self.read(move |tx| researchers::owner(tx, batch_id))
+    }
+
+    fn blob_visible(&self, researcher_id: u64, hash: &ContentHash) -> Pending<bool> {
+        let hash = hash.to_hex();
+        self.read(move |tx| researchers::blob_visible(tx, researcher_id, &hash))
+    }
+
+    fn record_uploads(&self, researcher_id: u64, hashes: Vec<ContentHash>) -> Pending<()> {
+        self.write(move |tx, _| researchers::record_uploads(tx, researcher_id, &hashes))
+    }
+
+    fn cancel_batch(&self, batch_id: u64) -> Pending<Option<u64>> {
+        self.write(move |tx, live| researchers::cancel(tx, live, batch_id))
+    }
+}

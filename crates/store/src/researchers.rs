@@ -1,0 +1,226 @@
+//! Researchers and what each may see: their tokens (stored as hashes), their batches, the
+//! blobs they uploaded and the blobs of their batches, and cancelling a batch.
+
+use crate::live::Live;
+use crate::sql::{Row, Sql, args};
+use crate::{BatchSummary, Researcher, StoreError};
+use herd_protocol::ContentHash;
+
+/// Researcher names: what `herd researcher add` accepts.
+pub(crate) fn check_name(name: &str) -> Result<(), StoreError> {
+    let fine = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if fine {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "researcher name `{}` must be 1 to 64 letters, digits, `-`, `_` or `.`",
+            name.escape_debug()
+        )))
+    }
+}
+
+fn by_name(tx: &mut dyn Sql, name: &str) -> Result<Option<Researcher>, StoreError> {
+    let Some(row) = tx.query_row("SELECT id FROM researchers WHERE name = ?1", &args![name])?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Researcher {
+        id: row.u64(0)?,
+        name: name.to_owned(),
+    }))
+}
+
+pub(crate) fn ensure(
+    tx: &mut dyn Sql,
+    name: &str,
+    token_hash: &str,
+    now_ms: u64,
+) -> Result<Researcher, StoreError> {
+    check_name(name)?;
+    let researcher = match by_name(tx, name)? {
+        Some(found) => {
+            tx.execute(
+                "UPDATE researchers SET token_hash = ?2 WHERE id = ?1",
+                &args![found.id, token_hash],
+            )?;
+            found
+        }
+        None => add(tx, name, token_hash, now_ms)?,
+    };
+    tx.execute(
+        "UPDATE batches SET researcher_id = ?1 WHERE researcher_id IS NULL",
+        &args![researcher.id],
+    )?;
+    Ok(researcher)
+}
+
+pub(crate) fn add(
+    tx: &mut dyn Sql,
+    name: &str,
+    token_hash: &str,
+    now_ms: u64,
+) -> Result<Researcher, StoreError> {
+    check_name(name)?;
+    if by_name(tx, name)?.is_some() {
+        return Err(StoreError::Invalid(format!(
+            "there is already a researcher called `{name}`"
+        )));
+    }
+    let id = tx
+        .query_one(
+            "INSERT INTO researchers (name, token_hash, created_ms) VALUES (?1, ?2, ?3)
+             RETURNING id",
+            &args![name, token_hash, now_ms],
+        )?
+        .u64(0)?;
+    Ok(Researcher {
+        id,
+        name: name.to_owned(),
+    })
+}
+
+pub(crate) fn by_token(
+    tx: &mut dyn Sql,
+    token_hash: &str,
+) -> Result<Option<Researcher>, StoreError> {
+    let Some(row) = tx.query_row(
+        "SELECT id, name FROM researchers WHERE token_hash = ?1",
+        &args![token_hash],
+    )?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Researcher {
+        id: row.u64(0)?,
+        name: row.text(1)?,
+    }))
+}
+
+/// The columns [`summary_from_row`] reads, from `batches b`.
+const SUMMARY_COLUMNS: &str = "b.id, b.module_hash, b.quorum, b.priority, b.created_ms,
+    (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'open'),
+    (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'validated'),
+    (SELECT COUNT(*) FROM units u WHERE u.batch_id = b.id AND u.state = 'failed'),
+    b.researcher_id";
+
+fn summary_from_row(row: &Row) -> Result<(u64, BatchSummary), StoreError> {
+    let (open, validated, failed) = (row.u64(5)?, row.u64(6)?, row.u64(7)?);
+    Ok((
+        row.opt_u64(8)?.unwrap_or(0),
+        BatchSummary {
+            id: row.u64(0)?,
+            module: row.text(1)?,
+            quorum: row.u32(2)?,
+            priority: row.i32(3)?,
+            created_ms: row.u64(4)?,
+            total: open + validated + failed,
+            open,
+            validated,
+            failed,
+        },
+    ))
+}
+
+pub(crate) fn list_batches(
+    tx: &mut dyn Sql,
+    researcher_id: u64,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<BatchSummary>, StoreError> {
+    tx.query(
+        &format!(
+            "SELECT {SUMMARY_COLUMNS} FROM batches b
+             WHERE b.researcher_id = ?1 AND b.id > ?2 ORDER BY b.id LIMIT ?3"
+        ),
+        &args![researcher_id, after, limit],
+    )?
+    .iter()
+    .map(|row| Ok(summary_from_row(row)?.1))
+    .collect()
+}
+
+/// A batch's counts and whose it is.
+pub(crate) fn summary(
+    tx: &mut dyn Sql,
+    batch_id: u64,
+) -> Result<Option<(u64, BatchSummary)>, StoreError> {
+    tx.query_row(
+        &format!("SELECT {SUMMARY_COLUMNS} FROM batches b WHERE b.id = ?1"),
+        &args![batch_id],
+    )?
+    .as_ref()
+    .map(summary_from_row)
+    .transpose()
+}
+
+pub(crate) fn owner(tx: &mut dyn Sql, batch_id: u64) -> Result<Option<u64>, StoreError> {
+    tx.query_row(
+        "SELECT researcher_id FROM batches WHERE id = ?1",
+        &args![batch_id],
+    )?
+    .map(|row| Ok(row.opt_u64(0)?.unwrap_or(0)))
+    .transpose()
+}
+
+/// Records that the researcher uploaded these blobs (each once).
+pub(crate) fn record_uploads(
+    tx: &mut dyn Sql,
+    researcher_id: u64,
+    hashes: &[ContentHash],
+) -> Result<(), StoreError> {
+    for hash in hashes {
+        tx.execute(
+            "INSERT INTO blob_uploads (hash, researcher_id) VALUES (?1, ?2)
+             ON CONFLICT (hash, researcher_id) DO NOTHING",
+            &args![hash.to_hex(), researcher_id],
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether the researcher holds the blob: uploaded it, or one of their batches uses it (its
+/// module, an input, or an output a replica reported).
+pub(crate) fn blob_visible(
+    tx: &mut dyn Sql,
+    researcher_id: u64,
+    hash: &str,
+) -> Result<bool, StoreError> {
+    tx.query_one(
+        "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE hash = ?2 AND researcher_id = ?1)
+         OR EXISTS (SELECT 1 FROM batches WHERE researcher_id = ?1 AND module_hash = ?2)
+         OR EXISTS (SELECT 1 FROM units u JOIN batches b ON b.id = u.batch_id
+                    WHERE u.input_hash = ?2 AND b.researcher_id = ?1)
+         OR EXISTS (SELECT 1 FROM replicas r JOIN units u ON u.id = r.unit_id
+                    JOIN batches b ON b.id = u.batch_id
+                    WHERE r.output_hash = ?2 AND b.researcher_id = ?1)",
+        &args![researcher_id, hash],
+    )?
+    .bool(0)
+}
+
+pub(crate) fn cancel(
+    tx: &mut dyn Sql,
+    live: &mut Live,
+    batch_id: u64,
+) -> Result<Option<u64>, StoreError> {
+    if owner(tx, batch_id)?.is_none() {
+        return Ok(None);
+    }
+    let open = tx.query(
+        "SELECT id FROM units WHERE batch_id = ?1 AND state = 'open'",
+        &args![batch_id],
+    )?;
+    tx.execute(
+        "UPDATE units SET state = 'failed', failure = 'cancelled by the researcher'
+         WHERE batch_id = ?1 AND state = 'open'",
+        &args![batch_id],
+    )?;
+    for row in &open {
+        live.close_unit(row.u64(0)?);
+    }
+    Ok(Some(open.len() as u64))
+}
