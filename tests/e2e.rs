@@ -608,10 +608,17 @@ fn a_worker_computes_only_in_its_hours_and_rereads_its_preferences() {
 
 #[test]
 fn a_coordinator_killed_mid_batch_resumes_with_nothing_lost_or_credited_twice() {
+    killed_mid_batch_and_restarted(None);
+}
+
+/// A coordinator on `database` (see [`Coordinator::start_on`]) is killed with SIGKILL in the
+/// middle of a 30-unit quorum-2 batch and started again: it keeps its identity, every unit is
+/// validated with the right output, and the ledger holds exactly two grants per unit.
+fn killed_mid_batch_and_restarted(database: Option<&str>) {
     let root = tempfile::tempdir().expect("tempdir");
     let _logs = LogsOnFailure(root.path());
     let port = free_udp_port();
-    let mut coordinator = Coordinator::start(root.path(), port).expect("coordinator");
+    let mut coordinator = Coordinator::start_on(root.path(), port, database).expect("coordinator");
     let _workers: Vec<_> = VOLUNTEERS
         .iter()
         .map(|(name, team)| {
@@ -632,17 +639,29 @@ fn a_coordinator_killed_mid_batch_resumes_with_nothing_lost_or_credited_twice() 
     coordinator.process.kill();
     let join = coordinator.join.clone();
     drop(coordinator);
-    let coordinator = Coordinator::start(root.path(), port).expect("restart");
+    let coordinator = Coordinator::start_on(root.path(), port, database).expect("restart");
     assert_eq!(
         coordinator.join, join,
         "the restarted coordinator keeps its identity"
     );
-    let status = eventually(Duration::from_secs(40), "every unit validated", || {
+    let status = eventually(Duration::from_secs(60), "every unit validated", || {
         let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
         (status["validated"] == 30).then_some(status)
     });
     check_results(&coordinator, root.path(), batch, &tiles);
     check_ledger(&coordinator, &status);
+    assert_eq!(
+        coordinator
+            .sql_number("SELECT COUNT(*) FROM credit")
+            .expect("ledger"),
+        60,
+        "exactly two grants per unit"
+    );
+    assert_eq!(
+        coordinator.data_dir.join("herd.sqlite").exists(),
+        database.is_none(),
+        "the project is in its database and nowhere else"
+    );
 }
 
 /// Writes one Mandelbrot tile deep inside the set (every pixel runs all its iterations), so a

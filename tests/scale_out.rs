@@ -1,12 +1,12 @@
 //! End-to-end on PostgreSQL: coordinators whose database is a real PostgreSQL server (Debian's,
 //! started for each test by `herd-pgtest`, fsync on), with real workers on 127.0.0.1.
 
-use std::time::Duration;
-
-use herd_e2e::{Coordinator, LogsOnFailure, eventually, free_udp_port, start_worker};
+use herd_e2e::{Coordinator, LogsOnFailure, free_udp_port, start_worker};
 use herd_pgtest::{Durability, Server};
 
-use super::{VOLUNTEERS, check_ledger, check_results, submit, write_tiles};
+use super::{
+    VOLUNTEERS, check_ledger, check_results, killed_mid_batch_and_restarted, submit, write_tiles,
+};
 
 /// A fresh server with an empty database `herd`; the server stops when it is dropped.
 fn database() -> (Server, String) {
@@ -19,49 +19,8 @@ fn database() -> (Server, String) {
 #[test]
 fn a_coordinator_on_postgresql_validates_a_batch_and_resumes_after_a_kill_with_nothing_lost_or_credited_twice()
  {
-    let root = tempfile::tempdir().expect("tempdir");
-    let _logs = LogsOnFailure(root.path());
     let (_server, url) = database();
-    let port = free_udp_port();
-    let mut coordinator =
-        Coordinator::start_on(root.path(), port, Some(&url)).expect("coordinator");
-    assert!(
-        !coordinator.data_dir.join("herd.sqlite").exists(),
-        "the project is in PostgreSQL, not in a SQLite file"
-    );
-    let _workers: Vec<_> = VOLUNTEERS
-        .iter()
-        .map(|(name, team)| {
-            start_worker(root.path(), &coordinator.join, name, team, 1).expect("worker")
-        })
-        .collect();
-    let tiles = write_tiles(&root.path().join("inputs"), 30);
-    let batch = submit(
-        &coordinator,
-        root.path(),
-        &root.path().join("inputs"),
-        false,
-    );
-    eventually(Duration::from_secs(120), "some units validated", || {
-        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
-        (status["validated"].as_u64()? >= 3).then_some(())
-    });
-    coordinator.process.kill();
-    drop(coordinator);
-    let coordinator = Coordinator::start_on(root.path(), port, Some(&url)).expect("restart");
-    let status = eventually(Duration::from_secs(60), "every unit validated", || {
-        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
-        (status["validated"] == 30).then_some(status)
-    });
-    check_results(&coordinator, root.path(), batch, &tiles);
-    check_ledger(&coordinator, &status);
-    assert_eq!(
-        coordinator
-            .sql_number("SELECT COUNT(*) FROM credit")
-            .expect("ledger"),
-        60,
-        "exactly two grants per unit"
-    );
+    killed_mid_batch_and_restarted(Some(&url));
 }
 
 #[test]

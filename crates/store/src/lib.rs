@@ -4,7 +4,7 @@
 //! it, [`SqliteStore`] (one embedded file, the default) and [`PgStore`] (PostgreSQL, shared by
 //! several coordinators). Both run the same logic: what each call does (`operations.rs`), the
 //! hot path (`work.rs`), the reads (`reads.rs`, `researchers.rs`, `stats.rs`) are written once
-//! against [`sql::Sql`], and a backend is only how it runs SQL, commits groups and serves reads.
+//! against `sql::Sql`, and a backend is only how it runs SQL, commits groups and serves reads.
 //! Rows (volunteers, hosts, batches, units, replicas, the credit ledger) live in the database;
 //! bytes (modules, inputs, outputs) live in the content-addressed blob store (`herd-blobs`).
 //!
@@ -25,6 +25,7 @@ mod researchers;
 mod sql;
 mod sqlite;
 mod stats;
+mod threads;
 mod work;
 
 use herd_lifecycle::Policy;

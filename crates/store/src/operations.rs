@@ -1,11 +1,12 @@
 //! What each [`Store`] call does, on any backend: the checks made before anything reaches the
 //! database, then the work, run by the backend in its writer (with the live work) or on its
-//! read path. A backend is only its [`Backend`] seam: how it runs a write and a read.
+//! read path. A backend is only its [`Backend`] seam: the threads its connections run on.
 
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
 
 use crate::live::Live;
 use crate::sql::{Sql, args};
+use crate::threads::Threads;
 use crate::{
     BatchStatus, BatchSummary, CreditTotals, Exchange, HostLine, HostRecord, NewBatch, Pending,
     ProjectSummary, ReportEffect, ReportRefusal, Researcher, RetiredBatch, StatsDump, Store,
@@ -13,21 +14,10 @@ use crate::{
     stats, work,
 };
 
-/// How a backend runs the store's work.
+/// What a backend is to the store's logic: the threads that run its work (a writer with the
+/// live work, and readers), each with a connection of the backend's kind.
 pub(crate) trait Backend: Send + Sync {
-    /// Runs `work` in the writer's group transaction with the live work; its result arrives once
-    /// the group has committed.
-    fn write<T, F>(&self, work: F) -> Pending<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut dyn Sql, &mut Live) -> Result<T, StoreError> + Send + 'static;
-
-    /// Runs read-only `work` where it sees every committed write, off the writer if the backend
-    /// can.
-    fn read<T, F>(&self, work: F) -> Pending<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut dyn Sql) -> Result<T, StoreError> + Send + 'static;
+    fn threads(&self) -> &Threads;
 }
 
 impl StoreError {
@@ -140,7 +130,7 @@ impl<B: Backend> Store for B {
         let key = *key;
         let name = volunteer.trim().to_string();
         let team = team.map(|t| t.trim().to_string());
-        self.write(move |tx, live| {
+        self.threads().write(move |tx, live| {
             work::register_host(tx, live, &key, &name, team.as_deref(), cores, now_ms)
         })
     }
@@ -155,11 +145,13 @@ impl<B: Backend> Store for B {
             )));
         }
         let batch = batch.clone();
-        self.write(move |tx, live| work::create_batch(tx, live, &batch, now_ms))
+        self.threads()
+            .write(move |tx, live| work::create_batch(tx, live, &batch, now_ms))
     }
 
     fn assign(&self, host_id: u64, now_ms: u64) -> Pending<Option<Assignment>> {
-        self.write(move |tx, live| work::assign(tx, live, host_id, None, now_ms))
+        self.threads()
+            .write(move |tx, live| work::assign(tx, live, host_id, None, now_ms))
     }
 
     fn record_report(
@@ -170,7 +162,7 @@ impl<B: Backend> Store for B {
         now_ms: u64,
     ) -> Pending<ReportEffect> {
         let outcome = outcome.clone();
-        self.write(move |tx, live| {
+        self.threads().write(move |tx, live| {
             work::record_report(tx, live, host_id, replica_id, &outcome, now_ms)
         })
     }
@@ -182,7 +174,7 @@ impl<B: Backend> Store for B {
         want: Want,
         now_ms: u64,
     ) -> Pending<Exchange> {
-        self.write(move |tx, live| {
+        self.threads().write(move |tx, live| {
             let mut fates = Vec::with_capacity(reports.len());
             for (replica_id, outcome) in &reports {
                 fates.push(
@@ -215,7 +207,7 @@ impl<B: Backend> Store for B {
     }
 
     fn expire_deadlines(&self, now_ms: u64) -> Pending<usize> {
-        self.write(move |tx, live| {
+        self.threads().write(move |tx, live| {
             let expired = live.expired(now_ms);
             work::time_out(tx, live, &expired, now_ms)?;
             Ok(expired.len())
@@ -224,7 +216,7 @@ impl<B: Backend> Store for B {
 
     fn release_lost_replicas(&self, host_id: u64, held: &[u64], now_ms: u64) -> Pending<usize> {
         let held = held.to_vec();
-        self.write(move |tx, live| {
+        self.threads().write(move |tx, live| {
             let lost = work::lost_replicas(tx, live, host_id, &held)?;
             work::time_out(tx, live, &lost, now_ms)?;
             Ok(lost.len())
@@ -233,31 +225,36 @@ impl<B: Backend> Store for B {
 
     fn host_needs_blob(&self, host_id: u64, hash: &ContentHash) -> Pending<bool> {
         let hash = *hash;
-        self.write(move |tx, live| work::host_needs_blob(tx, live, host_id, &hash))
+        self.threads()
+            .write(move |tx, live| work::host_needs_blob(tx, live, host_id, &hash))
     }
 
     fn batch_status(&self, batch_id: u64) -> Pending<Option<BatchStatus>> {
-        self.read(move |tx| reads::batch_status(tx, batch_id))
+        self.threads()
+            .read(move |tx| reads::batch_status(tx, batch_id))
     }
 
     fn credit_totals(&self, now_ms: u64) -> Pending<CreditTotals> {
-        self.read(move |tx| reads::credit_totals(tx, now_ms))
+        self.threads()
+            .read(move |tx| reads::credit_totals(tx, now_ms))
     }
 
     fn hosts(&self, now_ms: u64) -> Pending<Vec<HostLine>> {
-        self.read(move |tx| reads::hosts(tx, now_ms))
+        self.threads().read(move |tx| reads::hosts(tx, now_ms))
     }
 
     fn retire_batch(&self, batch_id: u64) -> Pending<Option<RetiredBatch>> {
-        self.write(move |tx, live| retire(tx, live, batch_id))
+        self.threads()
+            .write(move |tx, live| retire(tx, live, batch_id))
     }
 
     fn record_refused_report(&self, host_id: u64) -> Pending<()> {
-        self.write(move |tx, _| work::count_refused(tx, host_id, 1))
+        self.threads()
+            .write(move |tx, _| work::count_refused(tx, host_id, 1))
     }
 
     fn stats_dump(&self, now_ms: u64) -> Pending<StatsDump> {
-        self.read(move |tx| stats::dump(tx, now_ms))
+        self.threads().read(move |tx| stats::dump(tx, now_ms))
     }
 
     fn throughput(
@@ -266,7 +263,8 @@ impl<B: Backend> Store for B {
         until_ms: u64,
         bucket_ms: u64,
     ) -> Pending<Vec<ThroughputBucket>> {
-        self.read(move |tx| stats::throughput(tx, since_ms, until_ms, bucket_ms))
+        self.threads()
+            .read(move |tx| stats::throughput(tx, since_ms, until_ms, bucket_ms))
     }
 
     fn project_summary(
@@ -275,22 +273,26 @@ impl<B: Backend> Store for B {
         active_ms: u64,
         window_ms: u64,
     ) -> Pending<ProjectSummary> {
-        self.read(move |tx| stats::summary(tx, now_ms, active_ms, window_ms))
+        self.threads()
+            .read(move |tx| stats::summary(tx, now_ms, active_ms, window_ms))
     }
 
     fn ensure_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher> {
         let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
-        self.write(move |tx, _| researchers::ensure(tx, &name, &token_hash, now_ms))
+        self.threads()
+            .write(move |tx, _| researchers::ensure(tx, &name, &token_hash, now_ms))
     }
 
     fn add_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher> {
         let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
-        self.write(move |tx, _| researchers::add(tx, &name, &token_hash, now_ms))
+        self.threads()
+            .write(move |tx, _| researchers::add(tx, &name, &token_hash, now_ms))
     }
 
     fn researcher_by_token(&self, token_hash: &str) -> Pending<Option<Researcher>> {
         let token_hash = token_hash.to_owned();
-        self.read(move |tx| researchers::by_token(tx, &token_hash))
+        self.threads()
+            .read(move |tx| researchers::by_token(tx, &token_hash))
     }
 
     fn list_batches(
@@ -299,11 +301,13 @@ impl<B: Backend> Store for B {
         after: u64,
         limit: u32,
     ) -> Pending<Vec<BatchSummary>> {
-        self.read(move |tx| researchers::list_batches(tx, researcher_id, after, limit))
+        self.threads()
+            .read(move |tx| researchers::list_batches(tx, researcher_id, after, limit))
     }
 
     fn batch_summary(&self, batch_id: u64) -> Pending<Option<(u64, BatchSummary)>> {
-        self.read(move |tx| researchers::summary(tx, batch_id))
+        self.threads()
+            .read(move |tx| researchers::summary(tx, batch_id))
     }
 
     fn batch_units(
@@ -313,23 +317,28 @@ impl<B: Backend> Store for B {
         limit: u32,
         state: Option<UnitState>,
     ) -> Pending<Vec<UnitStatus>> {
-        self.read(move |tx| reads::unit_page(tx, batch_id, after, limit, state))
+        self.threads()
+            .read(move |tx| reads::unit_page(tx, batch_id, after, limit, state))
     }
 
     fn batch_owner(&self, batch_id: u64) -> Pending<Option<u64>> {
-        self.read(move |tx| researchers::owner(tx, batch_id))
+        self.threads()
+            .read(move |tx| researchers::owner(tx, batch_id))
     }
 
     fn blob_visible(&self, researcher_id: u64, hash: &ContentHash) -> Pending<bool> {
         let hash = hash.to_hex();
-        self.read(move |tx| researchers::blob_visible(tx, researcher_id, &hash))
+        self.threads()
+            .read(move |tx| researchers::blob_visible(tx, researcher_id, &hash))
     }
 
     fn record_uploads(&self, researcher_id: u64, hashes: Vec<ContentHash>) -> Pending<()> {
-        self.write(move |tx, _| researchers::record_uploads(tx, researcher_id, &hashes))
+        self.threads()
+            .write(move |tx, _| researchers::record_uploads(tx, researcher_id, &hashes))
     }
 
     fn cancel_batch(&self, batch_id: u64) -> Pending<Option<u64>> {
-        self.write(move |tx, live| researchers::cancel(tx, live, batch_id))
+        self.threads()
+            .write(move |tx, live| researchers::cancel(tx, live, batch_id))
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The logic is the SQLite backend's (see the crate docs); what differs is how SQL is run. One
 //! writer thread owns a connection and the live work, and commits groups exactly as SQLite's
-//! does ([`group`]); its writes are held and sent pipelined (tokio-postgres sends every request
+//! does (`group.rs`); its writes are held and sent pipelined (tokio-postgres sends every request
 //! of a batch of futures before reading any answer), so a group costs a round trip or two, not
 //! one per statement. Ids come from sequences, reserved a block at a time. Reads run on a pool
 //! of connections of their own, each in a read-only snapshot, never behind the writer.
@@ -15,18 +15,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::error::Error;
-use std::sync::{Arc, Mutex, mpsc};
 
 use bytes::BytesMut;
 use futures_util::future::try_join_all;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::group::{self, Database, Job};
-use crate::live::Live;
+use crate::group::Database;
 use crate::operations::Backend;
 use crate::sql::{Row, Sequence, Sql, Value, args};
-use crate::{Pending, StoreError, work};
+use crate::threads::{Reader, Threads};
+use crate::{StoreError, work};
 
 /// The schema's version; [`SCHEMA`] creates it and later versions will migrate from it.
 const SCHEMA_VERSION: i64 = 1;
@@ -164,24 +163,9 @@ const ID_BLOCK: usize = 256;
 /// Connections serving reads beside the writer.
 const READERS: usize = 2;
 
-/// A read for a reader connection; it answers its caller itself.
-type ReadJob = Box<dyn FnOnce(&mut dyn Sql) + Send>;
-
 /// The coordinator's state in a PostgreSQL database. See the module documentation.
 pub struct PgStore {
-    jobs: Option<mpsc::Sender<Job>>,
-    reads: Option<mpsc::Sender<ReadJob>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        drop(self.reads.take());
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
+    threads: Threads,
 }
 
 impl PgStore {
@@ -197,83 +181,18 @@ impl PgStore {
         let loaded = work::load_live(&mut db);
         db.rollback();
         loaded?;
-        let (sender, receiver) = mpsc::channel();
-        let mut threads = vec![
-            std::thread::Builder::new()
-                .name("herd-pg-writer".into())
-                .spawn(move || group::write_loop(&mut db, &receiver))
-                .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?,
-        ];
-        let (read_sender, read_receiver) = mpsc::channel::<ReadJob>();
-        let read_receiver = Arc::new(Mutex::new(read_receiver));
-        for n in 0..READERS {
-            let db = PgDb::connect(url)?;
-            let queue = read_receiver.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("herd-pg-reader-{n}"))
-                    .spawn(move || read_loop(db, &queue))
-                    .map_err(|e| {
-                        StoreError::Corrupt(format!("cannot start a reader thread: {e}"))
-                    })?,
-            );
-        }
+        let readers = (0..READERS)
+            .map(|_| PgDb::connect(url))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            jobs: Some(sender),
-            reads: Some(read_sender),
-            threads,
+            threads: Threads::start("herd-pg", db, readers)?,
         })
     }
 }
 
-/// A reader: runs each read in a read-only snapshot.
-fn read_loop(mut db: PgDb, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
-    loop {
-        let next = match queue.lock() {
-            Ok(receiver) => receiver.recv(),
-            Err(_) => return,
-        };
-        let Ok(read) = next else {
-            return;
-        };
-        if db
-            .reconnect_if_closed()
-            .and_then(|()| db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]))
-            .is_err()
-        {
-            // Dropping the read unanswered tells its caller the store failed.
-            db.rollback();
-            continue;
-        }
-        read(&mut db);
-        db.rollback();
-    }
-}
-
 impl Backend for PgStore {
-    fn write<T, F>(&self, work: F) -> Pending<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut dyn Sql, &mut Live) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (job, pending) = group::job(work);
-        if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(job);
-        }
-        pending
-    }
-
-    fn read<T, F>(&self, work: F) -> Pending<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut dyn Sql) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (answer, pending) = Pending::channel();
-        let read: ReadJob = Box::new(move |tx: &mut dyn Sql| answer.send(work(tx)));
-        if let Some(reads) = &self.reads {
-            let _ = reads.send(read);
-        }
-        pending
+    fn threads(&self) -> &Threads {
+        &self.threads
     }
 }
 
@@ -596,6 +515,17 @@ impl Sql for PgDb {
         }
         let ids = self.ids.entry(sequence).or_default();
         Ok(ids.drain(..n).collect())
+    }
+}
+
+impl Reader for PgDb {
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        self.reconnect_if_closed()?;
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[])
+    }
+
+    fn end_read(&mut self) {
+        self.rollback();
     }
 }
 

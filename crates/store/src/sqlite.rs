@@ -8,17 +8,16 @@
 //! the writer writes), so dashboards never wait behind the hot path.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
 
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use crate::group::{self, Database, Job};
-use crate::live::Live;
+use crate::group::Database;
 use crate::operations::Backend;
 use crate::sql::{Row, Sequence, Sql, Value, args};
-use crate::{Pending, StoreError, work};
+use crate::threads::{Reader, Threads};
+use crate::{StoreError, work};
 
 const SCHEMA_VERSION: i64 = 9;
 
@@ -246,49 +245,15 @@ CREATE TABLE IF NOT EXISTS credit (
 /// Connections serving reads beside the writer.
 const READERS: usize = 2;
 
-/// A read for a reader connection; it answers its caller itself.
-type ReadJob = Box<dyn FnOnce(&mut dyn Sql) + Send>;
-
 /// The coordinator's state in one SQLite file.
 ///
-/// Group commit ([`group`]): one writer thread owns the connection and the live work, and
-/// commits every waiting operation in one transaction. Reads run on [`READERS`] read-only
-/// connections of their own, each in a read transaction (a snapshot of what was committed);
-/// an in-memory database, which other connections cannot open, reads through the writer.
+/// Group commit (`group.rs`): one writer thread owns the connection and the live
+/// work, and commits every waiting operation in one transaction. Reads run on `READERS`
+/// read-only connections of their own, each in a read transaction (a snapshot of what was
+/// committed); an in-memory database, which other connections cannot open, reads through the
+/// writer.
 pub struct SqliteStore {
-    jobs: Option<mpsc::Sender<Job>>,
-    reads: Option<mpsc::Sender<ReadJob>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        // Closing the queues ends the threads once they have finished what they hold.
-        drop(self.jobs.take());
-        drop(self.reads.take());
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A reader: runs each read in its own read transaction.
-fn read_loop(mut db: SqliteDb, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
-    loop {
-        let next = match queue.lock() {
-            Ok(receiver) => receiver.recv(),
-            Err(_) => return,
-        };
-        let Ok(read) = next else {
-            return;
-        };
-        if db.connection.execute_batch("BEGIN").is_err() {
-            // Dropping the read unanswered tells its caller the store failed.
-            continue;
-        }
-        read(&mut db);
-        let _ = db.connection.execute_batch("COMMIT");
-    }
+    threads: Threads,
 }
 
 impl SqliteStore {
@@ -366,70 +331,25 @@ impl SqliteStore {
         let mut db = SqliteDb::new(connection);
         // Load once here so a corrupt database is refused at open, not at the first request.
         work::load_live(&mut db)?;
-        let (sender, receiver) = mpsc::channel();
-        let writer = std::thread::Builder::new()
-            .name("herd-store-writer".into())
-            .spawn(move || group::write_loop(&mut db, &receiver))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         let mut readers = Vec::new();
-        let reads = match path {
-            Some(path) => {
-                let (read_sender, read_receiver) = mpsc::channel::<ReadJob>();
-                let read_receiver = Arc::new(Mutex::new(read_receiver));
-                for n in 0..READERS {
-                    let connection = Connection::open_with_flags(
-                        &path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    connection.busy_timeout(std::time::Duration::from_secs(5))?;
-                    let queue = read_receiver.clone();
-                    readers.push(
-                        std::thread::Builder::new()
-                            .name(format!("herd-store-reader-{n}"))
-                            .spawn(move || read_loop(SqliteDb::new(connection), &queue))
-                            .map_err(|e| {
-                                StoreError::Corrupt(format!("cannot start a reader thread: {e}"))
-                            })?,
-                    );
-                }
-                Some(read_sender)
+        if let Some(path) = path {
+            for _ in 0..READERS {
+                let reader = SqliteDb::read_only(&path)?;
+                reader
+                    .connection
+                    .busy_timeout(std::time::Duration::from_secs(5))?;
+                readers.push(reader);
             }
-            None => None,
-        };
+        }
         Ok(Self {
-            jobs: Some(sender),
-            reads,
-            threads: std::iter::once(writer).chain(readers).collect(),
+            threads: Threads::start("herd-sqlite", db, readers)?,
         })
     }
 }
 
 impl Backend for SqliteStore {
-    fn write<T, F>(&self, work: F) -> Pending<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut dyn Sql, &mut Live) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (job, pending) = group::job(work);
-        // A job that cannot be queued is dropped with its answer: the caller sees `Closed`.
-        if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(job);
-        }
-        pending
-    }
-
-    fn read<T, F>(&self, work: F) -> Pending<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut dyn Sql) -> Result<T, StoreError> + Send + 'static,
-    {
-        let Some(reads) = &self.reads else {
-            return self.write(move |tx, _| work(tx));
-        };
-        let (answer, pending) = Pending::channel();
-        let read: ReadJob = Box::new(move |tx: &mut dyn Sql| answer.send(work(tx)));
-        let _ = reads.send(read);
-        pending
+    fn threads(&self) -> &Threads {
+        &self.threads
     }
 }
 
@@ -530,6 +450,19 @@ impl Sql for SqliteDb {
         let last = last_used + n as u64;
         self.last_ids.insert(sequence, last);
         Ok((first..=last).collect())
+    }
+}
+
+impl Reader for SqliteDb {
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        self.connection.execute_batch("BEGIN")?;
+        Ok(())
+    }
+
+    fn end_read(&mut self) {
+        if !self.connection.is_autocommit() {
+            let _ = self.connection.execute_batch("COMMIT");
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub(crate) trait TestStore: Store {
 
 impl<B: Backend> TestStore for B {
     fn live_mirrors_database(&self) -> Pending<Option<String>> {
-        self.write(|tx, live: &mut Live| {
+        self.threads().write(|tx, live: &mut Live| {
             let loaded = work::load_live(tx)?;
             Ok(live.mirror_difference(&loaded))
         })

@@ -844,20 +844,7 @@ fn judge_invalid(
         &args![replica_id],
     )?;
     if let Some(fuel) = credited_fuel {
-        tx.execute(
-            "INSERT INTO credit_revoked (replica_id, volunteer_id, host_id, fuel, revoked_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (replica_id) DO NOTHING",
-            &args![
-                replica_id,
-                reference.volunteer_id,
-                reference.host_id,
-                fuel,
-                now_ms
-            ],
-        )?;
-        let credit = -credit_for_fuel(fuel);
-        add_recent_credit(tx, "volunteers", reference.volunteer_id, credit, now_ms)?;
-        add_recent_credit(tx, "hosts", reference.host_id, credit, now_ms)?;
+        enter_in_ledger(tx, Ledger::Revocations, replica_id, reference, fuel, now_ms)?;
     }
     change_trust(
         tx,
@@ -955,9 +942,40 @@ fn grant(
     now_ms: u64,
 ) -> Result<(), StoreError> {
     mark_valid(tx, replica_id)?;
+    enter_in_ledger(tx, Ledger::Grants, replica_id, reference, fuel, now_ms)?;
+    if let Some(batch) = live.batches.get_mut(&reference.batch_id) {
+        batch.grants += 1;
+        batch.granted_fuel = batch.granted_fuel.saturating_add(fuel / FUEL_SUM_UNIT);
+    }
+    Ok(())
+}
+
+/// The credit ledger's two tables: grants, and revocations of grants later found invalid.
+#[derive(Clone, Copy)]
+enum Ledger {
+    Grants,
+    Revocations,
+}
+
+/// Enters a replica's fuel in a ledger (once: each table's `replica_id` is unique) and moves
+/// its volunteer's and host's recent average credit by it, up for a grant, down for a revocation.
+fn enter_in_ledger(
+    tx: &mut dyn Sql,
+    ledger: Ledger,
+    replica_id: u64,
+    reference: &ReplicaRef,
+    fuel: u64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let (table, time, sign) = match ledger {
+        Ledger::Grants => ("credit", "granted_ms", 1.0),
+        Ledger::Revocations => ("credit_revoked", "revoked_ms", -1.0),
+    };
     tx.execute(
-        "INSERT INTO credit (replica_id, volunteer_id, host_id, fuel, granted_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (replica_id) DO NOTHING",
+        &format!(
+            "INSERT INTO {table} (replica_id, volunteer_id, host_id, fuel, {time})
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (replica_id) DO NOTHING"
+        ),
         &args![
             replica_id,
             reference.volunteer_id,
@@ -966,11 +984,7 @@ fn grant(
             now_ms
         ],
     )?;
-    if let Some(batch) = live.batches.get_mut(&reference.batch_id) {
-        batch.grants += 1;
-        batch.granted_fuel = batch.granted_fuel.saturating_add(fuel / FUEL_SUM_UNIT);
-    }
-    let credit = credit_for_fuel(fuel);
+    let credit = sign * credit_for_fuel(fuel);
     add_recent_credit(tx, "volunteers", reference.volunteer_id, credit, now_ms)?;
     add_recent_credit(tx, "hosts", reference.host_id, credit, now_ms)
 }
