@@ -23,11 +23,22 @@ const VOLUNTEERS: [(&str, &str); 3] = [
 
 /// Writes `count` Mandelbrot tile inputs into `dir`; returns (name, input text).
 fn write_tiles(dir: &Path, count: usize) -> Vec<(String, String)> {
+    write_tiles_of(dir, count, (48, 32), 300)
+}
+
+/// [`write_tiles`] with tiles of `size` pixels and `iterations` at most per pixel: bigger
+/// numbers make units that last long enough to kill a coordinator in the middle of a batch.
+fn write_tiles_of(
+    dir: &Path,
+    count: usize,
+    size: (u32, u32),
+    iterations: u32,
+) -> Vec<(String, String)> {
     std::fs::create_dir_all(dir).expect("inputs dir");
     (0..count)
         .map(|i| {
             let x = -2.0 + 0.12 * i as f64;
-            let text = herd_samples::mandelbrot_input((x, -0.6), (x + 0.12, 0.6), (48, 32), 300);
+            let text = herd_samples::mandelbrot_input((x, -0.6), (x + 0.12, 0.6), size, iterations);
             let name = format!("tile-{i:02}");
             std::fs::write(dir.join(&name), &text).expect("write input");
             (name, text)

@@ -121,7 +121,17 @@ impl Coordinator {
     /// Starts a coordinator whose database is PostgreSQL at `database` (or, with `None`, the
     /// SQLite file in its data directory).
     pub fn start_on(root: &Path, quic_port: u16, database: Option<&str>) -> anyhow::Result<Self> {
-        let data_dir = root.join("coordinator");
+        Self::start_in(root, &root.join("coordinator"), quic_port, database)
+    }
+
+    /// Starts a coordinator with its data directory at `data_dir` (its log goes in `root`).
+    pub fn start_in(
+        root: &Path,
+        data_dir: &Path,
+        quic_port: u16,
+        database: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let data_dir = data_dir.to_path_buf();
         // Stale address files from an earlier run must not be mistaken for this one's.
         let _ = std::fs::remove_file(data_dir.join("join"));
         let _ = std::fs::remove_file(data_dir.join("http"));

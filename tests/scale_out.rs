@@ -1,11 +1,16 @@
 //! End-to-end on PostgreSQL: coordinators whose database is a real PostgreSQL server (Debian's,
 //! started for each test by `herd-pgtest`, fsync on), with real workers on 127.0.0.1.
 
-use herd_e2e::{Coordinator, LogsOnFailure, free_udp_port, start_worker};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use herd_e2e::{Coordinator, LogsOnFailure, eventually, free_udp_port, start_worker};
+use herd_net::JoinString;
 use herd_pgtest::{Durability, Server};
 
 use super::{
     VOLUNTEERS, check_ledger, check_results, killed_mid_batch_and_restarted, submit, write_tiles,
+    write_tiles_of,
 };
 
 /// A fresh server with an empty database `herd`; the server stops when it is dropped.
@@ -108,5 +113,264 @@ fn herd_coordinator_migrate_moves_a_sqlite_project_to_postgresql_with_every_tota
             .len(),
         3,
         "the workers are the same hosts as before the move"
+    );
+}
+
+/// The project's secrets a second coordinator needs, copied from the first's data directory
+/// into `dir` (README: "Several coordinators").
+fn copy_secrets(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("data directory");
+    for file in [
+        "tls.cert.der",
+        "tls.key.der",
+        "project.key",
+        "researcher.token",
+    ] {
+        std::fs::copy(from.join(file), to.join(file)).expect("copy a secret");
+    }
+}
+
+/// The project's join string naming every coordinator's address, in order.
+fn project_join(coordinators: &[&Coordinator]) -> String {
+    let joins: Vec<JoinString> = coordinators
+        .iter()
+        .map(|c| c.join.parse().expect("a join string"))
+        .collect();
+    JoinString {
+        addrs: joins.iter().flat_map(|j| j.addrs.clone()).collect(),
+        ..joins[0].clone()
+    }
+    .to_string()
+}
+
+/// Thirty tiles whose units last long enough (tenths of a second each) to stop a coordinator in
+/// the middle of their batch.
+fn slow_tiles(root: &Path) -> Vec<(String, String)> {
+    write_tiles_of(&root.join("inputs"), 30, (96, 64), 3000)
+}
+
+/// Two coordinators on one database: the first active, the second standing by (serving reads,
+/// refusing writes with the active one's address), both with the project's secrets.
+fn two_coordinators(root: &Path, url: &str) -> (Coordinator, Coordinator) {
+    let first = Coordinator::start_on(root, free_udp_port(), Some(url)).expect("first");
+    let second_dir = root.join("second");
+    copy_secrets(&first.data_dir, &second_dir);
+    let second =
+        Coordinator::start_in(root, &second_dir, free_udp_port(), Some(url)).expect("second");
+    (first, second)
+}
+
+fn log_of(coordinator: &Coordinator) -> String {
+    std::fs::read_to_string(&coordinator.process.log).unwrap_or_default()
+}
+
+#[test]
+fn a_standby_coordinator_takes_over_a_batch_when_the_active_one_is_killed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let (_server, url) = database();
+    let (mut first, second) = two_coordinators(root.path(), &url);
+    // The standby serves reads and refuses writes, naming the active coordinator.
+    let (code, body) = second.api(
+        "POST",
+        "/api/v1/researchers",
+        Some(&first.token),
+        Some(r#"{"name": "lovelace"}"#),
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&first.http)),
+        "{body}"
+    );
+    let join = project_join(&[&first, &second]);
+    let _workers: Vec<_> = VOLUNTEERS
+        .iter()
+        .map(|(name, team)| start_worker(root.path(), &join, name, team, 1).expect("worker"))
+        .collect();
+    let tiles = slow_tiles(root.path());
+    let batch = submit(&first, root.path(), &root.path().join("inputs"), false);
+    assert_eq!(
+        second.herd_json(&["status", &batch.to_string(), "--json"])["total"],
+        30,
+        "the standby reads the same project"
+    );
+    eventually(Duration::from_secs(120), "some units validated", || {
+        let status = first.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"].as_u64()? >= 3).then_some(())
+    });
+    first.process.kill();
+    let killed = Instant::now();
+    let at_kill = second.herd_json(&["status", &batch.to_string(), "--json"]);
+    assert!(
+        at_kill["validated"].as_u64() < Some(30),
+        "killed in the middle of the batch: {at_kill}"
+    );
+    // Fail-over: from the kill to the first unit validated through the second coordinator.
+    eventually(
+        Duration::from_secs(60),
+        "a unit validated after the kill",
+        || {
+            let status = second.herd_json(&["status", &batch.to_string(), "--json"]);
+            (status["validated"].as_u64()? > at_kill["validated"].as_u64()?).then_some(())
+        },
+    );
+    eprintln!(
+        "computing again through the second {:?} after the kill",
+        killed.elapsed()
+    );
+    let status = eventually(
+        Duration::from_secs(120),
+        "every unit validated through the second coordinator",
+        || {
+            let status = second.herd_json(&["status", &batch.to_string(), "--json"]);
+            (status["validated"] == 30).then_some(status)
+        },
+    );
+    eprintln!("batch completed {:?} after the kill", killed.elapsed());
+    assert!(log_of(&second).contains("holds the project's lease (epoch"));
+    check_results(&second, root.path(), batch, &tiles);
+    check_ledger(&second, &status);
+    assert_eq!(
+        second
+            .sql_number("SELECT COUNT(*) FROM credit")
+            .expect("ledger"),
+        60,
+        "exactly two grants per unit"
+    );
+}
+
+#[test]
+fn a_stalled_coordinator_is_fenced_and_writes_nothing_once_another_holds_the_lease() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let (_server, url) = database();
+    let (first, second) = two_coordinators(root.path(), &url);
+    let join = project_join(&[&first, &second]);
+    let _workers: Vec<_> = VOLUNTEERS
+        .iter()
+        .map(|(name, team)| start_worker(root.path(), &join, name, team, 1).expect("worker"))
+        .collect();
+    let tiles = slow_tiles(root.path());
+    let batch = submit(&first, root.path(), &root.path().join("inputs"), false);
+    eventually(Duration::from_secs(120), "some units validated", || {
+        let status = first.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"].as_u64()? >= 3).then_some(())
+    });
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &first.process.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    // Stalled past its lease: the second takes the project over.
+    signal("-STOP");
+    let at_stop = second.herd_json(&["status", &batch.to_string(), "--json"]);
+    assert!(
+        at_stop["validated"].as_u64() < Some(30),
+        "stopped in the middle of the batch: {at_stop}"
+    );
+    eventually(Duration::from_secs(60), "the second takes over", || {
+        log_of(&second)
+            .contains("holds the project's lease (epoch")
+            .then_some(())
+    });
+    signal("-CONT");
+    eventually(
+        Duration::from_secs(30),
+        "the first says it is fenced",
+        || {
+            let log = log_of(&first);
+            (log.contains("fenced") || log.contains("lost the project's lease")).then_some(())
+        },
+    );
+    let status = eventually(Duration::from_secs(120), "every unit validated", || {
+        let status = second.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"] == 30).then_some(status)
+    });
+    check_results(&second, root.path(), batch, &tiles);
+    check_ledger(&second, &status);
+    assert_eq!(
+        second
+            .sql_number("SELECT COUNT(*) FROM credit")
+            .expect("ledger"),
+        60,
+        "exactly two grants per unit: the fenced coordinator credited nothing twice"
+    );
+    // The first, resumed, stands by: it refuses writes and names the second.
+    eventually(
+        Duration::from_secs(10),
+        "the first names the active one",
+        || {
+            let (code, body) = first.api(
+                "POST",
+                "/api/v1/researchers",
+                Some(&first.token),
+                Some(r#"{"name": "lovelace"}"#),
+            );
+            assert_eq!(code, 503, "{body}");
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&second.http))
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn postgresql_stopped_mid_batch_and_started_again_loses_nothing_and_credits_nothing_twice() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let (mut server, url) = database();
+    let coordinator =
+        Coordinator::start_on(root.path(), free_udp_port(), Some(&url)).expect("coordinator");
+    let _workers: Vec<_> = VOLUNTEERS
+        .iter()
+        .map(|(name, team)| {
+            start_worker(root.path(), &coordinator.join, name, team, 1).expect("worker")
+        })
+        .collect();
+    let tiles = slow_tiles(root.path());
+    let batch = submit(
+        &coordinator,
+        root.path(),
+        &root.path().join("inputs"),
+        false,
+    );
+    eventually(Duration::from_secs(120), "some units validated", || {
+        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+        (status["validated"].as_u64()? >= 3).then_some(())
+    });
+    // As a crash would: no checkpoint, every connection cut. Workers go on computing and keep
+    // their results in their spools meanwhile.
+    let before = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    server.stop_immediately().expect("stop PostgreSQL");
+    assert!(
+        before["validated"].as_u64() < Some(30),
+        "stopped in the middle of the batch: {before}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    server.start_again().expect("start PostgreSQL again");
+    // Reads may fail while the coordinator reconnects; they are asked again.
+    eventually(Duration::from_secs(120), "every unit validated", || {
+        let (code, status) = coordinator.api(
+            "GET",
+            &format!("/api/v1/batches/{batch}"),
+            Some(&coordinator.token),
+            None,
+        );
+        (code == 200 && status["validated"] == 30).then_some(())
+    });
+    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    check_results(&coordinator, root.path(), batch, &tiles);
+    check_ledger(&coordinator, &status);
+    assert_eq!(
+        coordinator
+            .sql_number("SELECT COUNT(*) FROM credit")
+            .expect("ledger"),
+        60,
+        "exactly two grants per unit"
     );
 }

@@ -120,6 +120,10 @@ impl ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
+        if let Some(StoreError::Standby(message)) = error.downcast_ref::<StoreError>() {
+            // A write to a standby coordinator: the message names the active one.
+            return Self::new(StatusCode::SERVICE_UNAVAILABLE, "standby", message.clone());
+        }
         tracing::error!("internal error: {error:#}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -256,7 +260,7 @@ async fn put_blob(
         ));
     }
     let blobs = shared.blobs.clone();
-    blocking(move || Ok(blobs.put(&body)?)).await?;
+    blocking(move || blobs.put(&body)).await?;
     shared
         .store
         .record_uploads(me.id, vec![claimed])
@@ -285,7 +289,7 @@ async fn get_blob(
         .map_err(anyhow::Error::from)?;
     let blobs = shared.blobs.clone();
     let found = if visible {
-        blocking(move || Ok(blobs.get(&hash)?)).await?
+        blocking(move || blobs.get(&hash)).await?
     } else {
         None
     };
@@ -509,10 +513,10 @@ async fn create_batch(
                 refusal.to_string(),
             )));
         }
-        if let Some(unit) = batch
-            .units
-            .iter()
-            .find(|u| !shared.blobs.contains(&u.input))
+        if let Some(missing) = shared
+            .blobs
+            .first_missing(batch.units.iter().map(|u| &u.input))?
+            && let Some(unit) = batch.units.iter().find(|u| u.input == missing)
         {
             return Ok(Err(ApiError::bad_request(
                 "input_missing",
@@ -608,13 +612,7 @@ async fn retire(
     };
     let blobs = shared.blobs.clone();
     let unreferenced = retired.unreferenced_blobs.clone();
-    blocking(move || {
-        for hash in &unreferenced {
-            blobs.remove(hash)?;
-        }
-        Ok(())
-    })
-    .await?;
+    blocking(move || blobs.remove_all(&unreferenced)).await?;
     Ok(Some((retired, archive)))
 }
 
@@ -1097,7 +1095,7 @@ async fn put_blobs(
     let store = shared.blobs.clone();
     let hashes = blocking(move || {
         let blobs = split_frames(&body).map_err(|e| anyhow::anyhow!(e.message))?;
-        Ok(store.put_many(&blobs)?)
+        store.put_many(&blobs)
     })
     .await?;
     shared

@@ -7,6 +7,7 @@
 //! and only then does the coordinator answer.
 
 mod archive;
+mod blobs;
 mod data_dir;
 mod http;
 mod leaderboard;
@@ -47,7 +48,7 @@ pub struct Config {
 /// What every request handler shares.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) blobs: BlobStore,
+    pub(crate) blobs: blobs::ProjectBlobs,
     /// Where retired batches are archived when the researcher asks (`DIR/archive`).
     pub(crate) archive_dir: PathBuf,
     pub(crate) sandbox: Sandbox,
@@ -100,8 +101,16 @@ where
 /// Starts the coordinator and runs until `shutdown` turns true.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let dir = DataDir::open(&config.data_dir)?;
-    let store = open_store(&dir, config.database.as_deref()).await?;
-    let blobs = BlobStore::open(dir.blobs_path()).context("open the blob store")?;
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("bind HTTP on {}", config.http))?;
+    let http_addr = listener.local_addr().context("HTTP local address")?;
+    let http_url = format!("http://{http_addr}");
+    let store = open_store(&dir, config.database.as_deref(), &http_url).await?;
+    let blobs = blobs::ProjectBlobs::new(
+        BlobStore::open(dir.blobs_path()).context("open the blob store")?,
+        store.clone(),
+    );
     let sandbox = Sandbox::new().context("configure the sandbox")?;
     let shared = Arc::new(Shared {
         store,
@@ -112,16 +121,22 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         stats_dir: stats::dir(&config.data_dir),
         dump_cache: tokio::sync::Mutex::new(None),
     });
-    // The token in DATA_DIR/researcher.token is the administrator's.
-    shared
-        .store
-        .ensure_researcher(
-            http::ADMIN,
-            &http::token_hash(&dir.researcher_token),
-            now_ms(),
-        )
-        .await
-        .context("record the administrator's token")?;
+    // The token in DATA_DIR/researcher.token is the administrator's: recorded now, and again
+    // whenever this coordinator becomes the project's active one (a standby writes nothing).
+    let admin_token = http::token_hash(&dir.researcher_token);
+    if *shared.store.activity().borrow() {
+        shared
+            .store
+            .ensure_researcher(http::ADMIN, &admin_token, now_ms())
+            .await
+            .context("record the administrator's token")?;
+    } else {
+        tracing::info!(
+            "standing by: another coordinator holds the project's lease; this one serves reads \
+             and takes over if it goes"
+        );
+    }
+    let admin = tokio::spawn(record_admin_when_active(shared.clone(), admin_token));
 
     // Derived from the project key so it survives restarts; see `server_endpoint`.
     let reset_secret = blake3::derive_key("herd quic stateless reset v1", &dir.project_key.seed());
@@ -129,17 +144,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         herd_net::server_endpoint(config.quic, &dir.cert_der, &dir.key_der, &reset_secret)
             .context("start the QUIC endpoint")?;
     let quic_addr = endpoint.local_addr().context("QUIC local address")?;
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("bind HTTP on {}", config.http))?;
-    let http_addr = listener.local_addr().context("HTTP local address")?;
 
     let join = herd_net::JoinString {
-        addr: quic_addr,
+        addrs: vec![quic_addr],
         cert_sha256: herd_net::fingerprint(&dir.cert_der),
         project_key: shared.project_key.public_key(),
     };
-    let http_url = format!("http://{http_addr}");
     dir.write_addresses(&join.to_string(), &http_url)?;
     println!("join: {join}");
     println!("http: {http_url}");
@@ -156,6 +166,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     endpoint.close(0u32.into(), b"coordinator shutting down");
     sweeper.abort();
     exporter.abort();
+    admin.abort();
     quic_task.abort();
     let _ = http_task.await;
     endpoint.wait_idle().await;
@@ -163,7 +174,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 }
 
 /// The project's database: PostgreSQL at `url`, or the data directory's SQLite file.
-async fn open_store(dir: &DataDir, url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(
+    dir: &DataDir,
+    url: Option<&str>,
+    http_url: &str,
+) -> anyhow::Result<Arc<dyn Store>> {
     match url {
         Some(url) => {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -172,9 +187,10 @@ async fn open_store(dir: &DataDir, url: Option<&str>) -> anyhow::Result<Arc<dyn 
                      or leave it out for the data directory's SQLite file"
                 );
             }
-            let url = url.to_owned();
+            let (url, http_url) = (url.to_owned(), http_url.to_owned());
             let store = blocking(move || {
-                PgStore::connect(&url).with_context(|| format!("connect to the database {url}"))
+                PgStore::connect_as(&url, &http_url)
+                    .with_context(|| format!("connect to the database {url}"))
             })
             .await?;
             Ok(Arc::new(store))
@@ -188,10 +204,36 @@ async fn open_store(dir: &DataDir, url: Option<&str>) -> anyhow::Result<Arc<dyn 
     }
 }
 
+/// Each time this coordinator becomes the project's active one, records the administrator's
+/// token (another coordinator's data directory may have held another).
+async fn record_admin_when_active(shared: Arc<Shared>, token_hash: String) {
+    let mut activity = shared.store.activity();
+    loop {
+        if activity.wait_for(|active| !*active).await.is_err()
+            || activity.wait_for(|active| *active).await.is_err()
+        {
+            // A store that never stands by (SQLite) recorded it at start.
+            return;
+        }
+        tracing::info!("this coordinator is now the project's active one");
+        if let Err(error) = shared
+            .store
+            .ensure_researcher(http::ADMIN, &token_hash, now_ms())
+            .await
+        {
+            tracing::error!("record the administrator's token: {error}");
+        }
+    }
+}
+
 async fn sweep_deadlines(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(DEADLINE_SWEEP);
     loop {
         interval.tick().await;
+        if !*shared.store.activity().borrow() {
+            // Only the active coordinator decides the live work.
+            continue;
+        }
         match shared.store.expire_deadlines(now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} replicas passed their deadline and will be reissued"),

@@ -50,6 +50,10 @@ use tokio::sync::watch;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The longest wait between attempts when the join string names several coordinators: one of
+/// them takes the project over within its lease (10 s), so the worker keeps looking often.
+const MAX_BACKOFF_SEVERAL: Duration = Duration::from_secs(2);
+
 /// How long to wait after a refused request before asking again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -108,12 +112,23 @@ struct Worker {
     /// The volunteer's credit and rank, as the coordinator last said.
     standing: Mutex<Option<Standing>>,
     connected: std::sync::atomic::AtomicBool,
+    /// Which of the join string's coordinators answered last (tried first next time).
+    coordinator: std::sync::atomic::AtomicUsize,
     /// Units finished since the worker started.
     finished_units: std::sync::atomic::AtomicU64,
     /// How fast units get done here, sent with each request for work.
     speed: Mutex<speed::Speed>,
     /// Taken by the slot that asks for new work (see `slot`).
     work_probe: tokio::sync::Mutex<()>,
+}
+
+/// The join string's addresses, for messages.
+fn join_addresses(join: &herd_net::JoinString) -> String {
+    join.addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder did (lists only pushed to
@@ -248,6 +263,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         network,
         standing: Mutex::new(None),
         connected: std::sync::atomic::AtomicBool::new(false),
+        coordinator: std::sync::atomic::AtomicUsize::new(0),
         finished_units: std::sync::atomic::AtomicU64::new(0),
         speed: Mutex::new(speed),
         work_probe: tokio::sync::Mutex::new(()),
@@ -255,6 +271,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let status_writer = tokio::spawn(write_status(worker.clone()));
     let _stop_status = AbortOnDrop(status_writer);
     let mut backoff = MIN_BACKOFF;
+    let max_backoff = if worker.config.join.addrs.len() > 1 {
+        MAX_BACKOFF_SEVERAL
+    } else {
+        MAX_BACKOFF
+    };
     loop {
         let session = tokio::select! {
             result = worker.clone().session() => result,
@@ -276,7 +297,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 return Ok(());
             }
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = (backoff * 2).min(max_backoff);
     }
 }
 
@@ -284,13 +305,18 @@ impl Worker {
     /// One connection: handshake, then one loop per core until the connection fails.
     async fn session(self: Arc<Self>) -> anyhow::Result<()> {
         let join = &self.config.join;
-        let connection = match herd_net::connect(join).await {
-            Ok(connection) => connection,
+        // The coordinator that answered last is tried first, then the project's others in turn.
+        let preferred = self.coordinator.load(std::sync::atomic::Ordering::Relaxed);
+        let (connection, index) = match herd_net::connect_from(join, preferred).await {
+            Ok(answered) => answered,
             Err(error @ herd_net::NetError::CertificateMismatch { .. }) => {
                 return Err(Permanent(error.to_string()).into());
             }
             Err(error) => {
-                return Err(anyhow::Error::from(error).context(format!("connect to {}", join.addr)));
+                return Err(anyhow::Error::from(error).context(format!(
+                    "connect to the coordinator ({})",
+                    join_addresses(join)
+                )));
             }
         };
         // Signed over this connection's channel binding: proof that this host holds its key,
@@ -331,7 +357,9 @@ impl Worker {
             }
             other => bail!("unexpected answer to Hello: {other:?}"),
         }
-        tracing::info!("connected to {}", join.addr);
+        self.coordinator
+            .store(index, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("connected to {}", join.addrs[index]);
         self.connected
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let _disconnected = Disconnected(&self.connected);

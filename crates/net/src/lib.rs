@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 pub use files::{FileError, load_or_create_key, random_bytes, write_file};
 pub use join::{JoinError, JoinString};
-pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
+pub use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
 /// Streams a worker may have open at once on its connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
@@ -34,6 +34,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a worker pings an idle connection: three pings fit in [`IDLE_TIMEOUT`], and an idle
 /// worker barely wakes.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// With several coordinators in the join string, a worker pings this often and gives a silent
+/// connection up after [`FAILOVER_IDLE_TIMEOUT`] (QUIC takes the smaller of both ends' idle
+/// timeouts), so it notices a dead coordinator within seconds and goes to the active one.
+pub const FAILOVER_KEEP_ALIVE: Duration = Duration::from_secs(2);
+pub const FAILOVER_IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A network failure, or bytes from the peer that break the protocol.
 #[derive(Debug, thiserror::Error)]
@@ -92,18 +98,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport(keep_alive: bool) -> Result<Arc<quinn::TransportConfig>, NetError> {
+fn transport(
+    keep_alive: Option<Duration>,
+    idle_timeout: Duration,
+) -> Result<Arc<quinn::TransportConfig>, NetError> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.max_idle_timeout(Some(
-        IDLE_TIMEOUT
+        idle_timeout
             .try_into()
             .map_err(|e| NetError::Setup(format!("idle timeout: {e}")))?,
     ));
-    if keep_alive {
-        transport.keep_alive_interval(Some(KEEP_ALIVE));
-    }
+    transport.keep_alive_interval(keep_alive);
     Ok(Arc::new(transport))
 }
 
@@ -126,7 +133,7 @@ pub fn server_endpoint(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(false)?);
+    config.transport_config(transport(None, IDLE_TIMEOUT)?);
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     // Connection IDs carry a keyed hash that the endpoint checks before answering a packet for
@@ -153,8 +160,47 @@ pub fn server_endpoint(
     .map_err(|source| NetError::Bind { addr, source })
 }
 
-/// Connects to the coordinator named by `join`, trusting only its pinned certificate.
+/// How long one coordinator's address is tried before the next (a dead one may not answer).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Connects to the first coordinator of `join` that answers, trusting only the pinned
+/// certificate.
 pub async fn connect(join: &JoinString) -> Result<Connection, NetError> {
+    connect_from(join, 0)
+        .await
+        .map(|(connection, _)| connection)
+}
+
+/// Connects to one of `join`'s coordinators, trying them in turn from the `start`th (round the
+/// list): the connection and the index of the address that answered. A certificate that does
+/// not match is the error if any address presented one; otherwise the last address's error.
+pub async fn connect_from(
+    join: &JoinString,
+    start: usize,
+) -> Result<(Connection, usize), NetError> {
+    let count = join.addrs.len();
+    let mut failure = None;
+    for offset in 0..count {
+        let index = (start + offset) % count;
+        let addr = join.addrs[index];
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect_to(join, addr)).await;
+        let error = match attempt {
+            Ok(Ok(connection)) => return Ok((connection, index)),
+            Ok(Err(error)) => error,
+            Err(_) => NetError::Connect {
+                addr,
+                message: format!("no answer within {CONNECT_TIMEOUT:?}"),
+            },
+        };
+        if !matches!(failure, Some(NetError::CertificateMismatch { .. })) {
+            failure = Some(error);
+        }
+    }
+    Err(failure.unwrap_or_else(|| NetError::Setup("the join string names no address".into())))
+}
+
+/// Connects to the coordinator at `addr`, trusting only `join`'s pinned certificate.
+async fn connect_to(join: &JoinString, addr: SocketAddr) -> Result<Connection, NetError> {
     let verifier = pinning::PinnedCertificate::new(join.cert_sha256.clone(), provider());
     let mismatch = verifier.mismatch.clone();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -165,8 +211,12 @@ pub async fn connect(join: &JoinString) -> Result<Connection, NetError> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(true)?);
-    let local: SocketAddr = if join.addr.is_ipv6() {
+    config.transport_config(if join.addrs.len() > 1 {
+        transport(Some(FAILOVER_KEEP_ALIVE), FAILOVER_IDLE_TIMEOUT)?
+    } else {
+        transport(Some(KEEP_ALIVE), IDLE_TIMEOUT)?
+    });
+    let local: SocketAddr = if addr.is_ipv6() {
         "[::]:0"
     } else {
         "0.0.0.0:0"
@@ -179,9 +229,9 @@ pub async fn connect(join: &JoinString) -> Result<Connection, NetError> {
     })?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
-        .connect(join.addr, "herd-coordinator")
+        .connect(addr, "herd-coordinator")
         .map_err(|e| NetError::Connect {
-            addr: join.addr,
+            addr,
             message: e.to_string(),
         })?;
     connecting.await.map_err(|e| {
@@ -190,12 +240,9 @@ pub async fn connect(join: &JoinString) -> Result<Connection, NetError> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         match wrong {
-            Some(message) => NetError::CertificateMismatch {
-                addr: join.addr,
-                message,
-            },
+            Some(message) => NetError::CertificateMismatch { addr, message },
             None => NetError::Connect {
-                addr: join.addr,
+                addr,
                 message: e.to_string(),
             },
         }

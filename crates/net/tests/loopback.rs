@@ -9,7 +9,7 @@ use herd_protocol::{ClientMessage, PublicKey, ServerMessage};
 
 fn join_for(endpoint: &herd_net::Endpoint, cert_sha256: String) -> JoinString {
     JoinString {
-        addr: endpoint.local_addr().expect("addr"),
+        addrs: vec![endpoint.local_addr().expect("addr")],
         cert_sha256,
         project_key: PublicKey([1; 32]),
     }

@@ -15,8 +15,9 @@ pub(crate) const MAX_GROUP: usize = 512;
 
 /// A connection the writer drives: [`Sql`] plus the transaction around each group.
 pub(crate) trait Database: Sql {
-    /// Begins the group's transaction.
-    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Begins the group's transaction; says whether the live work held is still current (a
+    /// writer that took the project over must load it again).
+    fn begin(&mut self) -> Result<bool, StoreError>;
     /// Sends everything held and commits.
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Abandons the transaction after a failure (whatever state it is in).
@@ -31,7 +32,10 @@ pub(crate) trait Database: Sql {
 /// One operation for the writer: it runs inside the group's transaction (in its own savepoint)
 /// with the live work, and says how it went and how to answer its caller once the group's fate
 /// is known.
-pub(crate) type Job = Box<dyn FnOnce(&mut dyn Sql, &mut Live) -> JobDone + Send>;
+/// A job refused before it ran (the group could not begin) is called with the reason, answers
+/// its caller with it and returns `None`.
+pub(crate) type Job =
+    Box<dyn FnOnce(Result<(&mut dyn Sql, &mut Live), &StoreError>) -> Option<JobDone> + Send>;
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 pub(crate) struct JobDone {
@@ -50,18 +54,27 @@ where
     F: FnOnce(&mut dyn Sql, &mut Live) -> Result<T, StoreError> + Send + 'static,
 {
     let (answer, pending) = Pending::channel();
-    let job: Job = Box::new(move |tx: &mut dyn Sql, live: &mut Live| {
-        let outcome = work(tx, live);
-        let ok = outcome.is_ok();
-        let stale = matches!(&outcome, Err(error) if !error.is_refusal());
-        let reply: Reply = Box::new(move |committed: Result<(), String>| {
-            answer.send(match committed {
-                Ok(()) => outcome,
-                Err(message) => Err(StoreError::Commit(message)),
+    let job: Job = Box::new(
+        move |context: Result<(&mut dyn Sql, &mut Live), &StoreError>| {
+            let (tx, live) = match context {
+                Ok(context) => context,
+                Err(refused) => {
+                    answer.send(Err(refused.for_another()));
+                    return None;
+                }
+            };
+            let outcome = work(tx, live);
+            let ok = outcome.is_ok();
+            let stale = matches!(&outcome, Err(error) if !error.is_refusal());
+            let reply: Reply = Box::new(move |committed: Result<(), String>| {
+                answer.send(match committed {
+                    Ok(()) => outcome,
+                    Err(message) => Err(StoreError::Commit(message)),
+                });
             });
-        });
-        JobDone { ok, stale, reply }
-    });
+            Some(JobDone { ok, stale, reply })
+        },
+    );
     (job, pending)
 }
 
@@ -84,10 +97,19 @@ pub(crate) fn write_loop(db: &mut dyn Database, jobs: &mpsc::Receiver<Job>) {
 
 /// Runs one group. Dropping a job unanswered tells its caller the store failed.
 fn commit_group(db: &mut dyn Database, live: &mut Option<Live>, group: Vec<Job>) {
-    if let Err(error) = db.begin() {
-        eprintln!("herd-store: cannot begin a transaction: {error}");
-        db.rollback();
-        return;
+    match db.begin() {
+        Ok(true) => {}
+        Ok(false) => *live = None,
+        Err(error) => {
+            if !matches!(error, StoreError::Standby(_)) {
+                eprintln!("herd-store: cannot begin a transaction: {error}");
+            }
+            db.rollback();
+            for job in group {
+                job(Err(&error));
+            }
+            return;
+        }
     }
     let mut live_now = match live.take() {
         Some(loaded) => loaded,
@@ -96,6 +118,9 @@ fn commit_group(db: &mut dyn Database, live: &mut Option<Live>, group: Vec<Job>)
             Err(error) => {
                 eprintln!("herd-store: cannot load the live work: {error}");
                 db.rollback();
+                for job in group {
+                    job(Err(&error));
+                }
                 return;
             }
         },
@@ -108,7 +133,9 @@ fn commit_group(db: &mut dyn Database, live: &mut Option<Live>, group: Vec<Job>)
             stale = true;
             continue;
         }
-        let done = job(tx, &mut live_now);
+        let Some(done) = job(Ok((tx, &mut live_now))) else {
+            continue;
+        };
         stale |= done.stale;
         if done.ok {
             if let Err(error) = tx.execute("RELEASE job", &[]) {

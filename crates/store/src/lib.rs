@@ -64,6 +64,12 @@ pub enum StoreError {
     NotAllowed(String),
     #[error("could not commit: {0}")]
     Commit(String),
+    /// This coordinator does not hold the project's lease: another one is active.
+    #[error("{0}")]
+    Standby(String),
+    /// This coordinator held the project's lease and lost it to another: it writes nothing.
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("the store is closed")]
     Closed,
 }
@@ -348,6 +354,28 @@ pub struct CreditTotals {
 /// The coordinator's durable state. Every call answers through a [`Pending`] result, which async
 /// code awaits and other code waits for; a change is durable before its result arrives.
 pub trait Store: Send + Sync {
+    /// Whether this coordinator may write, as it changes: always for a database of its own; on a
+    /// database shared by several coordinators, while it holds the project's lease. A standby's
+    /// writes are refused ([`StoreError::Standby`]); its reads are served.
+    fn activity(&self) -> tokio::sync::watch::Receiver<bool>;
+
+    /// Whether the database keeps blobs for every coordinator of the project (PostgreSQL), or
+    /// each coordinator keeps its own in its blob store (SQLite: the calls below do nothing).
+    fn shares_blobs(&self) -> bool;
+
+    /// Keeps blobs (modules, inputs, outputs) in the database for every coordinator; each is
+    /// named by its hash. Committed before it returns.
+    fn share_blobs(&self, blobs: Vec<Vec<u8>>) -> Pending<()>;
+
+    /// A blob kept in the database, unverified (the caller checks its hash).
+    fn shared_blob(&self, hash: &ContentHash) -> Pending<Option<Vec<u8>>>;
+
+    /// Which of `hashes` the database does not keep.
+    fn shared_blobs_missing(&self, hashes: Vec<ContentHash>) -> Pending<Vec<ContentHash>>;
+
+    /// Forgets blobs no batch refers to any more (after [`retire_batch`](Store::retire_batch)).
+    fn unshare_blobs(&self, hashes: Vec<ContentHash>) -> Pending<()>;
+
     /// Registers a host (or updates it) under its volunteer, creating the volunteer if new. The
     /// caller has checked that the host proved it holds `key`.
     ///

@@ -5,7 +5,7 @@
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
 
 use crate::live::Live;
-use crate::sql::{Sql, args};
+use crate::sql::{Sql, Value, args};
 use crate::threads::Threads;
 use crate::{
     BatchStatus, BatchSummary, CreditTotals, Exchange, HostLine, HostRecord, NewBatch, Pending,
@@ -18,6 +18,26 @@ use crate::{
 /// live work, and readers), each with a connection of the backend's kind.
 pub(crate) trait Backend: Send + Sync {
     fn threads(&self) -> &Threads;
+
+    /// Whether this coordinator may write, as it changes: always, unless the backend is shared
+    /// with other coordinators.
+    fn writing(&self) -> tokio::sync::watch::Receiver<bool> {
+        tokio::sync::watch::channel(true).1
+    }
+
+    /// Whether blobs are kept in the database (see [`Store::shares_blobs`]).
+    fn shares_blobs(&self) -> bool {
+        false
+    }
+}
+
+/// Hashes as an SQL list of literals: hex digits only, so nothing needs quoting.
+fn hash_list(hashes: &[ContentHash]) -> String {
+    hashes
+        .iter()
+        .map(|hash| format!("'{}'", hash.to_hex()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl StoreError {
@@ -32,7 +52,18 @@ impl StoreError {
                 | StoreError::Invalid(_)
                 | StoreError::BlobMissing(_)
                 | StoreError::NotAllowed(_)
+                | StoreError::Standby(_)
         )
+    }
+
+    /// The same error for another caller (errors are not `Clone`: a database error's source is
+    /// kept as its message).
+    pub(crate) fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::Standby(message) => StoreError::Standby(message.clone()),
+            StoreError::Fenced(message) => StoreError::Fenced(message.clone()),
+            other => StoreError::Commit(other.to_string()),
+        }
     }
 }
 
@@ -116,6 +147,83 @@ fn retire(
 }
 
 impl<B: Backend> Store for B {
+    fn activity(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.writing()
+    }
+
+    fn shares_blobs(&self) -> bool {
+        Backend::shares_blobs(self)
+    }
+
+    fn share_blobs(&self, blobs: Vec<Vec<u8>>) -> Pending<()> {
+        if !Backend::shares_blobs(self) {
+            return Pending::ready(Ok(()));
+        }
+        self.threads().write(move |tx, _| {
+            for bytes in blobs {
+                tx.execute(
+                    "INSERT INTO blobs (hash, bytes) VALUES (?1, ?2) ON CONFLICT (hash) DO NOTHING",
+                    &[
+                        Value::from(ContentHash::of(&bytes).to_hex()),
+                        Value::Blob(bytes),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn shared_blob(&self, hash: &ContentHash) -> Pending<Option<Vec<u8>>> {
+        if !Backend::shares_blobs(self) {
+            return Pending::ready(Ok(None));
+        }
+        let hash = hash.to_hex();
+        self.threads().read(move |tx| {
+            tx.query_row("SELECT bytes FROM blobs WHERE hash = ?1", &args![hash])?
+                .map(|row| row.blob(0))
+                .transpose()
+        })
+    }
+
+    fn shared_blobs_missing(&self, hashes: Vec<ContentHash>) -> Pending<Vec<ContentHash>> {
+        if !Backend::shares_blobs(self) {
+            return Pending::ready(Ok(hashes));
+        }
+        self.threads().read(move |tx| {
+            let mut missing = Vec::new();
+            for chunk in hashes.chunks(1000) {
+                let kept: std::collections::HashSet<String> = tx
+                    .query(
+                        &format!(
+                            "SELECT hash FROM blobs WHERE hash IN ({})",
+                            hash_list(chunk)
+                        ),
+                        &[],
+                    )?
+                    .iter()
+                    .map(|row| row.text(0))
+                    .collect::<Result<_, _>>()?;
+                missing.extend(chunk.iter().filter(|h| !kept.contains(&h.to_hex())));
+            }
+            Ok(missing)
+        })
+    }
+
+    fn unshare_blobs(&self, hashes: Vec<ContentHash>) -> Pending<()> {
+        if !Backend::shares_blobs(self) || hashes.is_empty() {
+            return Pending::ready(Ok(()));
+        }
+        self.threads().write(move |tx, _| {
+            for chunk in hashes.chunks(1000) {
+                tx.execute(
+                    &format!("DELETE FROM blobs WHERE hash IN ({})", hash_list(chunk)),
+                    &[],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     fn register_host(
         &self,
         key: &PublicKey,

@@ -1,5 +1,7 @@
 //! The PostgreSQL backend of [`Store`](crate::Store), for projects that outgrow one machine:
-//! every coordinator of the project connects to the same database.
+//! every coordinator of the project connects to the same database. One of them at a time holds
+//! the project's lease and is active; the others stand by and take over when it goes
+//! ([`lease`]).
 //!
 //! The logic is the SQLite backend's (see the crate docs); what differs is how SQL is run. One
 //! writer thread owns a connection and the live work, and commits groups exactly as SQLite's
@@ -21,14 +23,36 @@ use futures_util::future::try_join_all;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
+mod lease;
+
+use std::sync::{Arc, mpsc};
+
+use lease::Lease;
+
 use crate::group::Database;
+use crate::live::Live;
 use crate::operations::Backend;
 use crate::sql::{Row, Sequence, Sql, Value, args};
 use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
-/// The schema's version; [`SCHEMA`] creates it and later versions will migrate from it.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema's version: [`SCHEMA`] creates version 1, and [`MIGRATIONS`] bring it here.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
+const MIGRATIONS: &[&str] = &[
+    // 2: several coordinators on one database: the project's lease (shard 0 is the whole
+    // project for now) and blobs every coordinator can read.
+    "CREATE TABLE leases (
+         shard BIGINT PRIMARY KEY,
+         holder TEXT,
+         holder_http TEXT,
+         epoch BIGINT NOT NULL DEFAULT 0,
+         expires_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch'
+     );
+     INSERT INTO leases (shard) VALUES (0);
+     CREATE TABLE blobs (hash TEXT PRIMARY KEY, bytes BYTEA NOT NULL);",
+];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),
 /// keys are `BYTEA`, averages `DOUBLE PRECISION`. Batch, unit and replica ids come from
@@ -152,11 +176,6 @@ CREATE TABLE blob_uploads (
 );
 ";
 
-/// The advisory lock the writer holds for as long as its connection lives: one coordinator
-/// writes a database at a time (until the live work is partitioned between coordinators), and a
-/// second one is refused at start rather than deciding the same units twice.
-const WRITER_LOCK: i64 = 7_269_657_265;
-
 /// Ids reserved from a sequence at a time by the writer.
 const ID_BLOCK: usize = 256;
 
@@ -166,26 +185,61 @@ const READERS: usize = 2;
 /// The coordinator's state in a PostgreSQL database. See the module documentation.
 pub struct PgStore {
     threads: Threads,
+    lease: Arc<Lease>,
+    /// Closing it stops the lease's thread, which then releases the lease.
+    stop_lease: Option<mpsc::Sender<()>>,
+    lease_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The writer first (it finishes what it holds), then the lease goes.
+        drop(std::mem::replace(&mut self.threads, Threads::none()));
+        drop(self.stop_lease.take());
+        if let Some(thread) = self.lease_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user@host:port/name`), creating the
-    /// schema if the database is empty.
+    /// schema if the database is empty, as a coordinator with no HTTP address to give.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_as(url, "(no HTTP address)")
+    }
+
+    /// Connects as the coordinator serving HTTP at `http`, and takes the project's lease if no
+    /// one holds it (else stands by: see [`lease`]).
+    pub fn connect_as(url: &str, http: &str) -> Result<Self, StoreError> {
         let mut db = PgDb::connect(url)?;
         db.create_schema()?;
-        db.writer = true;
-        db.take_writer_lock()?;
         // Load once here so a corrupt database is refused at start, not at the first request.
-        db.begin()?;
+        db.begin_plain()?;
         let loaded = work::load_live(&mut db);
         db.rollback();
         loaded?;
+        let lease = Lease::new(http)?;
+        db.lease = Some(lease.clone());
+        // The first attempt at once: a lone coordinator is active when this returns.
+        let mut lease_db = PgDb::connect(url)?;
+        if let Err(error) = lease.tick(&mut lease_db) {
+            tracing::warn!("the project's lease: {error}");
+        }
+        let (stop_lease, stopped) = mpsc::channel();
+        let keeper = lease.clone();
+        let lease_thread = std::thread::Builder::new()
+            .name("herd-pg-lease".into())
+            .spawn(move || lease::keep(keeper, lease_db, stopped))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the lease thread: {e}")))?;
         let readers = (0..READERS)
             .map(|_| PgDb::connect(url))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             threads: Threads::start("herd-pg", db, readers)?,
+            lease,
+            stop_lease: Some(stop_lease),
+            lease_thread: Some(lease_thread),
         })
     }
 }
@@ -193,6 +247,14 @@ impl PgStore {
 impl Backend for PgStore {
     fn threads(&self) -> &Threads {
         &self.threads
+    }
+
+    fn writing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lease.activity()
+    }
+
+    fn shares_blobs(&self) -> bool {
+        true
     }
 }
 
@@ -296,10 +358,10 @@ pub(crate) struct PgDb {
     held: Vec<(String, Vec<Value>)>,
     /// Ids reserved from each sequence and not used yet.
     ids: HashMap<Sequence, VecDeque<u64>>,
-    /// The project's writer: holds [`WRITER_LOCK`] on every connection it opens.
-    writer: bool,
-    /// This connection holds [`WRITER_LOCK`].
-    holds_lock: bool,
+    /// The writer's: the lease every group is fenced by.
+    lease: Option<Arc<Lease>>,
+    /// The epoch the live work was loaded under.
+    loaded_epoch: Option<u64>,
 }
 
 impl PgDb {
@@ -316,30 +378,9 @@ impl PgDb {
             statements: HashMap::new(),
             held: Vec::new(),
             ids: HashMap::new(),
-            writer: false,
-            holds_lock: false,
+            lease: None,
+            loaded_epoch: None,
         })
-    }
-
-    /// Takes [`WRITER_LOCK`], or says who cannot.
-    fn take_writer_lock(&mut self) -> Result<(), StoreError> {
-        let taken: bool = self
-            .runtime
-            .block_on(
-                self.client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK]),
-            )?
-            .try_get(0)?;
-        if taken {
-            self.holds_lock = true;
-            Ok(())
-        } else {
-            Err(StoreError::Postgres(
-                "another coordinator is writing to this database; running several coordinators \
-                 on one database is not supported yet (one coordinator per database)"
-                    .into(),
-            ))
-        }
     }
 
     fn open(runtime: &tokio::runtime::Runtime, url: &str) -> Result<Client, StoreError> {
@@ -348,19 +389,26 @@ impl PgDb {
             .map_err(|e| StoreError::Postgres(format!("cannot connect to {url}: {e}")))?;
         // The connection's task runs whenever this thread waits on the runtime.
         runtime.spawn(connection);
+        // A coordinator stopped in the middle of a transaction (SIGSTOP, a stalled machine) is
+        // cut off, so the locks it holds (the lease row's among them) do not outlive its lease.
+        runtime
+            .block_on(client.batch_execute(
+                "SET idle_in_transaction_session_timeout = '5s'; SET lock_timeout = '5s'",
+            ))
+            .map_err(|e| StoreError::Postgres(format!("cannot set up the connection: {e}")))?;
         Ok(client)
     }
 
     /// Opens the connection again if it broke (the server restarted); its prepared statements
     /// went with it.
     fn reconnect_if_closed(&mut self) -> Result<(), StoreError> {
+        // The connection's task only runs while this thread waits on the runtime: let it see
+        // what happened to the socket meanwhile (a server that went away).
+        self.runtime.block_on(tokio::task::yield_now());
         if self.client.is_closed() {
             self.client = Self::open(&self.runtime, &self.url)?;
             self.statements.clear();
             self.held.clear();
-            // The writer's lock went with the old connection: another coordinator may hold it
-            // now, so it is taken again before the next write.
-            self.holds_lock = false;
         }
         Ok(())
     }
@@ -377,28 +425,44 @@ impl PgDb {
                 .query_one("SELECT to_regclass('volunteers') IS NOT NULL", &[])
                 .await?
                 .try_get(0)?;
-            let result = if exists {
-                let version: i64 = client
-                    .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
-                    .await?
-                    .try_get(0)?;
-                if version == SCHEMA_VERSION {
-                    Ok(())
-                } else {
-                    Err(StoreError::Corrupt(format!(
-                        "database schema version {version}, this coordinator reads {SCHEMA_VERSION}"
-                    )))
+            let result = async {
+                if !exists {
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN; {SCHEMA}
+                             INSERT INTO meta (key, value) VALUES ('schema_version', 1);
+                             COMMIT;"
+                        ))
+                        .await?;
                 }
-            } else {
-                client
-                    .batch_execute(&format!(
-                        "BEGIN; {SCHEMA}
-                         INSERT INTO meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION});
-                         COMMIT;"
-                    ))
-                    .await
-                    .map_err(StoreError::from)
-            };
+                loop {
+                    let version: i64 = client
+                        .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+                        .await?
+                        .try_get(0)?;
+                    if version == SCHEMA_VERSION {
+                        return Ok(());
+                    }
+                    let migration = usize::try_from(version - 1)
+                        .ok()
+                        .and_then(|i| MIGRATIONS.get(i))
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!(
+                                "database schema version {version}, this coordinator reads up to \
+                                 {SCHEMA_VERSION}"
+                            ))
+                        })?;
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN; {migration}
+                             UPDATE meta SET value = {} WHERE key = 'schema_version';
+                             COMMIT;",
+                            version + 1
+                        ))
+                        .await?;
+                }
+            }
+            .await;
             client
                 .batch_execute("SELECT pg_advisory_unlock(7269657264)")
                 .await?;
@@ -428,7 +492,7 @@ impl PgDb {
     }
 
     /// Sends every held statement, pipelined, and waits for all their answers.
-    fn flush(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
         if self.held.is_empty() {
             return Ok(());
         }
@@ -518,6 +582,14 @@ impl Sql for PgDb {
     }
 }
 
+impl PgDb {
+    /// Begins a transaction, reconnecting first if the connection broke.
+    fn begin_plain(&mut self) -> Result<(), StoreError> {
+        self.reconnect_if_closed()?;
+        self.execute("BEGIN", &[])
+    }
+}
+
 impl Reader for PgDb {
     fn begin_read(&mut self) -> Result<(), StoreError> {
         self.reconnect_if_closed()?;
@@ -530,12 +602,37 @@ impl Reader for PgDb {
 }
 
 impl Database for PgDb {
-    fn begin(&mut self) -> Result<(), StoreError> {
-        self.reconnect_if_closed()?;
-        if self.writer && !self.holds_lock {
-            self.take_writer_lock()?;
+    /// Begins a group, fenced by the lease: the lease row, read `FOR KEY SHARE` (so no takeover,
+    /// which locks it `FOR UPDATE`, happens until this group ends), must name this coordinator at the epoch it holds. Without
+    /// the lease the group is refused as standing by; with the lease taken over, this
+    /// coordinator is fenced and stands by from now on.
+    fn begin(&mut self) -> Result<bool, StoreError> {
+        let Some(lease) = self.lease.clone() else {
+            self.begin_plain()?;
+            return Ok(true);
+        };
+        let Some(epoch) = lease.epoch() else {
+            return Err(lease.standing_by());
+        };
+        self.begin_plain()?;
+        let row = self.query_one(
+            "SELECT holder, epoch FROM leases WHERE shard = 0 FOR KEY SHARE",
+            &[],
+        )?;
+        let (holder, current) = (row.opt_text(0)?.unwrap_or_default(), row.u64(1)?);
+        if holder != lease.name || current != epoch {
+            lease.fenced(&holder, current);
+            self.rollback();
+            return Err(StoreError::Fenced(format!(
+                "the project's lease is held by {holder} at epoch {current}"
+            )));
         }
-        self.execute("BEGIN", &[])
+        Ok(self.loaded_epoch == Some(epoch))
+    }
+
+    fn load_live(&mut self) -> Result<Live, StoreError> {
+        self.loaded_epoch = self.lease.as_ref().and_then(|lease| lease.epoch());
+        work::load_live(self)
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
@@ -560,16 +657,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_second_writer_on_one_database_is_refused_until_the_first_is_gone() {
+    fn a_second_coordinator_stands_by_and_takes_over_when_the_first_is_gone() {
+        use crate::Store;
         let url = herd_pgtest::fresh_database().expect("a database");
-        let first = PgStore::connect(&url).expect("the first coordinator");
-        let second = PgStore::connect(&url).err().expect("a second is refused");
+        let first = PgStore::connect_as(&url, "http://first").expect("the first coordinator");
         assert!(
-            second.to_string().contains("another coordinator"),
-            "{second}"
+            *first.activity().borrow(),
+            "the first takes the lease at once"
         );
+        first
+            .ensure_researcher("admin", "hash", 0)
+            .wait()
+            .expect("the active one writes");
+        let second = PgStore::connect_as(&url, "http://second").expect("a second coordinator");
+        assert!(!*second.activity().borrow());
+        let refused = second
+            .ensure_researcher("other", "hash-2", 0)
+            .wait()
+            .expect_err("a standby writes nothing");
+        assert!(
+            refused.to_string().contains("standing by")
+                && refused.to_string().contains("http://first"),
+            "{refused}"
+        );
+        // Reads are served by a standby.
+        assert!(
+            second
+                .researcher_by_token("hash")
+                .wait()
+                .expect("read")
+                .is_some()
+        );
+        // A clean stop gives the lease up: the standby takes over at its next renewal.
         drop(first);
-        PgStore::connect(&url).expect("once the first is gone, another may write");
+        let mut activity = second.activity();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    activity.wait_for(|active| *active),
+                )
+                .await
+                .is_ok_and(|taken| taken.is_ok())
+            })
+            .then_some(())
+            .expect("the lease is taken within a few seconds");
+        second
+            .ensure_researcher("other", "hash-2", 0)
+            .wait()
+            .expect("the new active one writes");
     }
 
     #[test]

@@ -467,12 +467,12 @@ impl Reader for SqliteDb {
 }
 
 impl Database for SqliteDb {
-    fn begin(&mut self) -> Result<(), StoreError> {
+    fn begin(&mut self) -> Result<bool, StoreError> {
         // Immediate: the writer lock is taken now, not at the first write.
         self.connection
             .prepare_cached("BEGIN IMMEDIATE")?
             .execute([])?;
-        Ok(())
+        Ok(true)
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {

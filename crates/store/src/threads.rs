@@ -73,6 +73,15 @@ impl Threads {
         })
     }
 
+    /// No threads: what a store holds while it is being taken apart.
+    pub(crate) fn none() -> Self {
+        Self {
+            jobs: None,
+            reads: None,
+            threads: Vec::new(),
+        }
+    }
+
     /// Runs `work` in the writer's group; see [`Backend::write`](crate::operations::Backend).
     pub(crate) fn write<T, F>(&self, work: F) -> Pending<T>
     where
