@@ -374,3 +374,94 @@ fn postgresql_stopped_mid_batch_and_started_again_loses_nothing_and_credits_noth
         "exactly two grants per unit"
     );
 }
+
+/// The scenario: three coordinators on one PostgreSQL, six workers, a 300-unit quorum-2
+/// batch. The active coordinator is killed and not restarted; the one that takes over is killed
+/// too and restarted. The batch completes, every output right, exactly two grants per unit.
+#[test]
+fn three_coordinators_six_workers_300_units_survive_two_kills_with_nothing_lost_or_credited_twice()
+{
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let (_server, url) = database();
+    let first = Coordinator::start_on(root.path(), free_udp_port(), Some(&url)).expect("first");
+    let mut coordinators = vec![first];
+    for n in 1..3 {
+        let dir = root.path().join(format!("coordinator-{n}"));
+        copy_secrets(&coordinators[0].data_dir, &dir);
+        coordinators.push(
+            Coordinator::start_in(root.path(), &dir, free_udp_port(), Some(&url))
+                .expect("a standby"),
+        );
+    }
+    let join = project_join(&coordinators.iter().collect::<Vec<_>>());
+    let _workers: Vec<_> = (1..=6)
+        .map(|n| {
+            start_worker(root.path(), &join, &format!("volunteer-{n}"), "herd", 1).expect("worker")
+        })
+        .collect();
+    let tiles = write_tiles_of(&root.path().join("inputs"), 300, (48, 32), 2000);
+    let batch = submit(
+        &coordinators[0],
+        root.path(),
+        &root.path().join("inputs"),
+        false,
+    );
+    let started = Instant::now();
+    let validated = |c: &Coordinator| -> Option<u64> {
+        let (code, status) = c.api(
+            "GET",
+            &format!("/api/v1/batches/{batch}"),
+            Some(&c.token),
+            None,
+        );
+        (code == 200)
+            .then(|| status["validated"].as_u64())
+            .flatten()
+    };
+    eventually(Duration::from_secs(120), "30 units validated", || {
+        (validated(&coordinators[0])? >= 30).then_some(())
+    });
+    // The active one dies and stays dead.
+    let mut dead = coordinators.remove(0);
+    dead.process.kill();
+    let at_first_kill = validated(&coordinators[0]).expect("a standby reads");
+    assert!(at_first_kill < 300, "killed mid-batch");
+    let new_active = eventually(Duration::from_secs(60), "a standby takes over", || {
+        coordinators
+            .iter()
+            .position(|c| log_of(c).contains("holds the project's lease (epoch 2"))
+    });
+    eventually(Duration::from_secs(60), "progress through it", || {
+        (validated(&coordinators[0])? > at_first_kill + 10).then_some(())
+    });
+    // The new active one dies too, and comes back.
+    let mut second = coordinators.remove(new_active);
+    let (second_dir, second_join) = (second.data_dir.clone(), second.join.clone());
+    second.process.kill();
+    drop(second);
+    let port = second_join.parse::<JoinString>().expect("join").addrs[0].port();
+    let at_second_kill = validated(&coordinators[0]).expect("the other standby reads");
+    assert!(at_second_kill < 300, "killed mid-batch");
+    coordinators.push(
+        Coordinator::start_in(root.path(), &second_dir, port, Some(&url)).expect("restarted"),
+    );
+    let status = eventually(Duration::from_secs(300), "every unit validated", || {
+        (validated(&coordinators[0])? == 300)
+            .then(|| coordinators[0].herd_json(&["status", &batch.to_string(), "--json"]))
+    });
+    eprintln!(
+        "300 units through two kills in {:?} (validated at the kills: {at_first_kill}, {at_second_kill})",
+        started.elapsed()
+    );
+    check_results(&coordinators[0], root.path(), batch, &tiles);
+    check_ledger(&coordinators[0], &status);
+    assert_eq!(
+        coordinators[0]
+            .sql_number("SELECT COUNT(*) FROM credit")
+            .expect("ledger"),
+        600,
+        "exactly two grants per unit"
+    );
+    drop(dead);
+}
