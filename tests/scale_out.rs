@@ -150,13 +150,22 @@ fn slow_tiles(root: &Path) -> Vec<(String, String)> {
 }
 
 /// Two coordinators on one database: the first active, the second standing by (serving reads,
-/// refusing writes with the active one's address), both with the project's secrets.
+/// refusing writes with the active one's address). The second starts on an empty data
+/// directory and takes the project's secrets from the database: the same join string but for
+/// its address.
 fn two_coordinators(root: &Path, url: &str) -> (Coordinator, Coordinator) {
     let first = Coordinator::start_on(root, free_udp_port(), Some(url)).expect("first");
-    let second_dir = root.join("second");
-    copy_secrets(&first.data_dir, &second_dir);
-    let second =
-        Coordinator::start_in(root, &second_dir, free_udp_port(), Some(url)).expect("second");
+    let second = Coordinator::start_in(root, &root.join("second"), free_udp_port(), Some(url))
+        .expect("second");
+    let identity = |c: &Coordinator| {
+        let join: JoinString = c.join.parse().expect("join string");
+        (join.cert_sha256, join.project_key, c.token.clone())
+    };
+    assert_eq!(
+        identity(&first),
+        identity(&second),
+        "one project, one identity"
+    );
     (first, second)
 }
 
@@ -170,6 +179,18 @@ fn a_standby_coordinator_takes_over_a_batch_when_the_active_one_is_killed() {
     let _logs = LogsOnFailure(root.path());
     let (_server, url) = database();
     let (mut first, second) = two_coordinators(root.path(), &url);
+    // A data directory of another project is refused, saying why.
+    let stranger = root.path().join("stranger");
+    let other = Coordinator::start_in(root.path(), &stranger, free_udp_port(), None)
+        .expect("a coordinator of its own project");
+    drop(other);
+    let refused = Coordinator::start_in(root.path(), &stranger, free_udp_port(), Some(&url))
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("another project's"),
+        "{refused}"
+    );
     // The standby serves reads and refuses writes, naming the active coordinator.
     let (code, body) = second.api(
         "POST",

@@ -17,9 +17,19 @@ use anyhow::{Context, bail};
 use herd_net::{load_or_create_key, random_bytes, write_file};
 use herd_protocol::SigningKey;
 
+/// The files that make a project's identity: the same in every coordinator of a project.
+const SECRETS: [&str; 4] = [
+    "tls.cert.der",
+    "tls.key.der",
+    "project.key",
+    "researcher.token",
+];
+
 /// The coordinator's files, loaded or created.
 pub struct DataDir {
     root: PathBuf,
+    /// None of [`SECRETS`] existed before this start: they were created now.
+    pub fresh: bool,
     pub cert_der: Vec<u8>,
     pub key_der: Vec<u8>,
     pub project_key: SigningKey,
@@ -30,6 +40,7 @@ impl DataDir {
     /// Opens `root`, creating the directory and any missing secret on first start.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(root).with_context(|| format!("create data dir {}", root.display()))?;
+        let fresh = SECRETS.iter().all(|name| !root.join(name).exists());
         let cert_path = root.join("tls.cert.der");
         let key_path = root.join("tls.key.der");
         let (cert_der, key_der) = if cert_path.exists() && key_path.exists() {
@@ -62,11 +73,42 @@ impl DataDir {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            fresh,
             cert_der,
             key_der,
             project_key,
             researcher_token,
         })
+    }
+
+    /// The project's secrets, by file name, as their files hold them.
+    pub fn secrets(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let mut secrets: Vec<(String, Vec<u8>)> = SECRETS
+            .iter()
+            .map(|name| {
+                let path = self.root.join(name);
+                fs::read(&path)
+                    .with_context(|| format!("read {}", path.display()))
+                    .map(|bytes| (name.to_string(), bytes))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        secrets.sort();
+        Ok(secrets)
+    }
+
+    /// Replaces this directory's secrets with the project's (a new coordinator joining it), and
+    /// opens it again.
+    pub fn adopt(self, secrets: &[(String, Vec<u8>)]) -> anyhow::Result<Self> {
+        for (name, bytes) in secrets {
+            if !SECRETS.contains(&name.as_str()) {
+                bail!("the database holds an unknown secret `{name}`");
+            }
+            let mode = if name == "tls.cert.der" { 0o644 } else { 0o600 };
+            write_file(&self.root.join(name), bytes, mode)?;
+        }
+        let mut adopted = Self::open(&self.root)?;
+        adopted.fresh = false;
+        Ok(adopted)
     }
 
     pub fn database_path(&self) -> PathBuf {

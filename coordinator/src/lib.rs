@@ -100,13 +100,30 @@ where
 
 /// Starts the coordinator and runs until `shutdown` turns true.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let dir = DataDir::open(&config.data_dir)?;
+    let mut dir = DataDir::open(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("bind HTTP on {}", config.http))?;
     let http_addr = listener.local_addr().context("HTTP local address")?;
     let http_url = format!("http://{http_addr}");
-    let store = open_store(&dir, config.database.as_deref(), &http_url).await?;
+    let (store, project_secrets) = open_store(&dir, config.database.as_deref(), &http_url).await?;
+    if let Some(project) = project_secrets
+        && project != dir.secrets()?
+    {
+        // A coordinator joining a project presents the project's identity.
+        if !dir.fresh {
+            anyhow::bail!(
+                "{} holds another project's certificate, keys or token than the database's: \
+                 start a new coordinator with an empty data directory (it takes the project's \
+                 from the database), or point it at its own project's database",
+                config.data_dir.display()
+            );
+        }
+        tracing::info!(
+            "joined the project: its certificate, keys and token come from the database"
+        );
+        dir = dir.adopt(&project)?;
+    }
     let blobs = blobs::ProjectBlobs::new(
         BlobStore::open(dir.blobs_path()).context("open the blob store")?,
         store.clone(),
@@ -173,12 +190,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     Ok(())
 }
 
-/// The project's database: PostgreSQL at `url`, or the data directory's SQLite file.
+/// The project's database: PostgreSQL at `url`, or the data directory's SQLite file. On
+/// PostgreSQL, also the project's secrets, as the database holds them (this directory's, if it
+/// is the first coordinator).
 async fn open_store(
     dir: &DataDir,
     url: Option<&str>,
     http_url: &str,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> anyhow::Result<(Arc<dyn Store>, Option<Vec<(String, Vec<u8>)>>)> {
     match url {
         Some(url) => {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -188,18 +207,23 @@ async fn open_store(
                 );
             }
             let (url, http_url) = (url.to_owned(), http_url.to_owned());
-            let store = blocking(move || {
-                PgStore::connect_as(&url, &http_url)
-                    .with_context(|| format!("connect to the database {url}"))
+            let ours = dir.secrets()?;
+            let (store, project) = blocking(move || {
+                let store = PgStore::connect_as(&url, &http_url)
+                    .with_context(|| format!("connect to the database {url}"))?;
+                let project = store
+                    .project_secrets(ours)
+                    .context("the project's secrets in the database")?;
+                Ok((store, project))
             })
             .await?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), Some(project)))
         }
         None => {
             let path = dir.database_path();
             let store =
                 blocking(move || SqliteStore::open(&path).context("open the database")).await?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
     }
 }

@@ -42,7 +42,7 @@ const SCHEMA_VERSION: i64 = 2;
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
     // 2: several coordinators on one database: the project's lease (shard 0 is the whole
-    // project for now) and blobs every coordinator can read.
+    // project for now), blobs every coordinator can read, and the project's secrets.
     "CREATE TABLE leases (
          shard BIGINT PRIMARY KEY,
          holder TEXT,
@@ -51,7 +51,8 @@ const MIGRATIONS: &[&str] = &[
          expires_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch'
      );
      INSERT INTO leases (shard) VALUES (0);
-     CREATE TABLE blobs (hash TEXT PRIMARY KEY, bytes BYTEA NOT NULL);",
+     CREATE TABLE blobs (hash TEXT PRIMARY KEY, bytes BYTEA NOT NULL);
+     CREATE TABLE project_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);",
 ];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),
@@ -184,6 +185,7 @@ const READERS: usize = 2;
 
 /// The coordinator's state in a PostgreSQL database. See the module documentation.
 pub struct PgStore {
+    url: String,
     threads: Threads,
     lease: Arc<Lease>,
     /// Closing it stops the lease's thread, which then releases the lease.
@@ -236,11 +238,41 @@ impl PgStore {
             .map(|_| PgDb::connect(url))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            url: url.to_owned(),
             threads: Threads::start("herd-pg", db, readers)?,
             lease,
             stop_lease: Some(stop_lease),
             lease_thread: Some(lease_thread),
         })
+    }
+}
+
+impl PgStore {
+    /// The project's secrets (its certificate and key, signing key and administrator's token,
+    /// by file name), the same for every coordinator of the project: `ours` are recorded if the
+    /// database has none yet (the first coordinator's), and the database's are returned. On a
+    /// connection of its own, outside the writer: a standby needs them before it writes
+    /// anything.
+    pub fn project_secrets(
+        &self,
+        ours: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut db = PgDb::connect(&self.url)?;
+        db.begin_plain()?;
+        for (name, value) in ours {
+            db.execute(
+                "INSERT INTO project_secrets (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO NOTHING",
+                &[Value::from(name), Value::Blob(value)],
+            )?;
+        }
+        let secrets = db
+            .query("SELECT name, value FROM project_secrets ORDER BY name", &[])?
+            .iter()
+            .map(|row| Ok((row.text(0)?, row.blob(1)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        db.commit()?;
+        Ok(secrets)
     }
 }
 
