@@ -6,7 +6,9 @@
 //! The coordinator runs in its own process: this benchmark binary re-executes itself with
 //! `HERD_BENCH_COORDINATOR_DIR` set, and that child runs `herd_coordinator::run` exactly as the
 //! `herd-coordinator` binary does, with its SQLite database and blob store in a temporary
-//! directory. The simulated workers share this machine's two cores with it.
+//! directory, or (`coordinator/quic_32_workers_batch_4_postgres`) on a throw-away PostgreSQL
+//! server started for the run (`fsync=on`). The simulated workers, and PostgreSQL, share this
+//! machine's two cores with it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +32,10 @@ const CORES: usize = 4;
 
 /// Set in the child process: run the coordinator on this data directory.
 const CHILD_ENV: &str = "HERD_BENCH_COORDINATOR_DIR";
+/// Set in the child process with a PostgreSQL URL: the coordinator's database.
+const DATABASE_ENV: &str = "HERD_BENCH_DATABASE";
+/// Units per batch on PostgreSQL (slower, so fewer, for a run of seconds too).
+const UNITS_POSTGRES: usize = 2_000;
 
 /// The coordinator under test (a child process), and how to reach it.
 struct Running {
@@ -52,7 +58,7 @@ fn run_coordinator(dir: &str) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let config = herd_coordinator::Config {
         data_dir: dir.into(),
-        database: None,
+        database: std::env::var(DATABASE_ENV).ok(),
         quic: "127.0.0.1:0".parse().expect("addr"),
         http: "127.0.0.1:0".parse().expect("addr"),
     };
@@ -62,13 +68,16 @@ fn run_coordinator(dir: &str) {
         .expect("coordinator");
 }
 
-fn start() -> Running {
+fn start(database: Option<&str>) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+    let mut command = std::process::Command::new(std::env::current_exe().expect("this binary"));
+    command
         .env(CHILD_ENV, dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start the coordinator process");
+        .stdout(std::process::Stdio::null());
+    if let Some(url) = database {
+        command.env(DATABASE_ENV, url);
+    }
+    let child = command.spawn().expect("start the coordinator process");
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).ok();
     let started = Instant::now();
     while read("http").is_none() {
@@ -91,8 +100,8 @@ fn start() -> Running {
     }
 }
 
-/// Uploads a trivial module and `UNITS` inputs and creates a quorum-2 batch; returns its id.
-fn create_batch(coordinator: &Running) -> u64 {
+/// Uploads a trivial module and `units` inputs and creates a quorum-2 batch; returns its id.
+fn create_batch(coordinator: &Running, units: usize) -> u64 {
     let agent = ureq::Agent::new_with_defaults();
     let auth = format!("Bearer {}", coordinator.token);
     let put = |bytes: &[u8]| {
@@ -108,7 +117,7 @@ fn create_batch(coordinator: &Running) -> u64 {
         b"(module (memory (export \"memory\") 1) (func (export \"_start\")))",
     )
     .expect("module"));
-    let units: Vec<serde_json::Value> = (0..UNITS)
+    let units: Vec<serde_json::Value> = (0..units)
         .map(|i| {
             // The same inputs every round: after the first, uploads find them stored.
             let input = put(format!("{i}").as_bytes());
@@ -214,6 +223,39 @@ async fn exchanges(
     }
 }
 
+/// PostgreSQL's count of commits and of rows inserted, updated and deleted in the database at
+/// `url`, read with `psql` (after a pause: the server publishes its statistics at most once a
+/// second).
+fn database_work(url: &str) -> (u64, u64) {
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-F",
+            " ",
+            "-c",
+            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database \
+             WHERE datname = current_database()",
+            url,
+        ])
+        .output()
+        .expect("psql");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
+/// Units validated in every batch of the coordinator (its summary).
+fn validated_everywhere(coordinator: &Running) -> u64 {
+    let mut response = ureq::get(&format!("{}/api/v1/summary", coordinator.http))
+        .call()
+        .expect("summary");
+    let summary: serde_json::Value = response.body_mut().read_json().expect("json");
+    summary["units_validated"].as_u64().unwrap_or(0)
+}
+
 /// A field of `/proc/PID/status` in KiB (e.g. `VmRSS`).
 fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -241,58 +283,100 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn over_quic(c: &mut Criterion) {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let coordinator = start();
+/// Measures batches of `units` run by 32 simulated workers exchanging `batch` units at a time,
+/// as `name`; prints the coordinator's CPU per validated unit.
+fn measure(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    coordinator: &Running,
+    name: &str,
+    units: usize,
+    batch: usize,
+    database: Option<&str>,
+) {
     let pid = coordinator.child.id();
+    let database_before = database.map(database_work);
     let mut group = c.benchmark_group("coordinator");
-    group.throughput(Throughput::Elements(UNITS as u64));
+    group.throughput(Throughput::Elements(units as u64));
     group.sample_size(10);
-    for batch in [1, CORES] {
-        let mut cpu_spent = Duration::ZERO;
-        let mut units_timed = 0u64;
-        group.bench_function(format!("quic_32_workers_batch_{batch}"), |b| {
-            b.iter_custom(|iterations| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    let batch_id = create_batch(&coordinator);
-                    let stop = Arc::new(AtomicBool::new(false));
-                    let cpu_before = cpu_time(pid);
-                    let started = Instant::now();
-                    let workers: Vec<_> = (0..WORKERS)
-                        .map(|i| {
-                            runtime.spawn(worker(coordinator.join.clone(), i, batch, stop.clone()))
-                        })
-                        .collect();
-                    while validated(&coordinator, batch_id) < UNITS as u64 {
-                        std::thread::sleep(POLL);
-                    }
-                    total += started.elapsed();
-                    cpu_spent += cpu_time(pid).saturating_sub(cpu_before);
-                    units_timed += UNITS as u64;
-                    stop.store(true, Ordering::Relaxed);
-                    for worker in workers {
-                        runtime.block_on(worker).expect("worker");
-                    }
+    let mut cpu_spent = Duration::ZERO;
+    let mut units_timed = 0u64;
+    group.bench_function(name, |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let batch_id = create_batch(coordinator, units);
+                let stop = Arc::new(AtomicBool::new(false));
+                let cpu_before = cpu_time(pid);
+                let started = Instant::now();
+                let workers: Vec<_> = (0..WORKERS)
+                    .map(|i| {
+                        runtime.spawn(worker(coordinator.join.clone(), i, batch, stop.clone()))
+                    })
+                    .collect();
+                while validated(coordinator, batch_id) < units as u64 {
+                    std::thread::sleep(POLL);
                 }
-                total
-            })
-        });
-        let per_unit = cpu_spent.as_secs_f64() / units_timed.max(1) as f64;
+                total += started.elapsed();
+                cpu_spent += cpu_time(pid).saturating_sub(cpu_before);
+                units_timed += units as u64;
+                stop.store(true, Ordering::Relaxed);
+                for worker in workers {
+                    runtime.block_on(worker).expect("worker");
+                }
+            }
+            total
+        })
+    });
+    group.finish();
+    if let (Some(url), Some((commits, rows))) = (database, database_before) {
+        let (commits_after, rows_after) = database_work(url);
+        // Every batch's units, warm-up included, were validated through the database.
+        let all_units = validated_everywhere(coordinator);
         println!(
-            "coordinator/cpu_per_unit (batch {batch}): {:.0} µs of coordinator CPU per validated unit ({} units; {:.0} units/s per core)",
-            per_unit * 1e6,
-            units_timed,
-            1.0 / per_unit.max(1e-12)
+            "coordinator/postgres_per_unit ({name}): {:.2} commits and {:.1} rows written per validated unit ({all_units} units)",
+            commits_after.saturating_sub(commits) as f64 / all_units.max(1) as f64,
+            rows_after.saturating_sub(rows) as f64 / all_units.max(1) as f64,
         );
     }
-    group.finish();
+    let per_unit = cpu_spent.as_secs_f64() / units_timed.max(1) as f64;
+    println!(
+        "coordinator/cpu_per_unit ({name}): {:.0} µs of coordinator CPU per validated unit ({} units; {:.0} units/s per core)",
+        per_unit * 1e6,
+        units_timed,
+        1.0 / per_unit.max(1e-12)
+    );
+}
+
+fn over_quic(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let coordinator = start(None);
+    for batch in [1, CORES] {
+        let name = format!("quic_32_workers_batch_{batch}");
+        measure(c, &runtime, &coordinator, &name, UNITS, batch, None);
+    }
+    drop(coordinator);
+    {
+        let server = herd_pgtest::Server::start(herd_pgtest::Durability::Full).expect("PostgreSQL");
+        server.create_database("bench").expect("database");
+        let url = server.url("bench");
+        let coordinator = start(Some(&url));
+        let name = format!("quic_32_workers_batch_{CORES}_postgres");
+        measure(
+            c,
+            &runtime,
+            &coordinator,
+            &name,
+            UNITS_POSTGRES,
+            CORES,
+            Some(&url),
+        );
+    }
 
     // Memory per connected worker: a fresh coordinator process's resident memory with 500 idle
     // workers connected (each registered), against before they came. (Fresh, because after the
     // throughput runs the allocator's free pages would blur the difference.)
-    drop(coordinator);
-    let coordinator = start();
+    let coordinator = start(None);
     let pid = coordinator.child.id();
     std::thread::sleep(Duration::from_millis(500));
     let before = status_kib(pid, "VmRSS:");

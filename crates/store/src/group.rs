@@ -27,6 +27,23 @@ pub(crate) trait Database: Sql {
         work::load_live(self.as_sql())
     }
     fn as_sql(&mut self) -> &mut dyn Sql;
+
+    /// Starts one operation of the group, which can be undone alone.
+    fn begin_job(&mut self) -> Result<(), StoreError> {
+        self.as_sql().execute("SAVEPOINT job", &[])
+    }
+
+    /// Keeps the operation's writes.
+    fn end_job(&mut self) -> Result<(), StoreError> {
+        self.as_sql().execute("RELEASE job", &[])
+    }
+
+    /// Undoes the operation's writes (it failed), keeping the group's others.
+    fn undo_job(&mut self) -> Result<(), StoreError> {
+        let tx = self.as_sql();
+        tx.execute("ROLLBACK TO job", &[])?;
+        tx.execute("RELEASE job", &[])
+    }
 }
 
 /// One operation for the writer: it runs inside the group's transaction (in its own savepoint)
@@ -128,26 +145,21 @@ fn commit_group(db: &mut dyn Database, live: &mut Option<Live>, group: Vec<Job>)
     let mut stale = false;
     let mut replies = Vec::with_capacity(group.len());
     for job in group {
-        let tx = db.as_sql();
-        if tx.execute("SAVEPOINT job", &[]).is_err() {
+        if db.begin_job().is_err() {
             stale = true;
             continue;
         }
-        let Some(done) = job(Ok((tx, &mut live_now))) else {
+        let Some(done) = job(Ok((db.as_sql(), &mut live_now))) else {
             continue;
         };
         stale |= done.stale;
         if done.ok {
-            if let Err(error) = tx.execute("RELEASE job", &[]) {
+            if let Err(error) = db.end_job() {
                 stale = true;
                 (done.reply)(Err(error.to_string()));
                 continue;
             }
-        } else if tx
-            .execute("ROLLBACK TO job", &[])
-            .and_then(|()| tx.execute("RELEASE job", &[]))
-            .is_err()
-        {
+        } else if db.undo_job().is_err() {
             stale = true;
         }
         replies.push(done.reply);

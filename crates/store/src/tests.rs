@@ -23,7 +23,14 @@ pub(crate) enum Kind {
 pub(crate) trait TestStore: Store {
     /// Where the live work in memory differs from what loading it from the database gives now.
     fn live_mirrors_database(&self) -> Pending<Option<String>>;
+
+    /// Runs `work` as one operation in the writer's group.
+    fn operation(&self, work: Operation) -> Pending<()>;
 }
+
+/// A test's own operation for [`TestStore::operation`].
+pub(crate) type Operation =
+    Box<dyn FnOnce(&mut dyn crate::sql::Sql, &mut Live) -> Result<(), StoreError> + Send>;
 
 impl<B: Backend> TestStore for B {
     fn live_mirrors_database(&self) -> Pending<Option<String>> {
@@ -31,6 +38,10 @@ impl<B: Backend> TestStore for B {
             let loaded = work::load_live(tx)?;
             Ok(live.mirror_difference(&loaded))
         })
+    }
+
+    fn operation(&self, work: Operation) -> Pending<()> {
+        self.threads().write(work)
     }
 }
 
@@ -640,6 +651,36 @@ fn credit_carries_a_recent_average_and_hosts_keep_their_record(kind: Kind) {
     assert_eq!(line(2).valid, 1);
     assert_eq!(line(1).credit, 0.0);
     assert_eq!(line(0).public_key, "01".repeat(32));
+}
+
+/// An operation that fails after writing is undone alone: its writes are gone, the group's
+/// other operations are kept, and the store goes on.
+fn an_operation_that_fails_midway_is_undone_alone(kind: Kind) {
+    let store = open_store(kind);
+    let failed = store.operation(Box::new(|tx, _| {
+        crate::researchers::add(tx, "undone", "undone-hash", 0)?;
+        Err(StoreError::Corrupt(
+            "failing on purpose after a write".into(),
+        ))
+    }));
+    let kept = store.add_researcher("kept", "kept-hash", 0);
+    assert!(failed.wait().is_err());
+    kept.wait().expect("the other operation is kept");
+    assert_eq!(
+        store
+            .researcher_by_token("undone-hash")
+            .wait()
+            .expect("read"),
+        None
+    );
+    assert!(
+        store
+            .researcher_by_token("kept-hash")
+            .wait()
+            .expect("read")
+            .is_some()
+    );
+    assert_eq!(store.live_mirrors_database().wait().expect("mirror"), None);
 }
 
 /// A grant made today (Unix time), years after the average's epoch, and a second a week later:
@@ -1818,6 +1859,7 @@ on_both_backends!(
     a_volunteer_whose_replica_aborted_may_take_the_unit_again,
     credit_carries_a_recent_average_and_hosts_keep_their_record,
     recent_average_credit_at_real_times_is_the_lifecycles,
+    an_operation_that_fails_midway_is_undone_alone,
     batches_share_workers_fairly_and_priority_goes_first,
     retiring_a_batch_purges_its_rows_keeps_credit_and_names_only_unshared_blobs,
     ids_are_never_reused_after_the_newest_batch_is_retired_and_its_grants_stay_apart,
