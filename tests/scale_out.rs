@@ -62,6 +62,17 @@ fn herd_coordinator_migrate_moves_a_sqlite_project_to_postgresql_with_every_tota
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(said.contains("copied and checked"), "{said}");
+    let on_disk = std::fs::read_dir(root.path().join("coordinator").join("blobs"))
+        .expect("blob store")
+        .filter_map(Result::ok)
+        .flat_map(|shard| std::fs::read_dir(shard.path()).into_iter().flatten())
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_file())
+        .count();
+    assert!(
+        said.contains(&format!("blobs: {on_disk} (")),
+        "every blob of the data directory ({on_disk}) is copied: {said}"
+    );
     // Migrating again into the same database is refused, saying why.
     let again = std::process::Command::new(herd_e2e::bin_dir().join("herd-coordinator"))
         .args(["migrate", "--data-dir"])
@@ -73,6 +84,13 @@ fn herd_coordinator_migrate_moves_a_sqlite_project_to_postgresql_with_every_tota
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a project"));
 
     let coordinator = Coordinator::start_on(root.path(), port, Some(&url)).expect("on PostgreSQL");
+    assert_eq!(
+        coordinator
+            .sql_number("SELECT COUNT(*) FROM blobs")
+            .expect("blobs"),
+        on_disk as i64,
+        "the blobs are in the database, for every coordinator"
+    );
     assert_eq!(
         coordinator.herd_json(&["status", &batch.to_string(), "--json"]),
         status

@@ -30,8 +30,8 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Copies the project in the data directory's SQLite file into an empty PostgreSQL
-    /// database, and checks the copy (every table's rows, the credit ledgers' totals, every
+    /// Copies the project in the data directory's SQLite file, and its blobs, into an empty
+    /// PostgreSQL database, and checks the copy (every table's rows, the credit ledgers' totals, every
     /// volunteer's credit) before committing it. Stop the coordinator first; afterwards start it
     /// with `--database URL` and the same data directory (its keys, certificate and blobs).
     Migrate {
@@ -49,11 +49,31 @@ fn main() -> anyhow::Result<()> {
         .context("--data-dir DIR is required: the directory of the project's files")?;
     if let Some(Command::Migrate { to }) = args.command {
         let database = data_dir.join("herd.sqlite");
-        let migrated = herd_store::migrate_sqlite_to_postgres(&database, &to)
+        let blobs = herd_blobs::BlobStore::open(data_dir.join("blobs"))
+            .context("open the data directory's blob store")?;
+        let entries = blobs.entries().context("list the blobs")?;
+        let contents = entries
+            .into_iter()
+            .map(|entry| match blobs.get(&entry.hash) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err(herd_store::StoreError::Corrupt(format!(
+                    "blob {} vanished while copying",
+                    entry.hash
+                ))),
+                Err(error) => Err(herd_store::StoreError::Corrupt(format!(
+                    "blob {}: {error}",
+                    entry.hash
+                ))),
+            });
+        let migrated = herd_store::migrate_sqlite_to_postgres(&database, &to, contents)
             .with_context(|| format!("migrate {} to {to}", database.display()))?;
         for (table, rows) in &migrated.tables {
             println!("{table:>16}: {rows} rows");
         }
+        println!(
+            "{:>16}: {} ({} bytes)",
+            "blobs", migrated.blobs, migrated.blob_bytes
+        );
         println!(
             "copied and checked: {} fuel granted, {} revoked, in both. Start the coordinator \
              with --database {to} --data-dir {}",

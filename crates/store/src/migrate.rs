@@ -1,5 +1,5 @@
 //! Moving a project from its SQLite file to PostgreSQL (`herd-coordinator migrate`): every row of
-//! every table copied with its id, the sequences set past every id ever used (the ledgers'
+//! every table copied with its id, every blob (so every coordinator of the project can serve it), the sequences set past every id ever used (the ledgers'
 //! included, so no new replica meets an old grant), all in one PostgreSQL transaction, and the
 //! copy checked (every table's count, the ledgers' totals, every volunteer's credit) before it
 //! commits. A copy that does not check out is rolled back and nothing is left half done.
@@ -125,12 +125,23 @@ pub struct Migrated {
     /// Fuel granted and fuel revoked, in both databases alike.
     pub granted_fuel: u64,
     pub revoked_fuel: u64,
+    /// Blobs copied, and their bytes.
+    pub blobs: u64,
+    pub blob_bytes: u64,
 }
 
-/// Copies the project in the SQLite file at `sqlite` (migrated to the current schema first) into
-/// the empty PostgreSQL database at `url`, and checks the copy. Refused if the database already
-/// holds a project. No coordinator may be running on the file meanwhile.
-pub fn migrate_sqlite_to_postgres(sqlite: &Path, url: &str) -> Result<Migrated, StoreError> {
+/// Held blob bytes sent to the server at a time while copying blobs.
+const BLOB_FLUSH_BYTES: usize = 64 << 20;
+
+/// Copies the project in the SQLite file at `sqlite` (migrated to the current schema first) and
+/// its `blobs` (the data directory's blob store, each blob's bytes) into the empty PostgreSQL
+/// database at `url`, and checks the copy. Refused if the database already holds a project. No
+/// coordinator may be running on the file meanwhile.
+pub fn migrate_sqlite_to_postgres(
+    sqlite: &Path,
+    url: &str,
+    blobs: impl IntoIterator<Item = Result<Vec<u8>, StoreError>>,
+) -> Result<Migrated, StoreError> {
     if !sqlite.exists() {
         return Err(StoreError::Invalid(format!(
             "{} does not exist: there is no project to migrate",
@@ -143,7 +154,7 @@ pub fn migrate_sqlite_to_postgres(sqlite: &Path, url: &str) -> Result<Migrated, 
     let mut target = PgDb::connect(url)?;
     target.create_schema()?;
     target.begin()?;
-    let result = copy(&mut source, &mut target);
+    let result = copy(&mut source, &mut target, blobs);
     match result {
         Ok(migrated) => {
             target.commit()?;
@@ -156,7 +167,11 @@ pub fn migrate_sqlite_to_postgres(sqlite: &Path, url: &str) -> Result<Migrated, 
     }
 }
 
-fn copy(source: &mut SqliteDb, target: &mut PgDb) -> Result<Migrated, StoreError> {
+fn copy(
+    source: &mut SqliteDb,
+    target: &mut PgDb,
+    blobs: impl IntoIterator<Item = Result<Vec<u8>, StoreError>>,
+) -> Result<Migrated, StoreError> {
     for (table, _) in TABLES {
         let rows = target.number(&format!("SELECT COUNT(*) FROM {table}"), &[])?;
         if rows > 0 {
@@ -181,7 +196,36 @@ fn copy(source: &mut SqliteDb, target: &mut PgDb) -> Result<Migrated, StoreError
         tables.push((table.to_string(), rows.len() as u64));
     }
     set_sequences(source, target)?;
-    check(source, target, tables)
+    let (mut count, mut bytes, mut held) = (0u64, 0u64, 0usize);
+    let mut hashes = std::collections::HashSet::new();
+    for blob in blobs {
+        let blob = blob?;
+        let hash = crate::ContentHash::of(&blob).to_hex();
+        if !hashes.insert(hash.clone()) {
+            continue;
+        }
+        count += 1;
+        bytes += blob.len() as u64;
+        held += blob.len();
+        target.execute(
+            "INSERT INTO blobs (hash, bytes) VALUES (?1, ?2)",
+            &[Value::from(hash), Value::Blob(blob)],
+        )?;
+        if held >= BLOB_FLUSH_BYTES {
+            target.flush()?;
+            held = 0;
+        }
+    }
+    let mut migrated = check(source, target, tables)?;
+    let kept = target.number("SELECT COUNT(*) FROM blobs", &[])?;
+    if kept != count {
+        return Err(StoreError::Corrupt(format!(
+            "blobs: {count} read, {kept} in PostgreSQL"
+        )));
+    }
+    migrated.blobs = count;
+    migrated.blob_bytes = bytes;
+    Ok(migrated)
 }
 
 /// Every sequence past every id the project ever used.
@@ -282,5 +326,7 @@ fn check(
         tables,
         granted_fuel: granted,
         revoked_fuel: revoked,
+        blobs: 0,
+        blob_bytes: 0,
     })
 }

@@ -1917,13 +1917,24 @@ fn a_sqlite_project_with_history_migrates_to_postgresql_with_every_total_equal()
     let mut store = store;
     store.close();
     let url = herd_pgtest::fresh_database().expect("a database");
-    let migrated = migrate_sqlite_to_postgres(&path, &url).expect("migrate");
+    let blobs = [b"module".to_vec(), b"an input".to_vec()];
+    let migrated =
+        migrate_sqlite_to_postgres(&path, &url, blobs.iter().cloned().map(Ok)).expect("migrate");
+    assert_eq!((migrated.blobs, migrated.blob_bytes), (2, 14));
     assert!(migrated.revoked_fuel > 0, "{migrated:?}");
     assert!(
         migrated.tables.iter().all(|(_, rows)| *rows > 0),
         "{migrated:?}"
     );
     let moved = PgStore::connect(&url).expect("connect");
+    assert_eq!(
+        moved
+            .shared_blob(&ContentHash::of(b"an input"))
+            .wait()
+            .expect("read"),
+        Some(b"an input".to_vec()),
+        "the blobs came too"
+    );
     let after = (
         moved.credit_totals(now).wait().expect("credit"),
         moved.hosts(now).wait().expect("hosts"),
@@ -1935,7 +1946,7 @@ fn a_sqlite_project_with_history_migrates_to_postgresql_with_every_total_equal()
     );
     assert_eq!(after, before);
     // A second migration into the same database is refused by name; nothing changes.
-    let again = migrate_sqlite_to_postgres(&path, &url).expect_err("refused");
+    let again = migrate_sqlite_to_postgres(&path, &url, []).expect_err("refused");
     assert!(
         again.to_string().contains("already holds a project"),
         "{again}"
