@@ -255,6 +255,37 @@ fn check_ledger(coordinator: &Coordinator, status: &serde_json::Value) {
     assert_eq!(twice, 0, "a replica was credited twice");
 }
 
+/// Waits (reads may fail meanwhile: a coordinator reconnecting to its database) until all
+/// `tiles` of `batch` are validated on `coordinator`, then checks every output against the
+/// kernel, the ledger ([`check_ledger`]) and exactly two grants per unit in it.
+fn completes_exactly(
+    coordinator: &Coordinator,
+    root: &Path,
+    batch: u64,
+    tiles: &[(String, String)],
+    limit: Duration,
+) {
+    eventually(limit, "every unit validated", || {
+        let (code, status) = coordinator.api(
+            "GET",
+            &format!("/api/v1/batches/{batch}"),
+            Some(&coordinator.token),
+            None,
+        );
+        (code == 200 && status["validated"].as_u64() == Some(tiles.len() as u64)).then_some(())
+    });
+    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
+    check_results(coordinator, root, batch, tiles);
+    check_ledger(coordinator, &status);
+    assert_eq!(
+        coordinator
+            .sql_number("SELECT COUNT(*) FROM credit")
+            .expect("ledger"),
+        2 * tiles.len() as i64,
+        "exactly two grants per unit"
+    );
+}
+
 #[test]
 fn a_batch_of_20_units_is_validated_by_quorum_and_credited() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -655,18 +686,12 @@ fn killed_mid_batch_and_restarted(database: Option<&str>) {
         coordinator.join, join,
         "the restarted coordinator keeps its identity"
     );
-    let status = eventually(Duration::from_secs(60), "every unit validated", || {
-        let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
-        (status["validated"] == 30).then_some(status)
-    });
-    check_results(&coordinator, root.path(), batch, &tiles);
-    check_ledger(&coordinator, &status);
-    assert_eq!(
-        coordinator
-            .sql_number("SELECT COUNT(*) FROM credit")
-            .expect("ledger"),
-        60,
-        "exactly two grants per unit"
+    completes_exactly(
+        &coordinator,
+        root.path(),
+        batch,
+        &tiles,
+        Duration::from_secs(60),
     );
     assert_eq!(
         coordinator.data_dir.join("herd.sqlite").exists(),

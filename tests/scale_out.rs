@@ -9,8 +9,8 @@ use herd_net::JoinString;
 use herd_pgtest::{Durability, Server};
 
 use super::{
-    VOLUNTEERS, check_ledger, check_results, killed_mid_batch_and_restarted, submit, write_tiles,
-    write_tiles_of,
+    VOLUNTEERS, check_ledger, check_results, completes_exactly, killed_mid_batch_and_restarted,
+    submit, write_tiles, write_tiles_of,
 };
 
 /// A fresh server with an empty database `herd`; the server stops when it is dropped.
@@ -259,25 +259,15 @@ fn a_standby_coordinator_takes_over_a_batch_when_the_active_one_is_killed() {
         "computing again through the second {:?} after the kill",
         killed.elapsed()
     );
-    let status = eventually(
+    completes_exactly(
+        &second,
+        root.path(),
+        batch,
+        &tiles,
         Duration::from_secs(120),
-        "every unit validated through the second coordinator",
-        || {
-            let status = second.herd_json(&["status", &batch.to_string(), "--json"]);
-            (status["validated"] == 30).then_some(status)
-        },
     );
     eprintln!("batch completed {:?} after the kill", killed.elapsed());
     assert!(log_of(&second).contains("holds the project's lease (epoch"));
-    check_results(&second, root.path(), batch, &tiles);
-    check_ledger(&second, &status);
-    assert_eq!(
-        second
-            .sql_number("SELECT COUNT(*) FROM credit")
-            .expect("ledger"),
-        60,
-        "exactly two grants per unit"
-    );
 }
 
 #[test]
@@ -325,18 +315,13 @@ fn a_stalled_coordinator_is_fenced_and_writes_nothing_once_another_holds_the_lea
             (log.contains("fenced") || log.contains("lost the project's lease")).then_some(())
         },
     );
-    let status = eventually(Duration::from_secs(120), "every unit validated", || {
-        let status = second.herd_json(&["status", &batch.to_string(), "--json"]);
-        (status["validated"] == 30).then_some(status)
-    });
-    check_results(&second, root.path(), batch, &tiles);
-    check_ledger(&second, &status);
-    assert_eq!(
-        second
-            .sql_number("SELECT COUNT(*) FROM credit")
-            .expect("ledger"),
-        60,
-        "exactly two grants per unit: the fenced coordinator credited nothing twice"
+    // Exactly two grants per unit: the fenced coordinator credited nothing twice.
+    completes_exactly(
+        &second,
+        root.path(),
+        batch,
+        &tiles,
+        Duration::from_secs(120),
     );
     // The first, resumed, stands by: it refuses writes and names the second.
     eventually(
@@ -392,25 +377,12 @@ fn postgresql_stopped_mid_batch_and_started_again_loses_nothing_and_credits_noth
     );
     std::thread::sleep(Duration::from_secs(3));
     server.start_again().expect("start PostgreSQL again");
-    // Reads may fail while the coordinator reconnects; they are asked again.
-    eventually(Duration::from_secs(120), "every unit validated", || {
-        let (code, status) = coordinator.api(
-            "GET",
-            &format!("/api/v1/batches/{batch}"),
-            Some(&coordinator.token),
-            None,
-        );
-        (code == 200 && status["validated"] == 30).then_some(())
-    });
-    let status = coordinator.herd_json(&["status", &batch.to_string(), "--json"]);
-    check_results(&coordinator, root.path(), batch, &tiles);
-    check_ledger(&coordinator, &status);
-    assert_eq!(
-        coordinator
-            .sql_number("SELECT COUNT(*) FROM credit")
-            .expect("ledger"),
-        60,
-        "exactly two grants per unit"
+    completes_exactly(
+        &coordinator,
+        root.path(),
+        batch,
+        &tiles,
+        Duration::from_secs(120),
     );
 }
 
@@ -485,22 +457,16 @@ fn three_coordinators_six_workers_300_units_survive_two_kills_with_nothing_lost_
     coordinators.push(
         Coordinator::start_in(root.path(), &second_dir, port, Some(&url)).expect("restarted"),
     );
-    let status = eventually(Duration::from_secs(300), "every unit validated", || {
-        (validated(&coordinators[0])? == 300)
-            .then(|| coordinators[0].herd_json(&["status", &batch.to_string(), "--json"]))
-    });
+    completes_exactly(
+        &coordinators[0],
+        root.path(),
+        batch,
+        &tiles,
+        Duration::from_secs(300),
+    );
     eprintln!(
         "300 units through two kills in {:?} (validated at the kills: {at_first_kill}, {at_second_kill})",
         started.elapsed()
-    );
-    check_results(&coordinators[0], root.path(), batch, &tiles);
-    check_ledger(&coordinators[0], &status);
-    assert_eq!(
-        coordinators[0]
-            .sql_number("SELECT COUNT(*) FROM credit")
-            .expect("ledger"),
-        600,
-        "exactly two grants per unit"
     );
     drop(dead);
 }
