@@ -247,6 +247,33 @@ fn database_work(url: &str) -> (u64, u64) {
     (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }
 
+/// Waits until two coordinators hold eight shards each.
+fn wait_for_shared_shards(url: &str) {
+    let started = Instant::now();
+    loop {
+        let output = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT string_agg(n::text, ',' ORDER BY n) FROM \
+                 (SELECT count(*) AS n FROM leases WHERE holder IS NOT NULL GROUP BY holder) h",
+                url,
+            ])
+            .output()
+            .expect("psql");
+        if String::from_utf8_lossy(&output.stdout).trim() == "8,8" {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the coordinators did not share the shards out"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Units validated in every batch of the coordinator (its summary).
 fn validated_everywhere(coordinator: &Running) -> u64 {
     let mut response = ureq::get(&format!("{}/api/v1/summary", coordinator.http))
@@ -284,18 +311,21 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 /// Measures batches of `units` run by 32 simulated workers exchanging `batch` units at a time,
-/// as `name`; prints the coordinator's CPU per validated unit.
+/// as `name`, spread over `coordinators` (of one project); prints the coordinators' CPU per
+/// validated unit, all of them together.
 fn measure(
     c: &mut Criterion,
     runtime: &tokio::runtime::Runtime,
-    coordinator: &Running,
+    coordinators: &[&Running],
     name: &str,
     units: usize,
     batch: usize,
     database: Option<&str>,
 ) {
-    let pid = coordinator.child.id();
+    let coordinator = coordinators[0];
+    let cpu = || -> Duration { coordinators.iter().map(|c| cpu_time(c.child.id())).sum() };
     let database_before = database.map(database_work);
+    let validated_before = database.map(|_| validated_everywhere(coordinator));
     let mut group = c.benchmark_group("coordinator");
     group.throughput(Throughput::Elements(units as u64));
     group.sample_size(10);
@@ -307,18 +337,19 @@ fn measure(
             for _ in 0..iterations {
                 let batch_id = create_batch(coordinator, units);
                 let stop = Arc::new(AtomicBool::new(false));
-                let cpu_before = cpu_time(pid);
+                let cpu_before = cpu();
                 let started = Instant::now();
                 let workers: Vec<_> = (0..WORKERS)
                     .map(|i| {
-                        runtime.spawn(worker(coordinator.join.clone(), i, batch, stop.clone()))
+                        let join = coordinators[i % coordinators.len()].join.clone();
+                        runtime.spawn(worker(join, i, batch, stop.clone()))
                     })
                     .collect();
                 while validated(coordinator, batch_id) < units as u64 {
                     std::thread::sleep(POLL);
                 }
                 total += started.elapsed();
-                cpu_spent += cpu_time(pid).saturating_sub(cpu_before);
+                cpu_spent += cpu().saturating_sub(cpu_before);
                 units_timed += units as u64;
                 stop.store(true, Ordering::Relaxed);
                 for worker in workers {
@@ -332,7 +363,8 @@ fn measure(
     if let (Some(url), Some((commits, rows))) = (database, database_before) {
         let (commits_after, rows_after) = database_work(url);
         // Every batch's units, warm-up included, were validated through the database.
-        let all_units = validated_everywhere(coordinator);
+        let all_units =
+            validated_everywhere(coordinator).saturating_sub(validated_before.unwrap_or(0));
         println!(
             "coordinator/postgres_per_unit ({name}): {:.2} commits and {:.1} rows written per validated unit ({all_units} units)",
             commits_after.saturating_sub(commits) as f64 / all_units.max(1) as f64,
@@ -353,7 +385,7 @@ fn over_quic(c: &mut Criterion) {
     let coordinator = start(None);
     for batch in [1, CORES] {
         let name = format!("quic_32_workers_batch_{batch}");
-        measure(c, &runtime, &coordinator, &name, UNITS, batch, None);
+        measure(c, &runtime, &[&coordinator], &name, UNITS, batch, None);
     }
     drop(coordinator);
     {
@@ -365,7 +397,20 @@ fn over_quic(c: &mut Criterion) {
         measure(
             c,
             &runtime,
-            &coordinator,
+            &[&coordinator],
+            &name,
+            UNITS_POSTGRES,
+            CORES,
+            Some(&url),
+        );
+        // A second coordinator of the project: half the workers each, the shards shared out.
+        let second = start(Some(&url));
+        wait_for_shared_shards(&url);
+        let name = format!("quic_32_workers_batch_{CORES}_postgres_two_coordinators");
+        measure(
+            c,
+            &runtime,
+            &[&coordinator, &second],
             &name,
             UNITS_POSTGRES,
             CORES,

@@ -120,10 +120,6 @@ impl ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
-        if let Some(StoreError::Standby(message)) = error.downcast_ref::<StoreError>() {
-            // A write to a standby coordinator: the message names the active one.
-            return Self::new(StatusCode::SERVICE_UNAVAILABLE, "standby", message.clone());
-        }
         tracing::error!("internal error: {error:#}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

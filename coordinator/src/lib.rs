@@ -32,6 +32,10 @@ pub use data_dir::DataDir;
 /// How often replicas past their deadline are timed out.
 const DEADLINE_SWEEP: Duration = Duration::from_secs(2);
 
+/// How often reports other coordinators kept for this one's shards are settled (on a shared
+/// database): a forwarded report waits at most this long.
+const FORWARDED_SWEEP: Duration = Duration::from_millis(500);
+
 /// Where the coordinator keeps its state and listens.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -138,22 +142,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         stats_dir: stats::dir(&config.data_dir),
         dump_cache: tokio::sync::Mutex::new(None),
     });
-    // The token in DATA_DIR/researcher.token is the administrator's: recorded now, and again
-    // whenever this coordinator becomes the project's active one (a standby writes nothing).
+    // The token in DATA_DIR/researcher.token is the administrator's (on a shared database, the
+    // project's, which every coordinator's directory holds).
     let admin_token = http::token_hash(&dir.researcher_token);
-    if *shared.store.activity().borrow() {
-        shared
-            .store
-            .ensure_researcher(http::ADMIN, &admin_token, now_ms())
-            .await
-            .context("record the administrator's token")?;
-    } else {
-        tracing::info!(
-            "standing by: another coordinator holds the project's lease; this one serves reads \
-             and takes over if it goes"
-        );
-    }
-    let admin = tokio::spawn(record_admin_when_active(shared.clone(), admin_token));
+    shared
+        .store
+        .ensure_researcher(http::ADMIN, &admin_token, now_ms())
+        .await
+        .context("record the administrator's token")?;
 
     // Derived from the project key so it survives restarts; see `server_endpoint`.
     let reset_secret = blake3::derive_key("herd quic stateless reset v1", &dir.project_key.seed());
@@ -176,14 +172,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(http::serve(listener, shared.clone(), http_shutdown));
     let sweeper = tokio::spawn(sweep_deadlines(shared.clone()));
+    let forwarded = tokio::spawn(settle_forwarded(shared.clone()));
     let exporter = tokio::spawn(stats::export_on_schedule(shared.clone()));
 
     let _ = shutdown.wait_for(|stop| *stop).await;
     tracing::info!("shutting down");
     endpoint.close(0u32.into(), b"coordinator shutting down");
     sweeper.abort();
+    forwarded.abort();
     exporter.abort();
-    admin.abort();
     quic_task.abort();
     let _ = http_task.await;
     endpoint.wait_idle().await;
@@ -228,24 +225,19 @@ async fn open_store(
     }
 }
 
-/// Each time this coordinator becomes the project's active one, records the administrator's
-/// token (another coordinator's data directory may have held another).
-async fn record_admin_when_active(shared: Arc<Shared>, token_hash: String) {
-    let mut activity = shared.store.activity();
+/// Settles the reports other coordinators of the database kept for this one's shards.
+async fn settle_forwarded(shared: Arc<Shared>) {
+    if !shared.store.shares_blobs() {
+        // A database of its own: no other coordinator forwards anything.
+        return;
+    }
+    let mut interval = tokio::time::interval(FORWARDED_SWEEP);
     loop {
-        if activity.wait_for(|active| !*active).await.is_err()
-            || activity.wait_for(|active| *active).await.is_err()
-        {
-            // A store that never stands by (SQLite) recorded it at start.
-            return;
-        }
-        tracing::info!("this coordinator is now the project's active one");
-        if let Err(error) = shared
-            .store
-            .ensure_researcher(http::ADMIN, &token_hash, now_ms())
-            .await
-        {
-            tracing::error!("record the administrator's token: {error}");
+        interval.tick().await;
+        match shared.store.settle_forwarded().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("settled {n} reports other coordinators kept for this one"),
+            Err(error) => tracing::error!("settle forwarded reports: {error:#}"),
         }
     }
 }
@@ -254,10 +246,6 @@ async fn sweep_deadlines(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(DEADLINE_SWEEP);
     loop {
         interval.tick().await;
-        if !*shared.store.activity().borrow() {
-            // Only the active coordinator decides the live work.
-            continue;
-        }
         match shared.store.expire_deadlines(now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} replicas passed their deadline and will be reissued"),

@@ -46,48 +46,22 @@ struct Peer {
 pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     while let Some(incoming) = endpoint.accept().await {
-        if !*shared.store.activity().borrow() {
-            // A standby serves no worker: refused at once, the worker tries the project's next
-            // address.
-            incoming.refuse();
-            continue;
-        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let mut activity = shared.store.activity();
             match incoming.await {
                 Ok(connection) => {
-                    tokio::select! {
-                        served = serve_connection(connection.clone(), shared) => {
-                            if let Err(error) = served {
-                                tracing::info!("worker {remote}: {error:#}");
-                            }
-                        }
-                        () = until_standing_by(&mut activity) => {
-                            // Lost the project's lease: its workers go to the active coordinator.
-                            connection.close(STANDING_BY, b"this coordinator is standing by");
-                            tracing::info!("worker {remote}: closed, this coordinator stands by");
-                        }
+                    if let Err(error) = serve_connection(connection, shared).await {
+                        tracing::info!("worker {remote}: {error:#}");
                     }
                 }
                 Err(error) => tracing::info!("handshake with {remote} failed: {error}"),
             }
             drop(permit);
         });
-    }
-}
-
-/// The QUIC close code of a connection closed because its coordinator stopped being active.
-const STANDING_BY: herd_net::VarInt = herd_net::VarInt::from_u32(2);
-
-/// Resolves when this coordinator stops being active; never for a store that never stands by.
-async fn until_standing_by(activity: &mut tokio::sync::watch::Receiver<bool>) {
-    if activity.wait_for(|active| !*active).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

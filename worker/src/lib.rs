@@ -112,8 +112,12 @@ struct Worker {
     /// The volunteer's credit and rank, as the coordinator last said.
     standing: Mutex<Option<Standing>>,
     connected: std::sync::atomic::AtomicBool,
-    /// Which of the join string's coordinators answered last (tried first next time).
+    /// Which of the join string's coordinators answered last (tried first next time); at
+    /// first, the one this host's key picks, so hosts spread over the project's coordinators.
     coordinator: std::sync::atomic::AtomicUsize,
+    /// Answers without work in a row since work last came, over every connection: an idle
+    /// worker moving between coordinators waits longer each time.
+    idle_streak: std::sync::atomic::AtomicU32,
     /// Units finished since the worker started.
     finished_units: std::sync::atomic::AtomicU64,
     /// How fast units get done here, sent with each request for work.
@@ -250,6 +254,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     if let Some(pace) = speed.fuel_per_second() {
         tracing::info!("measured speed: {pace} fuel per second per unit");
     }
+    // Hosts spread over the project's coordinators, each starting at the one its key picks.
+    let first_coordinator =
+        usize::from(host_key.public_key().0[0]) % config.join.addrs.len().max(1);
     let worker = Arc::new(Worker {
         config,
         host_key,
@@ -263,7 +270,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         network,
         standing: Mutex::new(None),
         connected: std::sync::atomic::AtomicBool::new(false),
-        coordinator: std::sync::atomic::AtomicUsize::new(0),
+        coordinator: std::sync::atomic::AtomicUsize::new(first_coordinator),
+        idle_streak: std::sync::atomic::AtomicU32::new(0),
         finished_units: std::sync::atomic::AtomicU64::new(0),
         speed: Mutex::new(speed),
         work_probe: tokio::sync::Mutex::new(()),
@@ -465,7 +473,9 @@ impl Worker {
     /// first unit, each report asks for the next unit in the same round trip.
     async fn slot(self: Arc<Self>, slot: u32, connection: Connection) -> anyhow::Result<()> {
         let mut next: Option<SignedAssignment> = None;
-        let mut idle_answers: u32 = 0;
+        // Answers without work in a row: here, and (for the wait) since work last came.
+        let mut idle_here: u32 = 0;
+        let mut idle_answers = self.idle_streak.load(std::sync::atomic::Ordering::Relaxed);
         loop {
             if next.is_none() {
                 // Ask for work only when a unit could start.
@@ -518,6 +528,9 @@ impl Worker {
                         continue;
                     }
                     idle_answers = 0;
+                    idle_here = 0;
+                    self.idle_streak
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
                     // In the spool before it starts: after a crash it runs again.
                     lock(&self.in_hand).insert(replica_id);
                     let spool = self.spool.clone();
@@ -536,6 +549,26 @@ impl Worker {
                     // (up to 16 times): a worker without work stays quiet, and still picks up a
                     // new batch within seconds.
                     idle_answers = (idle_answers + 1).min(5);
+                    idle_here += 1;
+                    self.idle_streak
+                        .store(idle_answers, std::sync::atomic::Ordering::Relaxed);
+                    let addrs = &self.config.join.addrs;
+                    if addrs.len() > 1 && idle_here >= 2 && lock(&self.in_hand).is_empty() {
+                        // Each coordinator of the project decides its own shards of the work:
+                        // an idle worker looks for work at the next one, holding nothing here
+                        // to lose by leaving.
+                        let next = (self.coordinator.load(std::sync::atomic::Ordering::Relaxed)
+                            + 1)
+                            % addrs.len();
+                        self.coordinator
+                            .store(next, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(
+                            "no work at this coordinator; looking at the project's next, {}",
+                            addrs[next]
+                        );
+                        connection.close(MOVING_ON, b"looking for work at another coordinator");
+                        return Ok(());
+                    }
                     let wait = u64::from(retry_after_ms.clamp(50, 60_000)) << (idle_answers - 1);
                     tokio::time::sleep(Duration::from_millis(wait.min(60_000))).await;
                 }
@@ -996,6 +1029,10 @@ async fn find_idle_source(root: &std::path::Path) -> Option<Box<dyn IdleSource>>
     }
     found.into_iter().next()
 }
+
+/// The QUIC close code of a connection an idle worker leaves to look for work at another of the
+/// project's coordinators.
+const MOVING_ON: herd_net::VarInt = herd_net::VarInt::from_u32(3);
 
 /// Polls for the load and the battery this often (user input is polled every [`POLL`]).
 const SLOW_POLL: Duration = Duration::from_secs(1);

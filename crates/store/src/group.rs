@@ -7,6 +7,7 @@
 use std::sync::mpsc;
 
 use crate::live::Live;
+use crate::shards::Shards;
 use crate::sql::Sql;
 use crate::{Pending, StoreError, work};
 
@@ -24,8 +25,12 @@ pub(crate) trait Database: Sql {
     fn rollback(&mut self);
     /// Loads the live work this writer decides (all of it, for a lone coordinator).
     fn load_live(&mut self) -> Result<Live, StoreError> {
-        work::load_live(self.as_sql())
+        work::load_live(self.as_sql(), Shards::alone())
     }
+
+    /// Sees the live work after each group (committed or not): a shared backend tells the
+    /// other coordinators what its shards want from it.
+    fn after_group(&mut self, _live: &Live) {}
     fn as_sql(&mut self) -> &mut dyn Sql;
 
     /// Starts one operation of the group, which can be undone alone.
@@ -118,9 +123,7 @@ fn commit_group(db: &mut dyn Database, live: &mut Option<Live>, group: Vec<Job>)
         Ok(true) => {}
         Ok(false) => *live = None,
         Err(error) => {
-            if !matches!(error, StoreError::Standby(_)) {
-                eprintln!("herd-store: cannot begin a transaction: {error}");
-            }
+            eprintln!("herd-store: cannot begin a transaction: {error}");
             db.rollback();
             for job in group {
                 job(Err(&error));
@@ -168,6 +171,7 @@ fn commit_group(db: &mut dyn Database, live: &mut Option<Live>, group: Vec<Job>)
     if committed.is_err() {
         db.rollback();
     }
+    db.after_group(&live_now);
     if committed.is_ok() && !stale {
         *live = Some(live_now);
     }

@@ -22,6 +22,7 @@ mod pending;
 mod postgres;
 mod reads;
 mod researchers;
+mod shards;
 mod sql;
 mod sqlite;
 mod stats;
@@ -64,12 +65,6 @@ pub enum StoreError {
     NotAllowed(String),
     #[error("could not commit: {0}")]
     Commit(String),
-    /// This coordinator does not hold the project's lease: another one is active.
-    #[error("{0}")]
-    Standby(String),
-    /// This coordinator held the project's lease and lost it to another: it writes nothing.
-    #[error("fenced: {0}")]
-    Fenced(String),
     #[error("the store is closed")]
     Closed,
 }
@@ -235,6 +230,9 @@ pub enum ReportEffect {
     Failed { unit_id: u64 },
     /// A late report for a unit already validated: it agreed (and was credited) or not.
     LateChecked { agreed: bool },
+    /// The replica's unit is decided by another coordinator of the project (it holds the unit's
+    /// shard): the report is kept in the database, and that coordinator settles it.
+    Forwarded { shard: u64 },
 }
 
 /// A unit's state as researchers see it.
@@ -354,11 +352,6 @@ pub struct CreditTotals {
 /// The coordinator's durable state. Every call answers through a [`Pending`] result, which async
 /// code awaits and other code waits for; a change is durable before its result arrives.
 pub trait Store: Send + Sync {
-    /// Whether this coordinator may write, as it changes: always for a database of its own; on a
-    /// database shared by several coordinators, while it holds the project's lease. A standby's
-    /// writes are refused ([`StoreError::Standby`]); its reads are served.
-    fn activity(&self) -> tokio::sync::watch::Receiver<bool>;
-
     /// Whether the database keeps blobs for every coordinator of the project (PostgreSQL), or
     /// each coordinator keeps its own in its blob store (SQLite: the calls below do nothing).
     fn shares_blobs(&self) -> bool;
@@ -412,6 +405,11 @@ pub trait Store: Send + Sync {
         outcome: &Outcome,
         now_ms: u64,
     ) -> Pending<ReportEffect>;
+
+    /// Settles the reports that other coordinators of a shared database kept for units of the
+    /// shards this one holds ([`ReportEffect::Forwarded`]); returns how many. Nothing to do on
+    /// a database of one's own.
+    fn settle_forwarded(&self) -> Pending<usize>;
 
     /// Times out replicas past their deadline; returns how many.
     fn expire_deadlines(&self, now_ms: u64) -> Pending<usize>;

@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use herd_lifecycle::{HostTrust, Policy, Replica, ReplicaState, Verdict, evaluate};
 use herd_protocol::{ContentHash, PublicKey};
 
+use crate::shards::{Shards, shard_of};
+
 /// A batch that still has open units.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LiveBatch {
@@ -114,7 +116,12 @@ pub(crate) struct Live {
     pub(crate) replicas: HashMap<u64, ReplicaRef>,
     /// Replicas in progress by deadline: `(deadline_ms, replica_id)`.
     pub(crate) deadlines: BTreeSet<(u64, u64)>,
+    /// The shards whose units are here (every shard, for a lone coordinator).
+    pub(crate) shards: Shards,
 }
+
+/// Units wanting a replica counted at most per shard by [`Live::wanting_by_shard`].
+pub(crate) const WANTING_COUNTED: u64 = 64;
 
 /// A unit chosen for a new replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -418,6 +425,29 @@ impl Live {
             ));
         }
         None
+    }
+
+    /// How many units of each shard held want a replica now (shards with none left out),
+    /// counted up to [`WANTING_COUNTED`] each: enough to tell a shard with plenty of work from
+    /// one with a little, at a cost bounded per group whatever the backlog.
+    pub(crate) fn wanting_by_shard(&self) -> BTreeMap<u64, u64> {
+        let mut wanting = BTreeMap::new();
+        let mut full = 0;
+        for batch in self.batches.values() {
+            for unit_id in &batch.wanting {
+                let count = wanting.entry(shard_of(*unit_id)).or_insert(0);
+                if *count < WANTING_COUNTED {
+                    *count += 1;
+                    if *count == WANTING_COUNTED {
+                        full += 1;
+                        if full == self.shards.count() {
+                            return wanting;
+                        }
+                    }
+                }
+            }
+        }
+        wanting
     }
 
     /// Replicas in progress whose deadline is before `now_ms`.

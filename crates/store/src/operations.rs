@@ -5,7 +5,7 @@
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
 
 use crate::live::Live;
-use crate::sql::{Sql, Value, args};
+use crate::sql::{Sql, Value, WorkChange, args};
 use crate::threads::Threads;
 use crate::{
     BatchStatus, BatchSummary, CreditTotals, Exchange, HostLine, HostRecord, NewBatch, Pending,
@@ -19,14 +19,9 @@ use crate::{
 pub(crate) trait Backend: Send + Sync {
     fn threads(&self) -> &Threads;
 
-    /// Whether this coordinator may write, as it changes: always, unless the backend is shared
-    /// with other coordinators.
-    fn writing(&self) -> tokio::sync::watch::Receiver<bool> {
-        tokio::sync::watch::channel(true).1
-    }
-
-    /// Whether blobs are kept in the database (see [`Store::shares_blobs`]).
-    fn shares_blobs(&self) -> bool {
+    /// Whether other coordinators share the database: blobs are then kept in it (see
+    /// [`Store::shares_blobs`]) and reports may be forwarded between coordinators.
+    fn shared(&self) -> bool {
         false
     }
 }
@@ -52,18 +47,13 @@ impl StoreError {
                 | StoreError::Invalid(_)
                 | StoreError::BlobMissing(_)
                 | StoreError::NotAllowed(_)
-                | StoreError::Standby(_)
         )
     }
 
     /// The same error for another caller (errors are not `Clone`: a database error's source is
     /// kept as its message).
     pub(crate) fn for_another(&self) -> StoreError {
-        match self {
-            StoreError::Standby(message) => StoreError::Standby(message.clone()),
-            StoreError::Fenced(message) => StoreError::Fenced(message.clone()),
-            other => StoreError::Commit(other.to_string()),
-        }
+        StoreError::Commit(self.to_string())
     }
 }
 
@@ -101,6 +91,8 @@ fn retire(
     if researchers::owner(tx, batch_id)?.is_none() {
         return Ok(None);
     }
+    // Its units in every shard: no other coordinator decides any of them meanwhile.
+    tx.announce(WorkChange::Barrier)?;
     // Every blob the batch refers to: its module, its inputs, every reported output.
     let mut referenced: Vec<String> = tx
         .query(
@@ -147,16 +139,12 @@ fn retire(
 }
 
 impl<B: Backend> Store for B {
-    fn activity(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.writing()
-    }
-
     fn shares_blobs(&self) -> bool {
-        Backend::shares_blobs(self)
+        self.shared()
     }
 
     fn share_blobs(&self, blobs: Vec<Vec<u8>>) -> Pending<()> {
-        if !Backend::shares_blobs(self) {
+        if !self.shared() {
             return Pending::ready(Ok(()));
         }
         self.threads().write(move |tx, _| {
@@ -174,7 +162,7 @@ impl<B: Backend> Store for B {
     }
 
     fn shared_blob(&self, hash: &ContentHash) -> Pending<Option<Vec<u8>>> {
-        if !Backend::shares_blobs(self) {
+        if !self.shared() {
             return Pending::ready(Ok(None));
         }
         let hash = hash.to_hex();
@@ -186,7 +174,7 @@ impl<B: Backend> Store for B {
     }
 
     fn shared_blobs_missing(&self, hashes: Vec<ContentHash>) -> Pending<Vec<ContentHash>> {
-        if !Backend::shares_blobs(self) {
+        if !self.shared() {
             return Pending::ready(Ok(hashes));
         }
         self.threads().read(move |tx| {
@@ -210,7 +198,7 @@ impl<B: Backend> Store for B {
     }
 
     fn unshare_blobs(&self, hashes: Vec<ContentHash>) -> Pending<()> {
-        if !Backend::shares_blobs(self) || hashes.is_empty() {
+        if !self.shared() || hashes.is_empty() {
             return Pending::ready(Ok(()));
         }
         self.threads().write(move |tx, _| {
@@ -312,6 +300,13 @@ impl<B: Backend> Store for B {
                 assignments,
             })
         })
+    }
+
+    fn settle_forwarded(&self) -> Pending<usize> {
+        if !self.shared() {
+            return Pending::ready(Ok(0));
+        }
+        self.threads().write(work::settle_forwarded)
     }
 
     fn expire_deadlines(&self, now_ms: u64) -> Pending<usize> {

@@ -1,7 +1,9 @@
 //! The PostgreSQL backend of [`Store`](crate::Store), for projects that outgrow one machine:
-//! every coordinator of the project connects to the same database. One of them at a time holds
-//! the project's lease and is active; the others stand by and take over when it goes
-//! ([`lease`]).
+//! every coordinator of the project connects to the same database and serves workers and
+//! researchers. The live work is split into shards, each decided by the coordinator holding
+//! its lease; when a coordinator goes, the others take its shards over ([`lease`]). A report
+//! reaching a coordinator that does not hold its unit's shard is kept in `report_inbox` and
+//! settled by the shard's holder.
 //!
 //! The logic is the SQLite backend's (see the crate docs); what differs is how SQL is run. One
 //! writer thread owns a connection and the live work, and commits groups exactly as SQLite's
@@ -15,7 +17,7 @@
 //! opened again before the next group or read; the group that broke fails and is retried by
 //! its callers, and the live work is loaded again from what was committed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::error::Error;
 
 use bytes::BytesMut;
@@ -32,12 +34,13 @@ use lease::Lease;
 use crate::group::Database;
 use crate::live::Live;
 use crate::operations::Backend;
-use crate::sql::{Row, Sequence, Sql, Value, args};
+use crate::shards::Shards;
+use crate::sql::{Row, Sequence, SharedRow, Sql, Value, WorkChange, args};
 use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
 /// The schema's version: [`SCHEMA`] creates version 1, and [`MIGRATIONS`] bring it here.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -53,6 +56,27 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO leases (shard) VALUES (0);
      CREATE TABLE blobs (hash TEXT PRIMARY KEY, bytes BYTEA NOT NULL);
      CREATE TABLE project_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);",
+    // 3: the live work in 16 shards, each under a lease of its own; the coordinators sharing
+    // them; a version the writers reload their live work by when units change in shards they
+    // do not hold; reports kept for the holder of their unit's shard.
+    "INSERT INTO leases (shard) SELECT generate_series(1, 15);
+     ALTER TABLE leases ADD COLUMN wanting BIGINT NOT NULL DEFAULT 0,
+                        ADD COLUMN wanted_by TEXT;
+     CREATE TABLE coordinators (
+         name TEXT PRIMARY KEY,
+         http TEXT NOT NULL,
+         expires_at TIMESTAMPTZ NOT NULL
+     );
+     CREATE TABLE work_version (id BIGINT PRIMARY KEY, version BIGINT NOT NULL);
+     INSERT INTO work_version (id, version) VALUES (0, 0);
+     CREATE TABLE report_inbox (
+         replica_id BIGINT PRIMARY KEY,
+         shard BIGINT NOT NULL,
+         host_id BIGINT NOT NULL,
+         outcome TEXT NOT NULL,
+         received_ms BIGINT NOT NULL
+     );
+     CREATE INDEX report_inbox_by_shard ON report_inbox (shard, received_ms);",
 ];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),
@@ -211,19 +235,19 @@ impl PgStore {
         Self::connect_as(url, "(no HTTP address)")
     }
 
-    /// Connects as the coordinator serving HTTP at `http`, and takes the project's lease if no
-    /// one holds it (else stands by: see [`lease`]).
+    /// Connects as the coordinator serving HTTP at `http`, and takes its share of the shards no
+    /// one holds (all of them, for the first coordinator: see [`lease`]).
     pub fn connect_as(url: &str, http: &str) -> Result<Self, StoreError> {
         let mut db = PgDb::connect(url)?;
         db.create_schema()?;
         // Load once here so a corrupt database is refused at start, not at the first request.
         db.begin_plain()?;
-        let loaded = work::load_live(&mut db);
+        let loaded = work::load_live(&mut db, Shards::alone());
         db.rollback();
         loaded?;
         let lease = Lease::new(http)?;
         db.lease = Some(lease.clone());
-        // The first attempt at once: a lone coordinator is active when this returns.
+        // The first round at once: a lone coordinator holds every shard when this returns.
         let mut lease_db = PgDb::connect(url)?;
         if let Err(error) = lease.tick(&mut lease_db) {
             tracing::warn!("the project's lease: {error}");
@@ -248,6 +272,11 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// The shards this coordinator holds now, with their epochs.
+    pub fn shards_held(&self) -> BTreeMap<u64, u64> {
+        self.lease.held()
+    }
+
     /// The project's secrets (its certificate and key, signing key and administrator's token,
     /// by file name), the same for every coordinator of the project: `ours` are recorded if the
     /// database has none yet (the first coordinator's), and the database's are returned. On a
@@ -281,11 +310,7 @@ impl Backend for PgStore {
         &self.threads
     }
 
-    fn writing(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.lease.activity()
-    }
-
-    fn shares_blobs(&self) -> bool {
+    fn shared(&self) -> bool {
         true
     }
 }
@@ -388,12 +413,17 @@ pub(crate) struct PgDb {
     statements: HashMap<String, Statement>,
     /// Statements held until the next query or the commit, in order.
     held: Vec<(String, Vec<Value>)>,
+    /// Writes to rows other coordinators write too, held until the commit (see
+    /// [`Sql::execute_shared`]).
+    shared: Vec<(SharedRow, String, Vec<Value>)>,
     /// Ids reserved from each sequence and not used yet.
     ids: HashMap<Sequence, VecDeque<u64>>,
-    /// The writer's: the lease every group is fenced by.
+    /// The writer's: the leases every group is fenced by.
     lease: Option<Arc<Lease>>,
-    /// The epoch the live work was loaded under.
-    loaded_epoch: Option<u64>,
+    /// The shards (with their epochs) and the work version the live work was loaded under.
+    loaded: Option<Loaded>,
+    /// The same as the group now running found them in the database.
+    current: Loaded,
     /// The operation of the group now running, if any (see [`Database::begin_job`]).
     job: Option<JobMark>,
 }
@@ -405,8 +435,12 @@ pub(crate) struct PgDb {
 #[derive(Clone, Copy, Debug)]
 struct JobMark {
     held_from: usize,
+    shared_from: usize,
     savepoint: bool,
 }
+
+/// Shards held, by epoch, and the work version (`None` with no shard held).
+type Loaded = (BTreeMap<u64, u64>, Option<u64>);
 
 impl PgDb {
     pub(crate) fn connect(url: &str) -> Result<Self, StoreError> {
@@ -421,9 +455,11 @@ impl PgDb {
             client,
             statements: HashMap::new(),
             held: Vec::new(),
+            shared: Vec::new(),
             ids: HashMap::new(),
             lease: None,
-            loaded_epoch: None,
+            loaded: None,
+            current: Loaded::default(),
             job: None,
         })
     }
@@ -454,6 +490,7 @@ impl PgDb {
             self.client = Self::open(&self.runtime, &self.url)?;
             self.statements.clear();
             self.held.clear();
+            self.shared.clear();
         }
         Ok(())
     }
@@ -584,6 +621,29 @@ impl Sql for PgDb {
         Ok(())
     }
 
+    fn execute_shared(
+        &mut self,
+        row: SharedRow,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<(), StoreError> {
+        self.shared.push((row, sql.to_owned(), params.to_vec()));
+        Ok(())
+    }
+
+    fn announce(&mut self, change: WorkChange) -> Result<(), StoreError> {
+        if change == WorkChange::Barrier {
+            // Waits for every coordinator's group in flight (each holds its lease rows `FOR KEY
+            // SHARE`); every group beginning after this waits for the commit, then sees the
+            // new version and loads its live work again.
+            self.query("SELECT shard FROM leases ORDER BY shard FOR UPDATE", &[])?;
+        }
+        self.execute(
+            "UPDATE work_version SET version = version + 1 WHERE id = 0",
+            &[],
+        )
+    }
+
     fn execute_count(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         self.flush()?;
         let statement = self.statement(sql)?;
@@ -656,46 +716,77 @@ impl Reader for PgDb {
 }
 
 impl Database for PgDb {
-    /// Begins a group, fenced by the lease: the lease row, read `FOR KEY SHARE` (so no takeover,
-    /// which locks it `FOR UPDATE`, happens until this group ends), must name this coordinator at the epoch it holds. Without
-    /// the lease the group is refused as standing by; with the lease taken over, this
-    /// coordinator is fenced and stands by from now on.
+    /// Begins a group, fenced by the leases: this coordinator's lease rows, read `FOR KEY
+    /// SHARE` (so no takeover or hand-off, which lock a row `FOR UPDATE`, happens until this
+    /// group ends), say which shards it decides now. The live work is current if it was loaded
+    /// under exactly those shards and epochs and the same work version; a shard lost since is
+    /// dropped from it, fenced.
     fn begin(&mut self) -> Result<bool, StoreError> {
+        self.begin_plain()?;
         let Some(lease) = self.lease.clone() else {
-            self.begin_plain()?;
             return Ok(true);
         };
-        let Some(epoch) = lease.epoch() else {
-            return Err(lease.standing_by());
-        };
-        self.begin_plain()?;
-        let row = self.query_one(
-            "SELECT holder, epoch FROM leases WHERE shard = 0 FOR KEY SHARE",
-            &[],
+        let rows = self.query(
+            "SELECT l.shard, l.epoch, v.version FROM leases l, work_version v
+             WHERE l.holder = ?1 AND v.id = 0 FOR KEY SHARE OF l",
+            &args![&lease.name],
         )?;
-        let (holder, current) = (row.opt_text(0)?.unwrap_or_default(), row.u64(1)?);
-        if holder != lease.name || current != epoch {
-            lease.fenced(&holder, current);
-            self.rollback();
-            return Err(StoreError::Fenced(format!(
-                "the project's lease is held by {holder} at epoch {current}"
-            )));
+        let mut held = BTreeMap::new();
+        let mut version = None;
+        for row in &rows {
+            held.insert(row.u64(0)?, row.u64(1)?);
+            version = Some(row.u64(2)?);
         }
-        Ok(self.loaded_epoch == Some(epoch))
+        let current = match self.loaded.clone() {
+            Some((loaded, loaded_version)) => {
+                for (&shard, &epoch) in &loaded {
+                    if held.get(&shard) != Some(&epoch) {
+                        let holder = self
+                            .query_row("SELECT holder FROM leases WHERE shard = ?1", &args![shard])?
+                            .map(|row| row.opt_text(0))
+                            .transpose()?
+                            .flatten();
+                        lease.let_go(shard, epoch, holder.as_deref());
+                    }
+                }
+                loaded == held && (held.is_empty() || loaded_version == version)
+            }
+            None => false,
+        };
+        self.current = (held, version);
+        Ok(current)
     }
 
     fn load_live(&mut self) -> Result<Live, StoreError> {
-        self.loaded_epoch = self.lease.as_ref().and_then(|lease| lease.epoch());
-        work::load_live(self)
+        let shards = match &self.lease {
+            Some(_) => Shards::shared(self.current.0.keys().copied()),
+            None => Shards::alone(),
+        };
+        let live = work::load_live(self, shards)?;
+        self.loaded = Some(self.current.clone());
+        Ok(live)
+    }
+
+    fn after_group(&mut self, live: &Live) {
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        lease.observe(live.wanting_by_shard());
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
+        // Rows other coordinators write are locked last, in one order for every coordinator.
+        let mut shared = std::mem::take(&mut self.shared);
+        shared.sort_by_key(|(row, _, _)| *row);
+        self.held
+            .extend(shared.into_iter().map(|(_, sql, params)| (sql, params)));
         self.execute("COMMIT", &[])?;
         self.flush()
     }
 
     fn rollback(&mut self) {
         self.held.clear();
+        self.shared.clear();
         self.job = None;
         if !self.client.is_closed() {
             let _ = self.runtime.block_on(self.client.batch_execute("ROLLBACK"));
@@ -709,6 +800,7 @@ impl Database for PgDb {
     fn begin_job(&mut self) -> Result<(), StoreError> {
         self.job = Some(JobMark {
             held_from: self.held.len(),
+            shared_from: self.shared.len(),
             savepoint: false,
         });
         Ok(())
@@ -722,6 +814,9 @@ impl Database for PgDb {
     }
 
     fn undo_job(&mut self) -> Result<(), StoreError> {
+        if let Some(mark) = &self.job {
+            self.shared.truncate(mark.shared_from);
+        }
         match self.job.take() {
             Some(mark) if mark.savepoint => {
                 self.execute("ROLLBACK TO job", &[])?;
@@ -739,61 +834,157 @@ impl Database for PgDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shards::{SHARDS, shard_of};
 
+    use crate::tests::{CreateUploaded, batch};
+    use crate::{ReportEffect, Store};
+    use herd_protocol::{ContentHash, Outcome, PublicKey, RunResult, Status};
+
+    fn within_seconds(seconds: u64, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} within {seconds} s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn success() -> Outcome {
+        Outcome::Countable(RunResult {
+            status: Status::Success,
+            fuel: 1000,
+            output_len: 3,
+            output_hash: ContentHash::of(b"out"),
+        })
+    }
+
+    /// Two coordinators on one database: the first holds every shard until the second comes,
+    /// then each holds half; each hands out only the units of its own shards; a report reaching
+    /// the coordinator that does not decide its unit is kept and settled by the one that does;
+    /// and when the first goes, the second takes every shard over and decides what it left.
     #[test]
-    fn a_second_coordinator_stands_by_and_takes_over_when_the_first_is_gone() {
-        use crate::Store;
+    fn coordinators_share_the_shards_forward_reports_and_take_over() {
         let url = herd_pgtest::fresh_database().expect("a database");
         let first = PgStore::connect_as(&url, "http://first").expect("the first coordinator");
-        assert!(
-            *first.activity().borrow(),
-            "the first takes the lease at once"
+        assert_eq!(
+            first.shards_held().len() as u64,
+            SHARDS,
+            "a lone coordinator holds all"
         );
         first
-            .ensure_researcher("admin", "hash", 0)
+            .ensure_researcher("tester", "token-hash", 0)
             .wait()
-            .expect("the active one writes");
+            .expect("researcher");
         let second = PgStore::connect_as(&url, "http://second").expect("a second coordinator");
-        assert!(!*second.activity().borrow());
-        let refused = second
-            .ensure_researcher("other", "hash-2", 0)
+        within_seconds(30, "each holds its share", || {
+            let (a, b) = (first.shards_held(), second.shards_held());
+            a.len() == 8 && b.len() == 8 && a.keys().all(|shard| !b.contains_key(shard))
+        });
+        // Any coordinator creates batches; the holders of its units' shards decide them.
+        second
+            .create_uploaded(&batch(16, 2), 0)
             .wait()
-            .expect_err("a standby writes nothing");
+            .expect("a batch through the second");
+        let register = |store: &PgStore, n: u8| {
+            store
+                .register_host(&PublicKey([n; 32]), &format!("volunteer-{n}"), None, 16, 0)
+                .wait()
+                .expect("register")
+                .host_id
+        };
+        let take_all = |store: &PgStore, host: u64| {
+            let mut units = Vec::new();
+            while let Some(assignment) = store.assign(host, 10).wait().expect("assign") {
+                units.push((assignment.unit_id, assignment.replica_id));
+            }
+            units
+        };
+        let (a, b) = (register(&first, 1), register(&second, 2));
+        let mut on_first = Vec::new();
+        within_seconds(10, "the first loads the batch made by the second", || {
+            on_first.extend(take_all(&first, a));
+            !on_first.is_empty()
+        });
+        let on_second = take_all(&second, b);
+        assert_eq!((on_first.len(), on_second.len()), (8, 8), "each its half");
+        let held_by_first = first.shards_held();
         assert!(
-            refused.to_string().contains("standing by")
-                && refused.to_string().contains("http://first"),
-            "{refused}"
+            on_first
+                .iter()
+                .all(|(unit, _)| held_by_first.contains_key(&shard_of(*unit)))
         );
-        // Reads are served by a standby.
+        assert!(
+            on_second
+                .iter()
+                .all(|(unit, _)| !held_by_first.contains_key(&shard_of(*unit)))
+        );
+        // Worker a failed over to the second coordinator: its reports are kept, not refused.
+        register(&second, 1);
+        for (unit, replica) in &on_first {
+            assert_eq!(
+                second
+                    .record_report(a, *replica, &success(), 20)
+                    .wait()
+                    .expect("forwarded"),
+                ReportEffect::Forwarded {
+                    shard: shard_of(*unit)
+                }
+            );
+        }
+        // A repeat is kept once; someone else's replica is still refused.
+        let (_, repeated) = on_first[0];
+        second
+            .record_report(a, repeated, &success(), 21)
+            .wait()
+            .expect("again");
         assert!(
             second
-                .researcher_by_token("hash")
+                .record_report(b, repeated, &success(), 21)
                 .wait()
-                .expect("read")
-                .is_some()
+                .is_err()
         );
-        // A clean stop gives the lease up: the standby takes over at its next renewal.
+        assert_eq!(
+            second.settle_forwarded().wait().expect("settle"),
+            0,
+            "not its shards"
+        );
+        assert_eq!(first.settle_forwarded().wait().expect("settle"), 8);
+        assert_eq!(
+            first.settle_forwarded().wait().expect("settle"),
+            0,
+            "settled once"
+        );
+        for (_, replica) in &on_second {
+            assert_eq!(
+                second
+                    .record_report(b, *replica, &success(), 30)
+                    .wait()
+                    .expect("report"),
+                ReportEffect::Recorded
+            );
+        }
+        // The first goes (a clean stop gives its leases up): the second takes every shard and
+        // decides the units the first left, with the reports it settled.
         drop(first);
-        let mut activity = second.activity();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        runtime
-            .block_on(async {
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(30),
-                    activity.wait_for(|active| *active),
-                )
-                .await
-                .is_ok_and(|taken| taken.is_ok())
-            })
-            .then_some(())
-            .expect("the lease is taken within a few seconds");
-        second
-            .ensure_researcher("other", "hash-2", 0)
-            .wait()
-            .expect("the new active one writes");
+        within_seconds(15, "the second takes every shard over", || {
+            second.shards_held().len() as u64 == SHARDS
+        });
+        let mut validated = 0;
+        for (_, replica) in take_all(&second, b) {
+            match second
+                .record_report(b, replica, &success(), 40)
+                .wait()
+                .expect("report")
+            {
+                ReportEffect::Validated { .. } => validated += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(validated, 8, "every unit a reported through the second");
+        let c = register(&second, 3);
+        assert_eq!(take_all(&second, c).len(), 8, "the units b alone reported");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! blobs they uploaded and the blobs of their batches, and cancelling a batch.
 
 use crate::live::Live;
-use crate::sql::{Row, Sql, args};
+use crate::sql::{Row, Sql, WorkChange, args};
 use crate::{BatchSummary, Researcher, StoreError};
 use herd_protocol::ContentHash;
 
@@ -210,6 +210,8 @@ pub(crate) fn cancel(
     if owner(tx, batch_id)?.is_none() {
         return Ok(None);
     }
+    // Its units in every shard: no other coordinator decides any of them meanwhile.
+    tx.announce(WorkChange::Barrier)?;
     let open = tx.query(
         "SELECT id FROM units WHERE batch_id = ?1 AND state = 'open'",
         &args![batch_id],

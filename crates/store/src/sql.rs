@@ -214,11 +214,46 @@ impl Sequence {
     }
 }
 
+/// A row several coordinators write: a table's name and the row's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SharedRow(pub(crate) &'static str, pub(crate) u64);
+
+/// A change to units that other coordinators of a shared database must learn of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WorkChange {
+    /// Units were added or reopened, possibly in shards others hold: they load them again.
+    Added,
+    /// Units of any shard are about to be closed or removed (a batch cancelled or retired):
+    /// every other coordinator's group in flight finishes first, none begins until this one
+    /// commits, and each loads its live work again.
+    Barrier,
+}
+
 /// A connection inside the current group's transaction.
 pub(crate) trait Sql {
     /// Runs a statement whose answer nobody reads. A backend may hold it and send it with the
     /// next query or the commit, in order; an error it raises then fails the whole group.
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<(), StoreError>;
+
+    /// Runs a statement changing one row that other coordinators' groups change too (a
+    /// volunteer's or a host's counters), written relative to what the row holds. A backend
+    /// shared by several writers sends these last in the group, sorted by row, so two groups
+    /// always lock shared rows in one order and never deadlock; statements on one row keep
+    /// their order.
+    fn execute_shared(
+        &mut self,
+        _row: SharedRow,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<(), StoreError> {
+        self.execute(sql, params)
+    }
+
+    /// Tells the database's other coordinators that units changed (see [`WorkChange`]).
+    /// Nothing to do for a database no other coordinator shares.
+    fn announce(&mut self, _change: WorkChange) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Runs a statement now and says how many rows it changed.
     fn execute_count(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;

@@ -330,7 +330,7 @@ impl SqliteStore {
         )?;
         let mut db = SqliteDb::new(connection);
         // Load once here so a corrupt database is refused at open, not at the first request.
-        work::load_live(&mut db)?;
+        work::load_live(&mut db, crate::shards::Shards::alone())?;
         let mut readers = Vec::new();
         if let Some(path) = path {
             for _ in 0..READERS {

@@ -35,7 +35,7 @@ pub(crate) type Operation =
 impl<B: Backend> TestStore for B {
     fn live_mirrors_database(&self) -> Pending<Option<String>> {
         self.threads().write(|tx, live: &mut Live| {
-            let loaded = work::load_live(tx)?;
+            let loaded = work::load_live(tx, live.shards.clone())?;
             Ok(live.mirror_difference(&loaded))
         })
     }

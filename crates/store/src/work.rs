@@ -19,7 +19,8 @@ use herd_lifecycle::{
 use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
 
 use crate::live::{FUEL_SUM_UNIT, Live, LiveBatch, LiveHost, LiveReplica, LiveUnit, ReplicaRef};
-use crate::sql::{Row, Sequence, Sql, args};
+use crate::shards::{Shards, shard_of};
+use crate::sql::{Row, Sequence, SharedRow, Sql, WorkChange, args};
 use crate::{
     HostRecord, NewBatch, ReportEffect, StoreError, encode_result, parse_hash, parse_result,
 };
@@ -127,14 +128,19 @@ fn load_host(tx: &mut dyn Sql, host_id: u64) -> Result<Option<LiveHost>, StoreEr
     }))
 }
 
-/// Builds the live work from the database: batches with open units, their open units and
-/// replicas, replicas in progress of closed units, and the hosts holding work.
-pub(crate) fn load_live(tx: &mut dyn Sql) -> Result<Live, StoreError> {
-    let mut live = Live::default();
+/// Builds the live work of `shards` from the database: batches with open units there, their
+/// open units and replicas, replicas in progress of closed units, and the hosts holding work.
+pub(crate) fn load_live(tx: &mut dyn Sql, shards: Shards) -> Result<Live, StoreError> {
+    let mut live = Live {
+        shards,
+        ..Live::default()
+    };
     let rows = tx.query(
         &format!(
             "SELECT {BATCH_COLUMNS} FROM batches b
-             WHERE EXISTS (SELECT 1 FROM units u WHERE u.batch_id = b.id AND u.state = 'open')"
+             WHERE EXISTS (SELECT 1 FROM units u WHERE u.batch_id = b.id AND u.state = 'open'
+                           AND {})",
+            live.shards.sql_condition("u.id")
         ),
         &[],
     )?;
@@ -144,7 +150,10 @@ pub(crate) fn load_live(tx: &mut dyn Sql) -> Result<Live, StoreError> {
         live.batches.insert(id, batch);
     }
     let host_ids = tx.query(
-        "SELECT DISTINCT host_id FROM replicas WHERE state = 'in_progress'",
+        &format!(
+            "SELECT DISTINCT host_id FROM replicas WHERE state = 'in_progress' AND {}",
+            live.shards.sql_condition("unit_id")
+        ),
         &[],
     )?;
     for row in host_ids {
@@ -158,9 +167,12 @@ pub(crate) fn load_live(tx: &mut dyn Sql) -> Result<Live, StoreError> {
     }
     load_open_units(tx, &mut live, None)?;
     let orphans = tx.query(
-        "SELECT r.id, r.unit_id, u.batch_id, r.host_id, r.volunteer_id, r.deadline_ms
-         FROM replicas r JOIN units u ON u.id = r.unit_id
-         WHERE r.state = 'in_progress' AND u.state != 'open'",
+        &format!(
+            "SELECT r.id, r.unit_id, u.batch_id, r.host_id, r.volunteer_id, r.deadline_ms
+             FROM replicas r JOIN units u ON u.id = r.unit_id
+             WHERE r.state = 'in_progress' AND u.state != 'open' AND {}",
+            live.shards.sql_condition("u.id")
+        ),
         &[],
     )?;
     for row in orphans {
@@ -179,18 +191,21 @@ pub(crate) fn load_live(tx: &mut dyn Sql) -> Result<Live, StoreError> {
     Ok(live)
 }
 
-/// Loads open units and their replicas into `live`: every open unit, or only `unit_id`. Their
-/// batch must be live already.
+/// Loads open units and their replicas into `live`: every open unit of its shards, or only
+/// `unit_id`. Their batch must be live already.
 fn load_open_units(
     tx: &mut dyn Sql,
     live: &mut Live,
     unit_id: Option<u64>,
 ) -> Result<(), StoreError> {
+    let held = live.shards.sql_condition("u.id");
     let mut replicas: std::collections::HashMap<u64, Vec<LiveReplica>> = Default::default();
     let rows = tx.query(
-        "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result
-         FROM replicas r JOIN units u ON u.id = r.unit_id
-         WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1)",
+        &format!(
+            "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result
+             FROM replicas r JOIN units u ON u.id = r.unit_id
+             WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1) AND {held}"
+        ),
         &args![unit_id],
     )?;
     for row in rows {
@@ -210,10 +225,12 @@ fn load_open_units(
     let mut credited: std::collections::HashMap<u64, std::collections::BTreeMap<u64, u64>> =
         Default::default();
     let rows = tx.query(
-        "SELECT r.unit_id, c.replica_id, c.fuel
-         FROM credit c JOIN replicas r ON r.id = c.replica_id JOIN units u ON u.id = r.unit_id
-         WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1)
-           AND NOT EXISTS (SELECT 1 FROM credit_revoked x WHERE x.replica_id = c.replica_id)",
+        &format!(
+            "SELECT r.unit_id, c.replica_id, c.fuel
+             FROM credit c JOIN replicas r ON r.id = c.replica_id JOIN units u ON u.id = r.unit_id
+             WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1) AND {held}
+               AND NOT EXISTS (SELECT 1 FROM credit_revoked x WHERE x.replica_id = c.replica_id)"
+        ),
         &args![unit_id],
     )?;
     for row in rows {
@@ -223,8 +240,10 @@ fn load_open_units(
             .insert(row.u64(1)?, row.u64(2)?);
     }
     let units = tx.query(
-        "SELECT id, batch_id, input_hash, seed, alone FROM units
-         WHERE state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR id = ?1)",
+        &format!(
+            "SELECT u.id, u.batch_id, u.input_hash, u.seed, u.alone FROM units u
+             WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1) AND {held}"
+        ),
         &args![unit_id],
     )?;
     for row in units {
@@ -425,6 +444,11 @@ pub(crate) fn create_batch(
             ],
         )?;
     }
+    // The other coordinators load the units of their shards.
+    tx.announce(WorkChange::Added)?;
+    if !unit_ids.iter().any(|id| live.shards.holds_unit(*id)) {
+        return Ok(batch_id);
+    }
     live.batches.insert(
         batch_id,
         LiveBatch {
@@ -442,6 +466,9 @@ pub(crate) fn create_batch(
         },
     );
     for (unit, unit_id) in batch.units.iter().zip(unit_ids) {
+        if !live.shards.holds_unit(unit_id) {
+            continue;
+        }
         live.insert_unit(
             unit_id,
             LiveUnit {
@@ -483,7 +510,8 @@ pub(crate) fn assign(
     if host.last_seen_ms.saturating_add(LAST_SEEN_RESOLUTION_MS) < now_ms {
         host.last_seen_ms = now_ms;
         // Never backwards: another coordinator may have seen the host later.
-        tx.execute(
+        tx.execute_shared(
+            SharedRow("hosts", host_id),
             "UPDATE hosts SET last_seen_ms = ?2 WHERE id = ?1 AND last_seen_ms < ?2",
             &args![host_id, now_ms],
         )?;
@@ -678,6 +706,10 @@ fn record_report_of_closed_unit(
     if row.u64(1)? != host_id {
         return Err(StoreError::NotYourReplica { replica_id });
     }
+    let unit_id = row.u64(0)?;
+    if !live.shards.holds_unit(unit_id) {
+        return forward(tx, host_id, replica_id, unit_id, outcome, now_ms);
+    }
     if row.text(3)? != "timed_out" {
         return Ok(ReportEffect::Duplicate);
     }
@@ -690,6 +722,63 @@ fn record_report_of_closed_unit(
         deadline_ms: None,
     };
     check_late(tx, live, &reference, replica_id, outcome, now_ms)
+}
+
+/// Keeps a report of a replica whose unit another coordinator decides, for that coordinator to
+/// settle ([`settle_forwarded`]): durable once the group commits, so the worker may forget it.
+/// A repeat of a report already kept changes nothing.
+fn forward(
+    tx: &mut dyn Sql,
+    host_id: u64,
+    replica_id: u64,
+    unit_id: u64,
+    outcome: &Outcome,
+    now_ms: u64,
+) -> Result<ReportEffect, StoreError> {
+    let outcome = serde_json::to_string(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let shard = shard_of(unit_id);
+    tx.execute(
+        "INSERT INTO report_inbox (replica_id, shard, host_id, outcome, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (replica_id) DO NOTHING",
+        &args![replica_id, shard, host_id, outcome, now_ms],
+    )?;
+    Ok(ReportEffect::Forwarded { shard })
+}
+
+/// Reports forwarded at most per call to [`settle_forwarded`].
+const FORWARDED_PER_CALL: u64 = 512;
+
+/// Settles reports other coordinators kept for the shards this writer holds, as if their
+/// workers had sent them here (at the time they arrived), and removes them from the inbox in
+/// the same transaction. Returns how many it settled.
+pub(crate) fn settle_forwarded(tx: &mut dyn Sql, live: &mut Live) -> Result<usize, StoreError> {
+    if !live.shards.is_shared() {
+        return Ok(0);
+    }
+    let rows = tx.query(
+        &format!(
+            "SELECT replica_id, host_id, outcome, received_ms FROM report_inbox
+             WHERE {} ORDER BY received_ms, replica_id LIMIT {FORWARDED_PER_CALL}",
+            live.shards.sql_condition("shard")
+        ),
+        &[],
+    )?;
+    for row in &rows {
+        let (replica_id, host_id) = (row.u64(0)?, row.u64(1)?);
+        let outcome: Outcome = serde_json::from_str(&row.text(2)?)
+            .map_err(|e| StoreError::Corrupt(format!("forwarded report {replica_id}: {e}")))?;
+        match record_report(tx, live, host_id, replica_id, &outcome, row.u64(3)?) {
+            // Checked by the coordinator that kept it; only a replica removed since (its batch
+            // retired) is unknown now.
+            Ok(_) | Err(StoreError::UnknownReplica(_)) => {}
+            Err(other) => return Err(other),
+        }
+        tx.execute(
+            "DELETE FROM report_inbox WHERE replica_id = ?1",
+            &args![replica_id],
+        )?;
+    }
+    Ok(rows.len())
 }
 
 /// A late report for a unit that has closed: checked against the canonical result, credited if
@@ -873,7 +962,8 @@ fn change_trust(
     }
     match change {
         TrustChange::ValidChecked => {
-            tx.execute(
+            tx.execute_shared(
+                SharedRow("hosts", host_id),
                 "UPDATE hosts SET consecutive_valid = consecutive_valid + 1 WHERE id = ?1",
                 &args![host_id],
             )?;
@@ -884,7 +974,8 @@ fn change_trust(
             )?;
         }
         TrustChange::Invalid => {
-            tx.execute(
+            tx.execute_shared(
+                SharedRow("hosts", host_id),
                 "UPDATE hosts SET consecutive_valid = 0 WHERE id = ?1",
                 &args![host_id],
             )?;
@@ -903,6 +994,8 @@ fn reopen_alone_units(tx: &mut dyn Sql, live: &mut Live, host_id: u64) -> Result
     if units.is_empty() {
         return Ok(());
     }
+    // Units of other coordinators' shards are loaded there.
+    tx.announce(WorkChange::Added)?;
     for row in units {
         let (unit_id, batch_id) = (row.u64(0)?, row.u64(1)?);
         tx.execute(
@@ -915,8 +1008,10 @@ fn reopen_alone_units(tx: &mut dyn Sql, live: &mut Live, host_id: u64) -> Result
             "UPDATE replicas SET validity = 'pending' WHERE unit_id = ?1 AND state = 'reported'",
             &args![unit_id],
         )?;
-        load_batch(tx, live, batch_id)?;
-        load_open_units(tx, live, Some(unit_id))?;
+        if live.shards.holds_unit(unit_id) {
+            load_batch(tx, live, batch_id)?;
+            load_open_units(tx, live, Some(unit_id))?;
+        }
     }
     // Replicas of those units still in progress now belong to open units again.
     live.recount_in_flight();
@@ -996,7 +1091,7 @@ fn enter_in_ledger(
 /// to underflow where Rust's gives 0).
 fn add_recent_credit(
     tx: &mut dyn Sql,
-    table: &str,
+    table: &'static str,
     id: u64,
     credit: f64,
     now_ms: u64,
@@ -1004,7 +1099,8 @@ fn add_recent_credit(
     let half_life_days = RAC_HALF_LIFE_MS as f64 / 86_400_000.0;
     let added = credit * std::f64::consts::LN_2 / half_life_days;
     let decay_per_ms = std::f64::consts::LN_2 / RAC_HALF_LIFE_MS as f64;
-    tx.execute(
+    tx.execute_shared(
+        SharedRow(table, id),
         &format!(
             "UPDATE {table} SET
                 rac = CASE WHEN ?3 <= rac_ms THEN rac
@@ -1052,10 +1148,12 @@ pub(crate) fn host_needs_blob(
     host_id: u64,
     hash: &ContentHash,
 ) -> Result<bool, StoreError> {
+    // A replica of another coordinator's shard (assigned there, its worker here since) is
+    // known only to the database.
+    let mut unresolved = live.shards.is_shared();
     let Some(host) = live.hosts.get(&host_id) else {
-        return Ok(false);
+        return host_needs_blob_in_database(tx, host_id, hash, unresolved);
     };
-    let mut unresolved = false;
     for replica_id in &host.in_flight {
         let Some(reference) = live.replicas.get(replica_id) else {
             continue;
@@ -1072,7 +1170,16 @@ pub(crate) fn host_needs_blob(
             _ => unresolved = true,
         }
     }
-    if !unresolved {
+    host_needs_blob_in_database(tx, host_id, hash, unresolved)
+}
+
+fn host_needs_blob_in_database(
+    tx: &mut dyn Sql,
+    host_id: u64,
+    hash: &ContentHash,
+    look: bool,
+) -> Result<bool, StoreError> {
+    if !look {
         return Ok(false);
     }
     tx.query_one(
@@ -1109,7 +1216,8 @@ pub(crate) fn count_refused(
     host_id: u64,
     refused: u64,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.execute_shared(
+        SharedRow("hosts", host_id),
         "UPDATE hosts SET refused_reports = refused_reports + ?2 WHERE id = ?1",
         &args![host_id, refused],
     )
