@@ -250,7 +250,7 @@ impl PgStore {
         // The first round at once: a lone coordinator holds every shard when this returns.
         let mut lease_db = PgDb::connect(url)?;
         if let Err(error) = lease.tick(&mut lease_db) {
-            tracing::warn!("the project's lease: {error}");
+            tracing::warn!("the shards' leases: {error}");
         }
         let (stop_lease, stopped) = mpsc::channel();
         let keeper = lease.clone();
@@ -280,7 +280,7 @@ impl PgStore {
     /// The project's secrets (its certificate and key, signing key and administrator's token,
     /// by file name), the same for every coordinator of the project: `ours` are recorded if the
     /// database has none yet (the first coordinator's), and the database's are returned. On a
-    /// connection of its own, outside the writer: a standby needs them before it writes
+    /// connection of its own, outside the writer: a coordinator needs them before it writes
     /// anything.
     pub fn project_secrets(
         &self,

@@ -768,9 +768,10 @@ pub(crate) fn settle_forwarded(tx: &mut dyn Sql, live: &mut Live) -> Result<usiz
         let outcome: Outcome = serde_json::from_str(&row.text(2)?)
             .map_err(|e| StoreError::Corrupt(format!("forwarded report {replica_id}: {e}")))?;
         match record_report(tx, live, host_id, replica_id, &outcome, row.u64(3)?) {
-            // Checked by the coordinator that kept it; only a replica removed since (its batch
-            // retired) is unknown now.
-            Ok(_) | Err(StoreError::UnknownReplica(_)) => {}
+            // Checked by the coordinator that kept it: refused now only if its replica went
+            // since (its batch retired), and then there is nothing left to settle.
+            Ok(_) => {}
+            Err(refused) if refused.is_refusal() => {}
             Err(other) => return Err(other),
         }
         tx.execute(
