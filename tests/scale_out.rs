@@ -285,6 +285,72 @@ fn two_coordinators_share_a_batch_and_one_takes_the_others_shards_when_it_is_kil
     assert!(log_of(&second).contains("holds shard"));
 }
 
+/// Every worker connects to the first of two coordinators (their host keys are chosen so), while
+/// the second holds half the shards: the work in the second's shards reaches them only because an
+/// idle worker moves on to the project's next coordinator. The batch completes.
+#[test]
+fn idle_workers_move_on_to_the_coordinator_holding_the_work() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let (_server, url) = database();
+    let (first, second) = two_coordinators(root.path(), &url);
+    eventually(Duration::from_secs(60), "the shards shared out", || {
+        (shards_held(&first, &first) == 8 && shards_held(&first, &second) == 8).then_some(())
+    });
+    let join = project_join(&[&first, &second]);
+    let _workers: Vec<_> = VOLUNTEERS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, team))| {
+            // A host key of its own whose first byte is even: the worker starts at the first
+            // address.
+            let seed = (0u8..=255)
+                .map(|n| {
+                    let mut seed = [n; 32];
+                    seed[31] = i as u8;
+                    seed
+                })
+                .find(|seed| {
+                    herd_protocol::SigningKey::from_seed(*seed).public_key().0[0].is_multiple_of(2)
+                })
+                .expect("a seed");
+            let dir = herd_e2e::worker_dir(root.path(), name);
+            std::fs::create_dir_all(&dir).expect("worker directory");
+            std::fs::write(dir.join("host.key"), format!("{}\n", hex_of(&seed))).expect("key");
+            start_worker(root.path(), &join, name, team, 1).expect("worker")
+        })
+        .collect();
+    let tiles = slow_tiles(root.path());
+    let batch = submit(&first, root.path(), &root.path().join("inputs"), false);
+    completes_exactly(
+        &second,
+        root.path(),
+        batch,
+        &tiles,
+        Duration::from_secs(180),
+    );
+    let moved = VOLUNTEERS.iter().any(|(name, _)| {
+        std::fs::read_dir(root.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                file.starts_with(&format!("worker-{name}-")) && file.ends_with(".log")
+            })
+            .any(|entry| {
+                std::fs::read_to_string(entry.path())
+                    .unwrap_or_default()
+                    .contains("no work at this coordinator; looking at the project's next")
+            })
+    });
+    assert!(moved, "a worker moved on to the second coordinator");
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[test]
 fn a_stalled_coordinator_is_fenced_and_writes_nothing_for_the_shards_another_took() {
     let root = tempfile::tempdir().expect("tempdir");
