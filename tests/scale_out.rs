@@ -217,13 +217,7 @@ fn two_coordinators_share_a_batch_and_one_takes_the_others_shards_when_it_is_kil
         "{refused}"
     );
     // Every coordinator takes researchers' writes, and every one sees them.
-    let (code, body) = second.api(
-        "POST",
-        "/api/v1/researchers",
-        Some(&first.token),
-        Some(r#"{"name": "lovelace"}"#),
-    );
-    assert_eq!(code, 201, "{body}");
+    creates_a_researcher(&second, &first.token);
     let join = project_join(&[&first, &second]);
     let _workers: Vec<_> = VOLUNTEERS
         .iter()
@@ -347,6 +341,18 @@ fn idle_workers_move_on_to_the_coordinator_holding_the_work() {
     assert!(moved, "a worker moved on to the second coordinator");
 }
 
+/// Creates a researcher through `coordinator` with the administrator's `token`: a write any
+/// coordinator of the project takes.
+fn creates_a_researcher(coordinator: &Coordinator, token: &str) {
+    let (code, body) = coordinator.api(
+        "POST",
+        "/api/v1/researchers",
+        Some(token),
+        Some(r#"{"name": "lovelace"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -403,13 +409,7 @@ fn a_stalled_coordinator_is_fenced_and_writes_nothing_for_the_shards_another_too
         Duration::from_secs(120),
     );
     // The first, resumed, still serves: writes that are no shard's go through it.
-    let (code, body) = first.api(
-        "POST",
-        "/api/v1/researchers",
-        Some(&first.token),
-        Some(r#"{"name": "lovelace"}"#),
-    );
-    assert_eq!(code, 201, "{body}");
+    creates_a_researcher(&first, &first.token);
 }
 
 #[test]
