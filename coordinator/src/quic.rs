@@ -14,8 +14,7 @@ use herd_net::{
 };
 use herd_protocol::{
     Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, Hello, MAX_EXCHANGE,
-    Outcome, PROTOCOL_VERSION, PublicKey, RefusedReport, ServerMessage, SignedReport, Standing,
-    TeamStanding,
+    Outcome, PROTOCOL_VERSION, RefusedReport, ServerMessage, Standing, TeamStanding,
 };
 use herd_store::{HostRecord, ReportRefusal, StoreError, Want};
 use tokio::sync::Semaphore;
@@ -37,7 +36,6 @@ const CLOSE_PROTOCOL_ERROR: u32 = 1;
 /// The registered peer of one connection.
 struct Peer {
     host: HostRecord,
-    key: PublicKey,
     /// The volunteer's name, as registered.
     volunteer: String,
 }
@@ -212,7 +210,6 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
     send.finish()?;
     let peer = Arc::new(Peer {
         host,
-        key: host_key,
         volunteer: volunteer.trim().to_string(),
     });
     loop {
@@ -262,18 +259,6 @@ async fn serve_stream(
         Err(error) => return Err(error.into()),
     };
     let (answer, after) = answer(request, shared, peer).await?;
-    if let ServerMessage::Error {
-        code: ErrorCode::BadSignature,
-        ..
-    } = &answer
-    {
-        // A forged report counts against the host, in its public record (the other refusals
-        // are counted where they are decided).
-        shared
-            .store
-            .record_refused_report(peer.host.host_id)
-            .await?;
-    }
     if let (ServerMessage::Error { code, message }, After::Close) = (&answer, &after) {
         refuse(connection, send, *code, message.clone()).await;
         return Ok(());
@@ -309,9 +294,8 @@ async fn answer(
         }
         ClientMessage::Standing => Ok((standing(shared, peer).await?, After::KeepOpen)),
         ClientMessage::Report { report, output } => {
-            if let Some(refusal) = bad_signature(peer, std::slice::from_ref(&report)) {
-                return Ok((refusal, After::Close));
-            }
+            // No signature to check: the report is the host's because it came on the
+            // connection its hello proved (`herd_protocol::hello`).
             let (fates, _) = record_reports(
                 shared,
                 peer,
@@ -344,10 +328,6 @@ async fn answer(
                     ),
                     After::Close,
                 ));
-            }
-            let signed: Vec<SignedReport> = reports.iter().map(|r| r.report.clone()).collect();
-            if let Some(refusal) = bad_signature(peer, &signed) {
-                return Ok((refusal, After::Close));
             }
             let want_work = Want {
                 units: want,
@@ -383,20 +363,7 @@ async fn answer(
     }
 }
 
-/// The refusal for the first report not signed by this host's key, if any. A forged report
-/// refuses the whole request and closes the connection.
-fn bad_signature(peer: &Peer, reports: &[SignedReport]) -> Option<ServerMessage> {
-    reports.iter().find_map(|report| {
-        report.verify(&peer.key).err().map(|problem| {
-            error(
-                ErrorCode::BadSignature,
-                format!("report for replica {}: {problem}", report.report.replica_id),
-            )
-        })
-    })
-}
-
-/// Records reports whose signatures were checked, then assigns up to `want` replicas, in one
+/// Records reports that came on `peer`'s proven connection, then assigns up to `want` replicas, in one
 /// store operation (the reports first, so the replicas they finish no longer count against the
 /// host's cores). Each output is checked against its claimed hash and stored (synced) before
 /// the report that refers to it is committed. Returns each report's fate in order (its replica
@@ -412,8 +379,8 @@ async fn record_reports(
     let mut outcomes = Vec::with_capacity(reports.len());
     let mut slots = Vec::with_capacity(reports.len());
     for FinishedReplica { report, output } in reports {
-        let replica_id = report.report.replica_id;
-        let outcome = report.report.outcome;
+        let replica_id = report.replica_id;
+        let outcome = report.outcome;
         if let Outcome::Countable(result) = &outcome {
             let actual = ContentHash::of(&output);
             if actual != result.output_hash || output.len() as u64 != result.output_len {

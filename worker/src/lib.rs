@@ -224,8 +224,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 outcome: Outcome::Aborted(AbortReason::HostFailure(
                     "the worker stopped and the deadline passed before it could run again".into(),
                 )),
-            }
-            .sign(&host_key)?;
+            };
             let done = FinishedReplica {
                 report,
                 output: Vec::new(),
@@ -245,7 +244,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     let in_hand = finished
         .iter()
-        .map(|f| f.report.report.replica_id)
+        .map(|f| f.report.replica_id)
         .chain(restart.iter().map(|s| s.assignment.replica_id))
         .collect();
     // Oldest first, taken from the end.
@@ -429,7 +428,7 @@ impl Worker {
         connection: &Connection,
         finished: &FinishedReplica,
     ) -> anyhow::Result<()> {
-        let replica_id = finished.report.report.replica_id;
+        let replica_id = finished.report.replica_id;
         let message = ClientMessage::Report {
             report: finished.report.clone(),
             output: finished.output.clone(),
@@ -459,7 +458,7 @@ impl Worker {
 
     /// The coordinator has answered a report: it leaves the spool and the worker's hands.
     async fn answered(&self, replica_id: u64) -> anyhow::Result<()> {
-        lock(&self.unacknowledged).retain(|f| f.report.report.replica_id != replica_id);
+        lock(&self.unacknowledged).retain(|f| f.report.replica_id != replica_id);
         lock(&self.in_hand).remove(&replica_id);
         let spool = self.spool.clone();
         tokio::task::spawn_blocking(move || spool.delivered(replica_id))
@@ -624,8 +623,7 @@ impl Worker {
         let report = Report {
             replica_id,
             outcome: execution.outcome,
-        }
-        .sign(&self.host_key)?;
+        };
         let finished = FinishedReplica {
             report,
             output: execution.output,

@@ -4,8 +4,10 @@
 //! - `assigned/REPLICA`: an assignment accepted and not finished. Written before the unit
 //!   starts; after a restart the unit runs again from the beginning (or is reported aborted if
 //!   its deadline has passed).
-//! - `finished/REPLICA`: a finished replica's signed report and output, written before the report
-//!   is sent and removed once the coordinator has answered it; after a restart it is sent first.
+//! - `finished/REPLICA`: a finished replica's report and output, written before the report is
+//!   sent and removed once the coordinator has answered it; after a restart it is sent first.
+//!   A file a worker of protocol version 5 wrote (its report then carried a signature) is read
+//!   too, so results spooled before an upgrade are still delivered.
 //!
 //! Every file is written to a temporary name, synced and renamed, so a crash leaves a whole file
 //! or none. A replica is finished on disk before its assignment is removed, so it is always in one
@@ -15,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use herd_protocol::{
-    FinishedReplica, HEADER_LEN, SignedAssignment, decode_body, decode_header, encode_frame,
+    FinishedReplica, HEADER_LEN, Report, SignedAssignment, decode_body, decode_header, encode_frame,
 };
 
 /// Spool files are the volunteer's and nobody else's.
@@ -81,7 +83,7 @@ impl Spool {
 
     /// Records a finished replica, then forgets its assignment.
     pub fn finished(&self, finished: &FinishedReplica) -> Result<(), SpoolError> {
-        let replica_id = finished.report.report.replica_id;
+        let replica_id = finished.report.replica_id;
         Self::write(&self.finished, replica_id, finished)?;
         self.forget_assignment(replica_id)
     }
@@ -106,7 +108,9 @@ impl Spool {
             }
         }
         for path in entries(&self.finished)? {
-            match read::<FinishedReplica>(&path) {
+            let finished = read::<FinishedReplica>(&path)
+                .or_else(|| read::<FinishedBeforeVersion6>(&path).map(Into::into));
+            match finished {
                 Some(finished) => recovered.finished.push(finished),
                 None => recovered.corrupt.push(set_aside(&path)?),
             }
@@ -115,7 +119,7 @@ impl Spool {
         let done: Vec<u64> = recovered
             .finished
             .iter()
-            .map(|f| f.report.report.replica_id)
+            .map(|f| f.report.replica_id)
             .collect();
         recovered
             .assigned
@@ -124,6 +128,26 @@ impl Spool {
             self.forget_assignment(*replica_id)?;
         }
         Ok(recovered)
+    }
+}
+
+/// A finished replica as workers of protocol version 5 spooled it: the report, the host key's
+/// signature over it (which reports no longer carry), the output. The two layouts cannot be
+/// mistaken for each other: postcard reads fields in order and refuses a frame with bytes left
+/// over or missing, so a file of one layout never decodes as the other.
+#[derive(serde::Deserialize)]
+struct FinishedBeforeVersion6 {
+    report: Report,
+    _signature: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl From<FinishedBeforeVersion6> for FinishedReplica {
+    fn from(old: FinishedBeforeVersion6) -> Self {
+        Self {
+            report: old.report,
+            output: old.output,
+        }
     }
 }
 
@@ -192,7 +216,7 @@ mod tests {
         .expect("sign")
     }
 
-    fn finished(replica_id: u64, key: &SigningKey) -> FinishedReplica {
+    fn finished(replica_id: u64) -> FinishedReplica {
         FinishedReplica {
             report: Report {
                 replica_id,
@@ -202,9 +226,7 @@ mod tests {
                     output_len: 2,
                     output_hash: ContentHash::of(b"ok"),
                 }),
-            }
-            .sign(key)
-            .expect("sign"),
+            },
             output: b"ok".to_vec(),
         }
     }
@@ -221,7 +243,7 @@ mod tests {
             .recover()
             .expect("recover");
         assert_eq!(again.assigned.len(), 2);
-        spool.finished(&finished(7, &key)).expect("finished");
+        spool.finished(&finished(7)).expect("finished");
         let again = Spool::open(dir.path())
             .expect("reopen")
             .recover()
@@ -234,7 +256,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![8]
         );
-        assert_eq!(again.finished, vec![finished(7, &key)]);
+        assert_eq!(again.finished, vec![finished(7)]);
         spool.delivered(7).expect("delivered");
         spool.forget_assignment(8).expect("forget");
         let again = spool.recover().expect("recover");
@@ -247,7 +269,7 @@ mod tests {
         let key = SigningKey::from_seed([3; 32]);
         let spool = Spool::open(dir.path()).expect("open");
         spool.assigned(&assignment(9, &key)).expect("assigned");
-        Spool::write(&spool.finished, 9, &finished(9, &key)).expect("write");
+        Spool::write(&spool.finished, 9, &finished(9)).expect("write");
         std::fs::write(dir.path().join("spool/finished/10"), b"\0\0\0\x05abc").expect("junk");
         let recovered = spool.recover().expect("recover");
         assert!(recovered.assigned.is_empty());
@@ -257,5 +279,21 @@ mod tests {
             vec![dir.path().join("spool/finished/10.corrupt")]
         );
         assert!(!dir.path().join("spool/assigned/9").exists());
+    }
+
+    #[test]
+    fn results_spooled_by_a_version_5_worker_are_recovered_after_the_upgrade() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        // Version 5's layout: the report, its 64-byte signature, the output (postcard writes a
+        // struct's fields in order, as it does a tuple's).
+        let old = finished(11);
+        let bytes =
+            encode_frame(&(old.report.clone(), vec![7u8; 64], old.output.clone())).expect("encode");
+        std::fs::write(dir.path().join("spool/finished/11"), bytes).expect("write");
+        spool.finished(&finished(12)).expect("finished");
+        let recovered = spool.recover().expect("recover");
+        assert_eq!(recovered.finished, vec![finished(11), finished(12)]);
+        assert!(recovered.corrupt.is_empty(), "{:?}", recovered.corrupt);
     }
 }

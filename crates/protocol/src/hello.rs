@@ -7,6 +7,16 @@
 //! connection derive from its TLS session (an RFC 5705 / RFC 8446 exporter) and that no other
 //! connection shares. A signature made for one connection proves nothing on another, so a
 //! recorded `Hello` cannot be replayed, and no one without the secret key can make one.
+//!
+//! That one signature also vouches for everything the host sends after it on the connection.
+//! The server's certificate is pinned by the join string, so no one can sit between the two
+//! ends, and TLS 1.3 authenticates every byte of the connection under keys only its two ends
+//! hold (AEAD). A report on a proven connection is therefore the host's just as surely as if it
+//! carried its own signature, which is why reports carry none (until protocol version 5 each
+//! did, and checking them was the largest share of the coordinator's ed25519 work). A report
+//! signature would add only proof to a third party, and Herd never shows a report to one: a
+//! coordinator that takes a report in for another one's shard vouches for it in the shared
+//! database.
 
 use serde::{Deserialize, Serialize};
 

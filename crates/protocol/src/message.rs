@@ -16,8 +16,6 @@ use crate::{
 
 /// Domain string for assignment signatures.
 const ASSIGNMENT_DOMAIN: &[u8] = b"herd assignment v1\0";
-/// Domain string for report signatures.
-const REPORT_DOMAIN: &[u8] = b"herd report v1\0";
 
 /// What a worker sends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,15 +28,14 @@ pub enum ClientMessage {
     /// Ask for a blob by its hash: the module or the input of a replica in progress on this host
     /// (anything else is refused with [`ErrorCode::NotAssigned`]).
     FetchBlob { hash: ContentHash },
-    /// Report a finished replica, with its output bytes.
-    Report {
-        report: SignedReport,
-        output: Vec<u8>,
-    },
+    /// Report a finished replica, with its output bytes. A report carries no signature of its
+    /// own: it is the host's because it arrives on the host's connection, which the hello's
+    /// signature bound to the host key and TLS authenticates byte for byte (see
+    /// [`crate::hello`]).
+    Report { report: Report, output: Vec<u8> },
     /// Report finished replicas and ask for up to `want` more, in one round trip, as BOINC's
     /// scheduler RPC does. At most [`MAX_EXCHANGE`] of each. Answered with
-    /// [`ServerMessage::Exchanged`]; a report with a bad signature refuses the whole exchange
-    /// (an `Error`, and the connection is closed), as a lone `Report` would.
+    /// [`ServerMessage::Exchanged`], each report accepted or refused on its own.
     Exchange {
         reports: Vec<FinishedReplica>,
         want: u32,
@@ -78,10 +75,10 @@ pub struct TeamStanding {
 /// The most reports, and the most units asked for, in one [`ClientMessage::Exchange`].
 pub const MAX_EXCHANGE: usize = 64;
 
-/// A finished replica's signed report and its output bytes.
+/// A finished replica's report and its output bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinishedReplica {
-    pub report: SignedReport,
+    pub report: Report,
     pub output: Vec<u8>,
 }
 
@@ -186,36 +183,9 @@ impl SignedAssignment {
     }
 }
 
-/// A host's report of one replica's outcome.
+/// A host's report of one replica's outcome. Unsigned: see [`ClientMessage::Report`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub replica_id: u64,
     pub outcome: Outcome,
-}
-
-impl Report {
-    /// Signs this report with the host's key.
-    pub fn sign(self, host_key: &SigningKey) -> Result<SignedReport, FrameError> {
-        let bytes = postcard::to_allocvec(&self)?;
-        let signature = host_key.sign(REPORT_DOMAIN, &bytes);
-        Ok(SignedReport {
-            report: self,
-            signature,
-        })
-    }
-}
-
-/// A report and the host's signature over it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedReport {
-    pub report: Report,
-    pub signature: Signature,
-}
-
-impl SignedReport {
-    /// Checks the host's signature.
-    pub fn verify(&self, host_key: &PublicKey) -> Result<(), SignatureError> {
-        let bytes = postcard::to_allocvec(&self.report).map_err(|_| SignatureError::Invalid)?;
-        host_key.verify(REPORT_DOMAIN, &bytes, &self.signature)
-    }
 }

@@ -1,6 +1,7 @@
-//! Ed25519 keys and signatures: the coordinator signs assignments with the project key, workers
-//! sign reports with their host key. Each signed message is prefixed with its own domain string
-//! so a signature over one kind of message can never be replayed as another.
+//! Ed25519 keys and signatures: the coordinator signs assignments with the project key, a worker
+//! signs its hello (bound to its connection) with its host key. Each signed message is prefixed
+//! with its own domain string so a signature over one kind of message can never be replayed as
+//! another.
 
 use std::fmt;
 
