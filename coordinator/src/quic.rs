@@ -364,9 +364,9 @@ async fn answer(
 }
 
 /// Records reports that came on `peer`'s proven connection, then assigns up to `want`
-/// replicas, in one store operation (the reports first, so the replicas they finish no longer count against the
-/// host's cores). Each output is checked against its claimed hash and stored (synced) before
-/// the report that refers to it is committed. Returns each report's fate in order (its replica
+/// replicas, in one store operation (the reports first, so the replicas they finish no longer
+/// count against the host's cores). Each output is checked against its claimed hash and stored
+/// (synced) before the report that refers to it is committed. Returns each report's fate in order (its replica
 /// id, or why it was refused; refusals count against the host) and the new assignments.
 async fn record_reports(
     shared: &Arc<Shared>,
