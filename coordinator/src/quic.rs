@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use herd_net::{
     Connection, Endpoint, NetError, RecvStream, SendStream, read_message, write_message,
 };
@@ -26,6 +28,9 @@ const MAX_CONNECTIONS: usize = 10_000;
 
 /// How long a worker with nothing to do waits before asking again.
 const NO_WORK_RETRY_MS: u32 = 1_000;
+
+/// An answer slower than this is logged: a group commit takes milliseconds.
+const SLOW_ANSWER: Duration = Duration::from_secs(5);
 
 /// How long a refusal is given to reach the worker before the connection closes.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -258,7 +263,20 @@ async fn serve_stream(
         }
         Err(error) => return Err(error.into()),
     };
-    let (answer, after) = answer(request, shared, peer).await?;
+    let kind = request.kind();
+    let started = std::time::Instant::now();
+    // On an error the stream ends unanswered: the worker keeps its report and sends it again.
+    let (answer, after) = answer(request, shared, peer)
+        .await
+        .with_context(|| format!("answering a {kind}"))?;
+    let took = started.elapsed();
+    if took > SLOW_ANSWER {
+        // A worker gives a request up after `herd_net::ANSWER_WITHIN`: say where the time went.
+        tracing::warn!(
+            "host {}: answering a {kind} took {took:?}",
+            peer.host.host_id
+        );
+    }
     if let (ServerMessage::Error { code, message }, After::Close) = (&answer, &after) {
         refuse(connection, send, *code, message.clone()).await;
         return Ok(());

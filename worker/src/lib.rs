@@ -952,6 +952,7 @@ fn lost_connection(error: &anyhow::Error) -> bool {
                     | herd_net::NetError::Write(_)
                     | herd_net::NetError::Closed(_)
                     | herd_net::NetError::Read(_)
+                    | herd_net::NetError::NoAnswer(_)
             )
         )
     })

@@ -72,6 +72,10 @@ pub enum NetError {
     Frame(#[from] FrameError),
     #[error("TLS keying material: {0}")]
     Exporter(String),
+    /// The peer took the request and did not begin to answer it in time: the connection is
+    /// closed, so whoever holds it reconnects instead of waiting forever.
+    #[error("no answer within {0:?}; the connection is closed")]
+    NoAnswer(Duration),
 }
 
 /// A freshly generated self-signed certificate and its key, both DER.
@@ -315,7 +319,7 @@ impl Pace for Unpaced {
 /// Reads one frame's body without decoding it (refusing an oversized frame from its header), for
 /// a reader that looks at the bytes before it decodes them.
 pub async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, NetError> {
-    read_frame_paced(recv, &Unpaced).await
+    read_frame_paced(recv, &Unpaced, None).await
 }
 
 /// Reads one framed message, letting `pace` hold the reading back chunk by chunk (QUIC's flow
@@ -324,16 +328,25 @@ pub async fn read_message_paced<T: DeserializeOwned>(
     recv: &mut RecvStream,
     pace: &impl Pace,
 ) -> Result<T, NetError> {
-    let body = read_frame_paced(recv, pace).await?;
+    let body = read_frame_paced(recv, pace, None).await?;
     Ok(decode_body(&body)?)
 }
 
-/// [`read_frame`] under a [`Pace`].
-async fn read_frame_paced(recv: &mut RecvStream, pace: &impl Pace) -> Result<Vec<u8>, NetError> {
+/// [`read_frame`] under a [`Pace`]; with `header_within`, the header must arrive within it.
+async fn read_frame_paced(
+    recv: &mut RecvStream,
+    pace: &impl Pace,
+    header_within: Option<Duration>,
+) -> Result<Vec<u8>, NetError> {
     let mut header = [0u8; HEADER_LEN];
-    recv.read_exact(&mut header)
-        .await
-        .map_err(|e| NetError::Read(e.to_string()))?;
+    let read_header = recv.read_exact(&mut header);
+    let read = match header_within {
+        Some(within) => tokio::time::timeout(within, read_header)
+            .await
+            .map_err(|_| NetError::NoAnswer(within))?,
+        None => read_header.await,
+    };
+    read.map_err(|e| NetError::Read(e.to_string()))?;
     pace.download(HEADER_LEN).await;
     let len = decode_header(header)?;
     let mut body = vec![0u8; len];
@@ -371,16 +384,50 @@ pub async fn request<Q: Serialize, R: DeserializeOwned>(
     request_paced(connection, message, &Unpaced).await
 }
 
-/// [`request`] under a [`Pace`].
+/// How long a peer has to open a request's stream and to begin its answer once the request is
+/// sent: a coordinator answers within one group commit (milliseconds), and one that has not
+/// begun after this is stuck or gone. The answer's transfer itself is not bounded (a large blob
+/// under a volunteer's bandwidth limit takes as long as it takes).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// The application error code a connection is closed with when its peer did not answer.
+pub const NO_ANSWER: VarInt = VarInt::from_u32(4);
+
+/// [`request`] under a [`Pace`], given up after [`ANSWER_WITHIN`] without an answer.
 pub async fn request_paced<Q: Serialize, R: DeserializeOwned>(
     connection: &Connection,
     message: &Q,
     pace: &impl Pace,
 ) -> Result<R, NetError> {
-    let (mut send, mut recv) = connection.open_bi().await?;
+    request_within(connection, message, pace, ANSWER_WITHIN).await
+}
+
+/// [`request_paced`] with the answer's deadline given: if the stream cannot be opened or the
+/// answer has not begun `within` after the request was sent, the connection is closed (with
+/// [`NO_ANSWER`], so every other request on it fails at once too) and the error is
+/// [`NetError::NoAnswer`].
+pub async fn request_within<Q: Serialize, R: DeserializeOwned>(
+    connection: &Connection,
+    message: &Q,
+    pace: &impl Pace,
+    within: Duration,
+) -> Result<R, NetError> {
+    let no_answer = || {
+        connection.close(NO_ANSWER, b"no answer in time");
+        NetError::NoAnswer(within)
+    };
+    let (mut send, mut recv) = tokio::time::timeout(within, connection.open_bi())
+        .await
+        .map_err(|_| no_answer())??;
     write_message_paced(&mut send, message, pace).await?;
     send.finish()?;
-    read_message_paced(&mut recv, pace).await
+    let body = read_frame_paced(&mut recv, pace, Some(within))
+        .await
+        .map_err(|error| match error {
+            NetError::NoAnswer(_) => no_answer(),
+            other => other,
+        })?;
+    Ok(decode_body(&body)?)
 }
 
 /// A shutdown flag that turns true on SIGINT or SIGTERM: how the coordinator and the worker are

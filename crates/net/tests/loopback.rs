@@ -1,9 +1,11 @@
 //! QUIC on 127.0.0.1: a pinned connection carries framed messages; a wrong pin is refused; an
-//! oversized frame is refused from its header.
+//! oversized frame is refused from its header; a peer that never answers is given up on.
+
+use std::time::Duration;
 
 use herd_net::{
-    JoinString, NetError, connect, generate_certificate, read_message, request, server_endpoint,
-    write_message,
+    JoinString, NetError, Unpaced, connect, generate_certificate, read_message, request,
+    request_within, server_endpoint, write_message,
 };
 use herd_protocol::{ClientMessage, PublicKey, ServerMessage};
 
@@ -70,4 +72,59 @@ async fn a_pinned_connection_carries_messages_and_a_wrong_pin_is_refused() {
         matches!(&error, NetError::CertificateMismatch { message, .. } if message.contains("does not match")),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_request_the_peer_never_answers_fails_and_closes_the_connection() {
+    let cert = generate_certificate().expect("cert");
+    let server = server_endpoint(
+        "127.0.0.1:0".parse().expect("addr"),
+        &cert.cert_der,
+        &cert.key_der,
+        &[9; 32],
+    )
+    .expect("server");
+    let accept = server.clone();
+    // Reads every request and keeps its stream open without a word: a coordinator stuck on it.
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            let Ok(connection) = incoming.await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((send, mut recv)) = connection.accept_bi().await {
+                    let _ = read_message::<ClientMessage>(&mut recv).await;
+                    held.push((send, recv));
+                }
+            });
+        }
+    });
+    let connection = connect(&join_for(&server, herd_net::fingerprint(&cert.cert_der)))
+        .await
+        .expect("pinned connect");
+    let within = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let error =
+        request_within::<_, ServerMessage>(&connection, &ClientMessage::Standing, &Unpaced, within)
+            .await
+            .expect_err("no answer came");
+    assert!(
+        matches!(error, NetError::NoAnswer(d) if d == within),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() >= within,
+        "not given up before the deadline"
+    );
+    assert!(
+        error.to_string().contains("no answer within 300ms"),
+        "{error}"
+    );
+    // The connection is closed, so every other request on it fails at once rather than wait.
+    assert!(connection.close_reason().is_some());
+    let again = request::<_, ServerMessage>(&connection, &ClientMessage::Standing)
+        .await
+        .expect_err("the connection is closed");
+    assert!(matches!(again, NetError::Connection(_)), "{again}");
 }

@@ -49,6 +49,20 @@ pub enum ClientMessage {
     Standing,
 }
 
+impl ClientMessage {
+    /// The message's name, for logs (without its contents, which may be large).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::RequestWork => "RequestWork",
+            Self::FetchBlob { .. } => "FetchBlob",
+            Self::Report { .. } => "Report",
+            Self::Exchange { .. } => "Exchange",
+            Self::Standing => "Standing",
+        }
+    }
+}
+
 /// A volunteer's place in the project, as [`ServerMessage::Standing`] gives it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Standing {
