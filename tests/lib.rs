@@ -406,20 +406,7 @@ pub fn browser_dom(url: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Runs Zig's C or C++ compiler, `python3 -m ziglang cc|c++ ARGS` (`driver` is `cc` or `c++`;
-/// the `ziglang` package from PyPI, which the README's test command installs): how the tests
-/// build the C and C++ sample jobs, for `wasm32-wasi` and natively, from one source.
+/// Runs Zig's C or C++ compiler (see [`herd_samples::zig`]).
 pub fn zig(driver: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("python3")
-        .args(["-m", "ziglang", driver])
-        .args(args)
-        .output()
-        .context("run `python3 -m ziglang` (`pip install ziglang`; the README's test command installs it)")?;
-    if !output.status.success() {
-        bail!(
-            "zig {driver} {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
+    Ok(herd_samples::zig(driver, args)?)
 }

@@ -205,6 +205,11 @@ pub(crate) struct ModuleInfo {
     /// The first error met inside an encoder callback (which can only return the encoder's own
     /// error type).
     pub(crate) failure: Option<InstrumentError>,
+    /// Save globals of each of [`function::save_kind`]'s types: as many as the function that
+    /// keeps the most locals of that type around its loops' refuels.
+    pub(crate) save_globals: [u32; function::SAVE_KINDS],
+    /// Functions met so far by [`ModuleInfo::read`] in the code section.
+    bodies_read: u32,
 }
 
 impl ModuleInfo {
@@ -219,6 +224,8 @@ impl ModuleInfo {
             unit_type: 0,
             result_types: Vec::new(),
             failure: None,
+            save_globals: [0; function::SAVE_KINDS],
+            bodies_read: 0,
         };
         for payload in Parser::new(0).parse_all(wasm) {
             match payload.map_err(invalid)? {
@@ -267,6 +274,7 @@ impl ModuleInfo {
                             .push(global.map_err(invalid)?.ty.content_type);
                     }
                 }
+                Payload::CodeSectionEntry(body) => info.count_saves(&body).map_err(invalid)?,
                 Payload::ExportSection(reader) => {
                     for export in reader {
                         let export = export.map_err(invalid)?;
@@ -291,6 +299,62 @@ impl ModuleInfo {
             }
         }
         Ok(info)
+    }
+
+    /// Counts the save globals one function body needs (see [`function::kept_across_refuel`]).
+    fn count_saves(
+        &mut self,
+        body: &wasmparser::FunctionBody<'_>,
+    ) -> Result<(), wasmparser::BinaryReaderError> {
+        let index = self.imported_functions + self.bodies_read;
+        self.bodies_read += 1;
+        let mut local_types = self
+            .signature_of_function(index)
+            .map(|sig| sig.params.clone())
+            .unwrap_or_default();
+        for pair in body.get_locals_reader()? {
+            let (count, ty) = pair?;
+            // An oversized function is refused by the rewrite, which says so.
+            if local_types.len() as u64 + u64::from(count) > 1 << 20 {
+                return Ok(());
+            }
+            local_types.extend(std::iter::repeat_n(ty, count as usize));
+        }
+        let mut ops = Vec::new();
+        let mut reader = body.get_operators_reader()?;
+        while !reader.eof() {
+            ops.push(reader.read()?);
+        }
+        let kept = function::kept_across_refuel(&ops, &local_types);
+        let mut needed = [0u32; function::SAVE_KINDS];
+        for local in function::save_slots(&kept, &local_types).keys() {
+            if let Some(kind) = local_types
+                .get(*local as usize)
+                .and_then(|t| function::save_kind(*t))
+            {
+                needed[kind] += 1;
+            }
+        }
+        for (have, need) in self.save_globals.iter_mut().zip(needed) {
+            *have = (*have).max(need);
+        }
+        Ok(())
+    }
+
+    /// The save global holding `local` (of a function whose local types and save slots are
+    /// given) around a loop's refuel.
+    pub(crate) fn save_global(
+        &self,
+        local_types: &[wasmparser::ValType],
+        slots: &std::collections::HashMap<u32, u32>,
+        local: u32,
+    ) -> u32 {
+        let kind = local_types
+            .get(local as usize)
+            .and_then(|t| function::save_kind(*t))
+            .unwrap_or(0);
+        let before: u32 = self.save_globals[..kind].iter().sum();
+        self.depth_global() + 1 + before + slots.get(&local).copied().unwrap_or(0)
     }
 
     pub(crate) fn signature_of_function(&self, function: u32) -> Option<&FuncSig> {
@@ -419,6 +483,19 @@ impl Rewriter {
             mutable(ValType::I32),
             &ConstExpr::i32_const(STACK_BUDGET_SLOTS),
         );
+        // The save globals, by type in `function::save_kind`'s order.
+        let zeros = [
+            (ValType::I32, ConstExpr::i32_const(0)),
+            (ValType::I64, ConstExpr::i64_const(0)),
+            (ValType::F32, ConstExpr::f32_const(0.0.into())),
+            (ValType::F64, ConstExpr::f64_const(0.0.into())),
+            (ValType::V128, ConstExpr::v128_const(0)),
+        ];
+        for ((ty, zero), count) in zeros.iter().zip(self.info.save_globals) {
+            for _ in 0..count {
+                globals.global(mutable(*ty), zero);
+            }
+        }
     }
 
     fn append_exports(&self, exports: &mut ExportSection) {

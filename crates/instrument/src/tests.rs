@@ -231,3 +231,64 @@ fn a_function_over_the_analysis_budget_is_canonicalised_conservatively() {
         "every arithmetic result, where it is computed"
     );
 }
+
+#[test]
+fn a_loops_refuel_keeps_the_nests_locals_in_save_globals_so_none_is_live_across_the_call() {
+    let out = rewrite(MANDELBROT_ROW);
+    let mut globals = Vec::new();
+    let mut bodies = Vec::new();
+    for payload in Parser::new(0).parse_all(&out.wasm) {
+        match payload.expect("parses") {
+            Payload::GlobalSection(reader) => {
+                for global in reader {
+                    globals.push(global.expect("global").ty.content_type);
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let ops: Vec<String> = body
+                    .get_operators_reader()
+                    .expect("operators")
+                    .into_iter()
+                    .map(|op| format!("{:?}", op.expect("operator")))
+                    .collect();
+                bodies.push(ops);
+            }
+            _ => {}
+        }
+    }
+    use wasmparser::ValType as V;
+    // The fuel and depth globals, then the save globals: one i32 ($escape's $n, or $row's $x)
+    // and five f64 (all of $escape's: its nest reads its parameters too).
+    assert_eq!(
+        globals,
+        [
+            V::I64,
+            V::I32,
+            V::I32,
+            V::F64,
+            V::F64,
+            V::F64,
+            V::F64,
+            V::F64
+        ]
+    );
+    // $escape's loop refuel: each of its 6 locals stored before `call 0` (refuel) and loaded
+    // after it.
+    let escape = &bodies[0];
+    let call = escape
+        .iter()
+        .rposition(|op| op == "Call { function_index: 0 }")
+        .expect("the loop's refuel");
+    let stored = escape[..call]
+        .iter()
+        .rev()
+        .take(16)
+        .filter(|op| op.starts_with("GlobalSet { global_index: ") && !op.ends_with(" 0 }"))
+        .count();
+    let loaded = escape[call..]
+        .iter()
+        .take(16)
+        .filter(|op| op.starts_with("GlobalGet { global_index: ") && !op.ends_with(" 0 }"))
+        .count();
+    assert_eq!((stored, loaded), (6, 6), "{escape:#?}");
+}

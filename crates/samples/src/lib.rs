@@ -41,3 +41,32 @@ pub fn mandelbrot_input(
 ) -> String {
     format!("{x_min:?} {y_min:?} {x_max:?} {y_max:?} {width} {height} {max_iter}\n")
 }
+
+/// Why Zig's compiler did not build what it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ZigError {
+    #[error(
+        "cannot run `python3 -m ziglang` (`pip install ziglang`; the README's commands install it): {0}"
+    )]
+    Missing(std::io::Error),
+    #[error("zig {driver} failed: {stderr}")]
+    Failed { driver: String, stderr: String },
+}
+
+/// Runs Zig's C or C++ compiler, `python3 -m ziglang cc|c++ ARGS` (`driver` is `cc` or `c++`;
+/// the `ziglang` package from PyPI, which the README's commands install): how the tests and the
+/// benchmarks build C and C++ programs, for `wasm32-wasi` and natively, from one source.
+pub fn zig<A: AsRef<std::ffi::OsStr>>(driver: &str, args: &[A]) -> Result<(), ZigError> {
+    let output = std::process::Command::new("python3")
+        .args(["-m", "ziglang", driver])
+        .args(args)
+        .output()
+        .map_err(ZigError::Missing)?;
+    if !output.status.success() {
+        return Err(ZigError::Failed {
+            driver: driver.to_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}

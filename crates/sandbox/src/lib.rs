@@ -12,7 +12,9 @@
 //!
 //! [`Sandbox::oracle`] runs modules unrewritten under wasmtime's own switches instead (NaN
 //! canonicalisation of every float operation, wasmtime's fuel): five times slower on float code,
-//! and kept only as the oracle the instrumentation is tested against.
+//! and kept only as the oracle the instrumentation is tested against. [`Sandbox::plain`] runs
+//! them unrewritten with neither: not deterministic, so never for units, only the floor that
+//! benchmarks measure the instrumentation's cost against.
 //!
 //! Architecture Invariant: no wasmtime type appears in this crate's public API. Callers see
 //! [`AdmittedModule`], [`Limits`], [`Execution`] and the protocol's [`Outcome`].
@@ -66,8 +68,8 @@ pub const MAX_OUTPUT_BYTES: u64 = 16 << 20;
 /// what runs out (a frame would have to take eight times the space its locals and operands need).
 pub const MAX_WASM_STACK_BYTES: usize = 16 << 20;
 
-/// The native stack of the oracle ([`Sandbox::oracle`]), which has no call-depth budget: deep
-/// recursion ends where this runs out.
+/// The native stack of the oracle ([`Sandbox::oracle`]) and of [`Sandbox::plain`], which have
+/// no call-depth budget: deep recursion ends where this runs out.
 pub const ORACLE_WASM_STACK_BYTES: usize = 512 * 1024;
 
 /// The limits a unit runs under.
@@ -170,6 +172,8 @@ enum Determinism {
     Instrumentation,
     /// wasmtime's switches on the module as submitted: the test oracle.
     EngineSwitches,
+    /// Nothing: the module as submitted, no canonicalisation, no fuel. The benchmarks' floor.
+    Plain,
 }
 
 /// The wasmtime engine with Herd's deterministic configuration, its WASI linker, and an in-memory
@@ -202,6 +206,14 @@ impl Sandbox {
         Self::build(None, Determinism::EngineSwitches)
     }
 
+    /// The floor: modules run as submitted, with no NaN canonicalisation and no fuel, as a plain
+    /// wasmtime runs them. Runs are not deterministic (NaN bits follow the CPU), report no fuel
+    /// (0) and are never cut short by fuel or the watchdog (nothing yields), so this never runs
+    /// units: benchmarks measure what the instrumentation costs against it.
+    pub fn plain() -> Result<Self, EngineError> {
+        Self::build(None, Determinism::Plain)
+    }
+
     /// Every setting that could make two hosts disagree is set explicitly here, in one place.
     fn build(
         cache_dir: Option<&std::path::Path>,
@@ -216,10 +228,12 @@ impl Sandbox {
         let oracle = determinism == Determinism::EngineSwitches;
         config.cranelift_nan_canonicalization(oracle);
         config.consume_fuel(oracle);
-        let stack = if oracle {
-            ORACLE_WASM_STACK_BYTES
-        } else {
+        // Without the instrumentation's call-depth budget, deep recursion ends where the
+        // native stack does.
+        let stack = if determinism == Determinism::Instrumentation {
             MAX_WASM_STACK_BYTES
+        } else {
+            ORACLE_WASM_STACK_BYTES
         };
         config.max_wasm_stack(stack);
         // Host calls run on the same stack above the deepest wasm frame.
@@ -350,10 +364,23 @@ impl Sandbox {
         let engine = self.engine.clone();
         let pre = module.pre.clone();
         // The instrumentation's fuel is set up once the instance (and its fuel global) exists.
-        let state = HostState::new(input, seed, limits, FuelKeeper::Engine);
+        let engine_fuel = self.determinism == Determinism::EngineSwitches;
+        let keeper = if self.determinism == Determinism::Plain {
+            FuelKeeper::Uncounted
+        } else {
+            FuelKeeper::Engine
+        };
+        let state = HostState::new(input, seed, limits, keeper);
         let limits = *limits;
         Controlled {
-            run: Box::pin(execute(engine, pre, state, limits, module.original_imports)),
+            run: Box::pin(execute(
+                engine,
+                pre,
+                state,
+                limits,
+                module.original_imports,
+                engine_fuel,
+            )),
             control,
             watchdog: limits.watchdog,
             ran: Duration::ZERO,
@@ -367,13 +394,14 @@ async fn execute(
     state: HostState,
     limits: Limits,
     original_imports: Option<u32>,
+    engine_fuel: bool,
 ) -> Execution {
     let mut store = Store::new(&engine, state);
     store.limiter(|state| &mut state.limiter);
     // Admission refuses start sections, so instantiation runs no wasm code; the engine's fuel
     // here (oracle only) is never reported (instantiation's fuel is not portable).
     let setup = async {
-        if original_imports.is_none() {
+        if engine_fuel {
             store.set_fuel(u64::MAX / 2)?;
             store.fuel_async_yield_interval(Some(YIELD_FUEL))?;
         }
@@ -394,9 +422,7 @@ async fn execute(
         Ok(start) => start,
         Err(error) => return finish(store, classify(&error, original_imports), 0),
     };
-    if original_imports.is_none()
-        && let Err(error) = store.set_fuel(limits.fuel)
-    {
+    if engine_fuel && let Err(error) = store.set_fuel(limits.fuel) {
         return abort(AbortReason::HostFailure(format!("set fuel: {error:#}")));
     }
     let result = start.call_async(&mut store, ()).await;
@@ -406,6 +432,7 @@ async fn execute(
     };
     let fuel = match &store.data().fuel {
         FuelKeeper::Engine => limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+        FuelKeeper::Uncounted => 0,
         FuelKeeper::Pass { global, meter } => {
             let (global, meter) = (*global, *meter);
             let Ok(left) = FuelKeeper::read(global, &mut store) else {

@@ -44,6 +44,21 @@ fn echo_reads_input_and_writes_output() {
 }
 
 #[test]
+fn a_plain_run_computes_the_same_output_counting_no_fuel_and_ends_the_same_way() {
+    let plain = Sandbox::plain().expect("engine");
+    let module = plain.admit(&fixture("echo")).expect("admitted");
+    let execution = plain.run(&module, b"hello, herd", 0, &Limits::default());
+    assert_eq!(result(&execution).status, Status::Success);
+    assert_eq!(execution.output, b"HELLO, HERD");
+    assert_eq!(result(&execution).fuel, 0, "a plain run counts no fuel");
+    // The module as submitted, not the rewrite: it ends the same way (here, exit code 21).
+    let herd = run("bad_pointer", b"", 0, Limits::default());
+    let module = plain.admit(&fixture("bad_pointer")).expect("admitted");
+    let ended = plain.run(&module, b"", 0, &Limits::default());
+    assert_eq!(result(&ended).status, result(&herd).status);
+}
+
+#[test]
 fn repeated_runs_give_the_same_outcome_and_fuel() {
     let sandbox = Sandbox::new().expect("engine");
     let module = sandbox.admit(&fixture("echo")).expect("admitted");
