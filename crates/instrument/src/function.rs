@@ -17,7 +17,9 @@
 //!
 //! where `refuel` is `FUEL = fuel; herd.refuel(); fuel = FUEL`. A loop is wrapped so that its
 //! refuel happens outside it: `block $done (results) loop $outer block $exhausted loop L`. A
-//! branch back to `L` (`br`, or `br_if` made `if { ... br }`) first leaves to `$exhausted` when
+//! branch back to `L` (`br`, or `br_if` made `br_if L (c & fuel >= 0); br_if $exhausted c`, one
+//! branch on the hot path instead of `if { ... br }`'s two: jacobi-2d 2.45x -> 1.86x over plain
+//! wasm, gemm 2.37x -> 2.07x) first leaves to `$exhausted` when
 //! fuel is below zero; `$exhausted` refuels and goes round `$outer` back into `L`'s header, which
 //! is where the branch was going; falling out of `L` leaves `$done` with its results. Checking on
 //! the way back rather than at the header, and refuelling outside the loop, keeps the loop free
@@ -353,13 +355,21 @@ pub(crate) fn rewrite(
                 out.ins(&Instruction::Br(depth));
             }
             Operator::BrIf { relative_depth } if branches_back(&frames, *relative_depth) => {
-                // br_if L  =>  if { (fuel < 0: out to $exhausted) br L }: the `if` is one more
-                // label between here and the loop.
-                let depth = relabel(*relative_depth, &frames, open)? + 1;
-                out.ins(&Instruction::If(BlockType::Empty));
-                out.exit_if_out_of_fuel(depth + 1);
-                out.ins(&Instruction::Br(depth));
-                out.ins(&Instruction::End);
+                // br_if L  =>  br_if L (cond != 0 & fuel >= 0); br_if $exhausted cond: one
+                // branch on the hot path (the loop going round with fuel left); the condition
+                // waits in the bulk-length scratch local, free between instructions.
+                let depth = relabel(*relative_depth, &frames, open)?;
+                let (fuel, scratch) = (out.added.fuel, out.added.length);
+                out.ins(&Instruction::LocalTee(scratch));
+                out.ins(&Instruction::I32Const(0));
+                out.ins(&Instruction::I32Ne);
+                out.ins(&Instruction::LocalGet(fuel));
+                out.ins(&Instruction::I64Const(0));
+                out.ins(&Instruction::I64GeS);
+                out.ins(&Instruction::I32And);
+                out.ins(&Instruction::BrIf(depth));
+                out.ins(&Instruction::LocalGet(scratch));
+                out.ins(&Instruction::BrIf(depth + 1));
                 if block_cost[i] > 0 {
                     out.charge(block_cost[i]);
                 }
