@@ -17,8 +17,13 @@ fn join_for(endpoint: &herd_net::Endpoint, cert_sha256: String) -> JoinString {
     }
 }
 
-#[tokio::test]
-async fn a_pinned_connection_carries_messages_and_a_wrong_pin_is_refused() {
+/// A server on 127.0.0.1 with a fresh certificate, running `serve` on each connection it
+/// accepts; the endpoint and the certificate.
+fn serve<F, Fut>(serve: F) -> (herd_net::Endpoint, herd_net::Certificate)
+where
+    F: Fn(herd_net::Connection) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let cert = generate_certificate().expect("cert");
     let server = server_endpoint(
         "127.0.0.1:0".parse().expect("addr"),
@@ -33,20 +38,24 @@ async fn a_pinned_connection_carries_messages_and_a_wrong_pin_is_refused() {
             let Ok(connection) = incoming.await else {
                 continue;
             };
-            tokio::spawn(async move {
-                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-                    let answer = match read_message::<ClientMessage>(&mut recv).await {
-                        Ok(ClientMessage::RequestWork) => {
-                            ServerMessage::NoWork { retry_after_ms: 7 }
-                        }
-                        Ok(_) => ServerMessage::NoWork { retry_after_ms: 1 },
-                        Err(NetError::Frame(_)) => ServerMessage::NoWork { retry_after_ms: 0 },
-                        Err(_) => return,
-                    };
-                    let _ = write_message(&mut send, &answer).await;
-                    let _ = send.finish();
-                }
-            });
+            tokio::spawn(serve(connection));
+        }
+    });
+    (server, cert)
+}
+
+#[tokio::test]
+async fn a_pinned_connection_carries_messages_and_a_wrong_pin_is_refused() {
+    let (server, cert) = serve(|connection| async move {
+        while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            let answer = match read_message::<ClientMessage>(&mut recv).await {
+                Ok(ClientMessage::RequestWork) => ServerMessage::NoWork { retry_after_ms: 7 },
+                Ok(_) => ServerMessage::NoWork { retry_after_ms: 1 },
+                Err(NetError::Frame(_)) => ServerMessage::NoWork { retry_after_ms: 0 },
+                Err(_) => return,
+            };
+            let _ = write_message(&mut send, &answer).await;
+            let _ = send.finish();
         }
     });
 
@@ -76,28 +85,12 @@ async fn a_pinned_connection_carries_messages_and_a_wrong_pin_is_refused() {
 
 #[tokio::test]
 async fn a_request_the_peer_never_answers_fails_and_closes_the_connection() {
-    let cert = generate_certificate().expect("cert");
-    let server = server_endpoint(
-        "127.0.0.1:0".parse().expect("addr"),
-        &cert.cert_der,
-        &cert.key_der,
-        &[9; 32],
-    )
-    .expect("server");
-    let accept = server.clone();
     // Reads every request and keeps its stream open without a word: a coordinator stuck on it.
-    tokio::spawn(async move {
-        while let Some(incoming) = accept.accept().await {
-            let Ok(connection) = incoming.await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut held = Vec::new();
-                while let Ok((send, mut recv)) = connection.accept_bi().await {
-                    let _ = read_message::<ClientMessage>(&mut recv).await;
-                    held.push((send, recv));
-                }
-            });
+    let (server, cert) = serve(|connection| async move {
+        let mut held = Vec::new();
+        while let Ok((send, mut recv)) = connection.accept_bi().await {
+            let _ = read_message::<ClientMessage>(&mut recv).await;
+            held.push((send, recv));
         }
     });
     let connection = connect(&join_for(&server, herd_net::fingerprint(&cert.cert_der)))
