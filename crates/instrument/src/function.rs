@@ -218,8 +218,13 @@ pub(crate) fn rewrite(
         kept: Vec::new(),
     }];
     let header_checked = loops_targeted_by_tables(&ops);
-    let kept = kept_across_refuel(&ops, &local_types);
-    let kept_slots = save_slots(&kept, &local_types);
+    // Found by `ModuleInfo::read`'s pass over the bodies; a body it stopped at keeps nothing.
+    let no_kept = Kept::default();
+    let found = info
+        .kept
+        .get(index.saturating_sub(info.imported_functions) as usize)
+        .unwrap_or(&no_kept);
+    let (kept, kept_slots) = (&found.by_loop, &found.slots);
     let mut open = 2u32;
     let last = ops.len().saturating_sub(1);
     for (i, op) in ops.iter().enumerate() {
@@ -318,7 +323,7 @@ pub(crate) fn rewrite(
                         out.ins(&Instruction::LocalGet(local));
                         out.ins(&Instruction::GlobalSet(info.save_global(
                             &local_types,
-                            &kept_slots,
+                            kept_slots,
                             local,
                         )));
                     }
@@ -328,7 +333,7 @@ pub(crate) fn rewrite(
                     for &local in &frame.kept {
                         out.ins(&Instruction::GlobalGet(info.save_global(
                             &local_types,
-                            &kept_slots,
+                            kept_slots,
                             local,
                         )));
                         out.ins(&Instruction::LocalSet(local));
@@ -499,6 +504,15 @@ pub(crate) fn save_slots(
         }
     }
     slots
+}
+
+/// What one function keeps around its loops' refuels.
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    /// The locals each loop operator (by index) keeps: [`kept_across_refuel`].
+    pub(crate) by_loop: std::collections::HashMap<usize, Vec<u32>>,
+    /// Each kept local's save slot: [`save_slots`].
+    pub(crate) slots: std::collections::HashMap<u32, u32>,
 }
 
 /// The save globals' types, in [`save_kind`]'s order.

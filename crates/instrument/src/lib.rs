@@ -208,8 +208,9 @@ pub(crate) struct ModuleInfo {
     /// Save globals of each of [`function::save_kind`]'s types: as many as the function that
     /// keeps the most locals of that type around its loops' refuels.
     pub(crate) save_globals: [u32; function::SAVE_KINDS],
-    /// Functions met so far by [`ModuleInfo::read`] in the code section.
-    bodies_read: u32,
+    /// For each function body, in order: the locals each of its loops keeps around its refuel
+    /// and their save slots, found once here and used by the rewrite.
+    pub(crate) kept: Vec<function::Kept>,
 }
 
 impl ModuleInfo {
@@ -225,7 +226,7 @@ impl ModuleInfo {
             result_types: Vec::new(),
             failure: None,
             save_globals: [0; function::SAVE_KINDS],
-            bodies_read: 0,
+            kept: Vec::new(),
         };
         for payload in Parser::new(0).parse_all(wasm) {
             match payload.map_err(invalid)? {
@@ -306,16 +307,17 @@ impl ModuleInfo {
         &mut self,
         body: &wasmparser::FunctionBody<'_>,
     ) -> Result<(), wasmparser::BinaryReaderError> {
-        let index = self.imported_functions + self.bodies_read;
-        self.bodies_read += 1;
+        let index = self.imported_functions + self.kept.len() as u32;
         let mut local_types = self
             .signature_of_function(index)
             .map(|sig| sig.params.clone())
             .unwrap_or_default();
         for pair in body.get_locals_reader()? {
             let (count, ty) = pair?;
-            // An oversized function is refused by the rewrite, which says so.
+            // An oversized function is refused by the rewrite, which says so; it keeps its
+            // place in `kept`, so the bodies after it find theirs.
             if local_types.len() as u64 + u64::from(count) > 1 << 20 {
+                self.kept.push(function::Kept::default());
                 return Ok(());
             }
             local_types.extend(std::iter::repeat_n(ty, count as usize));
@@ -325,9 +327,10 @@ impl ModuleInfo {
         while !reader.eof() {
             ops.push(reader.read()?);
         }
-        let kept = function::kept_across_refuel(&ops, &local_types);
+        let by_loop = function::kept_across_refuel(&ops, &local_types);
+        let slots = function::save_slots(&by_loop, &local_types);
         let mut needed = [0u32; function::SAVE_KINDS];
-        for local in function::save_slots(&kept, &local_types).keys() {
+        for local in slots.keys() {
             if let Some(kind) = local_types
                 .get(*local as usize)
                 .and_then(|t| function::save_kind(*t))
@@ -338,6 +341,7 @@ impl ModuleInfo {
         for (have, need) in self.save_globals.iter_mut().zip(needed) {
             *have = (*have).max(need);
         }
+        self.kept.push(function::Kept { by_loop, slots });
         Ok(())
     }
 
