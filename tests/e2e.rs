@@ -2354,6 +2354,59 @@ fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read module"));
 }
 
+/// `herd run` keeps the module it compiled in `$XDG_CACHE_HOME/herd/compiled`, and a second run
+/// of the same module loads it from there (the cached file is not written again) with the same
+/// result; `--no-cache` neither reads nor writes it.
+#[test]
+fn a_repeated_herd_run_loads_the_compiled_module_from_the_cache() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let module = root.path().join("m.wasm");
+    std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
+    let input = root.path().join("tile");
+    let text = herd_samples::mandelbrot_input((-2.0, -1.0), (1.0, 1.0), (30, 20), 100);
+    std::fs::write(&input, &text).expect("input");
+    let cache = root.path().join("cache");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let output = std::process::Command::new(herd_e2e::bin_dir().join("herd"))
+            .args(["run", &module.display().to_string(), "--input"])
+            .arg(&input)
+            .args(extra)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .expect("run herd");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+    let compiled = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.join("herd").join("compiled"))
+            .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let uncached = run(&["--no-cache"]);
+    assert!(compiled().is_empty(), "--no-cache writes nothing");
+    let first = run(&[]);
+    assert_eq!(first, uncached);
+    let files = compiled();
+    assert_eq!(files.len(), 1, "one compiled module: {files:?}");
+    let written = std::fs::metadata(&files[0])
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let second = run(&[]);
+    assert_eq!(second, first, "the same result from the cached module");
+    assert_eq!(compiled(), files);
+    assert_eq!(
+        std::fs::metadata(&files[0])
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        written,
+        "loaded, not compiled and stored again"
+    );
+}
+
 /// The README's main command, as a new user runs it: `herd demo` starts a coordinator and three
 /// workers, computes the picture and writes it as a PNG. The PNG is compared pixel for pixel with
 /// the same tiles rendered natively by the sample's own kernel, placed by this test's own code.

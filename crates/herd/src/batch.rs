@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use herd_protocol::ContentHash;
-use herd_sandbox::{Limits, Sandbox};
+use herd_sandbox::Limits;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
@@ -79,7 +79,7 @@ pub(crate) fn submit(
         .memory_mb
         .unwrap_or(Limits::default().memory_bytes >> 20)
         .saturating_mul(1 << 20);
-    Sandbox::new()?
+    crate::run::local_sandbox(true)?
         .admit(&wasm)
         .and_then(|module| module.check_memory_limit(memory_limit))
         .with_context(|| format!("module {} is rejected", submission.module.display()))?;

@@ -58,6 +58,10 @@ enum Command {
         /// Write what the module printed on stdout to this file.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Instrument and compile the module afresh, without reading or writing the
+        /// compiled-module cache ($XDG_CACHE_HOME/herd/compiled, else ~/.cache/herd/compiled).
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Submit a batch: one work unit per file in the inputs directory.
     Submit {
@@ -206,6 +210,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             fuel,
             memory_mb,
             output,
+            no_cache,
         } => {
             let limits = Limits {
                 fuel: *fuel,
@@ -213,7 +218,14 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Limits::default()
             };
             Ok(
-                match run::run(module, input.as_deref(), *seed, limits, output.as_deref())? {
+                match run::run(
+                    module,
+                    input.as_deref(),
+                    *seed,
+                    limits,
+                    output.as_deref(),
+                    !*no_cache,
+                )? {
                     run::RunEnd::Ran => ExitCode::SUCCESS,
                     run::RunEnd::Rejected => ExitCode::from(2),
                 },

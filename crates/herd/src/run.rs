@@ -1,6 +1,6 @@
 //! `herd run`: one module, run locally in exactly the sandbox the workers use.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use herd_protocol::{AbortReason, Outcome, RunResult, Status};
@@ -57,6 +57,35 @@ pub(crate) fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
     module_bytes(&source).with_context(|| format!("module {} is rejected", path.display()))
 }
 
+/// Where the local commands (`herd run`, `herd submit`'s admission) keep compiled modules:
+/// `$XDG_CACHE_HOME/herd/compiled`, else `~/.cache/herd/compiled`; `None` when neither variable
+/// is set.
+pub(crate) fn compiled_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(|home| PathBuf::from(home).join(".cache"))
+        })?;
+    Some(base.join("herd").join("compiled"))
+}
+
+/// The sandbox the local commands run in: the workers' own, with the compiled-module disk cache
+/// the worker uses (so a repeated `herd run` of a module loads it instead of instrumenting and
+/// compiling it again) unless `use_cache` is false or there is nowhere to keep it.
+pub(crate) fn local_sandbox(use_cache: bool) -> anyhow::Result<Sandbox> {
+    if let Some(dir) = compiled_cache_dir().filter(|_| use_cache) {
+        match Sandbox::with_disk_cache(&dir) {
+            Ok(sandbox) => return Ok(sandbox),
+            // A cache is only a speed-up: say why there is none and compile in memory.
+            Err(error) => eprintln!("herd: {error}; compiling in memory"),
+        }
+    }
+    Ok(Sandbox::new()?)
+}
+
 /// What `herd run` ended with, for its exit code.
 pub(crate) enum RunEnd {
     Ran,
@@ -69,6 +98,7 @@ pub(crate) fn run(
     seed: u64,
     limits: Limits,
     output: Option<&Path>,
+    use_cache: bool,
 ) -> anyhow::Result<RunEnd> {
     let rejected = |message: String| {
         println!(
@@ -88,7 +118,7 @@ pub(crate) fn run(
         }
         None => Vec::new(),
     };
-    let sandbox = Sandbox::new()?;
+    let sandbox = local_sandbox(use_cache)?;
     let admitted = match sandbox.admit(&wasm) {
         Ok(admitted) => admitted,
         Err(refusal) => {

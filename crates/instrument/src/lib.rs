@@ -29,6 +29,7 @@
 //! compiled-module cache key.
 
 mod function;
+mod kept;
 mod nan;
 
 use std::convert::Infallible;
@@ -160,11 +161,14 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InstrumentError> {
         .validate_all(wasm)
         .map_err(|e| InstrumentError::Invalid(e.to_string()))?;
     let info = ModuleInfo::read(wasm)?;
+    let mut report = Report::default();
+    let (bodies, hints) = rewrite_bodies(&info, wasm, &mut report)?;
     let mut rewriter = Rewriter {
         info,
-        report: Report::default(),
+        report,
         emitted: Vec::new(),
-        function_counter: 0,
+        bodies: bodies.into_iter(),
+        hints: Some(hints),
     };
     let mut module = wasm_encoder::Module::new();
     rewriter
@@ -178,6 +182,30 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, InstrumentError> {
         original_imports: rewriter.info.imported_functions,
         report: rewriter.report,
     })
+}
+
+/// Rewrites every function body, in order, and gathers the branch hints for them all: the
+/// hints section must come before the code section, so the bodies are rewritten first.
+fn rewrite_bodies(
+    info: &ModuleInfo,
+    wasm: &[u8],
+    report: &mut Report,
+) -> Result<(Vec<wasm_encoder::Function>, wasm_encoder::BranchHints), InstrumentError> {
+    let mut bodies = Vec::new();
+    let mut hints = wasm_encoder::BranchHints::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Payload::CodeSectionEntry(body) =
+            payload.map_err(|e| InstrumentError::Invalid(e.to_string()))?
+        {
+            let index = info.imported_functions + bodies.len() as u32;
+            let rewritten = function::rewrite(info, index, &body, report)?;
+            if !rewritten.hints.is_empty() {
+                hints.function_hints(info.shifted_function(index), rewritten.hints);
+            }
+            bodies.push(rewritten.body);
+        }
+    }
+    Ok((bodies, hints))
 }
 
 /// A function type, in the parser's terms.
@@ -205,12 +233,12 @@ pub(crate) struct ModuleInfo {
     /// The first error met inside an encoder callback (which can only return the encoder's own
     /// error type).
     pub(crate) failure: Option<InstrumentError>,
-    /// Save globals of each of [`function::save_kind`]'s types: as many as the function that
+    /// Save globals of each of [`kept::save_kind`]'s types: as many as the function that
     /// keeps the most locals of that type around its loops' refuels.
-    pub(crate) save_globals: [u32; function::SAVE_KINDS],
+    pub(crate) save_globals: [u32; kept::SAVE_KINDS],
     /// For each function body, in order: the locals each of its loops keeps around its refuel
     /// and their save slots, found once here and used by the rewrite.
-    pub(crate) kept: Vec<function::Kept>,
+    pub(crate) kept: Vec<kept::Kept>,
 }
 
 impl ModuleInfo {
@@ -225,7 +253,7 @@ impl ModuleInfo {
             unit_type: 0,
             result_types: Vec::new(),
             failure: None,
-            save_globals: [0; function::SAVE_KINDS],
+            save_globals: [0; kept::SAVE_KINDS],
             kept: Vec::new(),
         };
         for payload in Parser::new(0).parse_all(wasm) {
@@ -302,7 +330,7 @@ impl ModuleInfo {
         Ok(info)
     }
 
-    /// Counts the save globals one function body needs (see [`function::kept_across_refuel`]).
+    /// Counts the save globals one function body needs (see [`kept::Kept::of`]).
     fn count_saves(
         &mut self,
         body: &wasmparser::FunctionBody<'_>,
@@ -317,7 +345,7 @@ impl ModuleInfo {
             // An oversized function is refused by the rewrite, which says so; it keeps its
             // place in `kept`, so the bodies after it find theirs.
             if local_types.len() as u64 + u64::from(count) > 1 << 20 {
-                self.kept.push(function::Kept::default());
+                self.kept.push(kept::Kept::default());
                 return Ok(());
             }
             local_types.extend(std::iter::repeat_n(ty, count as usize));
@@ -327,13 +355,12 @@ impl ModuleInfo {
         while !reader.eof() {
             ops.push(reader.read()?);
         }
-        let by_loop = function::kept_across_refuel(&ops, &local_types);
-        let slots = function::save_slots(&by_loop, &local_types);
-        let mut needed = [0u32; function::SAVE_KINDS];
-        for local in slots.keys() {
+        let found = kept::Kept::of(&ops, &local_types);
+        let mut needed = [0u32; kept::SAVE_KINDS];
+        for local in found.slots.keys() {
             if let Some(kind) = local_types
                 .get(*local as usize)
-                .and_then(|t| function::save_kind(*t))
+                .and_then(|t| kept::save_kind(*t))
             {
                 needed[kind] += 1;
             }
@@ -341,7 +368,7 @@ impl ModuleInfo {
         for (have, need) in self.save_globals.iter_mut().zip(needed) {
             *have = (*have).max(need);
         }
-        self.kept.push(function::Kept { by_loop, slots });
+        self.kept.push(found);
         Ok(())
     }
 
@@ -355,7 +382,7 @@ impl ModuleInfo {
     ) -> u32 {
         let kind = local_types
             .get(local as usize)
-            .and_then(|t| function::save_kind(*t))
+            .and_then(|t| kept::save_kind(*t))
             .unwrap_or(0);
         let before: u32 = self.save_globals[..kind].iter().sum();
         self.depth_global() + 1 + before + slots.get(&local).copied().unwrap_or(0)
@@ -425,8 +452,10 @@ struct Rewriter {
     report: Report,
     /// Sections this rewriter must add if the module has none of them, once emitted.
     emitted: Vec<SectionId>,
-    /// Defined functions rewritten so far (the next body's index among defined functions).
-    function_counter: u32,
+    /// The rewritten bodies not yet emitted, in order.
+    bodies: std::vec::IntoIter<wasm_encoder::Function>,
+    /// The branch hints, until they are emitted (just before the code section).
+    hints: Option<wasm_encoder::BranchHints>,
 }
 
 /// The order sections appear in a module (the binary format fixes it; ids are not in order).
@@ -487,7 +516,7 @@ impl Rewriter {
             mutable(ValType::I32),
             &ConstExpr::i32_const(STACK_BUDGET_SLOTS),
         );
-        // The save globals, by type in `function::save_kind`'s order.
+        // The save globals, by type in `kept::save_kind`'s order.
         let zeros = [
             (ValType::I32, ConstExpr::i32_const(0)),
             (ValType::I64, ConstExpr::i64_const(0)),
@@ -564,6 +593,13 @@ impl Reencode for Rewriter {
         _after: Option<SectionId>,
         before: Option<SectionId>,
     ) -> Result<(), reencode::Error<Infallible>> {
+        // The branch hints section, a custom one, goes just before the code section.
+        if before == Some(SectionId::Code)
+            && let Some(hints) = self.hints.take()
+            && !hints.is_empty()
+        {
+            module.section(&hints);
+        }
         // A module without one of the sections the pass appends to gets one with only the pass's
         // entries, in its place in the order.
         for id in [
@@ -606,16 +642,16 @@ impl Reencode for Rewriter {
     fn parse_function_body(
         &mut self,
         code: &mut wasm_encoder::CodeSection,
-        func: wasmparser::FunctionBody<'_>,
+        _func: wasmparser::FunctionBody<'_>,
     ) -> Result<(), reencode::Error<Infallible>> {
-        let index = self.info.imported_functions + self.function_counter;
-        self.function_counter += 1;
-        match function::rewrite(&self.info, index, &func, &mut self.report) {
-            Ok(rewritten) => {
-                code.function(&rewritten);
+        match self.bodies.next() {
+            Some(body) => {
+                code.function(&body);
             }
-            Err(error) => {
-                self.fail(error);
+            None => {
+                self.fail(InstrumentError::Rewrite(
+                    "more function bodies than were rewritten".into(),
+                ));
                 // Keep the section well formed; the module is refused anyway.
                 let mut empty = wasm_encoder::Function::new([]);
                 empty.instructions().unreachable().end();

@@ -233,7 +233,7 @@ fn a_function_over_the_analysis_budget_is_canonicalised_conservatively() {
 }
 
 #[test]
-fn a_loops_refuel_keeps_the_nests_locals_in_save_globals_so_none_is_live_across_the_call() {
+fn a_loops_refuel_keeps_the_locals_live_at_its_header_in_save_globals_and_no_dead_one() {
     let out = rewrite(MANDELBROT_ROW);
     let mut globals = Vec::new();
     let mut bodies = Vec::new();
@@ -258,22 +258,14 @@ fn a_loops_refuel_keeps_the_nests_locals_in_save_globals_so_none_is_live_across_
     }
     use wasmparser::ValType as V;
     // The fuel and depth globals, then the save globals: one i32 ($escape's $n, or $row's $x)
-    // and five f64 (all of $escape's: its nest reads its parameters too).
+    // and four f64 ($escape's $cr $ci $zr $zi, live at its loop's header; $t is written before
+    // it is read in every iteration, so it is dead there and not kept).
     assert_eq!(
         globals,
-        [
-            V::I64,
-            V::I32,
-            V::I32,
-            V::F64,
-            V::F64,
-            V::F64,
-            V::F64,
-            V::F64
-        ]
+        [V::I64, V::I32, V::I32, V::F64, V::F64, V::F64, V::F64]
     );
-    // $escape's loop refuel: each of its 6 locals stored before `call 0` (refuel) and loaded
-    // after it.
+    // $escape's loop refuel: each of the 5 live locals stored before `call 0` (refuel) and
+    // loaded after it, and never $t (local 4).
     let escape = &bodies[0];
     let call = escape
         .iter()
@@ -290,5 +282,86 @@ fn a_loops_refuel_keeps_the_nests_locals_in_save_globals_so_none_is_live_across_
         .take(16)
         .filter(|op| op.starts_with("GlobalGet { global_index: ") && !op.ends_with(" 0 }"))
         .count();
-    assert_eq!((stored, loaded), (6, 6), "{escape:#?}");
+    assert_eq!((stored, loaded), (5, 5), "{escape:#?}");
+    let around: Vec<&String> = escape[call - 12..call + 12].iter().collect();
+    assert!(
+        !around
+            .iter()
+            .any(|op| *op == "LocalGet { local_index: 4 }" || *op == "LocalSet { local_index: 4 }"),
+        "{around:#?}"
+    );
+}
+
+#[test]
+fn every_branch_hint_points_at_one_of_the_passs_branches_and_comes_before_the_code() {
+    let out = rewrite(MANDELBROT_ROW);
+    let mut hints: Vec<(u32, Vec<(u32, bool)>)> = Vec::new();
+    let mut hints_before_code = false;
+    let mut bodies = Vec::new();
+    for payload in Parser::new(0).parse_all(&out.wasm) {
+        match payload.expect("parses") {
+            Payload::CustomSection(section) => {
+                if let wasmparser::KnownCustom::BranchHints(reader) = section.as_known() {
+                    hints_before_code = bodies.is_empty();
+                    for function in reader {
+                        let function = function.expect("hinted function");
+                        let each = function
+                            .hints
+                            .into_iter()
+                            .map(|hint| hint.expect("hint"))
+                            .map(|hint| (hint.func_offset, hint.taken))
+                            .collect();
+                        hints.push((function.func, each));
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let start = body.get_binary_reader().original_position();
+                let ops: Vec<(usize, String)> = body
+                    .get_operators_reader()
+                    .expect("operators")
+                    .into_iter_with_offsets()
+                    .map(|op| {
+                        let (op, at) = op.expect("operator");
+                        (at - start, format!("{op:?}"))
+                    })
+                    .collect();
+                bodies.push(ops);
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        hints_before_code,
+        "the hints section must precede the code section"
+    );
+    // Every function has its call-depth check; $escape and $row have loops too.
+    assert_eq!(hints.len(), 3);
+    let (mut likely, mut unlikely) = (0, 0);
+    for (function, each) in &hints {
+        // Function indices count the two imports the pass adds (and the module has none).
+        let ops = &bodies[*function as usize - 2];
+        for (offset, taken) in each {
+            let op = ops
+                .iter()
+                .find(|(at, _)| *at == *offset as usize)
+                .map(|(_, op)| op.as_str())
+                .unwrap_or("no operator at this offset");
+            assert!(
+                op.starts_with("If") || op.starts_with("BrIf"),
+                "a hint at {offset} of function {function} points at {op}"
+            );
+            if *taken {
+                likely += 1;
+            } else {
+                unlikely += 1;
+            }
+        }
+    }
+    // Likely: the loops' back edges (and canonicalisations); unlikely: the refuels and the
+    // call-depth checks.
+    assert!(
+        likely >= 2 && unlikely >= 4,
+        "{likely} likely, {unlikely} unlikely"
+    );
 }

@@ -18,8 +18,9 @@ use wasmtime::{Engine, Module};
 /// Bumped when Herd's engine configuration changes in a way wasmtime's own hash cannot see, or
 /// the pass rewrites faster without changing what a module computes or its fuel (so
 /// `herd_instrument::VERSION`, which replicas must share, stays): 2 for the save globals and
-/// the one-branch loop check, so hosts recompile rather than keep the slower rewrite.
-const CONFIG_VERSION: u32 = 2;
+/// the one-branch loop check, 3 for the branch hints, the one-flag NaN test and fewer locals
+/// kept around refuels, so hosts recompile rather than keep the slower rewrite.
+const CONFIG_VERSION: u32 = 3;
 
 pub(crate) struct DiskCache {
     dir: PathBuf,

@@ -236,6 +236,10 @@ impl Sandbox {
             ORACLE_WASM_STACK_BYTES
         };
         config.max_wasm_stack(stack);
+        // The pass hints its own branches (refuel, canonical NaN, the call-depth budget) as
+        // unlikely, so Cranelift lays those paths out after the hot code. Hints are advisory:
+        // they change where code goes, never what it computes.
+        config.wasm_branch_hinting(true);
         // Host calls run on the same stack above the deepest wasm frame.
         config.async_stack_size(stack + (1 << 20));
         // Pre-allocated slots for instances, memories, tables and async stacks: the per-unit cost
