@@ -17,9 +17,8 @@
 //!
 //! where `refuel` is `FUEL = fuel; herd.refuel(); fuel = FUEL`. A loop is wrapped so that its
 //! refuel happens outside it: `block $done (results) loop $outer block $exhausted loop L`. A
-//! branch back to `L` (`br`, or `br_if` made `br_if L (c & fuel >= 0); br_if $exhausted c`, one
-//! branch on the hot path instead of `if { ... br }`'s two: jacobi-2d 2.45x -> 1.86x over plain
-//! wasm, gemm 2.37x -> 2.07x) first leaves to `$exhausted` when
+//! branch back to `L` (`br`, or `br_if` made `if (fuel < 0) { br_if $exhausted c } br_if L c`,
+//! the `if` hinted unlikely) first leaves to `$exhausted` when
 //! fuel is below zero; `$exhausted` refuels and goes round `$outer` back into `L`'s header, which
 //! is where the branch was going; falling out of `L` leaves `$done` with its results. Checking on
 //! the way back rather than at the header, and refuelling outside the loop, keeps the loop free
@@ -364,21 +363,27 @@ pub(crate) fn rewrite(
                 out.ins(&Instruction::Br(depth));
             }
             Operator::BrIf { relative_depth } if branches_back(&frames, *relative_depth) => {
-                // br_if L  =>  br_if L (cond != 0 & fuel >= 0); br_if $exhausted cond: one
-                // branch on the hot path (the loop going round with fuel left); the condition
-                // waits in the bulk-length scratch local, free between instructions.
+                // br_if L  =>  if (fuel < 0) { br_if $exhausted cond } br_if L cond: the `if`
+                // hinted unlikely, so the hot path is a test of fuel and the original branch,
+                // both predictable, and the condition is not turned into a 0-or-1 value to be
+                // combined with the fuel test (which `br_if L (cond != 0 & fuel >= 0)` did:
+                // interp 1.60x -> 1.36x over plain wasm, fdtd-2d 1.77x -> 1.48x). With fuel
+                // below zero and the condition false the loop is left as the original leaves
+                // it, and the next check refuels. The condition waits in the bulk-length
+                // scratch local, free between instructions.
                 let depth = relabel(*relative_depth, &frames, open)?;
                 let (fuel, scratch) = (out.added.fuel, out.added.length);
-                out.ins(&Instruction::LocalTee(scratch));
-                out.ins(&Instruction::I32Const(0));
-                out.ins(&Instruction::I32Ne);
+                out.ins(&Instruction::LocalSet(scratch));
                 out.ins(&Instruction::LocalGet(fuel));
                 out.ins(&Instruction::I64Const(0));
-                out.ins(&Instruction::I64GeS);
-                out.ins(&Instruction::I32And);
-                out.hinted(true, &Instruction::BrIf(depth));
+                out.ins(&Instruction::I64LtS);
+                out.hinted(false, &Instruction::If(BlockType::Empty));
                 out.ins(&Instruction::LocalGet(scratch));
-                out.hinted(false, &Instruction::BrIf(depth + 1));
+                // Inside the `if`, `$exhausted` (one label out from the loop's) is two out.
+                out.ins(&Instruction::BrIf(depth + 2));
+                out.ins(&Instruction::End);
+                out.ins(&Instruction::LocalGet(scratch));
+                out.hinted(true, &Instruction::BrIf(depth));
                 if block_cost[i] > 0 {
                     out.charge(block_cost[i]);
                 }
