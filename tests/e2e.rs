@@ -2306,14 +2306,21 @@ fn page_text(html: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A Mandelbrot module and one small tile's input written into `dir`, for `herd run`: the
+/// module's path, the input's path and the input's text.
+fn mandelbrot_run_files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let module = dir.join("m.wasm");
+    std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
+    let input = dir.join("tile");
+    let text = herd_samples::mandelbrot_input((-2.0, -1.0), (1.0, 1.0), (30, 20), 100);
+    std::fs::write(&input, &text).expect("input");
+    (module, input, text)
+}
+
 #[test]
 fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
     let root = tempfile::tempdir().expect("tempdir");
-    let module = root.path().join("m.wasm");
-    std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
-    let input = root.path().join("tile");
-    let text = herd_samples::mandelbrot_input((-2.0, -1.0), (1.0, 1.0), (30, 20), 100);
-    std::fs::write(&input, &text).expect("input");
+    let (module, input, text) = mandelbrot_run_files(root.path());
     let out = root.path().join("out");
     let run = |args: &[&str]| {
         std::process::Command::new(herd_e2e::bin_dir().join("herd"))
@@ -2360,11 +2367,7 @@ fn herd_run_reports_outcomes_and_names_a_forbidden_import() {
 #[test]
 fn a_repeated_herd_run_loads_the_compiled_module_from_the_cache() {
     let root = tempfile::tempdir().expect("tempdir");
-    let module = root.path().join("m.wasm");
-    std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
-    let input = root.path().join("tile");
-    let text = herd_samples::mandelbrot_input((-2.0, -1.0), (1.0, 1.0), (30, 20), 100);
-    std::fs::write(&input, &text).expect("input");
+    let (module, input, _) = mandelbrot_run_files(root.path());
     let cache = root.path().join("cache");
     let run = |extra: &[&str]| -> serde_json::Value {
         let output = std::process::Command::new(herd_e2e::bin_dir().join("herd"))
