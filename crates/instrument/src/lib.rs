@@ -639,6 +639,19 @@ impl Reencode for Rewriter {
         Ok(())
     }
 
+    fn parse_custom_section(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        section: wasmparser::CustomSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        // A module's own branch hints name offsets in its original bodies, which the rewrite
+        // moves: kept, they would point at other instructions and stand beside the pass's own.
+        if matches!(section.as_known(), wasmparser::KnownCustom::BranchHints(_)) {
+            return Ok(());
+        }
+        reencode::utils::parse_custom_section(self, module, section)
+    }
+
     fn parse_function_body(
         &mut self,
         code: &mut wasm_encoder::CodeSection,

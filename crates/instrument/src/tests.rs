@@ -365,3 +365,24 @@ fn every_branch_hint_points_at_one_of_the_passs_branches_and_comes_before_the_co
         "{likely} likely, {unlikely} unlikely"
     );
 }
+
+#[test]
+fn a_modules_own_branch_hints_are_dropped_and_only_the_passs_remain() {
+    // The module hints its own `if`; the rewrite moves it, so that hint would point elsewhere.
+    let out = rewrite(
+        r#"(module (memory (export "memory") 1)
+             (func (export "_start")
+               (i32.const 1)
+               (@metadata.code.branch_hint "\01")
+               (if (then (i32.store (i32.const 0) (i32.const 7))))))"#,
+    );
+    let sections = Parser::new(0)
+        .parse_all(&out.wasm)
+        .filter_map(|payload| match payload.expect("parses") {
+            Payload::CustomSection(section) => Some(section.name().to_string()),
+            _ => None,
+        })
+        .filter(|name| name == "metadata.code.branch_hint")
+        .count();
+    assert_eq!(sections, 1, "one hints section, the pass's");
+}
