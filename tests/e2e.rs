@@ -9,6 +9,7 @@ use herd_protocol::{
     ChannelBinding, ClientMessage, ErrorCode, Hello, PROTOCOL_VERSION, ServerMessage, SigningKey,
 };
 
+mod accounts;
 mod scale_out;
 
 #[path = "../sample-jobs/mandelbrot/src/kernel.rs"]
@@ -1136,6 +1137,7 @@ fn hello_from(key: &SigningKey, volunteer: &str, team: Option<&str>) -> Hello {
         protocol_version: PROTOCOL_VERSION,
         instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
         host_key: key.public_key(),
+        account_key: None,
         volunteer: volunteer.into(),
         team: team.map(Into::into),
         cores: 1,
@@ -1625,7 +1627,8 @@ fn a_stranger_naming_another_hosts_key_is_refused_and_takes_no_replica_credit_te
             other => panic!("unexpected {other:?}"),
         }
 
-        // A host of mallory's joining ada's volunteer cannot move ada to another team.
+        // A host of mallory's giving ada's name is refused: an anonymous name is the machine's
+        // that first gave it (with any team, ada's own or another).
         let stranger = SigningKey::from_seed([67; 32]);
         let connection = herd_net::connect(&join).await.expect("connect");
         let answer: ServerMessage = herd_net::say_hello(
@@ -1639,7 +1642,7 @@ fn a_stranger_naming_another_hosts_key_is_refused_and_takes_no_replica_credit_te
             ServerMessage::Error { code, message } => {
                 assert_eq!(code, ErrorCode::NotAllowed);
                 assert!(
-                    message.contains("`ada`") && message.contains("`real`"),
+                    message.contains("`ada`") && message.contains("another machine"),
                     "{message}"
                 );
             }
@@ -1708,8 +1711,8 @@ fn a_stranger_naming_another_hosts_key_is_refused_and_takes_no_replica_credit_te
         let log = std::fs::read_to_string(&worker.log).expect("log");
         assert!(!log.contains("refused"), "{log}");
     }
-    // A real worker on another machine (another host key) joining ada on another team stops at
-    // once with the reason (exit 3, no retry loop); ada's team stays.
+    // A real worker on another machine (another host key) giving ada's name stops at once with
+    // the reason (exit 3, no retry loop); ada's team stays.
     let elsewhere = root.path().join("another-machine");
     std::fs::create_dir_all(&elsewhere).expect("dir");
     let mut joiner =
@@ -1720,7 +1723,7 @@ fn a_stranger_naming_another_hosts_key_is_refused_and_takes_no_replica_credit_te
     assert_eq!(code, Some(3));
     let log = std::fs::read_to_string(&joiner.log).expect("log");
     assert!(
-        log.contains("cannot change its team") && log.contains("NotAllowed"),
+        log.contains("held by another machine") && log.contains("NotAllowed"),
         "{log}"
     );
     let credit = coordinator.herd_json(&["credit", "--json"]);

@@ -124,12 +124,31 @@ impl Coordinator {
         Self::start_in(root, &root.join("coordinator"), quic_port, database)
     }
 
-    /// Starts a coordinator with its data directory at `data_dir` (its log goes in `root`).
+    /// Starts a coordinator with its data directory at `data_dir` (its log goes in `root`), for
+    /// anonymous volunteers: its workers compute under the names they give.
     pub fn start_in(
         root: &Path,
         data_dir: &Path,
         quic_port: u16,
         database: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(
+            root,
+            data_dir,
+            quic_port,
+            database,
+            &["--anonymous-volunteers"],
+        )
+    }
+
+    /// Starts a coordinator with these arguments besides its addresses and database (its
+    /// account rules, say: without `--anonymous-volunteers`, machines need account keys).
+    pub fn start_with(
+        root: &Path,
+        data_dir: &Path,
+        quic_port: u16,
+        database: Option<&str>,
+        extra: &[&str],
     ) -> anyhow::Result<Self> {
         let data_dir = data_dir.to_path_buf();
         // Stale address files from an earlier run must not be mistaken for this one's.
@@ -147,6 +166,7 @@ impl Coordinator {
         if let Some(url) = database {
             args.extend(["--database".into(), url.to_string()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let log = root.join(format!("coordinator-{}.log", free_udp_port()));
         let mut process = spawn(&bin_dir().join("herd-coordinator"), &args, log)?;
         let started = Instant::now();
@@ -251,6 +271,15 @@ impl Coordinator {
             "POST" => with_token(agent.post(&url))
                 .header("Content-Type", "application/json")
                 .send(body.unwrap_or("")),
+            "DELETE" => {
+                let request = agent.delete(&url);
+                match token {
+                    Some(token) => request
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .call(),
+                    None => request.call(),
+                }
+            }
             other => panic!("api: method {other} is not used by the tests"),
         };
         let mut response = response.expect("an HTTP answer");
@@ -330,6 +359,33 @@ pub fn start_worker_in(
         &bin_dir().join("herd-worker"),
         &args,
         root.join(format!("worker-{volunteer}-{}.log", free_udp_port())),
+        env,
+    )
+}
+
+/// Starts a worker in `root/worker-LABEL` that gives no name: it computes for the account its
+/// data directory is attached to (`herd-worker attach`), or whose key `env` gives
+/// (`HERD_ACCOUNT_KEY`). One core, on a dedicated machine (`--always`).
+pub fn start_account_worker(
+    root: &Path,
+    join: &str,
+    label: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Process> {
+    let dir = worker_dir(root, label);
+    let args: Vec<String> = vec![
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--join".into(),
+        join.into(),
+        "--cores".into(),
+        "1".into(),
+        "--always".into(),
+    ];
+    spawn_in(
+        &bin_dir().join("herd-worker"),
+        &args,
+        root.join(format!("worker-{label}-{}.log", free_udp_port())),
         env,
     )
 }

@@ -61,6 +61,11 @@ fn run_coordinator(dir: &str) {
         database: std::env::var(DATABASE_ENV).ok(),
         quic: "127.0.0.1:0".parse().expect("addr"),
         http: "127.0.0.1:0".parse().expect("addr"),
+        // The simulated workers give names, not account keys.
+        accounts: herd_coordinator::AccountRules {
+            anonymous: true,
+            ..Default::default()
+        },
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     runtime
@@ -153,6 +158,7 @@ async fn worker(join: JoinString, index: usize, batch: usize, stop: Arc<AtomicBo
         protocol_version: PROTOCOL_VERSION,
         instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
         host_key: key.public_key(),
+        account_key: None,
         volunteer: format!("sim-{index}"),
         team: None,
         cores: CORES as u32,
@@ -420,6 +426,7 @@ fn over_quic(c: &mut Criterion) {
                 protocol_version: PROTOCOL_VERSION,
                 instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
                 host_key: key.public_key(),
+                account_key: None,
                 volunteer: format!("idle-{i}"),
                 team: None,
                 cores: 1,

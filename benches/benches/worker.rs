@@ -209,6 +209,11 @@ fn main() {
                 database: None,
                 quic: "127.0.0.1:0".parse().expect("addr"),
                 http: "127.0.0.1:0".parse().expect("addr"),
+                // The worker gives a name, not an account key.
+                accounts: herd_coordinator::AccountRules {
+                    anonymous: true,
+                    ..Default::default()
+                },
             };
             runtime
                 .block_on(herd_coordinator::run(config, shutdown))
@@ -225,6 +230,7 @@ fn main() {
             let config = herd_worker::Config {
                 data_dir: dir.into(),
                 join,
+                account_key: None,
                 volunteer: "idle".into(),
                 team: None,
                 cores: 2,

@@ -16,6 +16,10 @@
 //! | POST | `/api/v1/batches/{id}/cancel` | fail the batch's open units as cancelled; no more replicas are sent |
 //! | POST | `/api/v1/batches/{id}/retire` | purge a batch's rows and blobs; `{"archive": true}` keeps a copy first |
 //! | POST | `/api/v1/researchers` | the administrator adds a researcher (`{"name"}`); the answer holds their token, once |
+//! | POST | `/api/v1/accounts` | sign up (`{"name", "team"?, "invitation"?}`), as the project allows: open, by invitation, or the administrator only; the answer holds the account key, once |
+//! | POST | `/api/v1/accounts/{name}/key` | the administrator gives an account a new key (replacing any it had); the answer holds it, once |
+//! | DELETE | `/api/v1/accounts/{name}/key` | the administrator revokes an account's key: its machines stop |
+//! | POST | `/api/v1/invitations` | the administrator makes an invitation code, good for one sign-up |
 //! | POST | `/api/v1/stats/export` | the administrator regenerates the statistics exports now |
 //! | GET | `/api/v1/credit` | credit and recent average credit per volunteer and team |
 //! | GET | `/api/v1/hosts` | every host's record: valid, invalid, error, timed-out replicas, refused reports, credit |
@@ -47,6 +51,7 @@ use herd_store::{NewBatch, NewUnit, Researcher, RetiredBatch, StoreError, UnitSt
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::accounts::{invite, new_key, revoke_key, sign_up};
 use crate::{Shared, blocking, now_ms};
 
 /// The largest request body: a 16 MiB blob, or a batch description of 100,000 units.
@@ -70,6 +75,12 @@ pub(crate) async fn serve(
         .route("/api/v1/batches/{id}/cancel", post(cancel_batch))
         .route("/api/v1/batches/{id}/retire", post(retire_batch))
         .route("/api/v1/researchers", post(add_researcher))
+        .route("/api/v1/accounts", post(sign_up))
+        .route(
+            "/api/v1/accounts/{name}/key",
+            post(new_key).delete(revoke_key),
+        )
+        .route("/api/v1/invitations", post(invite))
         .route("/api/v1/stats/export", post(export_stats))
         .route("/stats/{file}", get(stats_file))
         .route("/", get(dashboard_page))
@@ -89,6 +100,8 @@ pub(crate) async fn serve(
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
+    // Each request knows its peer's address: sign-ups are limited per network.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
@@ -98,14 +111,14 @@ pub(crate) async fn serve(
 }
 
 /// An API error: an HTTP status, a stable code and a message naming the problem.
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -113,7 +126,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
@@ -151,7 +164,10 @@ pub(crate) fn token_hash(token: &str) -> String {
 
 /// The researcher whose token the request carries: 401 without one, 403 with one no
 /// researcher holds. The token is looked up by its hash, so comparing never touches it.
-async fn researcher(shared: &Shared, headers: &HeaderMap) -> Result<Researcher, ApiError> {
+pub(crate) async fn researcher(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<Researcher, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -205,7 +221,7 @@ async fn own_batch(shared: &Shared, researcher: &Researcher, id: u64) -> Result<
 
 /// A request's body, or the reason it could not be read, as a JSON error like every other:
 /// 413 `too_large` past [`MAX_BODY_BYTES`].
-fn request_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn request_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -1307,18 +1323,33 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    /// The routes this file gives the router, as (method, path), read from its source.
+    /// The routes this file gives the router, as (method, path), read from its source: each
+    /// `.route(` call that begins a line, up to its closing parenthesis (rustfmt may spread one
+    /// over several lines).
     fn served() -> BTreeSet<(String, String)> {
         let source = include_str!("http.rs");
+        let lines: Vec<&str> = source.lines().map(str::trim).collect();
         let mut routes = BTreeSet::new();
-        for line in source.lines().map(str::trim) {
-            let Some(rest) = line.strip_prefix(".route(\"") else {
+        for (i, line) in lines.iter().enumerate() {
+            if !line.starts_with(".route(") {
+                continue;
+            }
+            let mut call = String::new();
+            let mut depth = 0i32;
+            for next in &lines[i..] {
+                call.push_str(next);
+                depth += next.matches('(').count() as i32 - next.matches(')').count() as i32;
+                if depth <= 0 {
+                    break;
+                }
+            }
+            let Some(rest) = call.strip_prefix(".route(\"") else {
                 continue;
             };
             let Some((path, handlers)) = rest.split_once('"') else {
                 continue;
             };
-            for method in ["get", "post", "put"] {
+            for method in ["get", "post", "put", "delete"] {
                 if handlers.contains(&format!("{method}(")) {
                     routes.insert((method.to_string(), path.to_string()));
                 }

@@ -6,6 +6,7 @@
 //! This crate is the shell around the pure parts: the lifecycle decides, the [`Store`] commits,
 //! and only then does the coordinator answer.
 
+mod accounts;
 mod archive;
 mod blobs;
 mod data_dir;
@@ -47,7 +48,11 @@ pub struct Config {
     pub quic: SocketAddr,
     /// The HTTP address of the researcher and dashboard API.
     pub http: SocketAddr,
+    /// How accounts come to exist, and whether machines may compute without one.
+    pub accounts: AccountRules,
 }
+
+pub use accounts::{AccountRules, SignUp};
 
 /// What every request handler shares.
 pub(crate) struct Shared {
@@ -62,6 +67,7 @@ pub(crate) struct Shared {
     /// The latest statistics dump and when it was taken: leaderboards are served from it for
     /// [`DUMP_FRESH_MS`], so dashboards polling them cost one query a while, not one each.
     pub(crate) dump_cache: tokio::sync::Mutex<Option<(u64, Arc<herd_store::StatsDump>)>>,
+    pub(crate) accounts: accounts::Accounts,
 }
 
 /// How long a statistics dump serves leaderboards.
@@ -141,6 +147,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         project_key: SigningKey::from_seed(dir.project_key.seed()),
         stats_dir: stats::dir(&config.data_dir),
         dump_cache: tokio::sync::Mutex::new(None),
+        accounts: accounts::Accounts::new(config.accounts),
     });
     // The token in DATA_DIR/researcher.token is the administrator's (on a shared database, the
     // project's, which every coordinator's directory holds).

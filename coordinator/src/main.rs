@@ -24,6 +24,19 @@ struct Args {
     /// HTTP address for researchers and dashboards.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// How accounts come to exist: `open` (anyone signs up, `herd account create NAME`),
+    /// `invitation` (with a code the administrator made, `herd account invite`) or `admin` (the
+    /// administrator creates them).
+    #[arg(long, default_value = "admin", value_name = "MODE")]
+    sign_up: herd_coordinator::SignUp,
+    /// Let machines compute under a name alone, with no account key (a demo's or a trial's
+    /// project): each such name belongs to the machine that first gave it.
+    #[arg(long)]
+    anonymous_volunteers: bool,
+    /// With open sign-up or invitations: accounts created per network (an IPv4 address, an
+    /// IPv6 /64) per hour.
+    #[arg(long, default_value_t = 5)]
+    sign_ups_per_hour: u32,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -92,6 +105,11 @@ fn main() -> anyhow::Result<()> {
                 database: args.database,
                 quic: args.quic,
                 http: args.http,
+                accounts: herd_coordinator::AccountRules {
+                    sign_up: args.sign_up,
+                    anonymous: args.anonymous_volunteers,
+                    sign_ups_per_hour: args.sign_ups_per_hour,
+                },
             },
             shutdown,
         )

@@ -43,6 +43,8 @@ struct Peer {
     host: HostRecord,
     /// The volunteer's name, as registered.
     volunteer: String,
+    /// The hash of the account key the host attached with, if it did.
+    key_hash: Option<String>,
 }
 
 /// Accepts connections until the endpoint closes.
@@ -152,6 +154,7 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
     let (mut send, mut recv) = connection.accept_bi().await?;
     let Hello {
         host_key,
+        account_key,
         volunteer,
         team,
         cores,
@@ -166,11 +169,37 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         }
     };
     let now = now_ms();
-    let registered = match shared
-        .store
-        .register_host(&host_key, &volunteer, team.as_deref(), cores, now)
-        .await
-    {
+    // The account the host computes for: by its key, or, where the project allows anonymous
+    // volunteers, by the name the hello gives.
+    let key_hash = account_key.map(|key| crate::http::token_hash(&key.0));
+    let registered = match &key_hash {
+        Some(hash) => {
+            shared
+                .store
+                .attach_host(&host_key, hash, team.as_deref(), cores, now)
+                .await
+        }
+        None if shared.accounts.rules.anonymous => {
+            shared
+                .store
+                .register_host(&host_key, &volunteer, team.as_deref(), cores, now)
+                .await
+        }
+        None => {
+            refuse(
+                &connection,
+                send,
+                ErrorCode::AccountRequired,
+                "this project's machines compute for an account: attach this one with its \
+                 account key (herd-worker attach --data-dir DIR; sign up with herd account \
+                 create NAME)"
+                    .into(),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let registered = match registered {
         Ok(host) => {
             let lost = shared
                 .store
@@ -196,6 +225,16 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
             refuse(&connection, send, ErrorCode::NotAllowed, message).await;
             return Ok(());
         }
+        Err(error @ StoreError::UnknownAccount { .. }) => {
+            refuse(
+                &connection,
+                send,
+                ErrorCode::UnknownAccount,
+                error.to_string(),
+            )
+            .await;
+            return Ok(());
+        }
         Err(error) => return Err(error.into()),
     };
     tracing::info!(
@@ -214,8 +253,9 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
     .await?;
     send.finish()?;
     let peer = Arc::new(Peer {
+        volunteer: host.volunteer.clone(),
         host,
-        volunteer: volunteer.trim().to_string(),
+        key_hash,
     });
     loop {
         let (send, recv) = match connection.accept_bi().await {
@@ -298,6 +338,17 @@ async fn answer(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
 ) -> anyhow::Result<(ServerMessage, After)> {
+    if let Some(hash) = &peer.key_hash
+        && shared.accounts.is_revoked(hash)
+    {
+        return Ok((
+            error(
+                ErrorCode::UnknownAccount,
+                StoreError::UnknownAccount { revoked: true }.to_string(),
+            ),
+            After::Close,
+        ));
+    }
     match request {
         ClientMessage::Hello(_) => Ok((
             error(

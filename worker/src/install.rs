@@ -19,7 +19,11 @@ pub const UNIT_NAME: &str = "herd-worker.service";
 #[derive(Clone, Debug)]
 pub struct Install {
     pub join: JoinString,
-    pub name: String,
+    /// The account key to attach the machine with (stored in the data directory, not in the
+    /// unit); without it, the key already stored there, or `name` on a project with anonymous
+    /// volunteers.
+    pub account_key: Option<String>,
+    pub name: Option<String>,
     pub team: Option<String>,
     /// Default: `$XDG_DATA_HOME/herd-worker` or `~/.local/share/herd-worker`.
     pub data_dir: Option<PathBuf>,
@@ -60,9 +64,10 @@ pub fn unit_text(exe: &Path, data_dir: &Path, spec: &Install) -> String {
         data_dir.display().to_string(),
         "--join".into(),
         spec.join.to_string(),
-        "--name".into(),
-        spec.name.clone(),
     ];
+    if let Some(name) = &spec.name {
+        arguments.extend(["--name".into(), name.clone()]);
+    }
     if let Some(team) = &spec.team {
         arguments.extend(["--team".into(), team.clone()]);
     }
@@ -86,6 +91,16 @@ pub fn install(spec: &Install) -> anyhow::Result<()> {
     let unit_dir = config_home.join("systemd/user");
     std::fs::create_dir_all(&unit_dir).with_context(|| format!("create {}", unit_dir.display()))?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    // The key goes in the data directory (0600), never in the unit, which others may read.
+    if let Some(key) = &spec.account_key {
+        crate::account::store(&data_dir, key)?;
+    }
+    if spec.name.is_none() && crate::account::load(&data_dir)?.is_none() {
+        bail!(
+            "give --account-key KEY (sign up with `herd account create NAME`), or --name on a \
+             project with anonymous volunteers"
+        );
+    }
     let unit_path = unit_dir.join(UNIT_NAME);
     herd_net::write_file(
         &unit_path,
@@ -98,8 +113,7 @@ pub fn install(spec: &Install) -> anyhow::Result<()> {
         systemctl(&["daemon-reload"])?;
         systemctl(&["enable", "--now", UNIT_NAME])?;
         println!(
-            "herd-worker is running for {} and starts with your session; its log: journalctl --user -u herd-worker -f",
-            spec.name
+            "herd-worker is running and starts with your session; its log: journalctl --user -u herd-worker -f"
         );
     } else {
         println!(
@@ -144,7 +158,8 @@ mod tests {
             join: "herd://127.0.0.1:4433?cert=00000000000000000000000000000000000000000000000000000000000000aa&key=00000000000000000000000000000000000000000000000000000000000000bb"
                 .parse()
                 .expect("join"),
-            name: "Ada Lovelace".into(),
+            account_key: None,
+            name: Some("Ada Lovelace".into()),
             team: Some("engines".into()),
             data_dir: None,
             start: false,

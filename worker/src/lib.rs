@@ -7,6 +7,7 @@
 //! string, and an assignment only with the project key's signature. It compiles every module
 //! itself; no compiled code ever comes over the network.
 
+pub mod account;
 pub mod bandwidth;
 pub mod cache;
 pub mod governor;
@@ -30,8 +31,9 @@ use anyhow::{Context, bail};
 use herd_blobs::BlobStore;
 use herd_net::{Connection, JoinString};
 use herd_protocol::{
-    AbortReason, Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, Hello,
-    Outcome, PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SigningKey, Standing,
+    AbortReason, AccountKey, Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica,
+    Hello, Outcome, PROTOCOL_VERSION, Report, ServerMessage, SignedAssignment, SigningKey,
+    Standing,
 };
 use herd_sandbox::{Execution, Limits, Sandbox};
 use std::time::Instant;
@@ -62,6 +64,10 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 pub struct Config {
     pub data_dir: PathBuf,
     pub join: JoinString,
+    /// The account this machine computes for, by its key; without one, `volunteer` is the name
+    /// it computes under on a project with anonymous volunteers.
+    pub account_key: Option<String>,
+    /// The volunteer's name (with an account key, only what this machine calls it).
     pub volunteer: String,
     pub team: Option<String>,
     /// Units run at once at most (the `max_cores` preference may lower it).
@@ -332,6 +338,7 @@ impl Worker {
             protocol_version: PROTOCOL_VERSION,
             instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
             host_key: self.host_key.public_key(),
+            account_key: self.config.account_key.clone().map(AccountKey),
             volunteer: self.config.volunteer.clone(),
             team: self.config.team.clone(),
             cores: self.config.cores,
@@ -349,8 +356,11 @@ impl Worker {
             }
             ServerMessage::Error {
                 code:
-                    code
-                    @ (ErrorCode::UnsupportedVersion | ErrorCode::Malformed | ErrorCode::NotAllowed),
+                    code @ (ErrorCode::UnsupportedVersion
+                    | ErrorCode::Malformed
+                    | ErrorCode::NotAllowed
+                    | ErrorCode::UnknownAccount
+                    | ErrorCode::AccountRequired),
                 message,
             } => {
                 // This worker will be refused the same way every time.
@@ -389,7 +399,12 @@ impl Worker {
                 Ok(Err(error)) => error,
                 Err(panic) => anyhow::anyhow!("a work slot panicked: {panic}"),
             };
-            first_error.get_or_insert(error);
+            // A refusal for good outranks the connection failing under the other slots.
+            if error.is::<Permanent>() {
+                first_error = Some(error);
+            } else {
+                first_error.get_or_insert(error);
+            }
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -571,6 +586,12 @@ impl Worker {
                     let wait = u64::from(retry_after_ms.clamp(50, 60_000)) << (idle_answers - 1);
                     tokio::time::sleep(Duration::from_millis(wait.min(60_000))).await;
                 }
+                ServerMessage::Error { code, message } if account_refused(code) => {
+                    return Err(Permanent(format!(
+                        "the coordinator refused this worker ({code:?}): {message}"
+                    ))
+                    .into());
+                }
                 ServerMessage::Error { code, message } => {
                     tracing::warn!("work request refused ({code:?}): {message}");
                     tokio::time::sleep(ERROR_PAUSE).await;
@@ -685,6 +706,14 @@ impl Worker {
                     .await;
                 }
                 Ok(next)
+            }
+            ServerMessage::Error { code, message } if account_refused(code) => {
+                // The account's key was revoked while this unit ran: the report stays in the
+                // spool (a machine attached again delivers it), and the worker stops.
+                Err(Permanent(format!(
+                    "the coordinator refused this worker ({code:?}): {message}"
+                ))
+                .into())
             }
             ServerMessage::Error { code, message } => {
                 tracing::warn!("report for replica {replica_id} refused ({code:?}): {message}");
@@ -857,6 +886,12 @@ async fn enforce_disk_limit(cache: BlobStore, compiled: PathBuf, disk_mb: u64) {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Permanent(pub String);
+
+/// Refusals of the machine's account itself (its key unknown or revoked, or none given where
+/// one is needed): the same on every request and every reconnection, so the worker stops.
+fn account_refused(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::UnknownAccount | ErrorCode::AccountRequired)
+}
 
 /// Milliseconds since the Unix epoch (deadlines and the status file are in this clock).
 pub fn now_ms() -> u64 {

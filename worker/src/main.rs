@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 stopped cleanly, 1 failed, 2 bad arguments, 3 a failure retrying cannot cure
 //! (a join string whose certificate or project key does not match the coordinator, a refused
-//! protocol version). The systemd unit does not restart on 2 or 3.
+//! protocol version, an unknown or revoked account key, a project that needs one). The systemd
+//! unit does not restart on 2 or 3.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,8 +32,14 @@ struct RunArgs {
     /// The coordinator's join string (herd://ADDR?cert=...&key=...), as it printed it.
     #[arg(long, required = true)]
     join: Option<herd_net::JoinString>,
-    /// The volunteer this machine computes for; credit goes to this name.
-    #[arg(long, required = true)]
+    /// The account this machine computes for, by its key (as `herd account create` printed
+    /// it). Prefer `herd-worker attach`, which stores it in the data directory: other users
+    /// can read a command line.
+    #[arg(long, env = "HERD_ACCOUNT_KEY", hide_env_values = true)]
+    account_key: Option<String>,
+    /// On a project with anonymous volunteers, the name this machine computes under (held by
+    /// the first machine that gives it); with an account key, only this machine's label.
+    #[arg(long)]
     name: Option<String>,
     /// The volunteer's team.
     #[arg(long)]
@@ -51,14 +58,27 @@ struct RunArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Attach this machine to an account: store its account key in the data directory (mode
+    /// 0600), so `herd-worker` computes for it from then on. The key is read from
+    /// --account-key, HERD_ACCOUNT_KEY, or else a line of standard input.
+    Attach {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, env = "HERD_ACCOUNT_KEY", hide_env_values = true)]
+        account_key: Option<String>,
+    },
     /// Install the worker as a systemd user service for this user, and start it.
     Install {
         /// The coordinator's join string.
         #[arg(long)]
         join: herd_net::JoinString,
-        /// The volunteer this machine computes for.
+        /// The account this machine computes for, by its key (stored in the data directory,
+        /// mode 0600; not in the unit).
+        #[arg(long, env = "HERD_ACCOUNT_KEY", hide_env_values = true)]
+        account_key: Option<String>,
+        /// On a project with anonymous volunteers, the name this machine computes under.
         #[arg(long)]
-        name: String,
+        name: Option<String>,
         #[arg(long)]
         team: Option<String>,
         /// Where the worker keeps its files (default: ~/.local/share/herd-worker).
@@ -90,17 +110,23 @@ fn main() -> ExitCode {
     let result = match args.command {
         Some(Command::Install {
             join,
+            account_key,
             name,
             team,
             data_dir,
             no_start,
         }) => herd_worker::install::install(&herd_worker::install::Install {
             join,
+            account_key,
             name,
             team,
             data_dir,
             start: !no_start,
         }),
+        Some(Command::Attach {
+            data_dir,
+            account_key,
+        }) => attach(&data_dir, account_key),
         Some(Command::Status { data_dir, json }) => status(&data_dir, json),
         Some(Command::Screen { data_dir }) => herd_worker::screen::run(&data_dir),
         None => run(args.run),
@@ -112,11 +138,40 @@ fn main() -> ExitCode {
             eprintln!("herd-worker: {error:#}");
             if error.is::<herd_worker::Permanent>() {
                 ExitCode::from(3)
+            } else if error.is::<BadArguments>() {
+                ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
             }
         }
     }
+}
+
+/// Arguments that cannot work together: exit 2, as clap's own refusals.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadArguments(String);
+
+fn attach(data_dir: &std::path::Path, key: Option<String>) -> anyhow::Result<()> {
+    let key = match key {
+        Some(key) => key,
+        None => {
+            eprintln!("account key (as herd account create printed it):");
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("read the account key from standard input")?;
+            line
+        }
+    };
+    let path = herd_worker::account::store(data_dir, &key)
+        .map_err(|error| BadArguments(format!("{error:#}")))?;
+    println!(
+        "attached: {} holds the account key; start herd-worker with --data-dir {}",
+        path.display(),
+        data_dir.display()
+    );
+    Ok(())
 }
 
 /// Not running: `status` exits 1.
@@ -143,9 +198,25 @@ fn status(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     // clap enforces these when no subcommand is given.
-    let (Some(data_dir), Some(join), Some(name)) = (args.data_dir, args.join, args.name) else {
-        anyhow::bail!("--data-dir, --join and --name are required");
+    let (Some(data_dir), Some(join)) = (args.data_dir, args.join) else {
+        anyhow::bail!("--data-dir and --join are required");
     };
+    let account_key = match args.account_key {
+        Some(key) => Some(
+            herd_worker::account::parse_key(&key)
+                .map_err(|error| BadArguments(format!("--account-key: {error:#}")))?,
+        ),
+        None => herd_worker::account::load(&data_dir)?,
+    };
+    if account_key.is_none() && args.name.is_none() {
+        return Err(BadArguments(format!(
+            "this machine is attached to no account: run `herd-worker attach --data-dir {} \
+             --account-key KEY` (sign up with `herd account create NAME`), or, on a project \
+             with anonymous volunteers, give --name",
+            data_dir.display()
+        ))
+        .into());
+    }
     let cores = match args.cores {
         Some(cores) => cores,
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -157,7 +228,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             herd_worker::Config {
                 data_dir,
                 join,
-                volunteer: name,
+                account_key,
+                volunteer: args.name.unwrap_or_default(),
                 team: args.team,
                 cores,
                 preference_overrides: args.preferences,

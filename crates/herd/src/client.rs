@@ -333,6 +333,63 @@ impl Client {
         Self::json("add researcher", &body)
     }
 
+    /// Signs up (with the administrator's token, if this client has one: the coordinator then
+    /// creates the account whatever its sign-up rules).
+    pub(crate) fn create_account(
+        &self,
+        name: &str,
+        team: Option<&str>,
+        invitation: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.agent.post(&self.url("accounts"));
+        if self.token.is_some() {
+            request = request.header("Authorization", &self.auth()?);
+        }
+        let response = request.send_json(serde_json::json!({
+            "name": name,
+            "team": team,
+            "invitation": invitation,
+        }));
+        let body = self.finish("create account", response)?;
+        Self::json("create account", &body)
+    }
+
+    /// The administrator gives an account a new key (`revoke`: takes its key away).
+    pub(crate) fn account_key(&self, name: &str, revoke: bool) -> anyhow::Result<Value> {
+        let url = self.url(&format!("accounts/{}/key", path_segment(name)));
+        let auth = self.auth()?;
+        let (what, response) = if revoke {
+            (
+                "revoke account key",
+                self.agent
+                    .delete(&url)
+                    .header("Authorization", &auth)
+                    .call(),
+            )
+        } else {
+            (
+                "new account key",
+                self.agent
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .send_empty(),
+            )
+        };
+        let body = self.finish(what, response)?;
+        Self::json(what, &body)
+    }
+
+    /// The administrator makes an invitation code.
+    pub(crate) fn invite(&self) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .post(&self.url("invitations"))
+            .header("Authorization", &self.auth()?)
+            .send_empty();
+        let body = self.finish("invite", response)?;
+        Self::json("invite", &body)
+    }
+
     pub(crate) fn hosts(&self) -> anyhow::Result<Value> {
         let response = self.agent.get(&self.url("hosts")).call();
         let body = self.finish("hosts", response)?;
@@ -344,4 +401,17 @@ impl Client {
         let body = self.finish("credit", response)?;
         Self::json("credit", &body)
     }
+}
+
+/// A name as one segment of a URL path: every byte but unreserved ones percent-encoded.
+fn path_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

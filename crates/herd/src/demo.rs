@@ -192,6 +192,8 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            // The demo's workers compute under names, with no accounts to sign up for.
+            "--anonymous-volunteers",
         ],
         &log,
     )?;

@@ -118,6 +118,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Accounts: sign up, and (the administrator) hand out and revoke keys, invite.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// Manage researchers (the coordinator's administrator only).
     Researcher {
         #[command(subcommand)]
@@ -179,6 +184,42 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum AccountCommand {
+    /// Create an account; prints its account key, which the coordinator shows only this once
+    /// (attach machines with it: herd-worker attach --account-key KEY). Open to anyone or by
+    /// invitation, as the project allows; the administrator (--token) may always.
+    Create {
+        name: String,
+        #[arg(long)]
+        team: Option<String>,
+        /// The invitation code the project sent you.
+        #[arg(long)]
+        invitation: Option<String>,
+        /// Print the coordinator's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give an account a new key (the administrator): for volunteers from before accounts, or
+    /// a key that was lost or stolen. The key it had stops working.
+    Key {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an account's key (the administrator): its machines stop (exit 3).
+    Revoke {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an invitation code, good for one sign-up (the administrator).
+    Invite {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ResearcherCommand {
     /// Add a researcher; prints their token, which the coordinator shows only this once.
     Add {
@@ -187,6 +228,48 @@ enum ResearcherCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `herd account ...`.
+fn account(client: &client::Client, command: &AccountCommand) -> anyhow::Result<ExitCode> {
+    let (answer, json) = match command {
+        AccountCommand::Create {
+            name,
+            team,
+            invitation,
+            json,
+        } => (
+            client.create_account(name, team.as_deref(), invitation.as_deref())?,
+            *json,
+        ),
+        AccountCommand::Key { name, json } => (client.account_key(name, false)?, *json),
+        AccountCommand::Revoke { name, json } => (client.account_key(name, true)?, *json),
+        AccountCommand::Invite { json } => (client.invite()?, *json),
+    };
+    if json {
+        println!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let name = answer["name"].as_str().unwrap_or_default();
+    match command {
+        AccountCommand::Create { .. } | AccountCommand::Key { .. } => {
+            println!("{}", answer["account_key"].as_str().unwrap_or_default());
+            eprintln!(
+                "the account key of {name}: it is not shown again. Attach each machine with \
+                 `herd-worker attach --data-dir DIR` (it asks for the key)"
+            );
+        }
+        AccountCommand::Revoke { .. } => {
+            println!("{name}: key revoked; its machines stop at their next request");
+        }
+        AccountCommand::Invite { .. } => {
+            println!("{}", answer["invitation"].as_str().unwrap_or_default());
+            eprintln!(
+                "an invitation good for one sign-up: herd account create NAME --invitation CODE"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -326,6 +409,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Account { command } => account(&client(), command),
         Command::Researcher {
             command: ResearcherCommand::Add { name, json },
         } => {

@@ -53,6 +53,12 @@ pub struct Hello {
     /// The host's identity: the hello's proof and its reports are signed with the matching
     /// secret key.
     pub host_key: PublicKey,
+    /// The account this host computes for, by its key: the coordinator looks the account up by
+    /// the key's hash, and `volunteer` is then only what the worker calls it. Without a key, a
+    /// project with anonymous volunteers registers the host under `volunteer` (a name held by
+    /// the machine that first gave it); any other project refuses it
+    /// ([`crate::ErrorCode::AccountRequired`]).
+    pub account_key: Option<AccountKey>,
     pub volunteer: String,
     pub team: Option<String>,
     /// Units this host runs at once; caps its in-flight replicas.
@@ -72,6 +78,19 @@ impl Hello {
     ) -> Result<SignedHello, FrameError> {
         let proof = key.sign(HELLO_DOMAIN, &proof_bytes(&self, channel)?);
         Ok(SignedHello { hello: self, proof })
+    }
+}
+
+/// An account key: the secret a volunteer's machines attach to their account with (BOINC's
+/// account key, its "weak" authenticator: it lets a machine compute and earn for the account and
+/// nothing else; acting for the account on the HTTP API needs its API token). It travels only
+/// inside a hello, on a connection to the pinned coordinator, and never appears in logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountKey(pub String);
+
+impl std::fmt::Debug for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountKey(..)")
     }
 }
 

@@ -20,7 +20,9 @@ pub use framing::{
     FrameError, HEADER_LEN, MAX_FRAME_LEN, decode_body, decode_header, encode_frame,
 };
 pub use hash::{ContentHash, HashParseError};
-pub use hello::{CHANNEL_BINDING_LABEL, ChannelBinding, Hello, SignedHello, hello_version};
+pub use hello::{
+    AccountKey, CHANNEL_BINDING_LABEL, ChannelBinding, Hello, SignedHello, hello_version,
+};
 pub use message::{
     Assignment, ClientMessage, ErrorCode, FinishedReplica, MAX_EXCHANGE, RefusedReport, Report,
     ServerMessage, SignedAssignment, Standing, TeamStanding,
@@ -31,8 +33,9 @@ pub use signing::{PublicKey, Signature, SignatureError, SigningKey};
 /// The version of this protocol. A coordinator refuses a worker whose `Hello` carries another.
 /// Version 4 added the instrumentation version to `Hello`; version 5 its proof (the host key's
 /// signature over the hello and the connection's channel binding); version 6 dropped the
-/// reports' own signatures, which the proven connection made redundant.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// reports' own signatures, which the proven connection made redundant; version 7 the account
+/// key in `Hello`.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The ALPN identifier both ends of a Herd QUIC connection must agree on.
 pub const ALPN: &[u8] = b"herd/1";

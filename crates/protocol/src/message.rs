@@ -149,6 +149,12 @@ pub enum ErrorCode {
     NotAllowed,
     /// A blob asked for that no replica in progress on this host needs.
     NotAssigned,
+    /// The hello's account key is not one of the project's accounts' (never issued, or
+    /// replaced or revoked). Retrying with the same key cannot help.
+    UnknownAccount,
+    /// The hello has no account key, and the project has no anonymous volunteers: a machine
+    /// computes for an account, attached with its key.
+    AccountRequired,
 }
 
 /// One replica of a work unit given to one host, signed by the project key.

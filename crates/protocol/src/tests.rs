@@ -51,6 +51,7 @@ fn every_message_round_trips() {
                 protocol_version: PROTOCOL_VERSION,
                 instrumentation_version: 1,
                 host_key: key.public_key(),
+                account_key: Some(AccountKey("0123abcd".into())),
                 volunteer: "ada".into(),
                 team: Some("lovelace".into()),
                 cores: 4,
@@ -167,6 +168,7 @@ fn sample_hello(key: &SigningKey) -> Hello {
         protocol_version: PROTOCOL_VERSION,
         instrumentation_version: 1,
         host_key: key.public_key(),
+        account_key: Some(AccountKey("secret".into())),
         volunteer: "ada".into(),
         team: Some("engines".into()),
         cores: 2,
@@ -179,9 +181,10 @@ fn hello_golden_bytes() {
     // Pins the encoding of the handshake: variant 0, then the version, first; the proof last.
     let hello = ClientMessage::Hello(SignedHello {
         hello: Hello {
-            protocol_version: 5,
+            protocol_version: 7,
             instrumentation_version: 1,
             host_key: PublicKey([0; 32]),
+            account_key: Some(AccountKey("k".into())),
             volunteer: "a".into(),
             team: None,
             cores: 2,
@@ -190,12 +193,24 @@ fn hello_golden_bytes() {
         proof: Signature(vec![7; 64]),
     });
     let frame = encode_frame(&hello).expect("encode");
-    let mut expected = vec![0, 0, 0, 106, 0, 5, 1];
+    let mut expected = vec![0, 0, 0, 109, 0, 7, 1];
     expected.extend_from_slice(&[0; 32]);
-    expected.extend_from_slice(&[1, b'a', 0, 2, 1, 5, 64]);
+    expected.extend_from_slice(&[1, 1, b'k', 1, b'a', 0, 2, 1, 5, 64]);
     expected.extend_from_slice(&[7; 64]);
     assert_eq!(frame, expected);
-    assert_eq!(hello_version(&frame[HEADER_LEN..]), Some(5));
+    assert_eq!(hello_version(&frame[HEADER_LEN..]), Some(7));
+}
+
+#[test]
+fn an_account_key_never_appears_in_a_hellos_debug_text() {
+    // Hellos are logged; the key they carry must not be.
+    let key = SigningKey::from_seed([3; 32]);
+    let text = format!(
+        "{:?}",
+        sample_hello(&key).sign(&key, &ChannelBinding([1; 32]))
+    );
+    assert!(text.contains("AccountKey(..)"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
 }
 
 #[test]
@@ -243,6 +258,7 @@ fn a_hello_proves_its_key_only_on_its_own_connection() {
     for tamper in [
         (|h: &mut Hello| h.volunteer = "mallory".into()) as fn(&mut Hello),
         |h| h.team = Some("mallory-team".into()),
+        |h| h.account_key = Some(AccountKey("another".into())),
         |h| h.held_replicas.clear(),
         |h| h.cores = 64,
     ] {
@@ -311,6 +327,14 @@ fn request_and_report_golden_bytes() {
     assert_eq!(
         refusal(ErrorCode::NotAssigned),
         vec![0, 0, 0, 4, 5, 10, 1, b'x']
+    );
+    assert_eq!(
+        refusal(ErrorCode::UnknownAccount),
+        vec![0, 0, 0, 4, 5, 11, 1, b'x']
+    );
+    assert_eq!(
+        refusal(ErrorCode::AccountRequired),
+        vec![0, 0, 0, 4, 5, 12, 1, b'x']
     );
 }
 

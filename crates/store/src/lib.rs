@@ -14,6 +14,7 @@
 //! Architecture Invariant: a replica is credited at most once (the ledger's `replica_id` is
 //! unique), and only after a quorum agreed on its result.
 
+mod accounts;
 mod group;
 mod live;
 mod migrate;
@@ -53,6 +54,17 @@ pub enum StoreError {
     NotYourReplica { replica_id: u64 },
     #[error("host is not registered")]
     UnknownHost,
+    /// A host presented an account key no account holds: never issued, or replaced or revoked
+    /// (`revoked`) since.
+    #[error("{}", if *revoked {
+        "the account key was revoked: ask the project for a new one (herd account key NAME)"
+    } else {
+        "the account key is not one of this project's: check it, or sign up (herd account create NAME)"
+    })]
+    UnknownAccount { revoked: bool },
+    /// A name (an account's) that someone already has.
+    #[error("{0}")]
+    Taken(String),
     #[error("{0}")]
     Invalid(String),
     /// A batch names a module or input that its researcher has not uploaded (and no batch of
@@ -83,7 +95,29 @@ pub enum ReportRefusal {
 pub struct HostRecord {
     pub host_id: u64,
     pub volunteer_id: u64,
+    /// The volunteer's (account's) name as the project has it.
+    pub volunteer: String,
     pub cores: u32,
+}
+
+/// An account: a volunteer who computes (and, with the submit permission, a researcher). Its
+/// key is never kept, only the key's hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub id: u64,
+    pub name: String,
+    pub team: Option<String>,
+    pub created_ms: u64,
+    /// Whether it has an account key now (not revoked).
+    pub has_key: bool,
+}
+
+/// An account's key changed: the account as it is now, and the hash of the key it had, which
+/// no longer attaches anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChange {
+    pub account: Account,
+    pub replaced: Option<String>,
 }
 
 /// Everything the statistics exports publish: every volunteer, team and host with credit, as
@@ -369,15 +403,16 @@ pub trait Store: Send + Sync {
     /// Forgets blobs no batch refers to any more (after [`retire_batch`](Store::retire_batch)).
     fn unshare_blobs(&self, hashes: Vec<ContentHash>) -> Pending<()>;
 
-    /// Registers a host (or updates it) under its volunteer, creating the volunteer if new. The
-    /// caller has checked that the host proved it holds `key`.
+    /// Registers a host (or updates it) by volunteer name alone, as a project with anonymous
+    /// volunteers allows, creating the volunteer if new. The caller has checked that the host
+    /// proved it holds `key`.
     ///
-    /// A volunteer's name belongs to it from its first registration on. A host may join an
-    /// existing volunteer (a volunteer adding a machine) but only under that volunteer's team, or
-    /// naming none; a team other than the volunteer's is refused ([`StoreError::NotAllowed`])
-    /// unless the host was already the volunteer's, so a stranger cannot move a volunteer to
-    /// another team. Replicas already assigned keep the volunteer they were assigned under,
-    /// whatever host record changes later.
+    /// An anonymous name belongs to the machine that first registered it: another host giving it
+    /// is refused ([`StoreError::NotAllowed`]), as is any host giving the name of an account
+    /// that has (or had) an account key, which only [`attach_host`](Store::attach_host) reaches.
+    /// Names are compared ignoring ASCII case. The name's own host may change its team. Replicas
+    /// already assigned keep the volunteer they were assigned under, whatever host record
+    /// changes later.
     fn register_host(
         &self,
         key: &PublicKey,
@@ -386,6 +421,42 @@ pub trait Store: Send + Sync {
         cores: u32,
         now_ms: u64,
     ) -> Pending<HostRecord>;
+
+    /// Attaches a host (or updates it) to the account holding the key whose hash is
+    /// `key_hash`: [`StoreError::UnknownAccount`] if none does. A team given moves the account
+    /// to it (the key proves the account); none leaves it. The caller has checked that the host
+    /// proved it holds `key`.
+    fn attach_host(
+        &self,
+        key: &PublicKey,
+        key_hash: &str,
+        team: Option<&str>,
+        cores: u32,
+        now_ms: u64,
+    ) -> Pending<HostRecord>;
+
+    /// Creates an account holding the key whose hash is `key_hash`; [`StoreError::Taken`] if its
+    /// name is (ignoring ASCII case). With `invitation` (a code's hash) the sign-up spends that
+    /// invitation, and is refused ([`StoreError::NotAllowed`]) if it is unknown or spent.
+    fn create_account(
+        &self,
+        name: &str,
+        team: Option<&str>,
+        key_hash: &str,
+        invitation: Option<&str>,
+        now_ms: u64,
+    ) -> Pending<Account>;
+
+    /// The account called `name` (ignoring ASCII case).
+    fn account(&self, name: &str) -> Pending<Option<Account>>;
+
+    /// Gives the account called `name` a new key (its hash), or with `None` revokes its key;
+    /// the key replaced no longer attaches anything. `None` if there is no such account. How a
+    /// project hands out keys for the volunteers that existed before accounts did.
+    fn set_account_key(&self, name: &str, key_hash: Option<&str>) -> Pending<Option<KeyChange>>;
+
+    /// Records an invitation code (its hash), good for one sign-up.
+    fn create_invitation(&self, code_hash: &str, now_ms: u64) -> Pending<()>;
 
     /// Creates a batch and its units; returns the batch id. Its module and every input must be
     /// blobs the researcher holds ([`blob_visible`](Store::blob_visible)): another's blob, even

@@ -19,7 +19,17 @@ const TABLES: &[(&str, &[&str])] = &[
     ("researchers", &["id", "name", "token_hash", "created_ms"]),
     (
         "volunteers",
-        &["id", "name", "team", "rac", "rac_ms", "created_ms"],
+        &[
+            "id",
+            "name",
+            "team",
+            "rac",
+            "rac_ms",
+            "created_ms",
+            "name_key",
+            "key_hash",
+            "revoked_key_hash",
+        ],
     ),
     ("teams", &["id", "name", "created_ms"]),
     (
@@ -115,6 +125,10 @@ const TABLES: &[(&str, &[&str])] = &[
         ],
     ),
     ("blob_uploads", &["hash", "researcher_id"]),
+    (
+        "invitations",
+        &["code_hash", "created_ms", "used_by", "used_ms"],
+    ),
 ];
 
 /// What a migration copied.

@@ -8,10 +8,10 @@ use crate::live::Live;
 use crate::sql::{Sql, Value, WorkChange, args};
 use crate::threads::Threads;
 use crate::{
-    BatchStatus, BatchSummary, CreditTotals, Exchange, HostLine, HostRecord, NewBatch, Pending,
-    ProjectSummary, ReportEffect, ReportRefusal, Researcher, RetiredBatch, StatsDump, Store,
-    StoreError, ThroughputBucket, UnitState, UnitStatus, Want, parse_hash, reads, researchers,
-    stats, work,
+    Account, BatchStatus, BatchSummary, CreditTotals, Exchange, HostLine, HostRecord, KeyChange,
+    NewBatch, Pending, ProjectSummary, ReportEffect, ReportRefusal, Researcher, RetiredBatch,
+    StatsDump, Store, StoreError, ThroughputBucket, UnitState, UnitStatus, Want, accounts,
+    parse_hash, reads, researchers, stats, work,
 };
 
 /// What a backend is to the store's logic: the threads that run its work (a writer with the
@@ -44,6 +44,8 @@ impl StoreError {
             StoreError::UnknownReplica(_)
                 | StoreError::NotYourReplica { .. }
                 | StoreError::UnknownHost
+                | StoreError::UnknownAccount { .. }
+                | StoreError::Taken(_)
                 | StoreError::Invalid(_)
                 | StoreError::BlobMissing(_)
                 | StoreError::NotAllowed(_)
@@ -57,23 +59,9 @@ impl StoreError {
     }
 }
 
-/// Names volunteers and teams may have.
+/// Names volunteers and teams may have, and a host's cores.
 fn check_host_names(volunteer: &str, team: Option<&str>, cores: u32) -> Result<(), StoreError> {
-    let name = volunteer.trim();
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(StoreError::Invalid(format!(
-            "volunteer name `{}` must be 1 to 64 printable characters",
-            volunteer.escape_debug()
-        )));
-    }
-    if let Some(team) = team
-        && (team.trim().is_empty() || team.len() > 64 || team.chars().any(char::is_control))
-    {
-        return Err(StoreError::Invalid(format!(
-            "team name `{}` must be 1 to 64 printable characters",
-            team.escape_debug()
-        )));
-    }
+    accounts::check_names(volunteer, team)?;
     if !(1..=1024).contains(&cores) {
         return Err(StoreError::Invalid(format!(
             "cores {cores} is outside 1..=1024"
@@ -227,8 +215,65 @@ impl<B: Backend> Store for B {
         let name = volunteer.trim().to_string();
         let team = team.map(|t| t.trim().to_string());
         self.threads().write(move |tx, live| {
-            work::register_host(tx, live, &key, &name, team.as_deref(), cores, now_ms)
+            accounts::register_host(tx, live, &key, &name, team.as_deref(), cores, now_ms)
         })
+    }
+
+    fn attach_host(
+        &self,
+        key: &PublicKey,
+        key_hash: &str,
+        team: Option<&str>,
+        cores: u32,
+        now_ms: u64,
+    ) -> Pending<HostRecord> {
+        if let Err(error) = check_host_names("-", team, cores) {
+            return Pending::ready(Err(error));
+        }
+        let (key, key_hash) = (*key, key_hash.to_owned());
+        let team = team.map(|t| t.trim().to_string());
+        self.threads().write(move |tx, live| {
+            accounts::attach_host(tx, live, &key, &key_hash, team.as_deref(), cores, now_ms)
+        })
+    }
+
+    fn create_account(
+        &self,
+        name: &str,
+        team: Option<&str>,
+        key_hash: &str,
+        invitation: Option<&str>,
+        now_ms: u64,
+    ) -> Pending<Account> {
+        let (name, team) = (name.to_owned(), team.map(str::to_owned));
+        let (key_hash, invitation) = (key_hash.to_owned(), invitation.map(str::to_owned));
+        self.threads().write(move |tx, _| {
+            accounts::create(
+                tx,
+                &name,
+                team.as_deref(),
+                &key_hash,
+                invitation.as_deref(),
+                now_ms,
+            )
+        })
+    }
+
+    fn account(&self, name: &str) -> Pending<Option<Account>> {
+        let name = name.to_owned();
+        self.threads().read(move |tx| accounts::by_name(tx, &name))
+    }
+
+    fn set_account_key(&self, name: &str, key_hash: Option<&str>) -> Pending<Option<KeyChange>> {
+        let (name, key_hash) = (name.to_owned(), key_hash.map(str::to_owned));
+        self.threads()
+            .write(move |tx, _| accounts::set_key(tx, &name, key_hash.as_deref()))
+    }
+
+    fn create_invitation(&self, code_hash: &str, now_ms: u64) -> Pending<()> {
+        let code_hash = code_hash.to_owned();
+        self.threads()
+            .write(move |tx, _| accounts::create_invitation(tx, &code_hash, now_ms))
     }
 
     fn create_batch(&self, batch: &NewBatch, now_ms: u64) -> Pending<u64> {

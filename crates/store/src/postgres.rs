@@ -40,7 +40,7 @@ use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
 /// The schema's version: [`SCHEMA`] creates version 1, and [`MIGRATIONS`] bring it here.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -77,6 +77,23 @@ const MIGRATIONS: &[&str] = &[
          received_ms BIGINT NOT NULL
      );
      CREATE INDEX report_inbox_by_shard ON report_inbox (shard, received_ms);",
+    // 4: accounts, as SQLite's schema 10 (`lower` under the `C` collation folds ASCII only, as
+    // SQLite's and `accounts::name_key` do).
+    "ALTER TABLE volunteers ADD COLUMN name_key TEXT,
+                           ADD COLUMN key_hash TEXT,
+                           ADD COLUMN revoked_key_hash TEXT;
+     UPDATE volunteers SET name = name || '-' || id
+         WHERE id NOT IN (SELECT MIN(id) FROM volunteers GROUP BY lower(trim(name) COLLATE \"C\"));
+     UPDATE volunteers SET name_key = lower(trim(name) COLLATE \"C\");
+     CREATE UNIQUE INDEX volunteers_by_name_key ON volunteers (name_key);
+     CREATE UNIQUE INDEX volunteers_by_key ON volunteers (key_hash);
+     CREATE INDEX volunteers_by_revoked_key ON volunteers (revoked_key_hash);
+     CREATE TABLE invitations (
+         code_hash TEXT PRIMARY KEY,
+         created_ms BIGINT NOT NULL,
+         used_by BIGINT REFERENCES volunteers(id),
+         used_ms BIGINT
+     );",
 ];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),

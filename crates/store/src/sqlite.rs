@@ -19,7 +19,7 @@ use crate::sql::{Row, Sequence, Sql, Value, args};
 use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -175,6 +175,25 @@ const MIGRATIONS: &[&str] = &[
          researcher_id INTEGER NOT NULL REFERENCES researchers(id),
          PRIMARY KEY (hash, researcher_id)
      ) WITHOUT ROWID;",
+    // 10: accounts. A volunteer's name is unique ignoring ASCII case (`name_key`; of names that
+    // differed only in case, all but the oldest get `-ID` appended), and an account may hold an
+    // account key (its hash) that its machines attach with; the key it held before it was
+    // replaced or revoked is kept to tell such a machine so. Invitation codes for sign-ups.
+    "ALTER TABLE volunteers ADD COLUMN name_key TEXT;
+     ALTER TABLE volunteers ADD COLUMN key_hash TEXT;
+     ALTER TABLE volunteers ADD COLUMN revoked_key_hash TEXT;
+     UPDATE volunteers SET name = name || '-' || id
+         WHERE id NOT IN (SELECT MIN(id) FROM volunteers GROUP BY lower(trim(name)));
+     UPDATE volunteers SET name_key = lower(trim(name));
+     CREATE UNIQUE INDEX volunteers_by_name_key ON volunteers (name_key);
+     CREATE UNIQUE INDEX volunteers_by_key ON volunteers (key_hash);
+     CREATE INDEX volunteers_by_revoked_key ON volunteers (revoked_key_hash);
+     CREATE TABLE invitations (
+         code_hash TEXT PRIMARY KEY,
+         created_ms INTEGER NOT NULL,
+         used_by INTEGER REFERENCES volunteers(id),
+         used_ms INTEGER
+     );",
 ];
 
 const SCHEMA: &str = "

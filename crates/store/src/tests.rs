@@ -129,11 +129,11 @@ fn want_with_speed(units: u32) -> Want {
     }
 }
 
-fn key(n: u8) -> PublicKey {
+pub(crate) fn key(n: u8) -> PublicKey {
     PublicKey([n; 32])
 }
 
-fn success(output: &[u8]) -> Outcome {
+pub(crate) fn success(output: &[u8]) -> Outcome {
     Outcome::Countable(RunResult {
         status: Status::Success,
         fuel: 3_000_000_000,
@@ -160,7 +160,7 @@ impl<S: Store + ?Sized> CreateUploaded for S {
 }
 
 /// A store with one researcher (id 1), whom [`batch`] makes the owner.
-fn open_store(kind: Kind) -> Subject {
+pub(crate) fn open_store(kind: Kind) -> Subject {
     let store = Subject::new(kind);
     let researcher = store
         .ensure_researcher("tester", "token-hash", 0)
@@ -330,14 +330,20 @@ fn one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts(kind: Kin
         .create_uploaded(&batch(1, 2), 0)
         .wait()
         .expect("batch");
+    // Two machines attached to one account with its key.
+    store
+        .create_account("ada", None, "ada-key", None, 0)
+        .wait()
+        .expect("account");
     let first = store
-        .register_host(&key(1), "ada", None, 4, 0)
+        .attach_host(&key(1), "ada-key", None, 4, 0)
         .wait()
-        .expect("register");
+        .expect("attach");
     let second = store
-        .register_host(&key(2), "ada", None, 4, 0)
+        .attach_host(&key(2), "ada-key", None, 4, 0)
         .wait()
-        .expect("register");
+        .expect("attach");
+    assert_eq!(first.volunteer_id, second.volunteer_id);
     assert!(
         store
             .assign(first.host_id, 0)
@@ -874,7 +880,7 @@ fn validate_pair(store: &Subject, a: u64, b: u64, output_a: &[u8], output_b: &[u
     first.unit_id
 }
 
-fn mirrored(store: &Subject) {
+pub(crate) fn mirrored(store: &Subject) {
     assert_eq!(store.live_mirrors_database().wait().expect("mirror"), None);
 }
 
@@ -1262,10 +1268,21 @@ mod mirror {
                     volunteer,
                     cores,
                 } => {
-                    let record = store
-                        .register_host(&key(host + 1), &format!("v{volunteer}"), None, cores, now)
+                    // A volunteer's machines attach with its account key (an account is
+                    // created on first use), so a volunteer may have several hosts.
+                    let name = format!("v{volunteer}");
+                    let account_key = format!("key-{name}");
+                    match store
+                        .create_account(&name, None, &account_key, None, now)
                         .wait()
-                        .expect("register");
+                    {
+                        Ok(_) | Err(StoreError::Taken(_)) => {}
+                        Err(other) => panic!("account {name}: {other:?}"),
+                    }
+                    let record = store
+                        .attach_host(&key(host + 1), &account_key, None, cores, now)
+                        .wait()
+                        .expect("attach");
                     host_ids.insert(host, record.host_id);
                 }
                 Op::Batch {
@@ -1592,83 +1609,6 @@ fn the_stats_dump_lists_volunteers_teams_and_hosts_by_id_with_their_credit(kind:
     assert_eq!(series[1].fuel, 6_000_000_000);
 }
 
-fn volunteer_team(store: &Subject, name: &str) -> Option<String> {
-    store
-        .credit_totals(0)
-        .wait()
-        .expect("credit")
-        .volunteers
-        .into_iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("volunteer {name} is listed"))
-        .team
-}
-
-fn a_host_joining_a_volunteer_keeps_its_team_and_only_its_own_hosts_change_it(kind: Kind) {
-    let store = open_store(kind);
-    let first = store
-        .register_host(&key(1), "ada", Some("real"), 4, 0)
-        .wait()
-        .expect("register");
-    // A second machine of the volunteer's, naming the same team or none: it joins.
-    let second = store
-        .register_host(&key(2), "ada", Some("real"), 2, 1)
-        .wait()
-        .expect("a second machine on the same team");
-    assert_eq!(second.volunteer_id, first.volunteer_id);
-    let third = store
-        .register_host(&key(3), "ada", None, 2, 1)
-        .wait()
-        .expect("a third machine naming no team");
-    assert_eq!(third.volunteer_id, first.volunteer_id);
-    assert_eq!(volunteer_team(&store, "ada").as_deref(), Some("real"));
-    // A stranger's host naming the volunteer and another team is refused, naming both, and
-    // nothing changes: no host, no team.
-    let refused = store
-        .register_host(&key(9), "ada", Some("mallory-team"), 1, 2)
-        .wait();
-    match refused {
-        Err(StoreError::NotAllowed(message)) => {
-            assert!(
-                message.contains("`ada`") && message.contains("`real`"),
-                "{message}"
-            );
-            assert!(message.contains("mallory-team"), "{message}");
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-    let hosts = store.hosts(0).wait().expect("hosts");
-    assert_eq!(hosts.len(), 3, "{hosts:?}");
-    assert!(
-        store
-            .credit_totals(0)
-            .wait()
-            .expect("credit")
-            .teams
-            .iter()
-            .all(|t| t.name != "mallory-team")
-    );
-    assert_eq!(volunteer_team(&store, "ada").as_deref(), Some("real"));
-    mirrored(&store);
-    // One of the volunteer's own hosts changes the team (or leaves it).
-    store
-        .register_host(&key(2), "ada", Some("engines"), 2, 3)
-        .wait()
-        .expect("the volunteer's own host changes the team");
-    assert_eq!(volunteer_team(&store, "ada").as_deref(), Some("engines"));
-    store
-        .register_host(&key(1), "ada", None, 4, 4)
-        .wait()
-        .expect("the volunteer's own host leaves the team");
-    assert_eq!(volunteer_team(&store, "ada"), None);
-    // With no team now, a newcomer naming one is a change too, and refused.
-    assert!(matches!(
-        store.register_host(&key(8), "ada", Some("x"), 1, 5).wait(),
-        Err(StoreError::NotAllowed(_))
-    ));
-    mirrored(&store);
-}
-
 fn credit_goes_to_the_volunteer_a_replica_was_assigned_under_whatever_its_host_becomes(kind: Kind) {
     let store = open_store(kind);
     store
@@ -1870,7 +1810,6 @@ on_both_backends!(
     researchers_see_only_their_own_batches_and_blobs_and_can_cancel,
     a_researcher_ensured_again_keeps_its_id_and_takes_the_new_token,
     the_stats_dump_lists_volunteers_teams_and_hosts_by_id_with_their_credit,
-    a_host_joining_a_volunteer_keeps_its_team_and_only_its_own_hosts_change_it,
     credit_goes_to_the_volunteer_a_replica_was_assigned_under_whatever_its_host_becomes,
     a_host_may_fetch_only_the_module_and_inputs_of_its_replicas_in_progress,
     a_batch_may_use_only_blobs_its_researcher_uploaded_or_already_uses,
@@ -1899,6 +1838,19 @@ fn a_sqlite_project_with_history_migrates_to_postgresql_with_every_total_equal()
             .expect("report");
     }
     store.retire_batch(retired).wait().expect("retire");
+    // Accounts: one with a key (its machine attached with it) and an invitation spent.
+    store
+        .create_invitation("code", 23)
+        .wait()
+        .expect("invitation");
+    store
+        .create_account("grace", None, "grace-key", Some("code"), 23)
+        .wait()
+        .expect("account");
+    store
+        .attach_host(&key(40), "grace-key", None, 1, 24)
+        .wait()
+        .expect("attach");
     let now = 30;
     let before = (
         store.credit_totals(now).wait().expect("credit"),
@@ -1974,4 +1926,16 @@ fn a_sqlite_project_with_history_migrates_to_postgresql_with_every_total_equal()
     assert!(highest_used > 0);
     assert!(assignment.replica_id > highest_used as u64);
     assert_eq!(moved.live_mirrors_database().wait().expect("mirror"), None);
+    // The account's key still attaches its machine, and its name is still taken in any case.
+    let grace = moved
+        .attach_host(&key(40), "grace-key", None, 1, 40)
+        .wait()
+        .expect("attach after the move");
+    assert_eq!(grace.volunteer, "grace");
+    assert!(matches!(
+        moved.create_account("GRACE", None, "k", None, 40).wait(),
+        Err(StoreError::Taken(_))
+    ));
 }
+
+mod account_rules;

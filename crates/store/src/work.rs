@@ -1,5 +1,4 @@
-//! The hot path, on any backend: loading the live work into memory, registering hosts, creating
-//! batches, assigning, recording reports, timing out replicas and granting credit. Each
+//! The hot path, on any backend: loading the live work into memory, creating batches, assigning, recording reports, timing out replicas and granting credit. Each
 //! operation decides from [`Live`] and writes its decision through [`Sql`], in the writer's
 //! group transaction; the database stays the truth and `Live` is rebuilt from it after any
 //! failure.
@@ -21,9 +20,7 @@ use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
 use crate::live::{FUEL_SUM_UNIT, Live, LiveBatch, LiveHost, LiveReplica, LiveUnit, ReplicaRef};
 use crate::shards::{Shards, shard_of};
 use crate::sql::{Row, Sequence, SharedRow, Sql, WorkChange, args};
-use crate::{
-    HostRecord, NewBatch, ReportEffect, StoreError, encode_result, parse_hash, parse_result,
-};
+use crate::{NewBatch, ReportEffect, StoreError, encode_result, parse_hash, parse_result};
 
 /// Units examined per assignment request before answering "no work".
 const ASSIGN_SCAN_LIMIT: usize = 512;
@@ -281,103 +278,6 @@ fn replica_state(
                 "replica {id} in state {other} without a result"
             )));
         }
-    })
-}
-
-/// Registers (or updates) a host under its volunteer; names were checked by the caller, and the
-/// host's proof of its key by the coordinator. The rules are [`Store::register_host`]'s: a new
-/// volunteer is created with the hello's team; an existing one takes a team change only from a
-/// host already registered to it, and a host joining it may name its team or none.
-///
-/// [`Store::register_host`]: crate::Store::register_host
-pub(crate) fn register_host(
-    tx: &mut dyn Sql,
-    live: &mut Live,
-    key: &PublicKey,
-    volunteer: &str,
-    team: Option<&str>,
-    cores: u32,
-    now_ms: u64,
-) -> Result<HostRecord, StoreError> {
-    let host_owner = match tx.query_row(
-        "SELECT volunteer_id FROM hosts WHERE public_key = ?1",
-        &args![&key.0[..]],
-    )? {
-        Some(row) => Some(row.u64(0)?),
-        None => None,
-    };
-    let existing = match tx.query_row(
-        "SELECT id, team FROM volunteers WHERE name = ?1",
-        &args![volunteer],
-    )? {
-        Some(row) => Some((row.u64(0)?, row.opt_text(1)?)),
-        None => None,
-    };
-    // The volunteer, and whether this hello sets (or changes) its team.
-    let (volunteer_id, sets_team) = match existing {
-        None => {
-            let id = tx
-                .query_one(
-                    "INSERT INTO volunteers (name, team, created_ms) VALUES (?1, ?2, ?3)
-                     RETURNING id",
-                    &args![volunteer, team, now_ms],
-                )?
-                .u64(0)?;
-            (id, true)
-        }
-        Some((id, current)) if current.as_deref() == team => (id, false),
-        Some((id, _)) if host_owner == Some(id) => {
-            // One of the volunteer's own hosts: it may change the team (or leave it).
-            tx.execute(
-                "UPDATE volunteers SET team = ?2 WHERE id = ?1",
-                &args![id, team],
-            )?;
-            (id, true)
-        }
-        // A host joining an existing volunteer without naming a team joins it as it is.
-        Some((id, _)) if team.is_none() => (id, false),
-        Some((_, current)) => {
-            return Err(StoreError::NotAllowed(format!(
-                "volunteer `{volunteer}` is already registered ({}): a host joining it cannot change its team to `{}`; \
-                 give its team (or none) on this machine, or change the team from a host already registered to `{volunteer}`",
-                current.map_or("with no team".to_string(), |t| format!("on team `{t}`")),
-                team.unwrap_or_default()
-            )));
-        }
-    };
-    if sets_team && let Some(team) = team {
-        tx.execute(
-            "INSERT INTO teams (name, created_ms) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-            &args![team, now_ms],
-        )?;
-    }
-    let row = tx.query_one(
-        "INSERT INTO hosts (public_key, volunteer_id, cores, registered_ms, last_seen_ms)
-         VALUES (?1, ?2, ?3, ?4, ?4)
-         ON CONFLICT (public_key) DO UPDATE SET
-            volunteer_id = excluded.volunteer_id, cores = excluded.cores,
-            last_seen_ms = excluded.last_seen_ms
-         RETURNING id, consecutive_valid",
-        &args![&key.0[..], volunteer_id, cores, now_ms],
-    )?;
-    let (host_id, consecutive_valid) = (row.u64(0)?, row.u32(1)?);
-    let host = live.hosts.entry(host_id).or_insert_with(|| LiveHost {
-        volunteer_id,
-        cores,
-        key: *key,
-        last_seen_ms: now_ms,
-        trust: HostTrust { consecutive_valid },
-        in_flight: Default::default(),
-    });
-    host.volunteer_id = volunteer_id;
-    host.cores = cores;
-    host.key = *key;
-    host.last_seen_ms = now_ms;
-    host.trust = HostTrust { consecutive_valid };
-    Ok(HostRecord {
-        host_id,
-        volunteer_id,
-        cores,
     })
 }
 

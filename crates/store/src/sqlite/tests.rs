@@ -49,3 +49,49 @@ fn a_version_1_database_is_migrated() {
         .expect("batch");
     assert_eq!(next, 2);
 }
+
+#[test]
+fn volunteers_whose_names_differ_only_in_case_keep_their_rows_and_the_later_ones_are_renamed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.sqlite");
+    {
+        let old = rusqlite::Connection::open(&path).expect("open");
+        old.execute_batch(SCHEMA).expect("schema v1");
+        old.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', 1)",
+            [],
+        )
+        .expect("version");
+        for name in ["Ada", "ada", "bob", "ADA"] {
+            old.execute(
+                "INSERT INTO volunteers (name, team) VALUES (?1, NULL)",
+                [name],
+            )
+            .expect("row");
+        }
+    }
+    let store = SqliteStore::open(&path).expect("migrated");
+    let mut names: Vec<String> = store
+        .credit_totals(0)
+        .wait()
+        .expect("credit")
+        .volunteers
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    names.sort();
+    // The oldest keeps its name; the others are told apart by their ids.
+    assert_eq!(names, ["ADA-4", "Ada", "ada-2", "bob"]);
+    for (name, id) in [("ada", 1), ("ADA-4", 4), ("Ada-2", 2), ("BOB", 3)] {
+        let account = store.account(name).wait().expect("account").expect(name);
+        assert_eq!((account.id, account.has_key), (id, false), "{name}");
+    }
+    // Every one of them is an account the administrator can hand a key to.
+    assert!(
+        store
+            .set_account_key("ada-2", Some("h"))
+            .wait()
+            .expect("key")
+            .is_some()
+    );
+}

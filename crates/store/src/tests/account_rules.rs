@@ -1,0 +1,303 @@
+//! The behaviour suite's accounts: names unique ignoring case, machines attached by account
+//! key, keys replaced and revoked, invitations spent once, and anonymous names held by the
+//! machine that first gave them. Every test on both backends.
+
+use super::{CreateUploaded, Kind, Subject, batch, key, mirrored, open_store, success};
+use crate::StoreError;
+
+fn volunteer_team(store: &Subject, name: &str) -> Option<String> {
+    store
+        .credit_totals(0)
+        .wait()
+        .expect("credit")
+        .volunteers
+        .into_iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("volunteer {name} is listed"))
+        .team
+}
+
+fn accounts_are_unique_ignoring_case_and_their_key_attaches_every_machine(kind: Kind) {
+    let store = open_store(kind);
+    let ada = store
+        .create_account("Ada", Some("engines"), "key-1", None, 7)
+        .wait()
+        .expect("account");
+    assert_eq!(
+        (ada.name.as_str(), ada.team.as_deref(), ada.has_key),
+        ("Ada", Some("engines"), true)
+    );
+    // The same name in another case, or with spaces around it, is taken: refused by name.
+    for taken in ["ada", "ADA", " Ada "] {
+        match store.create_account(taken, None, "key-2", None, 8).wait() {
+            Err(StoreError::Taken(message)) => assert!(message.contains("`Ada`"), "{message}"),
+            other => panic!("{taken:?}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.account("aDa").wait().expect("account").map(|a| a.id),
+        Some(ada.id)
+    );
+    assert_eq!(store.account("bob").wait().expect("account"), None);
+    // Two machines attach with the key; both compute for the account, under its name.
+    let first = store
+        .attach_host(&key(1), "key-1", None, 4, 9)
+        .wait()
+        .expect("attach");
+    let second = store
+        .attach_host(&key(2), "key-1", None, 2, 9)
+        .wait()
+        .expect("attach");
+    assert_eq!((first.volunteer_id, second.volunteer_id), (ada.id, ada.id));
+    assert_eq!(first.volunteer, "Ada");
+    // A key no account holds attaches nothing, and says it is unknown, not revoked.
+    assert!(matches!(
+        store.attach_host(&key(3), "key-9", None, 1, 9).wait(),
+        Err(StoreError::UnknownAccount { revoked: false })
+    ));
+    assert_eq!(store.hosts(9).wait().expect("hosts").len(), 2);
+    // The key proves the account: a machine attached with it may move it to another team.
+    store
+        .attach_host(&key(2), "key-1", Some("analysts"), 2, 10)
+        .wait()
+        .expect("attach");
+    assert_eq!(volunteer_team(&store, "Ada").as_deref(), Some("analysts"));
+    // A machine naming no team leaves it.
+    store
+        .attach_host(&key(1), "key-1", None, 4, 11)
+        .wait()
+        .expect("attach");
+    assert_eq!(volunteer_team(&store, "Ada").as_deref(), Some("analysts"));
+    // Nobody reaches the account by its name alone, in any case.
+    for name in ["Ada", "ada"] {
+        match store.register_host(&key(5), name, None, 1, 12).wait() {
+            Err(StoreError::NotAllowed(message)) => {
+                assert!(message.contains("account key"), "{message}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    mirrored(&store);
+}
+
+fn a_replaced_or_revoked_key_attaches_nothing_and_says_it_was_revoked(kind: Kind) {
+    let store = open_store(kind);
+    store
+        .create_account("ada", None, "key-1", None, 0)
+        .wait()
+        .expect("account");
+    // A new key replaces the old one, which the change names so it can stop its machines.
+    let change = store
+        .set_account_key("ADA", Some("key-2"))
+        .wait()
+        .expect("new key")
+        .expect("an account");
+    assert_eq!(change.replaced.as_deref(), Some("key-1"));
+    assert!(matches!(
+        store.attach_host(&key(1), "key-1", None, 1, 1).wait(),
+        Err(StoreError::UnknownAccount { revoked: true })
+    ));
+    let host = store
+        .attach_host(&key(1), "key-2", None, 1, 1)
+        .wait()
+        .expect("the new key attaches");
+    assert_eq!(host.volunteer_id, change.account.id);
+    // Revoked: no key at all now.
+    let revoked = store
+        .set_account_key("ada", None)
+        .wait()
+        .expect("revoke")
+        .expect("an account");
+    assert_eq!(revoked.replaced.as_deref(), Some("key-2"));
+    assert!(!revoked.account.has_key);
+    assert!(matches!(
+        store.attach_host(&key(1), "key-2", None, 1, 2).wait(),
+        Err(StoreError::UnknownAccount { revoked: true })
+    ));
+    // Its machines cannot fall back on its name either.
+    assert!(matches!(
+        store.register_host(&key(1), "ada", None, 1, 2).wait(),
+        Err(StoreError::NotAllowed(_))
+    ));
+    // No such account.
+    assert_eq!(
+        store
+            .set_account_key("nobody", Some("key-3"))
+            .wait()
+            .expect("no account"),
+        None
+    );
+    // A key again, and the machine is back.
+    store
+        .set_account_key("ada", Some("key-4"))
+        .wait()
+        .expect("new key")
+        .expect("an account");
+    assert_eq!(
+        store
+            .attach_host(&key(1), "key-4", None, 1, 3)
+            .wait()
+            .expect("attach")
+            .host_id,
+        host.host_id
+    );
+    mirrored(&store);
+}
+
+fn an_invitation_lets_one_sign_up_in_and_a_refused_one_leaves_no_account(kind: Kind) {
+    let store = open_store(kind);
+    store
+        .create_invitation("code-1", 0)
+        .wait()
+        .expect("invitation");
+    store
+        .create_account("ada", None, "key-1", Some("code-1"), 1)
+        .wait()
+        .expect("the invitation lets ada in");
+    for (name, code) in [("bob", "code-1"), ("carol", "code-9")] {
+        match store
+            .create_account(name, None, "key-2", Some(code), 2)
+            .wait()
+        {
+            Err(StoreError::NotAllowed(message)) => {
+                assert!(message.contains("invitation"), "{message}")
+            }
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+        assert_eq!(store.account(name).wait().expect("account"), None);
+    }
+    // The refused sign-ups' key is not taken either: the next account may hold it.
+    store
+        .create_account("dave", None, "key-2", None, 3)
+        .wait()
+        .expect("account");
+}
+
+fn an_anonymous_name_belongs_to_the_machine_that_first_gave_it(kind: Kind) {
+    let store = open_store(kind);
+    let first = store
+        .register_host(&key(1), "ada", Some("real"), 4, 0)
+        .wait()
+        .expect("register");
+    assert_eq!(first.volunteer, "ada");
+    // Another machine giving the name, in any case and with any team, is refused by name, and
+    // nothing changes: no host, no team.
+    for (name, team) in [
+        ("ada", Some("real")),
+        ("ADA", None),
+        ("ada", Some("mallory-team")),
+    ] {
+        match store.register_host(&key(9), name, team, 1, 2).wait() {
+            Err(StoreError::NotAllowed(message)) => {
+                assert!(message.contains("another machine"), "{message}");
+            }
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(store.hosts(0).wait().expect("hosts").len(), 1);
+    assert!(
+        store
+            .credit_totals(0)
+            .wait()
+            .expect("credit")
+            .teams
+            .iter()
+            .all(|t| t.name != "mallory-team")
+    );
+    // The name's own machine changes the team, or leaves it, and may give the name in
+    // another case (it stays as first given).
+    let again = store
+        .register_host(&key(1), "ADA", Some("engines"), 4, 3)
+        .wait()
+        .expect("the name's own machine");
+    assert_eq!(
+        (again.host_id, again.volunteer.as_str()),
+        (first.host_id, "ada")
+    );
+    assert_eq!(volunteer_team(&store, "ada").as_deref(), Some("engines"));
+    store
+        .register_host(&key(1), "ada", None, 4, 4)
+        .wait()
+        .expect("leaves the team");
+    assert_eq!(volunteer_team(&store, "ada"), None);
+    // Sign-up cannot take an anonymous name either.
+    assert!(matches!(
+        store.create_account("Ada", None, "key-1", None, 5).wait(),
+        Err(StoreError::Taken(_))
+    ));
+    mirrored(&store);
+}
+
+fn a_volunteer_from_before_accounts_gets_a_key_and_keeps_its_credit_and_machines(kind: Kind) {
+    let store = open_store(kind);
+    store
+        .create_uploaded(&batch(1, 2), 0)
+        .wait()
+        .expect("batch");
+    // Two volunteers as they existed before accounts: named by their machines.
+    let ada = store
+        .register_host(&key(1), "ada", Some("engines"), 1, 0)
+        .wait()
+        .expect("register");
+    let bob = store
+        .register_host(&key(2), "bob", None, 1, 0)
+        .wait()
+        .expect("register");
+    for host in [ada.host_id, bob.host_id] {
+        let work = store.assign(host, 1).wait().expect("assign").expect("work");
+        store
+            .record_report(host, work.replica_id, &success(b"out"), 2)
+            .wait()
+            .expect("report");
+    }
+    let credit_of = |name: &str| {
+        store
+            .credit_totals(10)
+            .wait()
+            .expect("credit")
+            .volunteers
+            .into_iter()
+            .find(|v| v.name == name)
+            .map(|v| (v.credit, v.replicas))
+    };
+    let before = credit_of("ada");
+    assert_eq!(before, Some((3.0, 1)));
+    let account = store.account("ada").wait().expect("account").expect("ada");
+    assert!(!account.has_key);
+    // The administrator hands ada a key: her machine attaches with it and is the same host of
+    // the same account, with its credit and team.
+    store
+        .set_account_key("ada", Some("ada-key"))
+        .wait()
+        .expect("key")
+        .expect("an account");
+    let attached = store
+        .attach_host(&key(1), "ada-key", None, 1, 20)
+        .wait()
+        .expect("attach");
+    assert_eq!(
+        (attached.host_id, attached.volunteer_id),
+        (ada.host_id, ada.volunteer_id)
+    );
+    assert_eq!(credit_of("ada"), before);
+    assert_eq!(volunteer_team(&store, "ada").as_deref(), Some("engines"));
+    // From now on her name alone reaches nothing, not even from her own machine.
+    assert!(matches!(
+        store.register_host(&key(1), "ada", None, 1, 21).wait(),
+        Err(StoreError::NotAllowed(_))
+    ));
+    // Bob, without a key yet, still computes by name from his machine.
+    store
+        .register_host(&key(2), "bob", None, 1, 21)
+        .wait()
+        .expect("bob");
+    mirrored(&store);
+}
+
+on_both_backends!(
+    a_volunteer_from_before_accounts_gets_a_key_and_keeps_its_credit_and_machines,
+    accounts_are_unique_ignoring_case_and_their_key_attaches_every_machine,
+    a_replaced_or_revoked_key_attaches_nothing_and_says_it_was_revoked,
+    an_invitation_lets_one_sign_up_in_and_a_refused_one_leaves_no_account,
+    an_anonymous_name_belongs_to_the_machine_that_first_gave_it,
+);

@@ -1,0 +1,315 @@
+//! Accounts end to end: volunteers sign up, attach machines with their account keys and earn
+//! credit under their accounts; a name cannot be taken twice, a project without anonymous
+//! volunteers refuses a machine with no key, a revoked or unknown key stops a worker (exit 3,
+//! no retry loop), and sign-up follows the project's rules (open with a limit per network, by
+//! invitation, or by the administrator only).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use herd_e2e::{
+    Coordinator, LogsOnFailure, bin_dir, eventually, start_account_worker, start_worker, worker_dir,
+};
+
+use super::{check_results, submit, write_tiles};
+
+/// `herd account create NAME` with no token, as a volunteer runs it: the key it printed.
+fn sign_up(coordinator: &Coordinator, name: &str, team: Option<&str>) -> String {
+    let mut args = vec!["account", "create", name];
+    if let Some(team) = team {
+        args.extend(["--team", team]);
+    }
+    let output = herd_anonymous(coordinator, &args);
+    assert!(
+        output.status.success(),
+        "sign-up of {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert_eq!(key.len(), 48, "an account key: {key:?}");
+    key
+}
+
+/// `herd` with no researcher token.
+fn herd_anonymous(coordinator: &Coordinator, args: &[&str]) -> std::process::Output {
+    Command::new(bin_dir().join("herd"))
+        .args(args)
+        .env("HERD_COORDINATOR", &coordinator.http)
+        .env_remove("HERD_TOKEN")
+        .output()
+        .expect("run herd")
+}
+
+/// `herd-worker attach`, the key typed on standard input.
+fn attach(data_dir: &Path, key: &str) {
+    let mut child = Command::new(bin_dir().join("herd-worker"))
+        .args(["attach", "--data-dir", &data_dir.display().to_string()])
+        .env_remove("HERD_ACCOUNT_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run herd-worker attach");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{key}\n").as_bytes())
+        .expect("type the key");
+    let output = child.wait_with_output().expect("attach");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn volunteer_line(coordinator: &Coordinator, name: &str) -> Option<serde_json::Value> {
+    coordinator.herd_json(&["credit", "--json"])["volunteers"]
+        .as_array()
+        .expect("volunteers")
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned()
+}
+
+/// Waits for a worker to stop, and checks it stopped for good (exit 3) saying `why`.
+fn stops_for_good(worker: &mut herd_e2e::Process, why: &str) {
+    let code = eventually(Duration::from_secs(90), "the worker to stop", || {
+        worker.exit_code()
+    });
+    let log = std::fs::read_to_string(&worker.log).expect("log");
+    assert_eq!(code, Some(3), "{log}");
+    assert!(log.contains(why), "{log}");
+    assert!(!log.contains("reconnecting"), "no retry loop: {log}");
+}
+
+#[test]
+fn volunteers_sign_up_attach_with_their_keys_earn_credit_and_a_revoked_key_stops_its_worker() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start_with(
+        root.path(),
+        &root.path().join("coordinator"),
+        0,
+        None,
+        &["--sign-up", "open"],
+    )
+    .expect("coordinator");
+
+    // Two volunteers sign up; a name cannot be taken again, in any case.
+    let ada_key = sign_up(&coordinator, "ada", Some("engines"));
+    let bob_key = sign_up(&coordinator, "bob", None);
+    let stolen = herd_anonymous(&coordinator, &["account", "create", "ADA"]);
+    assert!(!stolen.status.success());
+    let said = String::from_utf8_lossy(&stolen.stderr);
+    assert!(
+        said.contains("taken") && said.contains("name_taken"),
+        "{said}"
+    );
+
+    // A machine with no account key is refused on this project, for good.
+    let mut nameless =
+        start_worker(root.path(), &coordinator.join, "carol", "x", 1).expect("worker");
+    stops_for_good(&mut nameless, "account key");
+
+    // Ada attaches her machine (the key typed in, kept readable by her only); Bob gives his in
+    // the environment.
+    let ada_dir = worker_dir(root.path(), "ada-laptop");
+    attach(&ada_dir, &ada_key);
+    let mode = std::fs::metadata(ada_dir.join("account.key"))
+        .expect("the key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut ada = start_account_worker(root.path(), &coordinator.join, "ada-laptop", &[])
+        .expect("ada's worker");
+    let _bob = start_account_worker(
+        root.path(),
+        &coordinator.join,
+        "bob-desktop",
+        &[("HERD_ACCOUNT_KEY", &bob_key)],
+    )
+    .expect("bob's worker");
+
+    // They compute a batch together; every output is right and the credit is theirs.
+    let inputs = root.path().join("inputs");
+    let tiles = write_tiles(&inputs, 4);
+    let batch = submit(&coordinator, root.path(), &inputs, true);
+    check_results(&coordinator, root.path(), batch, &tiles);
+    for (name, team) in [("ada", Some("engines")), ("bob", None)] {
+        let line = volunteer_line(&coordinator, name).expect("listed");
+        assert_eq!(line["replicas"], 4, "{line}");
+        assert_eq!(line["team"].as_str(), team, "{line}");
+        assert!(line["credit"].as_f64().expect("credit") > 0.0, "{line}");
+    }
+    // One host each, under the account's name.
+    let hosts = coordinator.herd_json(&["hosts", "--json"]);
+    let mut owners: Vec<&str> = hosts["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .filter_map(|h| h["volunteer"].as_str())
+        .collect();
+    owners.sort();
+    assert_eq!(owners, ["ada", "bob"], "{hosts}");
+
+    // A key no account holds: refused, for good.
+    let mut guesser = start_account_worker(
+        root.path(),
+        &coordinator.join,
+        "guesser",
+        &[("HERD_ACCOUNT_KEY", &"ab".repeat(24))],
+    )
+    .expect("worker");
+    stops_for_good(&mut guesser, "not one of this project's");
+
+    // The administrator revokes Ada's key: her running worker stops at its next request.
+    let revoked = coordinator.herd(&["account", "revoke", "ada"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    stops_for_good(&mut ada, "revoked");
+    // Only the administrator revokes: Bob cannot revoke anyone's, with his key or without.
+    let (status, answer) = coordinator.api("DELETE", "/api/v1/accounts/bob/key", None, None);
+    assert_eq!(status, 401, "{answer}");
+
+    // A new key for Ada (as for volunteers from before accounts): her machine is back, and her
+    // credit is still hers.
+    let output = coordinator.herd(&["account", "key", "ada"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let new_key = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert_ne!(new_key, ada_key);
+    attach(&ada_dir, &new_key);
+    let mut ada = start_account_worker(root.path(), &coordinator.join, "ada-laptop", &[])
+        .expect("ada's worker");
+    eventually(Duration::from_secs(30), "ada's worker to connect", || {
+        let log = std::fs::read_to_string(&ada.log).unwrap_or_default();
+        log.contains("connected to").then_some(())
+    });
+    assert!(ada.is_running());
+    let line = volunteer_line(&coordinator, "ada").expect("listed");
+    assert_eq!(line["replicas"], 4, "{line}");
+}
+
+#[test]
+fn sign_up_is_open_with_a_limit_per_network_by_invitation_or_the_administrators_only() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let new_account = |name: &str| format!(r#"{{"name": "{name}"}}"#);
+
+    // Open, two an hour from one network: the third waits; the administrator's do not count.
+    let open = Coordinator::start_with(
+        root.path(),
+        &root.path().join("open"),
+        0,
+        None,
+        &["--sign-up", "open", "--sign-ups-per-hour", "2"],
+    )
+    .expect("coordinator");
+    for name in ["ada", "bob"] {
+        let (status, answer) = open.api("POST", "/api/v1/accounts", None, Some(&new_account(name)));
+        assert_eq!(status, 201, "{answer}");
+        assert_eq!(answer["name"], name);
+        assert_eq!(answer["account_key"].as_str().map(str::len), Some(48));
+    }
+    let (status, answer) = open.api(
+        "POST",
+        "/api/v1/accounts",
+        None,
+        Some(&new_account("carol")),
+    );
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_sign_ups");
+    let (status, answer) = open.api(
+        "POST",
+        "/api/v1/accounts",
+        Some(&open.token),
+        Some(&new_account("carol")),
+    );
+    assert_eq!(status, 201, "{answer}");
+    // Bad names are refused by name.
+    let (status, answer) = open.api(
+        "POST",
+        "/api/v1/accounts",
+        Some(&open.token),
+        Some(r#"{"name": "  "}"#),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_account");
+
+    // By invitation: none, a made-up one and a spent one are refused; a fresh one lets one in.
+    let invited = Coordinator::start_with(
+        root.path(),
+        &root.path().join("invited"),
+        0,
+        None,
+        &["--sign-up", "invitation"],
+    )
+    .expect("coordinator");
+    let (status, answer) = invited.api("POST", "/api/v1/accounts", None, Some(&new_account("ada")));
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["error"]["code"], "invitation_required");
+    let output = invited.herd(&["account", "invite"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let code = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let with_code =
+        |name: &str, code: &str| format!(r#"{{"name": "{name}", "invitation": "{code}"}}"#);
+    let (status, answer) = invited.api(
+        "POST",
+        "/api/v1/accounts",
+        None,
+        Some(&with_code("ada", "made-up")),
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["error"]["code"], "bad_invitation");
+    let (status, answer) = invited.api(
+        "POST",
+        "/api/v1/accounts",
+        None,
+        Some(&with_code("ada", &code)),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = invited.api(
+        "POST",
+        "/api/v1/accounts",
+        None,
+        Some(&with_code("bob", &code)),
+    );
+    assert_eq!(status, 403, "a spent invitation: {answer}");
+    // Only the administrator invites.
+    let (status, _) = invited.api("POST", "/api/v1/invitations", None, None);
+    assert_eq!(status, 401);
+
+    // The administrator's only (the default): sign-up is closed to everyone else.
+    let closed = Coordinator::start_with(root.path(), &root.path().join("closed"), 0, None, &[])
+        .expect("coordinator");
+    let refused = herd_anonymous(&closed, &["account", "create", "ada"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("sign_up_closed"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let output = closed.herd(&["account", "create", "ada", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(created["name"], "ada");
+}
