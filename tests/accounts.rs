@@ -89,13 +89,26 @@ fn stops_for_good(worker: &mut herd_e2e::Process, why: &str) {
 
 #[test]
 fn volunteers_sign_up_attach_with_their_keys_earn_credit_and_a_revoked_key_stops_its_worker() {
+    sign_up_attach_earn_and_revoke(None);
+}
+
+#[test]
+fn on_postgresql_volunteers_sign_up_attach_with_their_keys_and_a_revoked_key_stops_its_worker() {
+    let server = herd_pgtest::Server::start(herd_pgtest::Durability::Full).expect("PostgreSQL");
+    server.create_database("herd").expect("create the database");
+    sign_up_attach_earn_and_revoke(Some(&server.url("herd")));
+}
+
+/// The volunteer's whole path, on the project's database at `database` (PostgreSQL), or its
+/// SQLite file.
+fn sign_up_attach_earn_and_revoke(database: Option<&str>) {
     let root = tempfile::tempdir().expect("tempdir");
     let _logs = LogsOnFailure(root.path());
     let coordinator = Coordinator::start_with(
         root.path(),
         &root.path().join("coordinator"),
         0,
-        None,
+        database,
         &["--sign-up", "open"],
     )
     .expect("coordinator");
