@@ -326,3 +326,54 @@ fn sign_up_is_open_with_a_limit_per_network_by_invitation_or_the_administrators_
     let created: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(created["name"], "ada");
 }
+
+/// Two machines behind one router (both on 127.0.0.1, one /24), two accounts: a batch asking
+/// for distinct networks gets one replica of each unit from them and no more, so they cannot
+/// validate anything alone; the same units without the rule are validated by the two.
+#[test]
+fn two_accounts_behind_one_router_cannot_form_a_quorum_of_a_batch_asking_for_distinct_networks() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let _workers: Vec<_> = ["ada", "bob"]
+        .iter()
+        .map(|name| start_worker(root.path(), &coordinator.join, name, "t", 1).expect("worker"))
+        .collect();
+    let inputs = root.path().join("inputs");
+    let tiles = write_tiles(&inputs, 2);
+    let held = super::submit_with(
+        &coordinator,
+        root.path(),
+        &inputs,
+        false,
+        &["--distinct-networks"],
+    );
+    // Each unit gets its one replica from the network, computed and reported...
+    let reported = |coordinator: &Coordinator| {
+        let status = coordinator.herd_json(&["status", &held.to_string(), "--json"]);
+        let hosts = coordinator.herd_json(&["hosts", "--json"]);
+        let in_progress: u64 = hosts["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .map(|h| h["in_progress"].as_u64().expect("a count"))
+            .sum();
+        let once = status["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .all(|u| u["replicas"] == 1);
+        (once && in_progress == 0).then_some(status)
+    };
+    eventually(Duration::from_secs(60), "one replica of each unit", || {
+        reported(&coordinator)
+    });
+    // ...and, while both machines keep asking for work, no second one.
+    std::thread::sleep(Duration::from_secs(5));
+    let status = reported(&coordinator).expect("still one replica of each unit");
+    assert_eq!(status["validated"], 0, "{status}");
+    assert_eq!(status["open"], 2, "{status}");
+    // Without the rule the same two validate the same units.
+    let free = submit(&coordinator, root.path(), &inputs, true);
+    check_results(&coordinator, root.path(), free, &tiles);
+}

@@ -44,6 +44,7 @@ fn core(c: &mut Criterion) {
                         replicas.push(Replica {
                             id: unit * 2 + volunteer,
                             volunteer_id: volunteer,
+                            network: volunteer,
                             state: ReplicaState::InProgress { deadline_ms: 1 },
                         });
                     }

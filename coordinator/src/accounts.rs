@@ -60,6 +60,10 @@ pub struct AccountRules {
     /// Sign-ups accepted per network (an IPv4 address, an IPv6 /64) per hour, when anyone may
     /// sign up.
     pub sign_ups_per_hour: u32,
+    /// Every batch takes at most one replica of a unit per network (IPv4 /24, IPv6 /48, as
+    /// this coordinator sees the hosts), so one person's accounts behind one router cannot
+    /// form a quorum (`herd_lifecycle::network_may_take`).
+    pub distinct_networks: bool,
 }
 
 impl Default for AccountRules {
@@ -68,6 +72,7 @@ impl Default for AccountRules {
             sign_up: SignUp::Administrator,
             anonymous: false,
             sign_ups_per_hour: 5,
+            distinct_networks: false,
         }
     }
 }

@@ -346,6 +346,9 @@ pub(crate) struct CreateBatch {
     priority: Option<i32>,
     /// Adaptive replication (off when absent): trusted hosts' results may stand alone.
     adaptive: Option<AdaptiveRequest>,
+    /// At most one replica of a unit per network (IPv4 /24, IPv6 /48); on for every batch of
+    /// a project started with `--distinct-networks`.
+    distinct_networks: Option<bool>,
 }
 
 /// Adaptive replication settings of a new batch.
@@ -431,6 +434,8 @@ async fn create_batch(
             spot_check_ppm: (spot_check * PPM as f64).round() as u32,
         });
     }
+    policy.distinct_networks =
+        request.distinct_networks.unwrap_or(false) || shared.accounts.rules.distinct_networks;
     let priority = request.priority.unwrap_or(0);
     if !(-100..=100).contains(&priority) {
         return Err(ApiError::bad_request(

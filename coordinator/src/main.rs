@@ -37,6 +37,10 @@ struct Args {
     /// IPv6 /64) per hour.
     #[arg(long, default_value_t = 5)]
     sign_ups_per_hour: u32,
+    /// Every batch takes at most one replica of a unit per network (an IPv4 /24, an IPv6 /48):
+    /// one person's machines and accounts behind one router cannot form a quorum.
+    #[arg(long)]
+    distinct_networks: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -109,6 +113,7 @@ fn main() -> anyhow::Result<()> {
                     sign_up: args.sign_up,
                     anonymous: args.anonymous_volunteers,
                     sign_ups_per_hour: args.sign_ups_per_hour,
+                    distinct_networks: args.distinct_networks,
                 },
             },
             shutdown,

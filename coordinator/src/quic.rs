@@ -45,6 +45,8 @@ struct Peer {
     volunteer: String,
     /// The hash of the account key the host attached with, if it did.
     key_hash: Option<String>,
+    /// The network of the host's address on this connection (`herd_lifecycle::network_of`).
+    network: u64,
 }
 
 /// Accepts connections until the endpoint closes.
@@ -256,6 +258,7 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         volunteer: host.volunteer.clone(),
         host,
         key_hash,
+        network: herd_lifecycle::network_of(connection.remote_address().ip()),
     });
     loop {
         let (send, recv) = match connection.accept_bi().await {
@@ -401,6 +404,7 @@ async fn answer(
             let want_work = Want {
                 units: want,
                 fuel_per_second,
+                network: peer.network,
             };
             let (fates, assignments) = record_reports(shared, peer, reports, want_work).await?;
             let mut work = Vec::with_capacity(assignments.len());
@@ -555,8 +559,17 @@ async fn standing(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<Serv
 }
 
 async fn assign(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<ServerMessage> {
-    let assigned = shared.store.assign(peer.host.host_id, now_ms()).await?;
-    let Some(assignment) = assigned else {
+    // An exchange with no reports: it carries the host's network, which `assign` does not.
+    let want = Want {
+        units: 1,
+        fuel_per_second: None,
+        network: peer.network,
+    };
+    let exchanged = shared
+        .store
+        .exchange(peer.host.host_id, Vec::new(), want, now_ms())
+        .await?;
+    let Some(assignment) = exchanged.assignments.into_iter().next() else {
         return Ok(ServerMessage::NoWork {
             retry_after_ms: NO_WORK_RETRY_MS,
         });

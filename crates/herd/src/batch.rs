@@ -24,6 +24,8 @@ pub(crate) struct Submission<'a> {
     pub(crate) memory_mb: Option<u64>,
     pub(crate) priority: Option<i32>,
     pub(crate) adaptive: Option<crate::client::AdaptiveSpec>,
+    /// At most one replica of a unit per network.
+    pub(crate) distinct_networks: bool,
 }
 
 /// Reads every file in `dir` (sorted by name) as one unit's input.
@@ -125,6 +127,7 @@ pub(crate) fn submit(
         memory_mb: submission.memory_mb,
         priority: submission.priority,
         adaptive: submission.adaptive,
+        distinct_networks: submission.distinct_networks.then_some(true),
     })
 }
 

@@ -40,6 +40,8 @@ pub(crate) struct BatchSpec {
     pub(crate) priority: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) adaptive: Option<AdaptiveSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) distinct_networks: Option<bool>,
 }
 
 /// Adaptive replication, as `POST /api/v1/batches` takes it.

@@ -248,6 +248,7 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
             memory_mb: None,
             priority: None,
             adaptive: None,
+            distinct_networks: false,
         },
         false,
     )?;

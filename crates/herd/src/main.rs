@@ -101,6 +101,11 @@ enum Command {
         /// With --trust-after: the fraction of a trusted host's units still replicated in full.
         #[arg(long, default_value_t = 0.1, requires = "trust_after")]
         spot_check: f64,
+        /// At most one replica of a unit per network (an IPv4 /24, an IPv6 /48, as the
+        /// coordinator sees the hosts): one person's accounts behind one router cannot agree
+        /// on a result alone.
+        #[arg(long)]
+        distinct_networks: bool,
         /// Follow the batch with a progress bar until every unit is validated or failed.
         #[arg(long)]
         wait: bool,
@@ -325,6 +330,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             priority,
             trust_after,
             spot_check,
+            distinct_networks,
             wait,
         } => {
             let client = client();
@@ -349,6 +355,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     trust_after,
                     spot_check: *spot_check,
                 }),
+                distinct_networks: *distinct_networks,
             };
             let id = match batch::submit(&client, submission, false) {
                 Ok(id) => id,

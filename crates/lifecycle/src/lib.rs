@@ -81,6 +81,12 @@ pub struct Policy {
     /// Adaptive replication, off (`None`) unless the batch asks for it.
     #[serde(default)]
     pub adaptive: Option<Adaptive>,
+    /// No two replicas of a unit on one network ([`network_of`]: an IPv4 /24, an IPv6 /48, as
+    /// the coordinator sees the host), so a quorum's agreeing replicas come from as many
+    /// networks: one person's machines and accounts behind one router can hold one replica of
+    /// each unit at most. Off unless the batch or the project asks for it.
+    #[serde(default)]
+    pub distinct_networks: bool,
 }
 
 /// Adaptive replication (BOINC's name): a host that has returned enough consecutive valid
@@ -183,6 +189,7 @@ impl Policy {
             max_success_replicas: quorum.saturating_mul(4),
             replica_deadline_ms: 86_400_000,
             adaptive: None,
+            distinct_networks: false,
         }
     }
 
@@ -272,7 +279,29 @@ pub enum ReplicaState {
 pub struct Replica {
     pub id: u64,
     pub volunteer_id: u64,
+    /// The network of the host it was assigned to, as it was then ([`network_of`];
+    /// [`UNKNOWN_NETWORK`] for replicas from before networks were recorded).
+    pub network: u64,
     pub state: ReplicaState,
+}
+
+/// The network of a replica whose host's address was not recorded: it matches no other.
+pub const UNKNOWN_NETWORK: u64 = 0;
+
+/// The network a host's address belongs to, as one number: an IPv4 address's /24, an IPv6
+/// address's /48 (an IPv4-mapped IPv6 address counts as its IPv4 address). Machines behind one
+/// home router, or one small hosting block, share it; different homes almost never do. Never
+/// [`UNKNOWN_NETWORK`].
+pub fn network_of(address: std::net::IpAddr) -> u64 {
+    use std::net::IpAddr;
+    let v4 = |v4: std::net::Ipv4Addr| (4u64 << 56) | u64::from(u32::from(v4) >> 8);
+    match address {
+        IpAddr::V4(address) => v4(address),
+        IpAddr::V6(address) => match address.to_ipv4_mapped() {
+            Some(address) => v4(address),
+            None => (6u64 << 56) | (u128::from(address) >> 80) as u64,
+        },
+    }
 }
 
 /// What should happen to a unit now.
@@ -389,6 +418,23 @@ pub fn may_assign_to(replicas: &[Replica], volunteer_id: u64) -> bool {
         r.volunteer_id != volunteer_id
             || matches!(r.state, ReplicaState::Aborted | ReplicaState::TimedOut)
     })
+}
+
+/// Whether a host on `network` may take another replica of a unit with these replicas, under
+/// `policy`: always, unless the policy asks for distinct networks and a replica in progress or
+/// reported is on that network (one that aborted or timed out never joins a quorum, so it does
+/// not count, as in [`may_assign_to`]).
+pub fn network_may_take<'a>(
+    policy: &Policy,
+    replicas: impl IntoIterator<Item = &'a Replica>,
+    network: u64,
+) -> bool {
+    !policy.distinct_networks
+        || network == UNKNOWN_NETWORK
+        || replicas.into_iter().all(|r| {
+            r.network != network
+                || matches!(r.state, ReplicaState::Aborted | ReplicaState::TimedOut)
+        })
 }
 
 /// The replicas whose deadline has passed at `now_ms`.

@@ -17,6 +17,8 @@ fn replica(id: u64, volunteer_id: u64, state: ReplicaState) -> Replica {
     Replica {
         id,
         volunteer_id,
+        // Each volunteer on a network of its own, unless a test says otherwise.
+        network: 1000 + volunteer_id,
         state,
     }
 }
@@ -308,4 +310,38 @@ fn adaptive_settings_out_of_range_are_refused_by_name() {
     assert!(policy.validate().unwrap_err().0.contains("spot_check_ppm"));
     policy.adaptive = Some(Adaptive::DEFAULT);
     assert_eq!(policy.validate(), Ok(()));
+}
+
+#[test]
+fn a_network_is_an_ipv4_24_or_an_ipv6_48_and_never_the_unknown_one() {
+    let of = |text: &str| network_of(text.parse().expect("an address"));
+    assert_eq!(of("192.0.2.1"), of("192.0.2.254"));
+    assert_ne!(of("192.0.2.1"), of("192.0.3.1"));
+    assert_eq!(of("2001:db8:5::1"), of("2001:db8:5:ffff::9"));
+    assert_ne!(of("2001:db8:5::1"), of("2001:db8:6::1"));
+    assert_eq!(of("::ffff:192.0.2.7"), of("192.0.2.1"));
+    // IPv4 and IPv6 numbers never meet, and none is the unknown network.
+    assert_ne!(of("0.0.0.1"), of("::1"));
+    for address in ["0.0.0.0", "::", "127.0.0.1", "255.255.255.255"] {
+        assert_ne!(of(address), UNKNOWN_NETWORK, "{address}");
+    }
+}
+
+#[test]
+fn with_distinct_networks_a_network_holding_a_live_replica_takes_no_other() {
+    let mut policy = Policy::with_quorum(2);
+    let mut replicas = vec![in_progress(1, 7), reported(2, 8, b"x")];
+    replicas[0].network = 50;
+    replicas[1].network = 60;
+    // Off: any network may take one.
+    assert!(network_may_take(&policy, &replicas, 50));
+    policy.distinct_networks = true;
+    assert!(!network_may_take(&policy, &replicas, 50));
+    assert!(!network_may_take(&policy, &replicas, 60));
+    assert!(network_may_take(&policy, &replicas, 70));
+    // A replica that aborted or timed out frees its network, as it frees its volunteer.
+    replicas[0].state = ReplicaState::Aborted;
+    assert!(network_may_take(&policy, &replicas, 50));
+    // A host whose network is not known is not held back by the rule.
+    assert!(network_may_take(&policy, &replicas, UNKNOWN_NETWORK));
 }

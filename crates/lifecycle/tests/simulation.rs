@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use herd_lifecycle::{
     Adaptive, HostTrust, PPM, Policy, Replica, ReplicaState, TrustChange, Verdict, evaluate,
-    expired, may_assign_to,
+    expired, may_assign_to, network_may_take,
 };
 use herd_protocol::{ContentHash, RunResult, Status};
 use proptest::prelude::*;
@@ -38,6 +38,9 @@ enum Behaviour {
     Vanishing,
     /// Honest until it has been trusted, then lies (its own lie: no collusion).
     Sleeper,
+    /// One of a Sybil ring: one adversary's many accounts and hosts, all reporting the same
+    /// wrong result for a unit, so that together they may form a quorum.
+    Colluder,
 }
 
 /// Where a unit stands.
@@ -71,6 +74,8 @@ struct Pending {
 
 struct Worker {
     volunteer_id: u64,
+    /// Its host's network (`herd_lifecycle::network_of`).
+    network: u64,
     behaviour: Behaviour,
     busy_until: u64,
     trust: HostTrust,
@@ -129,6 +134,8 @@ impl Simulation {
                 .enumerate()
                 .map(|(i, &behaviour)| Worker {
                     volunteer_id: i as u64 + 1,
+                    // A network of its own unless `on_networks` says otherwise.
+                    network: 1_000 + i as u64,
                     behaviour,
                     busy_until: 0,
                     trust: HostTrust::default(),
@@ -141,6 +148,30 @@ impl Simulation {
             next_replica: 1,
             random: seed | 1,
         }
+    }
+
+    /// Puts worker `i` on network `networks[i]`.
+    fn on_networks(mut self, networks: &[u64]) -> Self {
+        for (worker, &network) in self.workers.iter_mut().zip(networks) {
+            worker.network = network;
+        }
+        self
+    }
+
+    /// Units validated so far.
+    fn validated(&self) -> usize {
+        self.units
+            .iter()
+            .filter(|u| matches!(u.state, UnitState::Validated(_)))
+            .count()
+    }
+
+    /// Units validated with a result other than their true one.
+    fn wrong(&self) -> usize {
+        self.units
+            .iter()
+            .filter(|u| matches!(&u.state, UnitState::Validated(r) if *r != u.truth))
+            .count()
     }
 
     /// xorshift: the simulation's own randomness, from the proptest seed.
@@ -331,6 +362,7 @@ impl Simulation {
                 continue;
             }
             let volunteer_id = self.workers[w].volunteer_id;
+            let network = self.workers[w].network;
             let Some(unit) = (0..self.units.len()).find(|&u| {
                 let unit = &self.units[u];
                 unit.state == UnitState::Open
@@ -339,6 +371,7 @@ impl Simulation {
                         Verdict::Open { wanted } if wanted > 0
                     )
                     && may_assign_to(&unit.replicas, volunteer_id)
+                    && network_may_take(&self.policy, &unit.replicas, network)
             }) else {
                 continue;
             };
@@ -357,6 +390,7 @@ impl Simulation {
             self.units[unit].replicas.push(Replica {
                 id: replica_id,
                 volunteer_id,
+                network,
                 state: ReplicaState::InProgress {
                     deadline_ms: deadline,
                 },
@@ -387,6 +421,11 @@ impl Simulation {
                     )),
                 ),
                 Behaviour::Sleeper => (self.now + took, Some(truth)),
+                // The ring's one answer for this unit, whichever of its accounts gives it.
+                Behaviour::Colluder => (
+                    self.now + took,
+                    Some(result(format!("ring {unit}").as_bytes(), 1_000_000)),
+                ),
             };
             self.workers[w].busy_until = at;
             if at != u64::MAX {
@@ -622,4 +661,114 @@ fn honest_workers_validate_everything_and_liars_earn_nothing() {
     let liar = 4;
     assert!(sim.ledger.iter().all(|g| g.volunteer_id != liar));
     assert!(sim.ledger.len() >= 80);
+}
+
+/// The Sybil ring's tests: `ring` colluding accounts on `ring_networks` networks (account `i`
+/// on network `i % ring_networks`), among `honest` honest volunteers each on a network of its
+/// own, computing `units` units of quorum `quorum`.
+fn sybil(
+    quorum: u32,
+    distinct_networks: bool,
+    ring: usize,
+    ring_networks: usize,
+    honest: usize,
+    units: usize,
+    seed: u64,
+) -> Simulation {
+    let mut policy = Policy::with_quorum(quorum);
+    policy.distinct_networks = distinct_networks;
+    policy.replica_deadline_ms = 50;
+    let mut behaviours = vec![Behaviour::Colluder; ring];
+    behaviours.extend(std::iter::repeat_n(Behaviour::Honest, honest));
+    let networks: Vec<u64> = (0..ring + honest)
+        .map(|i| {
+            if i < ring {
+                (i % ring_networks) as u64 + 1
+            } else {
+                1_000 + i as u64
+            }
+        })
+        .collect();
+    let mut simulation = Simulation::new(policy, units, &behaviours, seed).on_networks(&networks);
+    simulation.run(100_000);
+    simulation
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// One adversary with many accounts and hosts on fewer networks than the quorum: with
+    /// distinct networks required, the ring never validates its lie, however many accounts it
+    /// has, and every unit still ends.
+    #[test]
+    fn a_sybil_ring_on_fewer_networks_than_the_quorum_never_validates_a_lie(
+        quorum in 2u32..4,
+        ring in 2usize..12,
+        honest in 3usize..8,
+        units in 1usize..30,
+        seed in any::<u64>(),
+    ) {
+        let ring_networks = (quorum as usize - 1).min(ring);
+        let simulation = sybil(quorum, true, ring, ring_networks, honest, units, seed);
+        prop_assert_eq!(simulation.wrong(), 0);
+        prop_assert!(
+            simulation.units.iter().all(|u| u.state != UnitState::Open),
+            "every unit ends"
+        );
+    }
+}
+
+#[test]
+fn without_the_network_rule_a_ring_with_a_quorum_of_accounts_validates_its_lie() {
+    // The same ring, behind one router: with the rule off its accounts agree with each other
+    // and win units; with it on they win none.
+    let off = sybil(2, false, 6, 1, 4, 40, 7);
+    assert!(off.wrong() > 0, "the ring wins some units without the rule");
+    let on = sybil(2, true, 6, 1, 4, 40, 7);
+    assert_eq!(on.wrong(), 0);
+    assert_eq!(on.validated(), 40);
+}
+
+/// What the rule costs an honest project: 40 honest volunteers, quorum 2, 2,000 units, the
+/// ticks until every unit is validated with the rule off and on, for three ways of spreading
+/// the volunteers over networks. Printed for the README (`cargo test -p herd-lifecycle --test
+/// simulation cost -- --nocapture`); checked only that the rule never speeds anything up and
+/// never stops a project: every unit is validated either way.
+#[test]
+fn the_network_rules_cost_in_throughput_is_measured() {
+    let shapes: [(&str, Vec<u64>); 3] = [
+        (
+            "each on a network of its own",
+            (0..40).map(|i| 100 + i).collect(),
+        ),
+        (
+            "ten networks of three (labs, families) and ten alone",
+            (0..40u64)
+                .map(|i| if i < 30 { i / 3 + 1 } else { 100 + i })
+                .collect(),
+        ),
+        (
+            "thirty on one campus network and ten alone",
+            (0..40u64)
+                .map(|i| if i < 30 { 1 } else { 100 + i })
+                .collect(),
+        ),
+    ];
+    for (shape, networks) in shapes {
+        let ticks = |distinct_networks: bool| {
+            let mut policy = Policy::with_quorum(2);
+            policy.distinct_networks = distinct_networks;
+            let mut simulation =
+                Simulation::new(policy, 2_000, &[Behaviour::Honest; 40], 11).on_networks(&networks);
+            simulation.run(1_000_000);
+            assert_eq!(simulation.validated(), 2_000, "{shape}");
+            simulation.now
+        };
+        let (off, on) = (ticks(false), ticks(true));
+        println!(
+            "{shape}: {off} ticks without the rule, {on} with it ({:.2}x)",
+            on as f64 / off as f64
+        );
+        assert!(on >= off, "{shape}: the rule only ever holds work back");
+    }
 }

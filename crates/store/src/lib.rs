@@ -465,7 +465,8 @@ pub trait Store: Send + Sync {
 
     /// Picks a unit that wants a replica and that this host's volunteer has not had, creates the
     /// replica and returns its (unsigned) assignment; `None` if there is nothing for this host
-    /// (or it is at its cap).
+    /// (or it is at its cap). The host's network is not known here (tests and tools); the
+    /// coordinator assigns through [`exchange`](Store::exchange), whose [`Want`] names it.
     fn assign(&self, host_id: u64, now_ms: u64) -> Pending<Option<Assignment>>;
 
     /// Records a host's report for one of its replicas and validates the unit if it can.
@@ -602,6 +603,11 @@ pub struct Want {
     pub units: u32,
     /// The host's measured speed per core (fuel per second, pauses included), if known.
     pub fuel_per_second: Option<u64>,
+    /// The host's network as the coordinator sees its connection (`herd_lifecycle::network_of`),
+    /// which batches asking for distinct networks take at most one replica of a unit from;
+    /// `UNKNOWN_NETWORK` (0) for a host whose address is not known, which that rule does not
+    /// hold back (tests and tools: the coordinator always knows it).
+    pub network: u64,
 }
 
 impl Want {
@@ -609,7 +615,7 @@ impl Want {
     pub fn units(units: u32) -> Self {
         Self {
             units,
-            fuel_per_second: None,
+            ..Self::default()
         }
     }
 }

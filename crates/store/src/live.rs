@@ -213,15 +213,15 @@ impl Live {
         }
     }
 
-    /// Picks a unit for `host_id` (of `volunteer_id`, computing `fuel_per_second` if known):
-    /// among the batches whose typical unit it can finish before the deadline, by priority,
-    /// then the one with the fewest replicas in flight (fair share), then the oldest; within a
-    /// batch, the oldest unit that wants a replica and that neither this volunteer nor this
-    /// host holds or has reported. At most `scan_limit` units are examined.
+    /// Picks a unit for the host `(host_id, volunteer_id, network)` (computing
+    /// `fuel_per_second` if known): among the batches whose typical unit it can finish before
+    /// the deadline, by priority, then the one with the fewest replicas in flight (fair share),
+    /// then the oldest; within a batch, the oldest unit that wants a replica and that neither
+    /// this volunteer nor this host holds or has reported, nor, when the batch asks for
+    /// distinct networks, a host on this network. At most `scan_limit` units are examined.
     pub(crate) fn pick(
         &self,
-        host_id: u64,
-        volunteer_id: u64,
+        (host_id, volunteer_id, network): (u64, u64, u64),
         fuel_per_second: Option<u64>,
         scan_limit: usize,
     ) -> Option<Pick> {
@@ -253,7 +253,12 @@ impl Live {
                             ReplicaState::InProgress { .. } | ReplicaState::Reported(_)
                         )
                 });
-                if !taken {
+                let network_free = herd_lifecycle::network_may_take(
+                    &batch.policy,
+                    unit.replicas.iter().map(|r| &r.replica),
+                    network,
+                );
+                if !taken && network_free {
                     return Some(Pick {
                         unit_id: *unit_id,
                         batch_id: *batch_id,
@@ -505,6 +510,7 @@ mod tests {
         Replica {
             id,
             volunteer_id,
+            network: herd_lifecycle::UNKNOWN_NETWORK,
             state: ReplicaState::InProgress { deadline_ms: 100 },
         }
     }
@@ -516,7 +522,7 @@ mod tests {
         live.insert_unit(10, unit(1));
         live.hosts.insert(7, host(70));
         live.hosts.insert(8, host(80));
-        let pick = live.pick(7, 70, None, 100).expect("a unit");
+        let pick = live.pick((7, 70, 0), None, 100).expect("a unit");
         assert_eq!(
             pick,
             Pick {
@@ -526,18 +532,21 @@ mod tests {
         );
         live.add_replica(&pick, replica(1, 70), 7, 100);
         assert_eq!(
-            live.pick(7, 70, None, 100),
+            live.pick((7, 70, 0), None, 100),
             None,
             "volunteer 70 already holds it"
         );
-        let pick = live.pick(8, 80, None, 100).expect("a second replica");
+        let pick = live.pick((8, 80, 0), None, 100).expect("a second replica");
         live.add_replica(&pick, replica(2, 80), 8, 100);
         assert!(live.batches[&1].wanting.is_empty());
         assert_eq!(live.batches[&1].in_flight, 2);
         assert_eq!(live.expired(101), vec![1, 2]);
         live.end_in_progress(1, ReplicaState::TimedOut);
         live.refresh_wanting(10);
-        assert_eq!(live.pick(7, 70, None, 100).map(|p| p.unit_id), Some(10));
+        assert_eq!(
+            live.pick((7, 70, 0), None, 100).map(|p| p.unit_id),
+            Some(10)
+        );
         assert_eq!(live.hosts[&7].in_flight.len(), 0);
         live.close_unit(10);
         assert!(live.batches.is_empty());
@@ -560,11 +569,17 @@ mod tests {
             live.insert_unit(unit_id, unit(batch_id));
         }
         live.hosts.insert(7, host(70));
-        assert_eq!(live.pick(7, 70, None, 100).map(|p| p.batch_id), Some(3));
+        assert_eq!(
+            live.pick((7, 70, 0), None, 100).map(|p| p.batch_id),
+            Some(3)
+        );
         live.batches.remove(&3);
-        let first = live.pick(7, 70, None, 100).expect("pick");
+        let first = live.pick((7, 70, 0), None, 100).expect("pick");
         assert_eq!(first.batch_id, 1);
         live.add_replica(&first, replica(1, 70), 7, 100);
-        assert_eq!(live.pick(7, 70, None, 100).map(|p| p.batch_id), Some(2));
+        assert_eq!(
+            live.pick((7, 70, 0), None, 100).map(|p| p.batch_id),
+            Some(2)
+        );
     }
 }

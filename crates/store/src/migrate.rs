@@ -66,6 +66,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "trust_after",
             "spot_check_ppm",
             "researcher_id",
+            "distinct_networks",
         ],
     ),
     (
@@ -100,6 +101,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "validity",
             "reported_ms",
             "output_hash",
+            "network",
         ],
     ),
     (

@@ -292,7 +292,7 @@ impl<B: Backend> Store for B {
 
     fn assign(&self, host_id: u64, now_ms: u64) -> Pending<Option<Assignment>> {
         self.threads()
-            .write(move |tx, live| work::assign(tx, live, host_id, None, now_ms))
+            .write(move |tx, live| work::assign(tx, live, host_id, Want::units(1), now_ms))
     }
 
     fn record_report(
@@ -335,7 +335,7 @@ impl<B: Backend> Store for B {
             }
             let mut assignments = Vec::new();
             for _ in 0..want.units {
-                match work::assign(tx, live, host_id, want.fuel_per_second, now_ms)? {
+                match work::assign(tx, live, host_id, want, now_ms)? {
                     Some(assignment) => assignments.push(assignment),
                     None => break,
                 }

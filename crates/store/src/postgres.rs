@@ -40,7 +40,7 @@ use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
 /// The schema's version: [`SCHEMA`] creates version 1, and [`MIGRATIONS`] bring it here.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -94,6 +94,9 @@ const MIGRATIONS: &[&str] = &[
          used_by BIGINT REFERENCES volunteers(id),
          used_ms BIGINT
      );",
+    // 5: replicas' networks and batches asking for distinct ones, as SQLite's schema 11.
+    "ALTER TABLE replicas ADD COLUMN network BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE batches ADD COLUMN distinct_networks BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),

@@ -19,7 +19,7 @@ use crate::sql::{Row, Sequence, Sql, Value, args};
 use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -194,6 +194,11 @@ const MIGRATIONS: &[&str] = &[
          used_by INTEGER REFERENCES volunteers(id),
          used_ms INTEGER
      );",
+    // 11: the network each replica's host was on when it was assigned
+    // (`herd_lifecycle::network_of`; 0 for older replicas, not known), and batches that take at
+    // most one replica of a unit from a network.
+    "ALTER TABLE replicas ADD COLUMN network INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE batches ADD COLUMN distinct_networks INTEGER NOT NULL DEFAULT 0;",
 ];
 
 const SCHEMA: &str = "

@@ -120,12 +120,14 @@ macro_rules! on_both_backends {
     };
 }
 
-/// Some exchanges say how fast the host is, so the deadline filter runs in the mirror test too.
+/// Some exchanges say how fast the host is, so the deadline filter runs in the mirror test too,
+/// and from which of two networks.
 fn want_with_speed(units: u32) -> Want {
     Want {
         units,
         // Too slow for any unit of 3e9 fuel, or fast enough.
         fuel_per_second: [None, Some(50), None, Some(10_000_000)][units as usize % 4],
+        network: [7, 8][units as usize % 2],
     }
 }
 
@@ -1077,6 +1079,7 @@ fn a_host_too_slow_for_the_deadline_gets_no_units_of_a_batch_it_cannot_finish(ki
     let speed = |fuel_per_second| Want {
         units: 1,
         fuel_per_second,
+        ..Want::default()
     };
     // Before any result the batch's typical unit is unknown: even a slow host gets one.
     let first = store
@@ -1301,6 +1304,9 @@ mod mirror {
                     }
                     new.policy.initial_replicas = quorum + extra;
                     new.policy.replica_deadline_ms = 1_000;
+                    // Every other batch takes one replica of a unit per network (the exchanges
+                    // come from two).
+                    new.policy.distinct_networks = batches.len() % 2 == 1;
                     for unit in &mut new.units {
                         unit.name = format!("{}-{}", batches.len(), unit.name);
                     }

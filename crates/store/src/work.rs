@@ -20,7 +20,7 @@ use herd_protocol::{Assignment, ContentHash, Outcome, PublicKey};
 use crate::live::{FUEL_SUM_UNIT, Live, LiveBatch, LiveHost, LiveReplica, LiveUnit, ReplicaRef};
 use crate::shards::{Shards, shard_of};
 use crate::sql::{Row, Sequence, SharedRow, Sql, WorkChange, args};
-use crate::{NewBatch, ReportEffect, StoreError, encode_result, parse_hash, parse_result};
+use crate::{NewBatch, ReportEffect, StoreError, Want, encode_result, parse_hash, parse_result};
 
 /// Units examined per assignment request before answering "no work".
 const ASSIGN_SCAN_LIMIT: usize = 512;
@@ -32,7 +32,8 @@ const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
 /// Columns of `batches` read by [`batch_from_row`], in its order.
 pub(crate) const BATCH_COLUMNS: &str = "id, module_hash, quorum, max_total_replicas,
     max_error_replicas, replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes,
-    initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm";
+    initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm,
+    distinct_networks";
 
 fn batch_from_row(row: &Row) -> Result<(u64, LiveBatch), StoreError> {
     Ok((
@@ -53,6 +54,7 @@ fn batch_from_row(row: &Row) -> Result<(u64, LiveBatch), StoreError> {
                     }),
                     _ => None,
                 },
+                distinct_networks: row.bool(14)?,
             },
             fuel_limit: row.u64(6)?,
             memory_limit_bytes: row.u64(7)?,
@@ -199,7 +201,8 @@ fn load_open_units(
     let mut replicas: std::collections::HashMap<u64, Vec<LiveReplica>> = Default::default();
     let rows = tx.query(
         &format!(
-            "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result
+            "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result,
+                    r.network
              FROM replicas r JOIN units u ON u.id = r.unit_id
              WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1) AND {held}"
         ),
@@ -212,6 +215,7 @@ fn load_open_units(
             replica: Replica {
                 id,
                 volunteer_id: row.u64(3)?,
+                network: row.u64(7)?,
                 state,
             },
             host_id: row.u64(2)?,
@@ -310,8 +314,8 @@ pub(crate) fn create_batch(
         "INSERT INTO batches (id, module_hash, quorum, max_total_replicas, max_error_replicas,
             replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
             initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm,
-            researcher_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            researcher_id, distinct_networks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         &args![
             batch_id,
             batch.module.to_hex(),
@@ -329,6 +333,7 @@ pub(crate) fn create_batch(
             batch.policy.adaptive.map(|a| a.trust_after),
             batch.policy.adaptive.map(|a| a.spot_check_ppm),
             batch.researcher_id,
+            batch.policy.distinct_networks,
         ],
     )?;
     for (unit, unit_id) in batch.units.iter().zip(&unit_ids) {
@@ -403,9 +408,14 @@ pub(crate) fn assign(
     tx: &mut dyn Sql,
     live: &mut Live,
     host_id: u64,
-    fuel_per_second: Option<u64>,
+    want: Want,
     now_ms: u64,
 ) -> Result<Option<Assignment>, StoreError> {
+    let Want {
+        fuel_per_second,
+        network,
+        ..
+    } = want;
     let host = live_host(tx, live, host_id)?;
     if host.last_seen_ms.saturating_add(LAST_SEEN_RESOLUTION_MS) < now_ms {
         host.last_seen_ms = now_ms;
@@ -423,7 +433,11 @@ pub(crate) fn assign(
         return Ok(None);
     }
     let (volunteer_id, key, trust) = (host.volunteer_id, host.key, host.trust);
-    let Some(pick) = live.pick(host_id, volunteer_id, fuel_per_second, ASSIGN_SCAN_LIMIT) else {
+    let Some(pick) = live.pick(
+        (host_id, volunteer_id, network),
+        fuel_per_second,
+        ASSIGN_SCAN_LIMIT,
+    ) else {
         return Ok(None);
     };
     let (Some(batch), Some(unit)) = (
@@ -456,15 +470,17 @@ pub(crate) fn assign(
     };
     let replica_id = tx.reserve_id(Sequence::Replicas)?;
     tx.execute(
-        "INSERT INTO replicas (id, unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_progress')",
+        "INSERT INTO replicas (id, unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state,
+             network)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_progress', ?7)",
         &args![
             replica_id,
             pick.unit_id,
             host_id,
             volunteer_id,
             now_ms,
-            deadline_ms
+            deadline_ms,
+            network
         ],
     )?;
     if alone {
@@ -481,6 +497,7 @@ pub(crate) fn assign(
         Replica {
             id: replica_id,
             volunteer_id,
+            network,
             state: ReplicaState::InProgress { deadline_ms },
         },
         host_id,

@@ -3,7 +3,7 @@
 //! machine that first gave them. Every test on both backends.
 
 use super::{CreateUploaded, Kind, Subject, batch, key, mirrored, open_store, success};
-use crate::StoreError;
+use crate::{StoreError, Want};
 
 fn volunteer_team(store: &Subject, name: &str) -> Option<String> {
     store
@@ -294,7 +294,58 @@ fn a_volunteer_from_before_accounts_gets_a_key_and_keeps_its_credit_and_machines
     mirrored(&store);
 }
 
+fn a_batch_asking_for_distinct_networks_takes_one_replica_of_a_unit_per_network(kind: Kind) {
+    let mut store = open_store(kind);
+    let mut one_unit = batch(1, 2);
+    one_unit.policy.distinct_networks = true;
+    store.create_uploaded(&one_unit, 0).wait().expect("batch");
+    // Three accounts: two of them (one adversary's, say) behind one router.
+    let hosts: Vec<_> = (1..=3)
+        .map(|i| {
+            store
+                .register_host(&key(i), &format!("v{i}"), None, 1, 0)
+                .wait()
+                .expect("register")
+        })
+        .collect();
+    let from = |network| Want {
+        units: 1,
+        network,
+        ..Want::default()
+    };
+    let ask = |store: &Subject, host: usize, network| {
+        store
+            .exchange(hosts[host].host_id, Vec::new(), from(network), 1)
+            .wait()
+            .expect("exchange")
+            .assignments
+    };
+    let first = ask(&store, 0, 50);
+    assert_eq!(first.len(), 1);
+    // Another account on the same network gets nothing of that unit, even after a reopening
+    // (the network is kept with the replica).
+    assert!(ask(&store, 1, 50).is_empty());
+    store.reopen();
+    assert!(ask(&store, 1, 50).is_empty());
+    // A host on another network takes the second replica.
+    assert_eq!(ask(&store, 2, 60).len(), 1);
+    mirrored(&store);
+    // An aborted replica frees its network, as it frees its volunteer.
+    store
+        .record_report(
+            hosts[0].host_id,
+            first[0].replica_id,
+            &herd_protocol::Outcome::Aborted(herd_protocol::AbortReason::Cancelled),
+            2,
+        )
+        .wait()
+        .expect("abort");
+    assert_eq!(ask(&store, 1, 50).len(), 1);
+    mirrored(&store);
+}
+
 on_both_backends!(
+    a_batch_asking_for_distinct_networks_takes_one_replica_of_a_unit_per_network,
     a_volunteer_from_before_accounts_gets_a_key_and_keeps_its_credit_and_machines,
     accounts_are_unique_ignoring_case_and_their_key_attaches_every_machine,
     a_replaced_or_revoked_key_attaches_nothing_and_says_it_was_revoked,
