@@ -6,23 +6,32 @@ use super::*;
 use crate::Store;
 use crate::tests::{CreateUploaded, batch};
 
+/// A database at schema version 1 (the first release's) in `dir`, with `volunteers` in it.
+fn version_1_database(dir: &std::path::Path, volunteers: &[&str]) -> std::path::PathBuf {
+    let path = dir.join("old.sqlite");
+    let old = rusqlite::Connection::open(&path).expect("open");
+    old.execute_batch(SCHEMA).expect("schema v1");
+    old.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', 1)",
+        [],
+    )
+    .expect("version");
+    for name in volunteers {
+        old.execute(
+            "INSERT INTO volunteers (name, team) VALUES (?1, NULL)",
+            [name],
+        )
+        .expect("row");
+    }
+    path
+}
+
 #[test]
 fn a_version_1_database_is_migrated() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("old.sqlite");
+    let path = version_1_database(dir.path(), &["ada"]);
     {
         let old = rusqlite::Connection::open(&path).expect("open");
-        old.execute_batch(SCHEMA).expect("schema v1");
-        old.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', 1)",
-            [],
-        )
-        .expect("version");
-        old.execute(
-            "INSERT INTO volunteers (name, team) VALUES ('ada', NULL)",
-            [],
-        )
-        .expect("row");
         old.execute(
             "INSERT INTO batches (module_hash, quorum, max_total_replicas, max_error_replicas,
                  replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes,
@@ -53,23 +62,7 @@ fn a_version_1_database_is_migrated() {
 #[test]
 fn volunteers_whose_names_differ_only_in_case_keep_their_rows_and_the_later_ones_are_renamed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("old.sqlite");
-    {
-        let old = rusqlite::Connection::open(&path).expect("open");
-        old.execute_batch(SCHEMA).expect("schema v1");
-        old.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', 1)",
-            [],
-        )
-        .expect("version");
-        for name in ["Ada", "ada", "bob", "ADA"] {
-            old.execute(
-                "INSERT INTO volunteers (name, team) VALUES (?1, NULL)",
-                [name],
-            )
-            .expect("row");
-        }
-    }
+    let path = version_1_database(dir.path(), &["Ada", "ada", "bob", "ADA"]);
     let store = SqliteStore::open(&path).expect("migrated");
     let mut names: Vec<String> = store
         .credit_totals(0)
