@@ -377,3 +377,75 @@ fn two_accounts_behind_one_router_cannot_form_a_quorum_of_a_batch_asking_for_dis
     let free = submit(&coordinator, root.path(), &inputs, true);
     check_results(&coordinator, root.path(), free, &tiles);
 }
+
+/// `herd-worker install --account-key`: the key goes in the data directory (0600), never in
+/// the unit others can read, and the unit's command computes for the account.
+#[test]
+fn an_installed_worker_keeps_its_account_key_out_of_the_unit_and_computes_for_the_account() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start_with(
+        root.path(),
+        &root.path().join("coordinator"),
+        0,
+        None,
+        &["--sign-up", "open"],
+    )
+    .expect("coordinator");
+    let key = sign_up(&coordinator, "ada", None);
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let output = Command::new(bin_dir().join("herd-worker"))
+        .args(["install", "--join", &coordinator.join, "--no-start"])
+        .env("HERD_ACCOUNT_KEY", &key)
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .expect("run herd-worker install");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let unit = std::fs::read_to_string(home.join(".config/systemd/user/herd-worker.service"))
+        .expect("the unit was written");
+    assert!(!unit.contains(&key), "the key is not in the unit: {unit}");
+    let data_dir = home.join(".local/share/herd-worker");
+    let mode = std::fs::metadata(data_dir.join("account.key"))
+        .expect("the key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The unit's own command line, as systemd would run it, with no key in its environment.
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let arguments = super::unquote_exec_start(exec);
+    let log = std::fs::File::create(root.path().join("installed-worker.log")).expect("log");
+    /// Kills the worker however the test ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _worker = KillOnDrop(
+        Command::new(&arguments[0])
+            .args(&arguments[1..])
+            .env_remove("HERD_ACCOUNT_KEY")
+            .stderr(log)
+            .spawn()
+            .expect("start the unit's command"),
+    );
+    eventually(Duration::from_secs(20), "the installed worker", || {
+        let hosts = coordinator.herd_json(&["hosts", "--json"]);
+        hosts["hosts"]
+            .as_array()?
+            .iter()
+            .any(|h| h["volunteer"] == "ada")
+            .then_some(())
+    });
+}
