@@ -174,7 +174,7 @@ fn host_owner(tx: &mut dyn Sql, key: &PublicKey) -> Result<Option<u64>, StoreErr
 }
 
 /// Attaches a host to the account whose key hashes to `key_hash` (the coordinator checked the
-/// host's proof of its own key). The key proves the account, so a hello naming a team moves the
+/// host's proof of its own key, the caller the team's name). The key proves the account, so a hello naming a team moves the
 /// account to it; one naming none leaves it as it is. A host registered to another account
 /// before moves to this one (replicas already assigned keep the volunteer they were assigned
 /// under).
@@ -187,9 +187,6 @@ pub(crate) fn attach_host(
     cores: u32,
     now_ms: u64,
 ) -> Result<HostRecord, StoreError> {
-    if let Some(team) = team {
-        check_names("-", Some(team))?;
-    }
     let team = team.map(str::trim);
     let Some(row) = tx.query_row(
         "SELECT id, team, name FROM volunteers WHERE key_hash = ?1",
