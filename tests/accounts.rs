@@ -449,3 +449,69 @@ fn an_installed_worker_keeps_its_account_key_out_of_the_unit_and_computes_for_th
             .then_some(())
     });
 }
+
+/// One account to volunteer and to submit: the administrator grants a signed-up volunteer the
+/// permission to submit (a token, shown once), she submits with it, and once it is withdrawn
+/// her token is refused while her batch stays hers.
+#[test]
+fn the_administrator_grants_an_account_the_permission_to_submit_and_withdraws_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start_with(
+        root.path(),
+        &root.path().join("coordinator"),
+        0,
+        None,
+        &["--sign-up", "open"],
+    )
+    .expect("coordinator");
+    sign_up(&coordinator, "ada", None);
+    // Adding a researcher by an account's name is refused, naming the way to do it.
+    let output = coordinator.herd(&["researcher", "add", "ada"]);
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("herd account grant ada submit"), "{said}");
+    let output = coordinator.herd(&["account", "grant", "ada", "submit"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let module = root.path().join("mandelbrot.wasm");
+    std::fs::write(&module, herd_samples::MANDELBROT_WASM).expect("module");
+    let inputs = root.path().join("inputs");
+    write_tiles(&inputs, 2);
+    let batch = super::submit_as(&coordinator, &token, &module, &inputs);
+    let listed = coordinator.herd_as(&token, &["batches", "--json"]);
+    assert!(listed.status.success());
+    // Withdrawn: her token is refused; the batch is still hers (the administrator sees it not).
+    let output = coordinator.herd(&["account", "deny", "ada", "submit"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (status, answer) = coordinator.api("GET", "/api/v1/batches", Some(&token), None);
+    assert_eq!(status, 403, "{answer}");
+    // Granted again: a new token sees her batch; the old one stays dead.
+    let output = coordinator.herd(&["account", "grant", "ada", "submit"]);
+    let again = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let (status, answer) = coordinator.api(
+        "GET",
+        &format!("/api/v1/batches/{batch}"),
+        Some(&again),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = coordinator.api("GET", "/api/v1/batches", Some(&token), None);
+    assert_eq!(status, 403);
+    // The administrator's own permission cannot be withdrawn.
+    let (status, answer) = coordinator.api(
+        "DELETE",
+        "/api/v1/accounts/admin/permissions/submit",
+        Some(&coordinator.token),
+        None,
+    );
+    assert_eq!(status, 403, "{answer}");
+}

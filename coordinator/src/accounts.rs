@@ -351,16 +351,80 @@ async fn change_key(
         .await
         .map_err(anyhow::Error::from)?;
     let Some(change) = changed else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "account_not_found",
-            format!("no account `{name}`"),
-        ));
+        return Err(no_account(name));
     };
     if let Some(replaced) = change.replaced {
         shared.accounts.revoke(replaced);
     }
     Ok(change.account)
+}
+
+/// `POST /api/v1/accounts/{name}/permissions/submit` (the administrator): the account may
+/// submit batches, with a new API token answered once (a token it had stops working).
+pub(crate) async fn grant_submit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&shared, &headers, "grants permissions").await?;
+    let token = secret()?;
+    let granted = match shared
+        .store
+        .grant_submit(&name, &token_hash(&token), now_ms())
+        .await
+    {
+        Ok(granted) => granted,
+        Err(StoreError::Taken(message)) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "name_taken", message));
+        }
+        Err(other) => return Err(anyhow::Error::from(other).into()),
+    };
+    let Some(researcher) = granted else {
+        return Err(no_account(&name));
+    };
+    tracing::info!("account {name} may submit (researcher {})", researcher.id);
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "id": researcher.id, "name": researcher.name, "token": token,
+        })),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/v1/accounts/{name}/permissions/submit` (the administrator): the account may no
+/// longer submit; its token answers 403 from now on, its batches stay.
+pub(crate) async fn deny_submit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&shared, &headers, "withdraws permissions").await?;
+    if name.trim().eq_ignore_ascii_case(ADMIN) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the administrator's own permission cannot be withdrawn",
+        ));
+    }
+    let denied = shared
+        .store
+        .deny_submit(&name, now_ms())
+        .await
+        .map_err(anyhow::Error::from)?;
+    let Some(withdrawn) = denied else {
+        return Err(no_account(&name));
+    };
+    tracing::info!("account {name} may no longer submit");
+    Ok(Json(serde_json::json!({ "name": name, "withdrawn": withdrawn })).into_response())
+}
+
+fn no_account(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "account_not_found",
+        format!("no account `{name}`"),
+    )
 }
 
 /// `POST /api/v1/invitations` (the administrator): an invitation code, good for one sign-up,

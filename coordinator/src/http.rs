@@ -19,6 +19,8 @@
 //! | POST | `/api/v1/accounts` | sign up (`{"name", "team"?, "invitation"?}`), as the project allows: open, by invitation, or the administrator only; the answer holds the account key, once |
 //! | POST | `/api/v1/accounts/{name}/key` | the administrator gives an account a new key (replacing any it had); the answer holds it, once |
 //! | DELETE | `/api/v1/accounts/{name}/key` | the administrator revokes an account's key: its machines stop |
+//! | POST | `/api/v1/accounts/{name}/permissions/submit` | the administrator lets an account submit batches; the answer holds its API token, once |
+//! | DELETE | `/api/v1/accounts/{name}/permissions/submit` | the administrator withdraws it: the token answers 403, the batches stay |
 //! | POST | `/api/v1/invitations` | the administrator makes an invitation code, good for one sign-up |
 //! | POST | `/api/v1/stats/export` | the administrator regenerates the statistics exports now |
 //! | GET | `/api/v1/credit` | credit and recent average credit per volunteer and team |
@@ -51,7 +53,7 @@ use herd_store::{NewBatch, NewUnit, Researcher, RetiredBatch, StoreError, UnitSt
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::accounts::{invite, new_key, revoke_key, sign_up};
+use crate::accounts::{deny_submit, grant_submit, invite, new_key, revoke_key, sign_up};
 use crate::{Shared, blocking, now_ms};
 
 /// The largest request body: a 16 MiB blob, or a batch description of 100,000 units.
@@ -79,6 +81,10 @@ pub(crate) async fn serve(
         .route(
             "/api/v1/accounts/{name}/key",
             post(new_key).delete(revoke_key),
+        )
+        .route(
+            "/api/v1/accounts/{name}/permissions/submit",
+            post(grant_submit).delete(deny_submit),
         )
         .route("/api/v1/invitations", post(invite))
         .route("/api/v1/stats/export", post(export_stats))
@@ -822,6 +828,9 @@ async fn add_researcher(
                 "invalid_researcher",
                 message,
             ));
+        }
+        Err(StoreError::Taken(message)) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "name_taken", message));
         }
         Err(other) => return Err(anyhow::Error::from(other).into()),
     };

@@ -381,6 +381,35 @@ impl Client {
         Self::json(what, &body)
     }
 
+    /// The administrator grants (or with `withdraw`, withdraws) an account's permission to
+    /// submit.
+    pub(crate) fn submit_permission(&self, name: &str, withdraw: bool) -> anyhow::Result<Value> {
+        let url = self.url(&format!(
+            "accounts/{}/permissions/submit",
+            path_segment(name)
+        ));
+        let auth = self.auth()?;
+        let (what, response) = if withdraw {
+            (
+                "deny the permission to submit",
+                self.agent
+                    .delete(&url)
+                    .header("Authorization", &auth)
+                    .call(),
+            )
+        } else {
+            (
+                "grant the permission to submit",
+                self.agent
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .send_empty(),
+            )
+        };
+        let body = self.finish(what, response)?;
+        Self::json(what, &body)
+    }
+
     /// The administrator makes an invitation code.
     pub(crate) fn invite(&self) -> anyhow::Result<Value> {
         let response = self

@@ -222,6 +222,29 @@ enum AccountCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Grant an account a permission (the administrator): `submit` lets it submit batches,
+    /// and prints its API token, shown only this once (a token it had stops working).
+    Grant {
+        name: String,
+        permission: Permission,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw an account's permission (the administrator): with `submit` withdrawn its token
+    /// is refused; its batches stay.
+    Deny {
+        name: String,
+        permission: Permission,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What an account may be allowed to do besides computing.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Permission {
+    /// Submit batches (be a researcher).
+    Submit,
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +273,16 @@ fn account(client: &client::Client, command: &AccountCommand) -> anyhow::Result<
         AccountCommand::Key { name, json } => (client.account_key(name, false)?, *json),
         AccountCommand::Revoke { name, json } => (client.account_key(name, true)?, *json),
         AccountCommand::Invite { json } => (client.invite()?, *json),
+        AccountCommand::Grant {
+            name,
+            permission: Permission::Submit,
+            json,
+        } => (client.submit_permission(name, false)?, *json),
+        AccountCommand::Deny {
+            name,
+            permission: Permission::Submit,
+            json,
+        } => (client.submit_permission(name, true)?, *json),
     };
     if json {
         println!("{answer}");
@@ -266,6 +299,16 @@ fn account(client: &client::Client, command: &AccountCommand) -> anyhow::Result<
         }
         AccountCommand::Revoke { .. } => {
             println!("{name}: key revoked; its machines stop at their next request");
+        }
+        AccountCommand::Grant { .. } => {
+            println!("{}", answer["token"].as_str().unwrap_or_default());
+            eprintln!(
+                "{name} may submit batches with this token (HERD_TOKEN or --token): it is not \
+                 shown again"
+            );
+        }
+        AccountCommand::Deny { .. } => {
+            println!("{name} may no longer submit batches; its batches stay");
         }
         AccountCommand::Invite { .. } => {
             println!("{}", answer["invitation"].as_str().unwrap_or_default());

@@ -173,6 +173,7 @@ pub struct HostStats {
 /// The project at a glance, for dashboards and `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ProjectSummary {
+    /// Accounts with at least one host.
     pub volunteers: u64,
     /// Volunteers with a host seen within the activity window.
     pub volunteers_active: u64,
@@ -538,10 +539,24 @@ pub trait Store: Send + Sync {
     /// own administrator, whose token is in its data directory.
     fn ensure_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher>;
 
-    /// Adds a researcher; refused (`Invalid`) if the name is taken.
+    /// Adds a researcher: a new account (with no key) with the permission to submit; refused if
+    /// a researcher has the name (`Invalid`) or an account does (`Taken`: grant it instead).
     fn add_researcher(&self, name: &str, token_hash: &str, now_ms: u64) -> Pending<Researcher>;
 
-    /// The researcher holding the token with this hash.
+    /// Gives the account called `account` the permission to submit, with the API token whose
+    /// hash is `token_hash` (replacing any token it had); `None` if there is no such account.
+    fn grant_submit(
+        &self,
+        account: &str,
+        token_hash: &str,
+        now_ms: u64,
+    ) -> Pending<Option<Researcher>>;
+
+    /// Withdraws the account's permission to submit (its token answers nothing; its batches
+    /// stay); `None` if there is no such account, `Some(false)` if it had none.
+    fn deny_submit(&self, account: &str, now_ms: u64) -> Pending<Option<bool>>;
+
+    /// The researcher holding the token with this hash, if its permission stands.
     fn researcher_by_token(&self, token_hash: &str) -> Pending<Option<Researcher>>;
 
     /// A researcher's batches with ids above `after`, oldest first, at most `limit`.

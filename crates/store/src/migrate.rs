@@ -16,7 +16,6 @@ use crate::{SqliteStore, StoreError, reads};
 
 /// The tables in the order their references allow, with the columns both schemas share.
 const TABLES: &[(&str, &[&str])] = &[
-    ("researchers", &["id", "name", "token_hash", "created_ms"]),
     (
         "volunteers",
         &[
@@ -32,6 +31,18 @@ const TABLES: &[(&str, &[&str])] = &[
         ],
     ),
     ("teams", &["id", "name", "created_ms"]),
+    // After the volunteers: a researcher is an account's permission to submit.
+    (
+        "researchers",
+        &[
+            "id",
+            "name",
+            "token_hash",
+            "created_ms",
+            "account_id",
+            "revoked_ms",
+        ],
+    ),
     (
         "hosts",
         &[

@@ -437,6 +437,23 @@ impl<B: Backend> Store for B {
             .write(move |tx, _| researchers::add(tx, &name, &token_hash, now_ms))
     }
 
+    fn grant_submit(
+        &self,
+        account: &str,
+        token_hash: &str,
+        now_ms: u64,
+    ) -> Pending<Option<Researcher>> {
+        let (account, token_hash) = (account.to_owned(), token_hash.to_owned());
+        self.threads()
+            .write(move |tx, _| researchers::grant_submit(tx, &account, &token_hash, now_ms))
+    }
+
+    fn deny_submit(&self, account: &str, now_ms: u64) -> Pending<Option<bool>> {
+        let account = account.to_owned();
+        self.threads()
+            .write(move |tx, _| researchers::deny_submit(tx, &account, now_ms))
+    }
+
     fn researcher_by_token(&self, token_hash: &str) -> Pending<Option<Researcher>> {
         let token_hash = token_hash.to_owned();
         self.threads()

@@ -40,7 +40,7 @@ use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
 /// The schema's version: [`SCHEMA`] creates version 1, and [`MIGRATIONS`] bring it here.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -97,6 +97,31 @@ const MIGRATIONS: &[&str] = &[
     // 5: replicas' networks and batches asking for distinct ones, as SQLite's schema 11.
     "ALTER TABLE replicas ADD COLUMN network BIGINT NOT NULL DEFAULT 0;
      ALTER TABLE batches ADD COLUMN distinct_networks BIGINT NOT NULL DEFAULT 0;",
+    // 6: researchers as accounts' permissions to submit, as SQLite's schema 12.
+    "ALTER TABLE researchers ADD COLUMN account_id BIGINT REFERENCES volunteers(id),
+                            ADD COLUMN revoked_ms BIGINT;
+     INSERT INTO volunteers (name, name_key, created_ms)
+         SELECT CASE WHEN r.id = (SELECT MIN(o.id) FROM researchers o
+                                  WHERE lower(o.name COLLATE \"C\") = lower(r.name COLLATE \"C\"))
+                     THEN r.name ELSE r.name || '-r' || r.id END,
+                CASE WHEN r.id = (SELECT MIN(o.id) FROM researchers o
+                                  WHERE lower(o.name COLLATE \"C\") = lower(r.name COLLATE \"C\"))
+                     THEN lower(r.name COLLATE \"C\")
+                     ELSE lower(r.name COLLATE \"C\") || '-r' || r.id END,
+                r.created_ms
+         FROM researchers r
+         WHERE NOT EXISTS (SELECT 1 FROM volunteers v
+                           WHERE v.name_key = lower(r.name COLLATE \"C\"))
+            OR r.id <> (SELECT MIN(o.id) FROM researchers o
+                        WHERE lower(o.name COLLATE \"C\") = lower(r.name COLLATE \"C\"));
+     UPDATE researchers SET account_id = (
+         SELECT v.id FROM volunteers v WHERE v.name_key =
+             CASE WHEN researchers.id = (SELECT MIN(o.id) FROM researchers o
+                                         WHERE lower(o.name COLLATE \"C\")
+                                             = lower(researchers.name COLLATE \"C\"))
+                  THEN lower(researchers.name COLLATE \"C\")
+                  ELSE lower(researchers.name COLLATE \"C\") || '-r' || researchers.id END);
+     CREATE UNIQUE INDEX researchers_by_account ON researchers (account_id);",
 ];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),

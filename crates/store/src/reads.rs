@@ -80,6 +80,9 @@ pub(crate) fn credit_totals(tx: &mut dyn Sql, now_ms: u64) -> Result<CreditTotal
                   - (SELECT COUNT(*) FROM credit_revoked x WHERE x.volunteer_id = v.id),
                 v.rac, v.rac_ms
              FROM volunteers v LEFT JOIN credit c ON c.volunteer_id = v.id
+             -- Accounts that volunteered: a machine, or credit (a researcher's need not).
+             WHERE EXISTS (SELECT 1 FROM hosts h WHERE h.volunteer_id = v.id)
+                OR EXISTS (SELECT 1 FROM credit g WHERE g.volunteer_id = v.id)
              GROUP BY v.id ORDER BY 3 DESC, v.name",
             &[],
         )?

@@ -1,5 +1,9 @@
 //! Researchers and what each may see: their tokens (stored as hashes), their batches, the
 //! blobs they uploaded and the blobs of their batches, and cancelling a batch.
+//!
+//! A researcher is an account's permission to submit (`researchers.account_id`): the row holds
+//! the account's API token and owns its batches, and withdrawing the permission
+//! (`revoked_ms`) makes the token answer nothing while the batches stay the researcher's.
 
 use crate::live::Live;
 use crate::sql::{Row, Sql, WorkChange, args};
@@ -34,6 +38,20 @@ fn by_name(tx: &mut dyn Sql, name: &str) -> Result<Option<Researcher>, StoreErro
     }))
 }
 
+/// The account called `name`, created (with no key) if there is none.
+fn account_for(tx: &mut dyn Sql, name: &str, now_ms: u64) -> Result<u64, StoreError> {
+    if let Some(account) = crate::accounts::by_name(tx, name)? {
+        return Ok(account.id);
+    }
+    tx.query_one(
+        "INSERT INTO volunteers (name, name_key, created_ms) VALUES (?1, ?2, ?3) RETURNING id",
+        &args![name, crate::accounts::name_key(name), now_ms],
+    )?
+    .u64(0)
+}
+
+/// The researcher `name` with this token, linked to the account of that name (made if new),
+/// its permission to submit restored: the coordinator's administrator, at every start.
 pub(crate) fn ensure(
     tx: &mut dyn Sql,
     name: &str,
@@ -43,13 +61,27 @@ pub(crate) fn ensure(
     check_name(name)?;
     let researcher = match by_name(tx, name)? {
         Some(found) => {
+            let linked = tx
+                .query_one(
+                    "SELECT account_id FROM researchers WHERE id = ?1",
+                    &args![found.id],
+                )?
+                .opt_u64(0)?;
+            let account_id = match linked {
+                Some(id) => id,
+                None => account_for(tx, name, now_ms)?,
+            };
             tx.execute(
-                "UPDATE researchers SET token_hash = ?2 WHERE id = ?1",
-                &args![found.id, token_hash],
+                "UPDATE researchers SET token_hash = ?2, revoked_ms = NULL, account_id = ?3
+                 WHERE id = ?1",
+                &args![found.id, token_hash, account_id],
             )?;
             found
         }
-        None => add(tx, name, token_hash, now_ms)?,
+        None => {
+            let account_id = account_for(tx, name, now_ms)?;
+            insert(tx, name, token_hash, account_id, now_ms)?
+        }
     };
     tx.execute(
         "UPDATE batches SET researcher_id = ?1 WHERE researcher_id IS NULL",
@@ -58,6 +90,9 @@ pub(crate) fn ensure(
     Ok(researcher)
 }
 
+/// A new researcher: a new account (with no key) that may submit. A name an account already
+/// has is refused: that account gets the permission explicitly ([`grant_submit`]), so a
+/// sign-up cannot be handed someone else's permission by a coincidence of names.
 pub(crate) fn add(
     tx: &mut dyn Sql,
     name: &str,
@@ -70,11 +105,29 @@ pub(crate) fn add(
             "there is already a researcher called `{name}`"
         )));
     }
+    if let Some(account) = crate::accounts::by_name(tx, name)? {
+        return Err(StoreError::Taken(format!(
+            "`{}` is an account already: give it the permission to submit with `herd account \
+             grant {} submit`",
+            account.name, account.name
+        )));
+    }
+    let account_id = account_for(tx, name, now_ms)?;
+    insert(tx, name, token_hash, account_id, now_ms)
+}
+
+fn insert(
+    tx: &mut dyn Sql,
+    name: &str,
+    token_hash: &str,
+    account_id: u64,
+    now_ms: u64,
+) -> Result<Researcher, StoreError> {
     let id = tx
         .query_one(
-            "INSERT INTO researchers (name, token_hash, created_ms) VALUES (?1, ?2, ?3)
-             RETURNING id",
-            &args![name, token_hash, now_ms],
+            "INSERT INTO researchers (name, token_hash, created_ms, account_id)
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+            &args![name, token_hash, now_ms, account_id],
         )?
         .u64(0)?;
     Ok(Researcher {
@@ -83,12 +136,64 @@ pub(crate) fn add(
     })
 }
 
+/// Gives the account called `account` the permission to submit, with a new API token (the
+/// hash): a researcher of its own if it had none, or its researcher again (keeping its batches,
+/// the old token dead) if it had one. `None` if there is no such account.
+pub(crate) fn grant_submit(
+    tx: &mut dyn Sql,
+    account: &str,
+    token_hash: &str,
+    now_ms: u64,
+) -> Result<Option<Researcher>, StoreError> {
+    let Some(account) = crate::accounts::by_name(tx, account)? else {
+        return Ok(None);
+    };
+    if let Some(row) = tx.query_row(
+        "SELECT id, name FROM researchers WHERE account_id = ?1",
+        &args![account.id],
+    )? {
+        let researcher = Researcher {
+            id: row.u64(0)?,
+            name: row.text(1)?,
+        };
+        tx.execute(
+            "UPDATE researchers SET token_hash = ?2, revoked_ms = NULL WHERE id = ?1",
+            &args![researcher.id, token_hash],
+        )?;
+        return Ok(Some(researcher));
+    }
+    if by_name(tx, &account.name)?.is_some() {
+        return Err(StoreError::Taken(format!(
+            "a researcher of another account is called `{}`",
+            account.name
+        )));
+    }
+    insert(tx, &account.name, token_hash, account.id, now_ms).map(Some)
+}
+
+/// Withdraws the account's permission to submit: its token answers nothing from now on, its
+/// batches stay. `None` if there is no such account; `Some(false)` if it had no permission.
+pub(crate) fn deny_submit(
+    tx: &mut dyn Sql,
+    account: &str,
+    now_ms: u64,
+) -> Result<Option<bool>, StoreError> {
+    let Some(account) = crate::accounts::by_name(tx, account)? else {
+        return Ok(None);
+    };
+    let changed = tx.execute_count(
+        "UPDATE researchers SET revoked_ms = ?2 WHERE account_id = ?1 AND revoked_ms IS NULL",
+        &args![account.id, now_ms],
+    )?;
+    Ok(Some(changed > 0))
+}
+
 pub(crate) fn by_token(
     tx: &mut dyn Sql,
     token_hash: &str,
 ) -> Result<Option<Researcher>, StoreError> {
     let Some(row) = tx.query_row(
-        "SELECT id, name FROM researchers WHERE token_hash = ?1",
+        "SELECT id, name FROM researchers WHERE token_hash = ?1 AND revoked_ms IS NULL",
         &args![token_hash],
     )?
     else {

@@ -19,7 +19,7 @@ use crate::sql::{Row, Sequence, Sql, Value, args};
 use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -199,6 +199,30 @@ const MIGRATIONS: &[&str] = &[
     // most one replica of a unit from a network.
     "ALTER TABLE replicas ADD COLUMN network INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE batches ADD COLUMN distinct_networks INTEGER NOT NULL DEFAULT 0;",
+    // 12: a researcher is an account's permission to submit. Each researcher is linked to the
+    // account of its name (made, with no key, if there was none); of researchers whose names
+    // differ only in case, the oldest takes that account and each other one an account named
+    // `NAME-rID`. A withdrawn permission keeps its row (and its batches), not its token.
+    "ALTER TABLE researchers ADD COLUMN account_id INTEGER REFERENCES volunteers(id);
+     ALTER TABLE researchers ADD COLUMN revoked_ms INTEGER;
+     INSERT INTO volunteers (name, name_key, created_ms)
+         SELECT CASE WHEN r.id = (SELECT MIN(o.id) FROM researchers o
+                                  WHERE lower(o.name) = lower(r.name))
+                     THEN r.name ELSE r.name || '-r' || r.id END,
+                CASE WHEN r.id = (SELECT MIN(o.id) FROM researchers o
+                                  WHERE lower(o.name) = lower(r.name))
+                     THEN lower(r.name) ELSE lower(r.name) || '-r' || r.id END,
+                r.created_ms
+         FROM researchers r
+         WHERE NOT EXISTS (SELECT 1 FROM volunteers v WHERE v.name_key = lower(r.name))
+            OR r.id <> (SELECT MIN(o.id) FROM researchers o WHERE lower(o.name) = lower(r.name));
+     UPDATE researchers SET account_id = (
+         SELECT v.id FROM volunteers v WHERE v.name_key =
+             CASE WHEN researchers.id = (SELECT MIN(o.id) FROM researchers o
+                                         WHERE lower(o.name) = lower(researchers.name))
+                  THEN lower(researchers.name)
+                  ELSE lower(researchers.name) || '-r' || researchers.id END);
+     CREATE UNIQUE INDEX researchers_by_account ON researchers (account_id);",
 ];
 
 const SCHEMA: &str = "

@@ -19,6 +19,9 @@ pub(crate) fn dump(tx: &mut dyn Sql, now_ms: u64) -> Result<StatsDump, StoreErro
                      WHERE x.volunteer_id = v.id) AS BIGINT),
                 v.rac, v.rac_ms
              FROM volunteers v LEFT JOIN teams t ON t.name = v.team
+             -- Accounts that volunteered: a machine, or credit (a researcher's need not).
+             WHERE EXISTS (SELECT 1 FROM hosts h WHERE h.volunteer_id = v.id)
+                OR EXISTS (SELECT 1 FROM credit g WHERE g.volunteer_id = v.id)
              ORDER BY v.id",
             &[],
         )?
@@ -122,7 +125,11 @@ pub(crate) fn summary(
         &[],
     )?;
     Ok(ProjectSummary {
-        volunteers: tx.number("SELECT COUNT(*) FROM volunteers", &[])?,
+        // Accounts that have volunteered a machine (a researcher's own account need not).
+        volunteers: tx.number(
+            "SELECT COUNT(*) FROM volunteers v WHERE EXISTS (SELECT 1 FROM hosts h WHERE h.volunteer_id = v.id)",
+            &[],
+        )?,
         volunteers_active: tx.number(
             "SELECT COUNT(DISTINCT volunteer_id) FROM hosts WHERE last_seen_ms >= ?1",
             &active_since,

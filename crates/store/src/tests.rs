@@ -257,6 +257,7 @@ fn agreement_validates_the_unit_and_credits_each_agreeing_volunteer_once(kind: K
         Some(ContentHash::of(b"out"))
     );
     let credit = store.credit_totals(10_000).wait().expect("credit");
+    // The researcher's account computed nothing: not listed.
     let earned: Vec<(&str, f64)> = credit
         .volunteers
         .iter()
@@ -1570,6 +1571,7 @@ fn the_stats_dump_lists_volunteers_teams_and_hosts_by_id_with_their_credit(kind:
     }
     let dump = store.stats_dump(30).wait().expect("dump");
     let names: Vec<&str> = dump.volunteers.iter().map(|v| v.name.as_str()).collect();
+    // The researcher's account computed nothing: not a volunteer, not listed.
     assert_eq!(names, vec!["volunteer-1", "volunteer-2", "loner"]);
     // success() burns 3e9 fuel: 3 credits each.
     assert_eq!(dump.volunteers[0].credit, 3.0);

@@ -42,9 +42,8 @@ fn a_version_1_database_is_migrated() {
         .expect("batch");
     }
     let store = SqliteStore::open(&path).expect("migrated");
-    let totals = store.credit_totals(0).wait().expect("credit");
-    assert_eq!(totals.volunteers[0].name, "ada");
-    assert_eq!(totals.volunteers[0].recent_average_credit, 0.0);
+    let ada = store.account("ada").wait().expect("account").expect("ada");
+    assert_eq!((ada.id, ada.has_key), (1, false));
     // The batch from before researchers existed becomes the administrator's.
     let admin = store
         .ensure_researcher("admin", "h", 0)
@@ -64,17 +63,19 @@ fn volunteers_whose_names_differ_only_in_case_keep_their_rows_and_the_later_ones
     let dir = tempfile::tempdir().expect("tempdir");
     let path = version_1_database(dir.path(), &["Ada", "ada", "bob", "ADA"]);
     let store = SqliteStore::open(&path).expect("migrated");
-    let mut names: Vec<String> = store
-        .credit_totals(0)
-        .wait()
-        .expect("credit")
-        .volunteers
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
-    names.sort();
     // The oldest keeps its name; the others are told apart by their ids.
-    assert_eq!(names, ["ADA-4", "Ada", "ada-2", "bob"]);
+    let names: Vec<String> = (1..=4)
+        .map(|id| {
+            let row: String = rusqlite::Connection::open(&path)
+                .expect("open")
+                .query_row("SELECT name FROM volunteers WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .expect("a volunteer");
+            row
+        })
+        .collect();
+    assert_eq!(names, ["Ada", "ada-2", "bob", "ADA-4"]);
     for (name, id) in [("ada", 1), ("ADA-4", 4), ("Ada-2", 2), ("BOB", 3)] {
         let account = store.account(name).wait().expect("account").expect(name);
         assert_eq!((account.id, account.has_key), (id, false), "{name}");
@@ -85,6 +86,60 @@ fn volunteers_whose_names_differ_only_in_case_keep_their_rows_and_the_later_ones
             .set_account_key("ada-2", Some("h"))
             .wait()
             .expect("key")
+            .is_some()
+    );
+}
+
+#[test]
+fn researchers_from_before_accounts_become_accounts_that_may_submit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A volunteer `ada` and researchers `ada`, `Ada` and `carol` at schema 9.
+    let path = version_1_database(dir.path(), &["ada"]);
+    {
+        let store = SqliteStore::open(&path).expect("migrated");
+        drop(store);
+        let old = rusqlite::Connection::open(&path).expect("open");
+        old.execute_batch(
+            "DROP INDEX researchers_by_account;
+             UPDATE meta SET value = 11 WHERE key = 'schema_version';
+             DELETE FROM researchers;
+             INSERT INTO researchers (id, name, token_hash, created_ms) VALUES
+                 (1, 'ada', 'h1', 0), (2, 'Ada', 'h2', 0), (3, 'carol', 'h3', 0);",
+        )
+        .expect("researchers at schema 11");
+        old.execute_batch(
+            "ALTER TABLE researchers DROP COLUMN account_id;
+             ALTER TABLE researchers DROP COLUMN revoked_ms;",
+        )
+        .expect("as schema 11 had them");
+    }
+    let store = SqliteStore::open(&path).expect("migrated again");
+    // The oldest `ada` takes the volunteer's account; `Ada` gets one of its own; carol a new one.
+    let ada = store.account("ada").wait().expect("account").expect("ada");
+    assert_eq!(ada.id, 1);
+    assert!(store.account("Ada-r2").wait().expect("account").is_some());
+    assert!(store.account("carol").wait().expect("account").is_some());
+    for token in ["h1", "h2", "h3"] {
+        assert!(
+            store
+                .researcher_by_token(token)
+                .wait()
+                .expect("token")
+                .is_some(),
+            "{token}"
+        );
+    }
+    // Withdrawing ada's permission leaves the others'.
+    assert_eq!(
+        store.deny_submit("ada", 1).wait().expect("deny"),
+        Some(true)
+    );
+    assert_eq!(store.researcher_by_token("h1").wait().expect("token"), None);
+    assert!(
+        store
+            .researcher_by_token("h2")
+            .wait()
+            .expect("token")
             .is_some()
     );
 }

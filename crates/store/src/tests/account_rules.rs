@@ -344,7 +344,101 @@ fn a_batch_asking_for_distinct_networks_takes_one_replica_of_a_unit_per_network(
     mirrored(&store);
 }
 
+fn a_researcher_is_an_accounts_permission_to_submit_which_the_administrator_grants_and_withdraws(
+    kind: Kind,
+) {
+    let store = open_store(kind);
+    // A new researcher is a new account, with no key yet.
+    let bob = store
+        .add_researcher("bob", "bob-token", 1)
+        .wait()
+        .expect("researcher");
+    let account = store.account("BOB").wait().expect("account").expect("bob");
+    assert!(!account.has_key);
+    // A name an account already has is refused: that account is granted the permission.
+    store
+        .create_account("ada", None, "ada-key", None, 2)
+        .wait()
+        .expect("account");
+    match store.add_researcher("ada", "t", 3).wait() {
+        Err(StoreError::Taken(message)) => assert!(message.contains("grant"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let ada = store
+        .grant_submit("Ada", "ada-token", 4)
+        .wait()
+        .expect("grant")
+        .expect("an account");
+    assert_eq!(ada.name, "ada");
+    assert_eq!(
+        store
+            .researcher_by_token("ada-token")
+            .wait()
+            .expect("token")
+            .map(|r| r.id),
+        Some(ada.id)
+    );
+    // Withdrawn: the token answers nothing, the batches stay the researcher's.
+    let mut own = batch(1, 1);
+    own.researcher_id = ada.id;
+    let batch_id = store.create_uploaded(&own, 5).wait().expect("batch");
+    assert_eq!(
+        store.deny_submit("ada", 6).wait().expect("deny"),
+        Some(true)
+    );
+    assert_eq!(
+        store
+            .researcher_by_token("ada-token")
+            .wait()
+            .expect("token"),
+        None
+    );
+    assert_eq!(
+        store.deny_submit("ada", 7).wait().expect("deny"),
+        Some(false)
+    );
+    assert_eq!(store.deny_submit("nobody", 7).wait().expect("deny"), None);
+    assert_eq!(
+        store.batch_owner(batch_id).wait().expect("owner"),
+        Some(ada.id)
+    );
+    // Granted again: the same researcher (its batches), a new token, the old one still dead.
+    let again = store
+        .grant_submit("ada", "ada-token-2", 8)
+        .wait()
+        .expect("grant")
+        .expect("an account");
+    assert_eq!(again.id, ada.id);
+    assert_eq!(
+        store
+            .researcher_by_token("ada-token")
+            .wait()
+            .expect("token"),
+        None
+    );
+    assert!(
+        store
+            .researcher_by_token("ada-token-2")
+            .wait()
+            .expect("token")
+            .is_some()
+    );
+    assert_eq!(
+        store.grant_submit("nobody", "t", 9).wait().expect("grant"),
+        None
+    );
+    // Bob's permission is his own.
+    assert!(
+        store
+            .researcher_by_token("bob-token")
+            .wait()
+            .expect("token")
+            .is_some_and(|r| r.id == bob.id)
+    );
+}
+
 on_both_backends!(
+    a_researcher_is_an_accounts_permission_to_submit_which_the_administrator_grants_and_withdraws,
     a_batch_asking_for_distinct_networks_takes_one_replica_of_a_unit_per_network,
     a_volunteer_from_before_accounts_gets_a_key_and_keeps_its_credit_and_machines,
     accounts_are_unique_ignoring_case_and_their_key_attaches_every_machine,
