@@ -15,6 +15,19 @@ use herd_e2e::{
 
 use super::{check_results, submit, write_tiles};
 
+/// A coordinator with open sign-up and no anonymous volunteers, on the project's database at
+/// `database` (PostgreSQL), or its SQLite file.
+fn open_project(root: &Path, database: Option<&str>) -> Coordinator {
+    Coordinator::start_with(
+        root,
+        &root.join("coordinator"),
+        0,
+        database,
+        &["--sign-up", "open"],
+    )
+    .expect("coordinator")
+}
+
 /// `herd account create NAME` with no token, as a volunteer runs it: the key it printed.
 fn sign_up(coordinator: &Coordinator, name: &str, team: Option<&str>) -> String {
     let mut args = vec!["account", "create", name];
@@ -104,14 +117,7 @@ fn on_postgresql_volunteers_sign_up_attach_with_their_keys_and_a_revoked_key_sto
 fn sign_up_attach_earn_and_revoke(database: Option<&str>) {
     let root = tempfile::tempdir().expect("tempdir");
     let _logs = LogsOnFailure(root.path());
-    let coordinator = Coordinator::start_with(
-        root.path(),
-        &root.path().join("coordinator"),
-        0,
-        database,
-        &["--sign-up", "open"],
-    )
-    .expect("coordinator");
+    let coordinator = open_project(root.path(), database);
 
     // Two volunteers sign up; a name cannot be taken again, in any case.
     let ada_key = sign_up(&coordinator, "ada", Some("engines"));
@@ -384,14 +390,7 @@ fn two_accounts_behind_one_router_cannot_form_a_quorum_of_a_batch_asking_for_dis
 fn an_installed_worker_keeps_its_account_key_out_of_the_unit_and_computes_for_the_account() {
     let root = tempfile::tempdir().expect("tempdir");
     let _logs = LogsOnFailure(root.path());
-    let coordinator = Coordinator::start_with(
-        root.path(),
-        &root.path().join("coordinator"),
-        0,
-        None,
-        &["--sign-up", "open"],
-    )
-    .expect("coordinator");
+    let coordinator = open_project(root.path(), None);
     let key = sign_up(&coordinator, "ada", None);
     let home = root.path().join("home");
     std::fs::create_dir_all(&home).expect("home");
@@ -423,23 +422,12 @@ fn an_installed_worker_keeps_its_account_key_out_of_the_unit_and_computes_for_th
         .find_map(|l| l.strip_prefix("ExecStart="))
         .expect("ExecStart");
     let arguments = super::unquote_exec_start(exec);
-    let log = std::fs::File::create(root.path().join("installed-worker.log")).expect("log");
-    /// Kills the worker however the test ends.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _worker = KillOnDrop(
-        Command::new(&arguments[0])
-            .args(&arguments[1..])
-            .env_remove("HERD_ACCOUNT_KEY")
-            .stderr(log)
-            .spawn()
-            .expect("start the unit's command"),
-    );
+    let _worker = herd_e2e::spawn(
+        Path::new(&arguments[0]),
+        &arguments[1..],
+        root.path().join("installed-worker.log"),
+    )
+    .expect("start the unit's command");
     eventually(Duration::from_secs(20), "the installed worker", || {
         let hosts = coordinator.herd_json(&["hosts", "--json"]);
         hosts["hosts"]
@@ -457,14 +445,7 @@ fn an_installed_worker_keeps_its_account_key_out_of_the_unit_and_computes_for_th
 fn the_administrator_grants_an_account_the_permission_to_submit_and_withdraws_it() {
     let root = tempfile::tempdir().expect("tempdir");
     let _logs = LogsOnFailure(root.path());
-    let coordinator = Coordinator::start_with(
-        root.path(),
-        &root.path().join("coordinator"),
-        0,
-        None,
-        &["--sign-up", "open"],
-    )
-    .expect("coordinator");
+    let coordinator = open_project(root.path(), None);
     sign_up(&coordinator, "ada", None);
     // Adding a researcher by an account's name is refused, naming the way to do it.
     let output = coordinator.herd(&["researcher", "add", "ada"]);

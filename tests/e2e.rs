@@ -963,23 +963,12 @@ fn herd_worker_install_writes_a_user_unit_whose_command_runs_the_worker() {
         home.join(".local/share/herd-worker").display().to_string()
     );
     // The unit's own command line, as systemd would run it: the worker joins and registers.
-    let log = std::fs::File::create(root.path().join("installed-worker.log")).expect("log");
-    /// Kills the worker however the test ends.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _worker = KillOnDrop(
-        std::process::Command::new(&arguments[0])
-            .args(&arguments[1..])
-            .env("HERD_LOG", "info")
-            .stderr(log)
-            .spawn()
-            .expect("start the unit's command"),
-    );
+    let _worker = herd_e2e::spawn(
+        Path::new(&arguments[0]),
+        &arguments[1..],
+        root.path().join("installed-worker.log"),
+    )
+    .expect("start the unit's command");
     eventually(
         Duration::from_secs(20),
         "the installed worker to register",

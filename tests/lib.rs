@@ -67,7 +67,8 @@ impl Drop for Process {
     }
 }
 
-fn spawn(program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Process> {
+/// Starts `program` with its stderr in `log`; it is killed when the [`Process`] is dropped.
+pub fn spawn(program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Process> {
     spawn_in(program, args, log, &[])
 }
 

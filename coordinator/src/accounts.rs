@@ -182,8 +182,8 @@ impl Accounts {
     }
 }
 
-/// A new secret: 24 random bytes, hex.
-fn secret() -> Result<String, ApiError> {
+/// A new secret (an account key, an API token, an invitation code): 24 random bytes, hex.
+pub(crate) fn secret() -> Result<String, ApiError> {
     Ok(hex::encode(
         herd_net::random_bytes::<24>().map_err(anyhow::Error::from)?,
     ))

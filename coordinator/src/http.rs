@@ -815,7 +815,7 @@ async fn add_researcher(
     }
     let request: AddResearcher = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("new researcher: {e}")))?;
-    let token = hex::encode(herd_net::random_bytes::<24>().map_err(anyhow::Error::from)?);
+    let token = crate::accounts::secret()?;
     let added = match shared
         .store
         .add_researcher(&request.name, &token_hash(&token), now_ms())

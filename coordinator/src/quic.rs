@@ -40,9 +40,8 @@ const CLOSE_PROTOCOL_ERROR: u32 = 1;
 
 /// The registered peer of one connection.
 struct Peer {
+    /// The host, and its volunteer (by the name the project has it under).
     host: HostRecord,
-    /// The volunteer's name, as registered.
-    volunteer: String,
     /// The hash of the account key the host attached with, if it did.
     key_hash: Option<String>,
     /// The network of the host's address on this connection (`herd_lifecycle::network_of`).
@@ -255,7 +254,6 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
     .await?;
     send.finish()?;
     let peer = Arc::new(Peer {
-        volunteer: host.volunteer.clone(),
         host,
         key_hash,
         network: herd_lifecycle::network_of(connection.remote_address().ip()),
@@ -528,11 +526,11 @@ async fn standing(shared: &Arc<Shared>, peer: &Arc<Peer>) -> anyhow::Result<Serv
         .volunteers
         .iter()
         .enumerate()
-        .find(|(_, line)| line.name == peer.volunteer)
+        .find(|(_, line)| line.name == peer.host.volunteer)
     else {
         return Ok(error(
             ErrorCode::NotRegistered,
-            format!("no volunteer `{}`", peer.volunteer),
+            format!("no volunteer `{}`", peer.host.volunteer),
         ));
     };
     let team = line.team.as_ref().and_then(|name| {

@@ -358,67 +358,52 @@ impl Client {
 
     /// The administrator gives an account a new key (`revoke`: takes its key away).
     pub(crate) fn account_key(&self, name: &str, revoke: bool) -> anyhow::Result<Value> {
-        let url = self.url(&format!("accounts/{}/key", path_segment(name)));
-        let auth = self.auth()?;
-        let (what, response) = if revoke {
-            (
-                "revoke account key",
-                self.agent
-                    .delete(&url)
-                    .header("Authorization", &auth)
-                    .call(),
-            )
+        let what = if revoke {
+            "revoke account key"
         } else {
-            (
-                "new account key",
-                self.agent
-                    .post(&url)
-                    .header("Authorization", &auth)
-                    .send_empty(),
-            )
+            "new account key"
         };
-        let body = self.finish(what, response)?;
-        Self::json(what, &body)
+        self.administer(
+            &format!("accounts/{}/key", path_segment(name)),
+            revoke,
+            what,
+        )
     }
 
     /// The administrator grants (or with `withdraw`, withdraws) an account's permission to
     /// submit.
     pub(crate) fn submit_permission(&self, name: &str, withdraw: bool) -> anyhow::Result<Value> {
-        let url = self.url(&format!(
-            "accounts/{}/permissions/submit",
-            path_segment(name)
-        ));
-        let auth = self.auth()?;
-        let (what, response) = if withdraw {
-            (
-                "deny the permission to submit",
-                self.agent
-                    .delete(&url)
-                    .header("Authorization", &auth)
-                    .call(),
-            )
+        let what = if withdraw {
+            "deny the permission to submit"
         } else {
-            (
-                "grant the permission to submit",
-                self.agent
-                    .post(&url)
-                    .header("Authorization", &auth)
-                    .send_empty(),
-            )
+            "grant the permission to submit"
         };
-        let body = self.finish(what, response)?;
-        Self::json(what, &body)
+        let path = format!("accounts/{}/permissions/submit", path_segment(name));
+        self.administer(&path, withdraw, what)
     }
 
     /// The administrator makes an invitation code.
     pub(crate) fn invite(&self) -> anyhow::Result<Value> {
-        let response = self
-            .agent
-            .post(&self.url("invitations"))
-            .header("Authorization", &self.auth()?)
-            .send_empty();
-        let body = self.finish("invite", response)?;
-        Self::json("invite", &body)
+        self.administer("invitations", false, "invite")
+    }
+
+    /// An administrator's request with no body: `POST path`, or with `delete`, `DELETE path`.
+    fn administer(&self, path: &str, delete: bool, what: &str) -> anyhow::Result<Value> {
+        let url = self.url(path);
+        let auth = self.auth()?;
+        let response = if delete {
+            self.agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call()
+        } else {
+            self.agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty()
+        };
+        let body = self.finish(what, response)?;
+        Self::json(what, &body)
     }
 
     pub(crate) fn hosts(&self) -> anyhow::Result<Value> {
