@@ -990,6 +990,16 @@ mod tests {
                 .wait()
                 .is_err()
         );
+        // Worker a, having delivered them, comes back to the first holding nothing: its
+        // reports waiting in the inbox are not lost replicas to reissue.
+        assert_eq!(
+            first
+                .release_lost_replicas(a, &[], 22)
+                .wait()
+                .expect("release"),
+            0,
+            "reported through the other coordinator, not lost"
+        );
         assert_eq!(
             second.settle_forwarded().wait().expect("settle"),
             0,

@@ -1120,12 +1120,28 @@ pub(crate) fn lost_replicas(
     held: &[u64],
 ) -> Result<Vec<u64>, StoreError> {
     let host = live_host(tx, live, host_id)?;
-    Ok(host
+    let mut lost: Vec<u64> = host
         .in_flight
         .iter()
         .copied()
         .filter(|id| !held.contains(id))
-        .collect())
+        .collect();
+    if lost.is_empty() || !live.shards.is_shared() {
+        return Ok(lost);
+    }
+    // A replica whose report another coordinator kept for this one was reported, not lost:
+    // the host forgot it because that report was acknowledged. It is settled from the inbox;
+    // reissuing it would have a third replica computed and, agreeing late, credited.
+    let kept: std::collections::HashSet<u64> = tx
+        .query(
+            "SELECT replica_id FROM report_inbox WHERE host_id = ?1",
+            &args![host_id],
+        )?
+        .iter()
+        .map(|row| row.u64(0))
+        .collect::<Result<_, _>>()?;
+    lost.retain(|id| !kept.contains(id));
+    Ok(lost)
 }
 
 /// Counts refused reports against a host.
