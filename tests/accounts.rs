@@ -1,5 +1,6 @@
 //! Accounts end to end: volunteers sign up, attach machines with their account keys and earn
-//! credit under their accounts; a name cannot be taken twice, a project without anonymous
+//! credit under their accounts, spend it on a batch with a bid (served before an equal free
+//! batch, paid by exactly its agreed fuel) and send it to each other; a name cannot be taken twice, a project without anonymous
 //! volunteers refuses a machine with no key, a revoked or unknown key stops a worker (exit 3,
 //! no retry loop), and sign-up follows the project's rules (open with a limit per network, by
 //! invitation, or by the administrator only).
@@ -28,8 +29,18 @@ fn open_project(root: &Path, database: Option<&str>) -> Coordinator {
     .expect("coordinator")
 }
 
-/// `herd account create NAME` with no token, as a volunteer runs it: the key it printed.
+/// `herd account create NAME` with no token, as a volunteer runs it: the account key it
+/// printed (and then its API token, [`sign_up_with_token`]).
 fn sign_up(coordinator: &Coordinator, name: &str, team: Option<&str>) -> String {
+    sign_up_with_token(coordinator, name, team).0
+}
+
+/// `herd account create NAME`: the account key and the API token it printed, in that order.
+fn sign_up_with_token(
+    coordinator: &Coordinator,
+    name: &str,
+    team: Option<&str>,
+) -> (String, String) {
     let mut args = vec!["account", "create", name];
     if let Some(team) = team {
         args.extend(["--team", team]);
@@ -40,9 +51,36 @@ fn sign_up(coordinator: &Coordinator, name: &str, team: Option<&str>) -> String 
         "sign-up of {name}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let key = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    assert_eq!(key.len(), 48, "an account key: {key:?}");
-    key
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "a key and a token: {printed:?}");
+    assert_eq!(lines[0].len(), 48, "an account key: {printed:?}");
+    assert_eq!(lines[1].len(), 48, "an API token: {printed:?}");
+    assert_ne!(lines[0], lines[1]);
+    (lines[0].to_string(), lines[1].to_string())
+}
+
+/// `herd` with an account's API token, which must succeed; its stdout.
+fn herd_with(coordinator: &Coordinator, token: &str, args: &[&str]) -> String {
+    let output = coordinator.herd_as(token, args);
+    assert!(
+        output.status.success(),
+        "herd {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// The statement of the account whose API token this is.
+fn statement(coordinator: &Coordinator, token: &str) -> serde_json::Value {
+    let printed = herd_with(coordinator, token, &["account", "--json", "--recent", "50"]);
+    serde_json::from_str(&printed).expect("a statement")
+}
+
+fn fuel(value: &serde_json::Value) -> i64 {
+    value
+        .as_i64()
+        .unwrap_or_else(|| panic!("an amount of fuel: {value}"))
 }
 
 /// `herd` with no researcher token.
@@ -120,7 +158,7 @@ fn sign_up_attach_earn_and_revoke(database: Option<&str>) {
     let coordinator = open_project(root.path(), database);
 
     // Two volunteers sign up; a name cannot be taken again, in any case.
-    let ada_key = sign_up(&coordinator, "ada", Some("engines"));
+    let (ada_key, ada_token) = sign_up_with_token(&coordinator, "ada", Some("engines"));
     let bob_key = sign_up(&coordinator, "bob", None);
     let stolen = herd_anonymous(&coordinator, &["account", "create", "ADA"]);
     assert!(!stolen.status.success());
@@ -146,13 +184,16 @@ fn sign_up_attach_earn_and_revoke(database: Option<&str>) {
     assert_eq!(mode & 0o777, 0o600);
     let mut ada = start_account_worker(root.path(), &coordinator.join, "ada-laptop", &[])
         .expect("ada's worker");
-    let _bob = start_account_worker(
-        root.path(),
-        &coordinator.join,
-        "bob-desktop",
-        &[("HERD_ACCOUNT_KEY", &bob_key)],
-    )
-    .expect("bob's worker");
+    let bob_worker = || {
+        start_account_worker(
+            root.path(),
+            &coordinator.join,
+            "bob-desktop",
+            &[("HERD_ACCOUNT_KEY", &bob_key)],
+        )
+        .expect("bob's worker")
+    };
+    let mut bob = bob_worker();
 
     // They compute a batch together; every output is right and the credit is theirs.
     let inputs = root.path().join("inputs");
@@ -176,6 +217,144 @@ fn sign_up_attach_earn_and_revoke(database: Option<&str>) {
     owners.sort();
     assert_eq!(owners, ["ada", "bob"], "{hosts}");
 
+    // What Ada earned is her balance, which her API token (not her account key) shows.
+    let earned = statement(&coordinator, &ada_token);
+    assert!(fuel(&earned["balance"]) > 0, "{earned}");
+    assert_eq!(earned["balance"], earned["earned"], "{earned}");
+    let (status, answer) = coordinator.api("GET", "/api/v1/account", Some(&ada_key), None);
+    assert_eq!(
+        status, 403,
+        "the account key only attaches machines: {answer}"
+    );
+    // She gets the permission to submit (with a new token, which replaces the one she had) and
+    // spends her credit: with the workers stopped, the project queues a batch and then she
+    // queues an equal one with a bid. Hers is computed first.
+    let output = coordinator.herd(&["account", "grant", "ada", "submit"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ada_token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    ada.kill();
+    bob.kill();
+    let free = submit(&coordinator, root.path(), &inputs, false);
+    let module = root.path().join("mandelbrot.wasm");
+    let printed = herd_with(
+        &coordinator,
+        &ada_token,
+        &[
+            "submit",
+            &module.display().to_string(),
+            "--inputs",
+            &inputs.display().to_string(),
+            "--spend-priority",
+        ],
+    );
+    let paid: u64 = printed.trim().parse().expect("a batch id");
+    let mut ada = start_account_worker(root.path(), &coordinator.join, "ada-laptop", &[])
+        .expect("ada's worker");
+    let _bob = bob_worker();
+    for (batch, token) in [
+        (paid, ada_token.as_str()),
+        (free, coordinator.token.as_str()),
+    ] {
+        eventually(
+            Duration::from_secs(120),
+            "both batches to be validated",
+            || {
+                let status = coordinator.herd_as(token, &["status", &batch.to_string(), "--json"]);
+                let status: serde_json::Value = serde_json::from_slice(&status.stdout).ok()?;
+                (status["validated"] == 4).then_some(())
+            },
+        );
+    }
+    // Each machine took a replica of every unit of the paid batch it could before any of the
+    // free one (it may hold one replica of a unit only, so it goes on to the free batch while
+    // the other machine catches up).
+    let later = coordinator
+        .sql_number(&format!(
+            "SELECT COUNT(*) FROM replicas p JOIN units pu ON pu.id = p.unit_id,
+                    replicas f JOIN units fu ON fu.id = f.unit_id
+             WHERE pu.batch_id = {paid} AND fu.batch_id = {free} AND p.host_id = f.host_id
+               AND p.assigned_ms > f.assigned_ms"
+        ))
+        .expect("assignment times");
+    assert_eq!(
+        later, 0,
+        "a paid replica was handed out after a free one to the same machine"
+    );
+    let first = |batch: u64| {
+        coordinator
+            .sql_number(&format!(
+                "SELECT MIN(r.assigned_ms) FROM replicas r JOIN units u ON u.id = r.unit_id
+                 WHERE u.batch_id = {batch}"
+            ))
+            .expect("assignment times")
+    };
+    assert!(
+        first(paid) <= first(free),
+        "the paid batch was served first"
+    );
+    // Her balance fell by exactly the agreed fuel of her validated units, once each.
+    let status = coordinator.herd_as(&ada_token, &["status", &paid.to_string(), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status");
+    let agreed: i64 = status["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|unit| fuel(&unit["result"]["fuel"]))
+        .sum();
+    let after = statement(&coordinator, &ada_token);
+    assert_eq!(fuel(&after["spent"]), agreed, "{after}");
+    assert_eq!(
+        fuel(&after["balance"]),
+        fuel(&after["earned"]) - agreed,
+        "{after}"
+    );
+    let spent_rows = after["recent"]
+        .as_array()
+        .expect("recent")
+        .iter()
+        .filter(|row| row["kind"] == "spent" && row["batch_id"] == paid)
+        .count();
+    assert_eq!(spent_rows, 4, "{after}");
+    // She sends half her balance to Bob; more than she has is refused, naming her balance.
+    let half = fuel(&after["balance"]) / 2;
+    let amount = format!("{}.{:09}", half / 1_000_000_000, half % 1_000_000_000);
+    let bob_before = coordinator.herd_json(&["account", "show", "bob", "--json"]);
+    herd_with(
+        &coordinator,
+        &ada_token,
+        &["credit", "send", "bob", &amount, "--memo", "thanks"],
+    );
+    let bob_after = coordinator.herd_json(&["account", "show", "bob", "--json"]);
+    assert_eq!(
+        fuel(&bob_after["balance"]) - fuel(&bob_before["balance"]),
+        half,
+        "{bob_after}"
+    );
+    assert_eq!(fuel(&bob_after["received"]), half, "{bob_after}");
+    let refused = coordinator.herd_as(&ada_token, &["credit", "send", "bob", "1000000"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("insufficient_credit") && said.contains("does not cover"),
+        "{said}"
+    );
+    let last = statement(&coordinator, &ada_token);
+    assert_eq!(
+        fuel(&last["balance"]),
+        fuel(&after["balance"]) - half,
+        "{last}"
+    );
+    let sent = &last["recent"][0];
+    assert_eq!(
+        (&sent["kind"], &sent["counterpart"], &sent["memo"]),
+        (&"sent".into(), &"bob".into(), &"thanks".into()),
+        "{last}"
+    );
+
     // A key no account holds: refused, for good.
     let mut guesser = start_account_worker(
         root.path(),
@@ -186,6 +365,7 @@ fn sign_up_attach_earn_and_revoke(database: Option<&str>) {
     .expect("worker");
     stops_for_good(&mut guesser, "not one of this project's");
 
+    let replicas = volunteer_line(&coordinator, "ada").expect("listed")["replicas"].clone();
     // The administrator revokes Ada's key: her running worker stops at its next request.
     let revoked = coordinator.herd(&["account", "revoke", "ada"]);
     assert!(
@@ -217,7 +397,7 @@ fn sign_up_attach_earn_and_revoke(database: Option<&str>) {
     });
     assert!(ada.is_running());
     let line = volunteer_line(&coordinator, "ada").expect("listed");
-    assert_eq!(line["replicas"], 4, "{line}");
+    assert_eq!(line["replicas"], replicas, "{line}");
 }
 
 #[test]

@@ -71,6 +71,7 @@ fn batch() -> NewBatch {
         memory_limit_bytes: 1 << 20,
         output_limit_bytes: 1 << 10,
         priority: 0,
+        pricing: herd_store::Pricing::default(),
         units: (0..UNITS)
             .map(|i| NewUnit {
                 name: format!("u{i}"),

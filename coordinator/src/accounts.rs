@@ -4,9 +4,11 @@
 //! and the HTTP endpoints that create accounts, hand out and revoke keys, and make invitations.
 //!
 //! An account key is a random secret shown once, when it is made; the database keeps only its
-//! BLAKE3 hash (as researcher tokens). It lets a machine compute for the account and nothing
+//! BLAKE3 hash (as API tokens). It lets a machine compute for the account and nothing
 //! else: the key lives on every volunteer machine, so it must not be what spends the account's
-//! credit or submits its batches (BOINC's "weak" account key, for the same reason).
+//! credit or submits its batches (BOINC's "weak" account key, for the same reason). That is the
+//! account's API token, a second secret handed out at sign-up: it reads the account's ledger
+//! and sends its credit (`credit.rs`), and with the submit permission it submits batches.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +66,9 @@ pub struct AccountRules {
     /// this coordinator sees the hosts), so one person's accounts behind one router cannot
     /// form a quorum (`herd_lifecycle::network_may_take`).
     pub distinct_networks: bool,
+    /// A paying batch whose owner's balance is spent waits until they can pay again, rather
+    /// than being served in the free tier at priority 0.
+    pub pause_unpaid: bool,
 }
 
 impl Default for AccountRules {
@@ -73,6 +78,7 @@ impl Default for AccountRules {
             anonymous: false,
             sign_ups_per_hour: 5,
             distinct_networks: false,
+            pause_unpaid: false,
         }
     }
 }
@@ -190,7 +196,11 @@ pub(crate) fn secret() -> Result<String, ApiError> {
 }
 
 /// The request's token is the administrator's.
-async fn administrator(shared: &Shared, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+pub(crate) async fn administrator(
+    shared: &Shared,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<(), ApiError> {
     let me = researcher(shared, headers).await?;
     if me.name == ADMIN {
         Ok(())
@@ -223,8 +233,9 @@ fn account_json(account: &Account) -> serde_json::Value {
     })
 }
 
-/// `POST /api/v1/accounts`: signs up, as the project's rules allow. Answers the account and its
-/// key, once (the coordinator keeps only the key's hash).
+/// `POST /api/v1/accounts`: signs up, as the project's rules allow. Answers the account, its
+/// key (which attaches machines) and its API token (which speaks for its credit), each once:
+/// the coordinator keeps only their hashes.
 pub(crate) async fn sign_up(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -276,13 +287,14 @@ pub(crate) async fn sign_up(
         (false, SignUp::Invitation) => request.invitation.as_deref().map(token_hash),
         _ => None,
     };
-    let key = secret()?;
+    let (key, token) = (secret()?, secret()?);
     let created = shared
         .store
         .create_account(
             &request.name,
             request.team.as_deref(),
             &token_hash(&key),
+            Some(&token_hash(&token)),
             invitation.as_deref(),
             now_ms(),
         )
@@ -307,6 +319,7 @@ pub(crate) async fn sign_up(
     tracing::info!("account {} ({}) created", account.name, account.id);
     let mut answer = account_json(&account);
     answer["account_key"] = key.into();
+    answer["token"] = token.into();
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
@@ -419,7 +432,7 @@ pub(crate) async fn deny_submit(
     Ok(Json(serde_json::json!({ "name": name, "withdrawn": withdrawn })).into_response())
 }
 
-fn no_account(name: &str) -> ApiError {
+pub(crate) fn no_account(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "account_not_found",

@@ -21,6 +21,12 @@
 //! | DELETE | `/api/v1/accounts/{name}/key` | the administrator revokes an account's key: its machines stop |
 //! | POST | `/api/v1/accounts/{name}/permissions/submit` | the administrator lets an account submit batches; the answer holds its API token, once |
 //! | DELETE | `/api/v1/accounts/{name}/permissions/submit` | the administrator withdraws it: the token answers 403, the batches stay |
+//! | POST | `/api/v1/accounts/{name}/token` | the administrator gives an account a new API token (replacing any it had, its submit permission's too); the answer holds it, once |
+//! | GET | `/api/v1/accounts/{name}` | an account's credit totals, in fuel: balance, earned, revoked, spent, granted, sent, received (public) |
+//! | GET | `/api/v1/account?recent=N` | your account's statement: the totals, its overdraft and its latest movements (the account's token) |
+//! | POST | `/api/v1/account/transfers` | send credit to another account (`{"to", "amount", "memo"?}`, amount in credits); 409 past your balance (the account's token) |
+//! | POST | `/api/v1/accounts/{name}/grants` | the administrator gives an account credit (`{"amount", "memo"?}`) |
+//! | PUT | `/api/v1/accounts/{name}/overdraft` | the administrator sets how far below zero an account may go (`{"amount"}`; `null`: no limit) |
 //! | POST | `/api/v1/invitations` | the administrator makes an invitation code, good for one sign-up |
 //! | POST | `/api/v1/stats/export` | the administrator regenerates the statistics exports now |
 //! | GET | `/api/v1/credit` | credit and recent average credit per volunteer and team |
@@ -54,7 +60,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::accounts::{deny_submit, grant_submit, invite, new_key, revoke_key, sign_up};
-use crate::{Shared, blocking, now_ms};
+use crate::{Shared, blocking, credit, now_ms};
 
 /// The largest request body: a 16 MiB blob, or a batch description of 100,000 units.
 const MAX_BODY_BYTES: usize = 32 << 20;
@@ -86,6 +92,15 @@ pub(crate) async fn serve(
             "/api/v1/accounts/{name}/permissions/submit",
             post(grant_submit).delete(deny_submit),
         )
+        .route("/api/v1/accounts/{name}", get(credit::public_totals))
+        .route("/api/v1/accounts/{name}/token", post(credit::new_token))
+        .route("/api/v1/accounts/{name}/grants", post(credit::grant))
+        .route(
+            "/api/v1/accounts/{name}/overdraft",
+            axum::routing::put(credit::set_overdraft),
+        )
+        .route("/api/v1/account", get(credit::own_statement))
+        .route("/api/v1/account/transfers", post(credit::send))
         .route("/api/v1/invitations", post(invite))
         .route("/api/v1/stats/export", post(export_stats))
         .route("/stats/{file}", get(stats_file))
@@ -355,6 +370,10 @@ pub(crate) struct CreateBatch {
     /// At most one replica of a unit per network (IPv4 /24, IPv6 /48); on for every batch of
     /// a project started with `--distinct-networks`.
     distinct_networks: Option<bool>,
+    /// What the batch pays per credit of agreed work, from its owner's balance, as each unit is
+    /// validated (`"1.5"` or `1.5`; default 0, the free tier). Paying batches are served first,
+    /// the higher bid first.
+    bid: Option<credit::Decimal>,
 }
 
 /// Adaptive replication settings of a new batch.
@@ -452,6 +471,15 @@ async fn create_batch(
     policy
         .validate()
         .map_err(|e| ApiError::bad_request("out_of_range", e.0))?;
+    let bid_milli = match &request.bid {
+        Some(bid) => herd_store::ledger::parse_bid(&bid.text())
+            .map_err(|e| ApiError::bad_request("bad_bid", e))?,
+        None => 0,
+    };
+    let pricing = herd_store::Pricing {
+        bid_milli,
+        pause_when_broke: shared.accounts.rules.pause_unpaid,
+    };
     let defaults = Limits::default();
     let fuel = check_range(
         "fuel",
@@ -501,6 +529,7 @@ async fn create_batch(
         memory_limit_bytes: memory,
         output_limit_bytes: output,
         priority,
+        pricing,
         units,
     };
     // Another researcher's module, named by its hash, is missing to this one: it is neither

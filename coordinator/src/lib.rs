@@ -9,6 +9,7 @@
 mod accounts;
 mod archive;
 mod blobs;
+mod credit;
 mod data_dir;
 mod http;
 mod leaderboard;
@@ -257,6 +258,13 @@ async fn sweep_deadlines(shared: Arc<Shared>) {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} replicas passed their deadline and will be reissued"),
             Err(error) => tracing::error!("expire deadlines: {error:#}"),
+        }
+        // Owners of paying batches who spent their balance (their batches fall to the free tier
+        // or pause), or can pay again.
+        match shared.store.refresh_funding().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} batch owners can no longer pay, or can again"),
+            Err(error) => tracing::error!("refresh funding: {error:#}"),
         }
     }
 }

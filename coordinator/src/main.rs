@@ -41,6 +41,10 @@ struct Args {
     /// one person's machines and accounts behind one router cannot form a quorum.
     #[arg(long)]
     distinct_networks: bool,
+    /// What a paying batch does when its owner's balance is spent: `free` (served in the free
+    /// tier, at priority 0, paying nothing) or `pause` (waits until they can pay again).
+    #[arg(long, default_value = "free", value_name = "free|pause", value_parser = ["free", "pause"])]
+    out_of_credit: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -114,6 +118,7 @@ fn main() -> anyhow::Result<()> {
                     anonymous: args.anonymous_volunteers,
                     sign_ups_per_hour: args.sign_ups_per_hour,
                     distinct_networks: args.distinct_networks,
+                    pause_unpaid: args.out_of_credit == "pause",
                 },
             },
             shutdown,

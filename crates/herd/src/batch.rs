@@ -26,6 +26,8 @@ pub(crate) struct Submission<'a> {
     pub(crate) adaptive: Option<crate::client::AdaptiveSpec>,
     /// At most one replica of a unit per network.
     pub(crate) distinct_networks: bool,
+    /// Credits per credit of agreed work, as written; `None`: the free tier.
+    pub(crate) bid: Option<String>,
 }
 
 /// Reads every file in `dir` (sorted by name) as one unit's input.
@@ -128,6 +130,7 @@ pub(crate) fn submit(
         priority: submission.priority,
         adaptive: submission.adaptive,
         distinct_networks: submission.distinct_networks.then_some(true),
+        bid: submission.bid,
     })
 }
 

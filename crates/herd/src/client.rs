@@ -42,6 +42,9 @@ pub(crate) struct BatchSpec {
     pub(crate) adaptive: Option<AdaptiveSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) distinct_networks: Option<bool>,
+    /// Credits per credit of agreed work, as written ("1.5").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bid: Option<String>,
 }
 
 /// Adaptive replication, as `POST /api/v1/batches` takes it.
@@ -72,7 +75,7 @@ impl Client {
     fn auth(&self) -> anyhow::Result<String> {
         match &self.token {
             Some(token) => Ok(format!("Bearer {}", token.trim())),
-            None => bail!("no researcher token: pass --token or set HERD_TOKEN"),
+            None => bail!("no API token: pass --token or set HERD_TOKEN (your account's token)"),
         }
     }
 
@@ -404,6 +407,76 @@ impl Client {
         };
         let body = self.finish(what, response)?;
         Self::json(what, &body)
+    }
+
+    /// The administrator gives an account a new API token.
+    pub(crate) fn account_token(&self, name: &str) -> anyhow::Result<Value> {
+        let path = format!("accounts/{}/token", path_segment(name));
+        self.administer(&path, false, "new API token")
+    }
+
+    /// The statement of the account whose token this client has, with `recent` movements.
+    pub(crate) fn statement(&self, recent: u32) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .get(&self.url(&format!("account?recent={recent}")))
+            .header("Authorization", &self.auth()?)
+            .call();
+        let body = self.finish("account", response)?;
+        Self::json("account", &body)
+    }
+
+    /// An account's public credit totals.
+    pub(crate) fn account_totals(&self, name: &str) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .get(&self.url(&format!("accounts/{}", path_segment(name))))
+            .call();
+        let body = self.finish("account", response)?;
+        Self::json("account", &body)
+    }
+
+    /// Sends `amount` credits (as written: "2.5") from this client's account to `to`.
+    pub(crate) fn send_credit(
+        &self,
+        to: &str,
+        amount: &str,
+        memo: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .post(&self.url("account/transfers"))
+            .header("Authorization", &self.auth()?)
+            .send_json(serde_json::json!({ "to": to, "amount": amount, "memo": memo }));
+        let body = self.finish("send credit", response)?;
+        Self::json("send credit", &body)
+    }
+
+    /// The administrator gives `name` `amount` credits.
+    pub(crate) fn grant_credit(
+        &self,
+        name: &str,
+        amount: &str,
+        memo: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .post(&self.url(&format!("accounts/{}/grants", path_segment(name))))
+            .header("Authorization", &self.auth()?)
+            .send_json(serde_json::json!({ "amount": amount, "memo": memo }));
+        let body = self.finish("grant credit", response)?;
+        Self::json("grant credit", &body)
+    }
+
+    /// The administrator sets how far below zero `name` may go (`None`: no limit).
+    pub(crate) fn set_overdraft(&self, name: &str, amount: Option<&str>) -> anyhow::Result<Value> {
+        let response = self
+            .agent
+            .put(&self.url(&format!("accounts/{}/overdraft", path_segment(name))))
+            .header("Authorization", &self.auth()?)
+            .send_json(serde_json::json!({ "amount": amount }));
+        let body = self.finish("set overdraft", response)?;
+        Self::json("set overdraft", &body)
     }
 
     pub(crate) fn hosts(&self) -> anyhow::Result<Value> {

@@ -249,6 +249,7 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
             priority: None,
             adaptive: None,
             distinct_networks: false,
+            bid: None,
         },
         false,
     )?;

@@ -2,6 +2,7 @@
 //! batches to a coordinator, follows them, collects results, shows credit, and runs a whole
 //! project on this machine with `herd demo`.
 
+mod account;
 mod batch;
 mod client;
 mod demo;
@@ -106,6 +107,14 @@ enum Command {
         /// on a result alone.
         #[arg(long)]
         distinct_networks: bool,
+        /// Pay for the batch from your account's balance to be served before free batches: PRICE
+        /// credits per credit of work its quorum agrees on, taken as each unit is validated
+        /// (the higher bid goes first). Without it the batch is in the free tier.
+        #[arg(long, value_name = "PRICE", conflicts_with = "spend_priority")]
+        bid: Option<String>,
+        /// The same as --bid 1: pay exactly the agreed fuel of each validated unit.
+        #[arg(long)]
+        spend_priority: bool,
         /// Follow the batch with a progress bar until every unit is validated or failed.
         #[arg(long)]
         wait: bool,
@@ -123,10 +132,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Accounts: sign up, and (the administrator) hand out and revoke keys, invite.
+    /// Your account's credit (with your API token): balance, earned, spent, and the latest
+    /// movements. Subcommands sign up, show another account's totals, and (the administrator)
+    /// hand out keys and tokens, invite, grant permissions and set overdrafts.
     Account {
         #[command(subcommand)]
-        command: AccountCommand,
+        command: Option<account::AccountCommand>,
+        /// The latest movements to list.
+        #[arg(long, default_value_t = 10)]
+        recent: u32,
+        /// Print the coordinator's JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage researchers (the coordinator's administrator only).
     Researcher {
@@ -164,8 +181,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show credit per volunteer and team.
+    /// Show credit per volunteer and team; `send` moves your credit to another account, `grant`
+    /// (the administrator) gives an account credit.
     Credit {
+        #[command(subcommand)]
+        command: Option<account::CreditCommand>,
         /// Print the coordinator's JSON.
         #[arg(long)]
         json: bool,
@@ -189,65 +209,6 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
-enum AccountCommand {
-    /// Create an account; prints its account key, which the coordinator shows only this once
-    /// (attach machines with it: herd-worker attach --account-key KEY). Open to anyone or by
-    /// invitation, as the project allows; the administrator (--token) may always.
-    Create {
-        name: String,
-        #[arg(long)]
-        team: Option<String>,
-        /// The invitation code the project sent you.
-        #[arg(long)]
-        invitation: Option<String>,
-        /// Print the coordinator's JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Give an account a new key (the administrator): for volunteers from before accounts, or
-    /// a key that was lost or stolen. The key it had stops working.
-    Key {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke an account's key (the administrator): its machines stop (exit 3).
-    Revoke {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make an invitation code, good for one sign-up (the administrator).
-    Invite {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Grant an account a permission (the administrator): `submit` lets it submit batches,
-    /// and prints its API token, shown only this once (a token it had stops working).
-    Grant {
-        name: String,
-        permission: Permission,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Withdraw an account's permission (the administrator): with `submit` withdrawn its token
-    /// is refused; its batches stay.
-    Deny {
-        name: String,
-        permission: Permission,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// What an account may be allowed to do besides computing.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Permission {
-    /// Submit batches (be a researcher).
-    Submit,
-}
-
-#[derive(Subcommand, Debug)]
 enum ResearcherCommand {
     /// Add a researcher; prints their token, which the coordinator shows only this once.
     Add {
@@ -256,68 +217,6 @@ enum ResearcherCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// `herd account ...`.
-fn account(client: &client::Client, command: &AccountCommand) -> anyhow::Result<ExitCode> {
-    let (answer, json) = match command {
-        AccountCommand::Create {
-            name,
-            team,
-            invitation,
-            json,
-        } => (
-            client.create_account(name, team.as_deref(), invitation.as_deref())?,
-            *json,
-        ),
-        AccountCommand::Key { name, json } => (client.account_key(name, false)?, *json),
-        AccountCommand::Revoke { name, json } => (client.account_key(name, true)?, *json),
-        AccountCommand::Invite { json } => (client.invite()?, *json),
-        AccountCommand::Grant {
-            name,
-            permission: Permission::Submit,
-            json,
-        } => (client.submit_permission(name, false)?, *json),
-        AccountCommand::Deny {
-            name,
-            permission: Permission::Submit,
-            json,
-        } => (client.submit_permission(name, true)?, *json),
-    };
-    if json {
-        println!("{answer}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let name = answer["name"].as_str().unwrap_or_default();
-    match command {
-        AccountCommand::Create { .. } | AccountCommand::Key { .. } => {
-            println!("{}", answer["account_key"].as_str().unwrap_or_default());
-            eprintln!(
-                "the account key of {name}: it is not shown again. Attach each machine with \
-                 `herd-worker attach --data-dir DIR` (it asks for the key)"
-            );
-        }
-        AccountCommand::Revoke { .. } => {
-            println!("{name}: key revoked; its machines stop at their next request");
-        }
-        AccountCommand::Grant { .. } => {
-            println!("{}", answer["token"].as_str().unwrap_or_default());
-            eprintln!(
-                "{name} may submit batches with this token (HERD_TOKEN or --token): it is not \
-                 shown again"
-            );
-        }
-        AccountCommand::Deny { .. } => {
-            println!("{name} may no longer submit batches; its batches stay");
-        }
-        AccountCommand::Invite { .. } => {
-            println!("{}", answer["invitation"].as_str().unwrap_or_default());
-            eprintln!(
-                "an invitation good for one sign-up: herd account create NAME --invitation CODE"
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -374,6 +273,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             trust_after,
             spot_check,
             distinct_networks,
+            bid,
+            spend_priority,
             wait,
         } => {
             let client = client();
@@ -399,6 +300,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     spot_check: *spot_check,
                 }),
                 distinct_networks: *distinct_networks,
+                bid: bid
+                    .clone()
+                    .or_else(|| spend_priority.then(|| "1".to_string())),
             };
             let id = match batch::submit(&client, submission, false) {
                 Ok(id) => id,
@@ -459,7 +363,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Account { command } => account(&client(), command),
+        Command::Account {
+            command,
+            recent,
+            json,
+        } => account::account(&client(), command.as_ref(), *recent, *json),
         Command::Researcher {
             command: ResearcherCommand::Add { name, json },
         } => {
@@ -504,7 +412,14 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Credit { json } => {
+        Command::Credit {
+            command: Some(command),
+            json,
+        } => account::credit_command(&client(), command, *json),
+        Command::Credit {
+            command: None,
+            json,
+        } => {
             let credit = client().credit()?;
             if *json {
                 println!("{credit}");

@@ -67,6 +67,29 @@ pub(crate) fn by_name(tx: &mut dyn Sql, name: &str) -> Result<Option<Account>, S
     .transpose()
 }
 
+/// The account whose API token hashes to `token_hash`.
+pub(crate) fn by_token(tx: &mut dyn Sql, token_hash: &str) -> Result<Option<Account>, StoreError> {
+    tx.query_row(
+        &format!("SELECT {ACCOUNT_COLUMNS} FROM volunteers WHERE token_hash = ?1"),
+        &args![token_hash],
+    )?
+    .map(|row| account_from_row(&row))
+    .transpose()
+}
+
+/// Gives the account `id` the API token whose hash is `token_hash`, replacing any it had: one
+/// token per account, which its submit permission (if it has one) answers to as well.
+pub(crate) fn set_token(tx: &mut dyn Sql, id: u64, token_hash: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE volunteers SET token_hash = ?2 WHERE id = ?1",
+        &args![id, token_hash],
+    )?;
+    tx.execute(
+        "UPDATE researchers SET token_hash = ?2 WHERE account_id = ?1",
+        &args![id, token_hash],
+    )
+}
+
 fn ensure_team(tx: &mut dyn Sql, team: Option<&str>, now_ms: u64) -> Result<(), StoreError> {
     if let Some(team) = team {
         tx.execute(
@@ -77,13 +100,13 @@ fn ensure_team(tx: &mut dyn Sql, team: Option<&str>, now_ms: u64) -> Result<(), 
     Ok(())
 }
 
-/// Creates an account with its key's hash; with `invitation`, spends that invitation code (its
-/// hash), refusing the sign-up if the code is unknown or spent.
+/// Creates an account with its key's hash (and its API token's); with `invitation`, spends that
+/// invitation code (its hash), refusing the sign-up if the code is unknown or spent.
 pub(crate) fn create(
     tx: &mut dyn Sql,
     name: &str,
     team: Option<&str>,
-    key_hash: &str,
+    (key_hash, token_hash): (&str, Option<&str>),
     invitation: Option<&str>,
     now_ms: u64,
 ) -> Result<Account, StoreError> {
@@ -97,9 +120,9 @@ pub(crate) fn create(
     }
     let id = tx
         .query_one(
-            "INSERT INTO volunteers (name, name_key, team, key_hash, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-            &args![name, name_key(name), team, key_hash, now_ms],
+            "INSERT INTO volunteers (name, name_key, team, key_hash, token_hash, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            &args![name, name_key(name), team, key_hash, token_hash, now_ms],
         )?
         .u64(0)?;
     if let Some(code_hash) = invitation {

@@ -16,6 +16,7 @@
 
 mod accounts;
 mod group;
+pub mod ledger;
 mod live;
 mod migrate;
 mod operations;
@@ -240,7 +241,20 @@ pub struct NewBatch {
     pub output_limit_bytes: u64,
     /// Higher goes first; batches of equal priority share the workers fairly.
     pub priority: i32,
+    /// What the batch pays for its validated units, and what happens when its owner cannot.
+    pub pricing: Pricing,
     pub units: Vec<NewUnit>,
+}
+
+/// What a batch pays for each validated unit: `bid_milli` thousandths of a credit per credit of
+/// the fuel its quorum agreed (0: the free tier, paying nothing), taken from its owner's balance
+/// ([`ledger`](crate::ledger)). Paying batches are served before free ones, the higher bid first;
+/// when the owner's balance is spent the batch is served as free, at priority 0, or with
+/// `pause_when_broke` waits until the owner can pay again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pricing {
+    pub bid_milli: u32,
+    pub pause_when_broke: bool,
 }
 
 /// One unit of a new batch.
@@ -436,7 +450,8 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> Pending<HostRecord>;
 
-    /// Creates an account holding the key whose hash is `key_hash`; [`StoreError::Taken`] if its
+    /// Creates an account holding the key whose hash is `key_hash` (and the API token whose hash
+    /// is `token_hash`); [`StoreError::Taken`] if its
     /// name is (ignoring ASCII case). With `invitation` (a code's hash) the sign-up spends that
     /// invitation, and is refused ([`StoreError::NotAllowed`]) if it is unknown or spent.
     fn create_account(
@@ -444,6 +459,7 @@ pub trait Store: Send + Sync {
         name: &str,
         team: Option<&str>,
         key_hash: &str,
+        token_hash: Option<&str>,
         invitation: Option<&str>,
         now_ms: u64,
     ) -> Pending<Account>;
@@ -595,6 +611,55 @@ pub trait Store: Send + Sync {
     /// (those running may still report). Returns how many units it cancelled; `None` if there
     /// is no such batch.
     fn cancel_batch(&self, batch_id: u64) -> Pending<Option<u64>>;
+
+    /// The account whose API token hashes to `token_hash`: what signs a person's requests for
+    /// their own credit (and, with the submit permission, their batches: a researcher's token is
+    /// its account's).
+    fn account_by_token(&self, token_hash: &str) -> Pending<Option<Account>>;
+
+    /// Gives the account called `name` a new API token (its hash), replacing any it had, its
+    /// submit permission's included; `None` if there is no such account.
+    fn set_account_token(&self, name: &str, token_hash: &str) -> Pending<Option<Account>>;
+
+    /// The credit statement of the account called `name`: its balance, what each kind of
+    /// movement added up to, and its `recent` latest movements; `None` if there is no account.
+    fn statement(&self, name: &str, recent: u32) -> Pending<Option<ledger::Statement>>;
+
+    /// The project gives `amount` fuel of credit to the account called `name` (a research
+    /// group's allowance, say): a `granted` row. [`StoreError::Invalid`] for no such account or
+    /// no amount.
+    fn grant_credit(
+        &self,
+        name: &str,
+        amount: u64,
+        memo: Option<&str>,
+        now_ms: u64,
+    ) -> Pending<ledger::LedgerRow>;
+
+    /// Sends `amount` fuel of credit from the account `from_id` to the account called `to`,
+    /// refused ([`StoreError::NotAllowed`]) if the sender's balance, with its overdraft, does
+    /// not cover it. Once the answer is in, [`transfer_happened`](Store::transfer_happened)
+    /// says whether it took place: another coordinator's charge committed in between may still
+    /// have turned it down (the balance is checked again, under lock, at commit).
+    fn send_credit(
+        &self,
+        from_id: u64,
+        to: &str,
+        amount: u64,
+        memo: Option<&str>,
+        now_ms: u64,
+    ) -> Pending<ledger::Transfer>;
+
+    /// Whether the transfer written as [`ledger::Transfer::row_id`] took place.
+    fn transfer_happened(&self, row_id: u64) -> Pending<bool>;
+
+    /// How far below zero the account called `name` may go, in fuel (`None`: no limit).
+    fn set_overdraft(&self, name: &str, overdraft: Option<u64>) -> Pending<()>;
+
+    /// Reads again which owners of paying batches can no longer pay (so their batches fall to
+    /// the free tier or pause) and which can again. Returns how many changed. The coordinator
+    /// runs it every few seconds.
+    fn refresh_funding(&self) -> Pending<usize>;
 
     /// A worker's exchange in one operation: records its reports in order (each as
     /// [`record_report`](Store::record_report) would; a refused one does not stop the others),

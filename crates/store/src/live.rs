@@ -25,6 +25,9 @@ pub(crate) struct LiveBatch {
     pub(crate) memory_limit_bytes: u64,
     pub(crate) output_limit_bytes: u64,
     pub(crate) priority: i32,
+    /// The account that pays for it (its researcher's), and what it bids.
+    pub(crate) owner: u64,
+    pub(crate) pricing: crate::Pricing,
     /// Replicas of this batch in progress (for fair sharing).
     pub(crate) in_flight: u32,
     /// Open units of this batch held here; the batch leaves when none is left.
@@ -118,6 +121,9 @@ pub(crate) struct Live {
     pub(crate) deadlines: BTreeSet<(u64, u64)>,
     /// The shards whose units are here (every shard, for a lone coordinator).
     pub(crate) shards: Shards,
+    /// Owners of paying batches whose balance is spent, as last read
+    /// ([`crate::ledger::refresh_funding`]): their batches are served as free, or paused.
+    pub(crate) unfunded: std::collections::HashSet<u64>,
 }
 
 /// Units wanting a replica counted at most per shard by [`Live::wanting_by_shard`].
@@ -215,7 +221,8 @@ impl Live {
 
     /// Picks a unit for the host `(host_id, volunteer_id, network)` (computing
     /// `fuel_per_second` if known): among the batches whose typical unit it can finish before
-    /// the deadline, by priority, then the one with the fewest replicas in flight (fair share),
+    /// the deadline, by bid (of owners who can pay: see [`Live::standing`]), then priority, then
+    /// the one with the fewest replicas in flight (fair share),
     /// then the oldest; within a batch, the oldest unit that wants a replica and that neither
     /// this volunteer nor this host holds or has reported, nor, when the batch asks for
     /// distinct networks, a host on this network. At most `scan_limit` units are examined.
@@ -225,19 +232,21 @@ impl Live {
         fuel_per_second: Option<u64>,
         scan_limit: usize,
     ) -> Option<Pick> {
-        let mut order: Vec<(&u64, &LiveBatch)> = self
+        let mut order: Vec<(&u64, &LiveBatch, (u32, i32))> = self
             .batches
             .iter()
             .filter(|(_, batch)| !batch.wanting.is_empty() && batch.fits(fuel_per_second))
+            .filter_map(|(id, batch)| Some((id, batch, self.standing(batch)?)))
             .collect();
-        order.sort_by(|(a_id, a), (b_id, b)| {
-            b.priority
-                .cmp(&a.priority)
+        // By bid, then priority, then fair share, then age.
+        order.sort_by(|(a_id, a, a_standing), (b_id, b, b_standing)| {
+            b_standing
+                .cmp(a_standing)
                 .then(a.in_flight.cmp(&b.in_flight))
                 .then(a_id.cmp(b_id))
         });
         let mut budget = scan_limit;
-        for (batch_id, batch) in order {
+        for (batch_id, batch, _) in order {
             for unit_id in &batch.wanting {
                 if budget == 0 {
                     return None;
@@ -267,6 +276,16 @@ impl Live {
             }
         }
         None
+    }
+
+    /// Where a batch stands in the queue: its bid and priority while its owner can pay, the free
+    /// tier's `(0, 0)` once it cannot, or `None` (not served) if the batch then pauses.
+    fn standing(&self, batch: &LiveBatch) -> Option<(u32, i32)> {
+        let bid = batch.pricing.bid_milli;
+        if bid == 0 || !self.unfunded.contains(&batch.owner) {
+            return Some((bid, batch.priority));
+        }
+        (!batch.pricing.pause_when_broke).then_some((0, 0))
     }
 
     /// Records a new replica in progress.
@@ -476,6 +495,8 @@ mod tests {
             memory_limit_bytes: 1,
             output_limit_bytes: 1,
             priority,
+            owner: 1,
+            pricing: crate::Pricing::default(),
             in_flight: 0,
             open_units: 0,
             wanting: BTreeSet::new(),
@@ -581,5 +602,48 @@ mod tests {
             live.pick((7, 70, 0), None, 100).map(|p| p.batch_id),
             Some(2)
         );
+    }
+
+    fn bidding(bid_milli: u32, owner: u64, pause_when_broke: bool) -> LiveBatch {
+        LiveBatch {
+            owner,
+            pricing: crate::Pricing {
+                bid_milli,
+                pause_when_broke,
+            },
+            ..batch(0)
+        }
+    }
+
+    #[test]
+    fn the_higher_bid_first_and_an_owner_who_cannot_pay_falls_to_the_free_tier_or_pauses() {
+        let mut live = Live::default();
+        live.batches.insert(1, batch(3));
+        live.batches.insert(2, bidding(1000, 20, false));
+        live.batches.insert(3, bidding(2500, 30, true));
+        for (unit_id, batch_id) in [(10, 1), (20, 2), (30, 3)] {
+            live.insert_unit(unit_id, unit(batch_id));
+        }
+        live.hosts.insert(7, host(70));
+        let first = |live: &Live| live.pick((7, 70, 0), None, 100).map(|p| p.batch_id);
+        assert_eq!(first(&live), Some(3), "the highest bid, over any priority");
+        live.unfunded.insert(30);
+        assert_eq!(
+            first(&live),
+            Some(2),
+            "batch 3 pauses: its owner cannot pay"
+        );
+        live.unfunded.insert(20);
+        assert_eq!(
+            first(&live),
+            Some(1),
+            "batch 2 is served as free, at priority 0, after the free batch of priority 3"
+        );
+        live.batches.remove(&1);
+        assert_eq!(first(&live), Some(2), "still served, as free");
+        live.batches.remove(&2);
+        assert_eq!(first(&live), None, "a paused batch is not served");
+        live.unfunded.clear();
+        assert_eq!(first(&live), Some(3), "paid for again, it resumes");
     }
 }

@@ -1,7 +1,7 @@
 //! Moving a project from its SQLite file to PostgreSQL (`herd-coordinator migrate`): every row of
 //! every table copied with its id, every blob (so every coordinator of the project can serve it), the sequences set past every id ever used (the ledgers'
 //! included, so no new replica meets an old grant), all in one PostgreSQL transaction, and the
-//! copy checked (every table's count, the ledgers' totals, every volunteer's credit) before it
+//! copy checked (every table's count, the ledgers' totals, every volunteer's credit and balance) before it
 //! commits. A copy that does not check out is rolled back and nothing is left half done.
 
 use std::path::Path;
@@ -28,6 +28,9 @@ const TABLES: &[(&str, &[&str])] = &[
             "name_key",
             "key_hash",
             "revoked_key_hash",
+            "balance",
+            "overdraft",
+            "token_hash",
         ],
     ),
     ("teams", &["id", "name", "created_ms"]),
@@ -78,6 +81,8 @@ const TABLES: &[(&str, &[&str])] = &[
             "spot_check_ppm",
             "researcher_id",
             "distinct_networks",
+            "bid_milli",
+            "pause_when_broke",
         ],
     ),
     (
@@ -135,6 +140,20 @@ const TABLES: &[(&str, &[&str])] = &[
             "host_id",
             "fuel",
             "revoked_ms",
+        ],
+    ),
+    (
+        "ledger",
+        &[
+            "id",
+            "account_id",
+            "kind",
+            "amount",
+            "batch_id",
+            "unit_id",
+            "counterpart_id",
+            "memo",
+            "created_ms",
         ],
     ),
     ("blob_uploads", &["hash", "researcher_id"]),
@@ -257,7 +276,7 @@ fn copy(
 
 /// Every sequence past every id the project ever used.
 fn set_sequences(source: &mut SqliteDb, target: &mut PgDb) -> Result<(), StoreError> {
-    for table in ["batches", "units", "replicas"] {
+    for table in ["batches", "units", "replicas", "ledger"] {
         // SQLite's counter remembers ids of retired rows; the ledgers remember purged replicas.
         let mut last = source
             .query_row(
@@ -347,6 +366,17 @@ fn check(
     if lines(source)? != lines(target)? {
         return Err(StoreError::Corrupt(
             "volunteers' credit differs between SQLite and PostgreSQL".into(),
+        ));
+    }
+    let balances = |db: &mut dyn Sql| -> Result<Vec<(u64, i64)>, StoreError> {
+        db.query("SELECT id, balance FROM volunteers ORDER BY id", &[])?
+            .iter()
+            .map(|row| Ok((row.u64(0)?, row.int(1)?)))
+            .collect()
+    };
+    if balances(source)? != balances(target)? {
+        return Err(StoreError::Corrupt(
+            "accounts' balances differ between SQLite and PostgreSQL".into(),
         ));
     }
     Ok(Migrated {

@@ -10,7 +10,7 @@ use crate::threads::Threads;
 use crate::{
     Account, BatchStatus, BatchSummary, CreditTotals, Exchange, HostLine, HostRecord, KeyChange,
     NewBatch, Pending, ProjectSummary, ReportEffect, ReportRefusal, Researcher, RetiredBatch,
-    StatsDump, Store, StoreError, ThroughputBucket, UnitState, UnitStatus, Want, accounts,
+    StatsDump, Store, StoreError, ThroughputBucket, UnitState, UnitStatus, Want, accounts, ledger,
     parse_hash, reads, researchers, stats, work,
 };
 
@@ -242,17 +242,19 @@ impl<B: Backend> Store for B {
         name: &str,
         team: Option<&str>,
         key_hash: &str,
+        token_hash: Option<&str>,
         invitation: Option<&str>,
         now_ms: u64,
     ) -> Pending<Account> {
         let (name, team) = (name.to_owned(), team.map(str::to_owned));
         let (key_hash, invitation) = (key_hash.to_owned(), invitation.map(str::to_owned));
+        let token_hash = token_hash.map(str::to_owned);
         self.threads().write(move |tx, _| {
             accounts::create(
                 tx,
                 &name,
                 team.as_deref(),
-                &key_hash,
+                (&key_hash, token_hash.as_deref()),
                 invitation.as_deref(),
                 now_ms,
             )
@@ -500,6 +502,69 @@ impl<B: Backend> Store for B {
     fn record_uploads(&self, researcher_id: u64, hashes: Vec<ContentHash>) -> Pending<()> {
         self.threads()
             .write(move |tx, _| researchers::record_uploads(tx, researcher_id, &hashes))
+    }
+
+    fn account_by_token(&self, token_hash: &str) -> Pending<Option<Account>> {
+        let token_hash = token_hash.to_owned();
+        self.threads()
+            .read(move |tx| accounts::by_token(tx, &token_hash))
+    }
+
+    fn set_account_token(&self, name: &str, token_hash: &str) -> Pending<Option<Account>> {
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        self.threads().write(move |tx, _| {
+            let Some(account) = accounts::by_name(tx, &name)? else {
+                return Ok(None);
+            };
+            accounts::set_token(tx, account.id, &token_hash)?;
+            Ok(Some(account))
+        })
+    }
+
+    fn statement(&self, name: &str, recent: u32) -> Pending<Option<ledger::Statement>> {
+        let name = name.to_owned();
+        self.threads()
+            .read(move |tx| ledger::statement(tx, &name, recent))
+    }
+
+    fn grant_credit(
+        &self,
+        name: &str,
+        amount: u64,
+        memo: Option<&str>,
+        now_ms: u64,
+    ) -> Pending<ledger::LedgerRow> {
+        let (name, memo) = (name.to_owned(), memo.map(str::to_owned));
+        self.threads()
+            .write(move |tx, _| ledger::grant(tx, &name, amount, memo.as_deref(), now_ms))
+    }
+
+    fn send_credit(
+        &self,
+        from_id: u64,
+        to: &str,
+        amount: u64,
+        memo: Option<&str>,
+        now_ms: u64,
+    ) -> Pending<ledger::Transfer> {
+        let (to, memo) = (to.to_owned(), memo.map(str::to_owned));
+        self.threads()
+            .write(move |tx, _| ledger::send(tx, from_id, &to, amount, memo.as_deref(), now_ms))
+    }
+
+    fn transfer_happened(&self, row_id: u64) -> Pending<bool> {
+        // On the writer: a reader's snapshot might predate the transfer's commit.
+        self.threads().write(move |tx, _| ledger::sent(tx, row_id))
+    }
+
+    fn set_overdraft(&self, name: &str, overdraft: Option<u64>) -> Pending<()> {
+        let name = name.to_owned();
+        self.threads()
+            .write(move |tx, _| ledger::set_overdraft(tx, &name, overdraft))
+    }
+
+    fn refresh_funding(&self) -> Pending<usize> {
+        self.threads().write(ledger::refresh_funding)
     }
 
     fn cancel_batch(&self, batch_id: u64) -> Pending<Option<u64>> {

@@ -40,7 +40,7 @@ use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
 /// The schema's version: [`SCHEMA`] creates version 1, and [`MIGRATIONS`] bring it here.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -122,6 +122,36 @@ const MIGRATIONS: &[&str] = &[
                   THEN lower(researchers.name COLLATE \"C\")
                   ELSE lower(researchers.name COLLATE \"C\") || '-r' || researchers.id END);
      CREATE UNIQUE INDEX researchers_by_account ON researchers (account_id);",
+    // 7: credit as a balance and accounts' API tokens, as SQLite's schema 13; the ledger's ids come from a sequence the
+    // store reserves from, as the hot path writes spending rows.
+    "ALTER TABLE volunteers ADD COLUMN balance BIGINT NOT NULL DEFAULT 0,
+                           ADD COLUMN overdraft BIGINT DEFAULT 0;
+     UPDATE volunteers SET balance =
+         (SELECT COALESCE(SUM(c.fuel), 0) FROM credit c WHERE c.volunteer_id = volunteers.id)
+       - (SELECT COALESCE(SUM(x.fuel), 0) FROM credit_revoked x
+          WHERE x.volunteer_id = volunteers.id);
+     CREATE SEQUENCE ledger_id_seq;
+     CREATE TABLE ledger (
+         id BIGINT PRIMARY KEY DEFAULT nextval('ledger_id_seq'),
+         account_id BIGINT NOT NULL REFERENCES volunteers(id),
+         kind TEXT NOT NULL CHECK (kind IN ('spent', 'granted', 'sent', 'received')),
+         amount BIGINT NOT NULL,
+         batch_id BIGINT,
+         unit_id BIGINT,
+         counterpart_id BIGINT REFERENCES volunteers(id),
+         memo TEXT,
+         created_ms BIGINT NOT NULL
+     );
+     CREATE INDEX ledger_by_account ON ledger (account_id, id);
+     CREATE INDEX ledger_by_batch ON ledger (batch_id) WHERE batch_id IS NOT NULL;
+     CREATE INDEX credit_revoked_by_volunteer ON credit_revoked (volunteer_id, id);
+     ALTER TABLE batches ADD COLUMN bid_milli BIGINT NOT NULL DEFAULT 0,
+                         ADD COLUMN pause_when_broke BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE volunteers ADD COLUMN token_hash TEXT;
+     UPDATE volunteers SET token_hash = (SELECT r.token_hash FROM researchers r
+                                         WHERE r.account_id = volunteers.id
+                                           AND r.revoked_ms IS NULL);
+     CREATE UNIQUE INDEX volunteers_by_token ON volunteers (token_hash);",
 ];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),

@@ -76,6 +76,7 @@ pub(crate) fn ensure(
                  WHERE id = ?1",
                 &args![found.id, token_hash, account_id],
             )?;
+            crate::accounts::set_token(tx, account_id, token_hash)?;
             found
         }
         None => {
@@ -85,6 +86,13 @@ pub(crate) fn ensure(
     };
     tx.execute(
         "UPDATE batches SET researcher_id = ?1 WHERE researcher_id IS NULL",
+        &args![researcher.id],
+    )?;
+    // The administrator's account is the project's own: it pays for the project's bids and may
+    // go below zero without limit (`ledger.rs`).
+    tx.execute(
+        "UPDATE volunteers SET overdraft = NULL
+         WHERE id = (SELECT account_id FROM researchers WHERE id = ?1)",
         &args![researcher.id],
     )?;
     Ok(researcher)
@@ -130,6 +138,7 @@ fn insert(
             &args![name, token_hash, now_ms, account_id],
         )?
         .u64(0)?;
+    crate::accounts::set_token(tx, account_id, token_hash)?;
     Ok(Researcher {
         id,
         name: name.to_owned(),
@@ -160,6 +169,7 @@ pub(crate) fn grant_submit(
             "UPDATE researchers SET token_hash = ?2, revoked_ms = NULL WHERE id = ?1",
             &args![researcher.id, token_hash],
         )?;
+        crate::accounts::set_token(tx, account.id, token_hash)?;
         return Ok(Some(researcher));
     }
     if by_name(tx, &account.name)?.is_some() {

@@ -202,6 +202,7 @@ pub(crate) enum Sequence {
     Batches,
     Units,
     Replicas,
+    Ledger,
 }
 
 impl Sequence {
@@ -210,6 +211,7 @@ impl Sequence {
             Self::Batches => "batches",
             Self::Units => "units",
             Self::Replicas => "replicas",
+            Self::Ledger => "ledger",
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::sql::{Row, Sequence, Sql, Value, args};
 use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
-const SCHEMA_VERSION: i64 = 12;
+const SCHEMA_VERSION: i64 = 13;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -223,6 +223,41 @@ const MIGRATIONS: &[&str] = &[
                   THEN lower(researchers.name)
                   ELSE lower(researchers.name) || '-r' || researchers.id END);
      CREATE UNIQUE INDEX researchers_by_account ON researchers (account_id);",
+    // 13: credit as a balance (`ledger.rs`), and every account's API token (its hash; a
+    // researcher's token is its account's). Each account's balance in fuel, kept beside the
+    // movements it sums: the grants and revocations of `credit` and `credit_revoked`, and the
+    // `ledger`'s spending, grants from the project and transfers. `overdraft` is how far below
+    // zero the account may go (NULL: no limit). A batch may bid a price per credit of agreed
+    // work (thousandths; 0 is the free tier), and when its owner cannot pay it either pauses or
+    // is served as free.
+    "ALTER TABLE volunteers ADD COLUMN balance INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE volunteers ADD COLUMN overdraft INTEGER DEFAULT 0;
+     UPDATE volunteers SET balance =
+         (SELECT COALESCE(SUM(c.fuel), 0) FROM credit c WHERE c.volunteer_id = volunteers.id)
+       - (SELECT COALESCE(SUM(x.fuel), 0) FROM credit_revoked x
+          WHERE x.volunteer_id = volunteers.id);
+     CREATE TABLE ledger (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         account_id INTEGER NOT NULL REFERENCES volunteers(id),
+         kind TEXT NOT NULL CHECK (kind IN ('spent', 'granted', 'sent', 'received')),
+         amount INTEGER NOT NULL,
+         batch_id INTEGER,
+         unit_id INTEGER,
+         counterpart_id INTEGER REFERENCES volunteers(id),
+         memo TEXT,
+         created_ms INTEGER NOT NULL
+     );
+     CREATE INDEX ledger_by_account ON ledger (account_id, id);
+     CREATE INDEX ledger_by_batch ON ledger (batch_id) WHERE batch_id IS NOT NULL;
+     CREATE INDEX credit_by_volunteer ON credit (volunteer_id, id);
+     CREATE INDEX credit_revoked_by_volunteer ON credit_revoked (volunteer_id, id);
+     ALTER TABLE batches ADD COLUMN bid_milli INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE batches ADD COLUMN pause_when_broke INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE volunteers ADD COLUMN token_hash TEXT;
+     UPDATE volunteers SET token_hash = (SELECT r.token_hash FROM researchers r
+                                         WHERE r.account_id = volunteers.id
+                                           AND r.revoked_ms IS NULL);
+     CREATE UNIQUE INDEX volunteers_by_token ON volunteers (token_hash);",
 ];
 
 const SCHEMA: &str = "

@@ -181,6 +181,7 @@ pub(crate) fn batch(units: usize, quorum: u32) -> NewBatch {
         memory_limit_bytes: 1 << 20,
         output_limit_bytes: 1 << 10,
         priority: 0,
+        pricing: Pricing::default(),
         units: (0..units)
             .map(|i| NewUnit {
                 name: format!("unit-{i}"),
@@ -335,7 +336,7 @@ fn one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts(kind: Kin
         .expect("batch");
     // Two machines attached to one account with its key.
     store
-        .create_account("ada", None, "ada-key", None, 0)
+        .create_account("ada", None, "ada-key", None, None, 0)
         .wait()
         .expect("account");
     let first = store
@@ -1277,7 +1278,7 @@ mod mirror {
                     let name = format!("v{volunteer}");
                     let account_key = format!("key-{name}");
                     match store
-                        .create_account(&name, None, &account_key, None, now)
+                        .create_account(&name, None, &account_key, None, None, now)
                         .wait()
                     {
                         Ok(_) | Err(StoreError::Taken(_)) => {}
@@ -1408,6 +1409,8 @@ mod mirror {
             if let Some(difference) = store.live_mirrors_database().wait().expect("mirror") {
                 panic!("live work differs from the database: {difference}");
             }
+            // Grants and revocations, in any order, keep every balance its ledger's sum.
+            ledger::every_balance_is_its_ledger_sum(&store);
         }
     }
 
@@ -1852,13 +1855,23 @@ fn a_sqlite_project_with_history_migrates_to_postgresql_with_every_total_equal()
         .wait()
         .expect("invitation");
     store
-        .create_account("grace", None, "grace-key", Some("code"), 23)
+        .create_account("grace", None, "grace-key", None, Some("code"), 23)
         .wait()
         .expect("account");
     store
         .attach_host(&key(40), "grace-key", None, 1, 24)
         .wait()
         .expect("attach");
+    // Credit moved: a grant, and a transfer of part of it.
+    store
+        .grant_credit("grace", 5_000_000_000, Some("allowance"), 25)
+        .wait()
+        .expect("grant");
+    let grace = store.account("grace").wait().expect("a").expect("grace").id;
+    store
+        .send_credit(grace, "tester", 2_000_000_000, None, 26)
+        .wait()
+        .expect("send");
     let now = 30;
     let before = (
         store.credit_totals(now).wait().expect("credit"),
@@ -1868,6 +1881,7 @@ fn a_sqlite_project_with_history_migrates_to_postgresql_with_every_total_equal()
             .project_summary(now, 1000, 1000)
             .wait()
             .expect("summary"),
+        store.statement("grace", 10).wait().expect("statement"),
     );
     assert!(
         before.0.volunteers.iter().any(|v| v.fuel > 0),
@@ -1903,6 +1917,7 @@ fn a_sqlite_project_with_history_migrates_to_postgresql_with_every_total_equal()
             .project_summary(now, 1000, 1000)
             .wait()
             .expect("summary"),
+        moved.statement("grace", 10).wait().expect("statement"),
     );
     assert_eq!(after, before);
     // A second migration into the same database is refused by name; nothing changes.
@@ -1941,9 +1956,12 @@ fn a_sqlite_project_with_history_migrates_to_postgresql_with_every_total_equal()
         .expect("attach after the move");
     assert_eq!(grace.volunteer, "grace");
     assert!(matches!(
-        moved.create_account("GRACE", None, "k", None, 40).wait(),
+        moved
+            .create_account("GRACE", None, "k", None, None, 40)
+            .wait(),
         Err(StoreError::Taken(_))
     ));
 }
 
 mod account_rules;
+mod ledger;

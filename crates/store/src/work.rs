@@ -33,7 +33,8 @@ const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
 pub(crate) const BATCH_COLUMNS: &str = "id, module_hash, quorum, max_total_replicas,
     max_error_replicas, replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes,
     initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm,
-    distinct_networks";
+    distinct_networks, bid_milli, pause_when_broke,
+    COALESCE((SELECT r.account_id FROM researchers r WHERE r.id = researcher_id), 0)";
 
 fn batch_from_row(row: &Row) -> Result<(u64, LiveBatch), StoreError> {
     Ok((
@@ -60,6 +61,11 @@ fn batch_from_row(row: &Row) -> Result<(u64, LiveBatch), StoreError> {
             memory_limit_bytes: row.u64(7)?,
             output_limit_bytes: row.u64(8)?,
             priority: row.i32(11)?,
+            owner: row.u64(17)?,
+            pricing: crate::Pricing {
+                bid_milli: row.u32(15)?,
+                pause_when_broke: row.bool(16)?,
+            },
             in_flight: 0,
             open_units: 0,
             wanting: Default::default(),
@@ -165,6 +171,7 @@ pub(crate) fn load_live(tx: &mut dyn Sql, shards: Shards) -> Result<Live, StoreE
         live.hosts.insert(host_id, host);
     }
     load_open_units(tx, &mut live, None)?;
+    crate::ledger::refresh_funding(tx, &mut live)?;
     let orphans = tx.query(
         &format!(
             "SELECT r.id, r.unit_id, u.batch_id, r.host_id, r.volunteer_id, r.deadline_ms
@@ -308,14 +315,23 @@ pub(crate) fn create_batch(
             twice.name
         )));
     }
+    let owner = tx
+        .query_row(
+            "SELECT account_id FROM researchers WHERE id = ?1",
+            &args![batch.researcher_id],
+        )?
+        .and_then(|row| row.opt_u64(0).transpose())
+        .transpose()?
+        .unwrap_or(0);
     let batch_id = tx.reserve_id(Sequence::Batches)?;
     let unit_ids = tx.reserve_ids(Sequence::Units, batch.units.len())?;
     tx.execute(
         "INSERT INTO batches (id, module_hash, quorum, max_total_replicas, max_error_replicas,
             replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
             initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm,
-            researcher_id, distinct_networks)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            researcher_id, distinct_networks, bid_milli, pause_when_broke)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19)",
         &args![
             batch_id,
             batch.module.to_hex(),
@@ -334,6 +350,8 @@ pub(crate) fn create_batch(
             batch.policy.adaptive.map(|a| a.spot_check_ppm),
             batch.researcher_id,
             batch.policy.distinct_networks,
+            batch.pricing.bid_milli,
+            batch.pricing.pause_when_broke,
         ],
     )?;
     for (unit, unit_id) in batch.units.iter().zip(&unit_ids) {
@@ -363,6 +381,8 @@ pub(crate) fn create_batch(
             memory_limit_bytes: batch.memory_limit_bytes,
             output_limit_bytes: batch.output_limit_bytes,
             priority: batch.priority,
+            owner,
+            pricing: batch.pricing,
             in_flight: 0,
             open_units: 0,
             wanting: Default::default(),
@@ -756,15 +776,17 @@ fn settle(
     let verdict = live
         .verdict(unit_id)
         .ok_or_else(|| StoreError::Corrupt(format!("unit {unit_id} is not live")))?;
-    let (alone, adaptive, credited) = match live.units.get(&unit_id) {
-        Some(unit) => (
-            unit.alone,
-            live.batches
-                .get(&unit.batch_id)
-                .is_some_and(|b| b.policy.adaptive.is_some()),
-            unit.credited.clone(),
-        ),
-        None => (false, false, Default::default()),
+    let (alone, adaptive, credited, payer) = match live.units.get(&unit_id) {
+        Some(unit) => {
+            let batch = live.batches.get(&unit.batch_id);
+            (
+                unit.alone,
+                batch.is_some_and(|b| b.policy.adaptive.is_some()),
+                unit.credited.clone(),
+                batch.map(|b| (unit.batch_id, b.owner, b.pricing.bid_milli)),
+            )
+        }
+        None => (false, false, Default::default(), None),
     };
     match &verdict {
         Verdict::Validated {
@@ -802,6 +824,15 @@ fn settle(
                 ],
             )?;
             live.close_unit(unit_id);
+            // The owner pays for the result once, at its bid, whatever the quorum: a unit
+            // reopened and validated again (its lone result overturned) is paid again.
+            if let Some((batch_id, owner, bid_milli)) = payer
+                && bid_milli > 0
+                && owner != 0
+            {
+                let price = crate::ledger::price(canonical.fuel, bid_milli);
+                crate::ledger::charge(tx, owner, price, (batch_id, unit_id), now_ms)?;
+            }
             for (replica_id, reference) in &agreeing {
                 if !credited.contains_key(replica_id) {
                     grant(tx, live, *replica_id, reference, canonical.fuel, now_ms)?;
@@ -999,6 +1030,16 @@ fn enter_in_ledger(
     )?;
     let credit = sign * credit_for_fuel(fuel);
     add_recent_credit(tx, "volunteers", reference.volunteer_id, credit, now_ms)?;
+    // The volunteer's balance moves with the row (`ledger.rs`).
+    let fuel = i64::try_from(fuel).unwrap_or(i64::MAX);
+    tx.execute_shared(
+        SharedRow("volunteers", reference.volunteer_id),
+        "UPDATE volunteers SET balance = balance + ?2 WHERE id = ?1",
+        &args![
+            reference.volunteer_id,
+            if sign > 0.0 { fuel } else { -fuel }
+        ],
+    )?;
     add_recent_credit(tx, "hosts", reference.host_id, credit, now_ms)
 }
 

@@ -109,7 +109,16 @@ fn researchers_from_before_accounts_become_accounts_that_may_submit() {
         .expect("researchers at schema 11");
         old.execute_batch(
             "ALTER TABLE researchers DROP COLUMN account_id;
-             ALTER TABLE researchers DROP COLUMN revoked_ms;",
+             ALTER TABLE researchers DROP COLUMN revoked_ms;
+             DROP TABLE ledger;
+             DROP INDEX credit_by_volunteer;
+             DROP INDEX credit_revoked_by_volunteer;
+             DROP INDEX volunteers_by_token;
+             ALTER TABLE volunteers DROP COLUMN token_hash;
+             ALTER TABLE volunteers DROP COLUMN balance;
+             ALTER TABLE volunteers DROP COLUMN overdraft;
+             ALTER TABLE batches DROP COLUMN bid_milli;
+             ALTER TABLE batches DROP COLUMN pause_when_broke;",
         )
         .expect("as schema 11 had them");
     }

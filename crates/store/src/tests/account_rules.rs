@@ -20,7 +20,7 @@ fn volunteer_team(store: &Subject, name: &str) -> Option<String> {
 fn accounts_are_unique_ignoring_case_and_their_key_attaches_every_machine(kind: Kind) {
     let store = open_store(kind);
     let ada = store
-        .create_account("Ada", Some("engines"), "key-1", None, 7)
+        .create_account("Ada", Some("engines"), "key-1", None, None, 7)
         .wait()
         .expect("account");
     assert_eq!(
@@ -29,7 +29,10 @@ fn accounts_are_unique_ignoring_case_and_their_key_attaches_every_machine(kind: 
     );
     // The same name in another case, or with spaces around it, is taken: refused by name.
     for taken in ["ada", "ADA", " Ada "] {
-        match store.create_account(taken, None, "key-2", None, 8).wait() {
+        match store
+            .create_account(taken, None, "key-2", None, None, 8)
+            .wait()
+        {
             Err(StoreError::Taken(message)) => assert!(message.contains("`Ada`"), "{message}"),
             other => panic!("{taken:?}: unexpected {other:?}"),
         }
@@ -83,7 +86,7 @@ fn accounts_are_unique_ignoring_case_and_their_key_attaches_every_machine(kind: 
 fn a_replaced_or_revoked_key_attaches_nothing_and_says_it_was_revoked(kind: Kind) {
     let store = open_store(kind);
     store
-        .create_account("ada", None, "key-1", None, 0)
+        .create_account("ada", None, "key-1", None, None, 0)
         .wait()
         .expect("account");
     // A new key replaces the old one, which the change names so it can stop its machines.
@@ -151,12 +154,12 @@ fn an_invitation_lets_one_sign_up_in_and_a_refused_one_leaves_no_account(kind: K
         .wait()
         .expect("invitation");
     store
-        .create_account("ada", None, "key-1", Some("code-1"), 1)
+        .create_account("ada", None, "key-1", None, Some("code-1"), 1)
         .wait()
         .expect("the invitation lets ada in");
     for (name, code) in [("bob", "code-1"), ("carol", "code-9")] {
         match store
-            .create_account(name, None, "key-2", Some(code), 2)
+            .create_account(name, None, "key-2", None, Some(code), 2)
             .wait()
         {
             Err(StoreError::NotAllowed(message)) => {
@@ -168,7 +171,7 @@ fn an_invitation_lets_one_sign_up_in_and_a_refused_one_leaves_no_account(kind: K
     }
     // The refused sign-ups' key is not taken either: the next account may hold it.
     store
-        .create_account("dave", None, "key-2", None, 3)
+        .create_account("dave", None, "key-2", None, None, 3)
         .wait()
         .expect("account");
 }
@@ -222,7 +225,9 @@ fn an_anonymous_name_belongs_to_the_machine_that_first_gave_it(kind: Kind) {
     assert_eq!(volunteer_team(&store, "ada"), None);
     // Sign-up cannot take an anonymous name either.
     assert!(matches!(
-        store.create_account("Ada", None, "key-1", None, 5).wait(),
+        store
+            .create_account("Ada", None, "key-1", None, None, 5)
+            .wait(),
         Err(StoreError::Taken(_))
     ));
     mirrored(&store);
@@ -357,7 +362,7 @@ fn a_researcher_is_an_accounts_permission_to_submit_which_the_administrator_gran
     assert!(!account.has_key);
     // A name an account already has is refused: that account is granted the permission.
     store
-        .create_account("ada", None, "ada-key", None, 2)
+        .create_account("ada", None, "ada-key", None, None, 2)
         .wait()
         .expect("account");
     match store.add_researcher("ada", "t", 3).wait() {
