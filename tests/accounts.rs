@@ -676,3 +676,68 @@ fn the_administrator_grants_an_account_the_permission_to_submit_and_withdraws_it
     );
     assert_eq!(status, 403, "{answer}");
 }
+
+/// Posts the dashboard's sign-up form as a browser does; the status and the page answered.
+fn join_form(coordinator: &Coordinator, fields: &[(&str, &str)]) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(&format!("{}/join", coordinator.http))
+        .send_form(fields.iter().copied())
+        .expect("an HTTP answer");
+    let status = response.status().as_u16();
+    let page = response.body_mut().read_to_string().expect("a page");
+    (status, page)
+}
+
+/// The text of the element with `id` in a page the coordinator made.
+fn element(page: &str, id: &str) -> String {
+    page.split(&format!("id=\"{id}\">"))
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_else(|| panic!("no #{id} in {page}"))
+        .to_string()
+}
+
+#[test]
+fn the_dashboard_signs_a_volunteer_up_with_a_form_that_shows_the_key_and_the_token_once() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = open_project(root.path(), None);
+    // The form, in a browser; an invitation link fills in its code.
+    let form = herd_e2e::browser_dom(&format!("{}/#/join?invitation=c0de", coordinator.http));
+    assert!(
+        form.contains("<form id=\"join-form\" method=\"post\" action=\"/join\">"),
+        "{form}"
+    );
+    assert!(form.contains("id=\"invitation\" value=\"c0de\""), "{form}");
+    // Posted as the browser posts it: a page with the key and the token, which work.
+    let (status, page) = join_form(
+        &coordinator,
+        &[("name", "Ada <3"), ("team", ""), ("invitation", "")],
+    );
+    assert_eq!(status, 201, "{page}");
+    assert_eq!(element(&page, "joined"), "Welcome, Ada &lt;3");
+    let (key, token) = (element(&page, "account-key"), element(&page, "token"));
+    assert_eq!((key.len(), token.len()), (48, 48), "{page}");
+    let (status, statement) = coordinator.api("GET", "/api/v1/account", Some(&token), None);
+    assert_eq!(status, 200, "{statement}");
+    assert_eq!(statement["account"], "Ada <3");
+    let ada_dir = worker_dir(root.path(), "ada");
+    attach(&ada_dir, &key);
+    // The same name again, in another case: refused by name, on a page saying so.
+    let (status, page) = join_form(&coordinator, &[("name", "ADA <3")]);
+    assert_eq!(status, 409, "{page}");
+    assert!(element(&page, "error").contains("is taken"), "{page}");
+    // On a project whose administrator creates the accounts, the form says so.
+    let closed = Coordinator::start_with(root.path(), &root.path().join("closed"), 0, None, &[])
+        .expect("coordinator");
+    let (status, page) = join_form(&closed, &[("name", "grace")]);
+    assert_eq!(status, 403, "{page}");
+    assert!(
+        element(&page, "error").contains("created by its administrator"),
+        "{page}"
+    );
+}

@@ -2262,6 +2262,23 @@ fn the_dashboard_shows_status_throughput_leaderboards_and_volunteer_pages_in_a_b
 
     let ada = herd_e2e::browser_dom(&format!("{}/#/volunteer/ada", coordinator.http));
     assert!(ada.contains("<h2 id=\"volunteer-name\">ada</h2>"), "{ada}");
+    // Her balance is what she earned (she spent nothing), from her account's ledger, in fuel.
+    let fuel_of = |id: &str| -> i64 {
+        ada.split(&format!(
+            "id=\"{id}\"><div class=\"value\"><span data-fuel=\""
+        ))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|fuel| fuel.parse().ok())
+        .unwrap_or_else(|| panic!("the {id} card: {ada}"))
+    };
+    let account = coordinator.herd_json(&["account", "show", "ada", "--json"]);
+    assert!(account["earned"].as_i64().expect("earned") > 0, "{account}");
+    assert_eq!(
+        fuel_of("volunteer-balance"),
+        account["earned"].as_i64().expect("earned")
+    );
+    assert_eq!(fuel_of("volunteer-spent"), 0, "{ada}");
     assert!(
         ada.contains("id=\"volunteer-team\"><div class=\"value\">engines</div>"),
         "{ada}"

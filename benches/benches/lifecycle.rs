@@ -45,6 +45,7 @@ fn core(c: &mut Criterion) {
                             id: unit * 2 + volunteer,
                             volunteer_id: volunteer,
                             network: volunteer,
+                            seasoned: false,
                             state: ReplicaState::InProgress { deadline_ms: 1 },
                         });
                     }

@@ -69,6 +69,9 @@ pub struct AccountRules {
     /// A paying batch whose owner's balance is spent waits until they can pay again, rather
     /// than being served in the free tier at priority 0.
     pub pause_unpaid: bool,
+    /// Every batch's quorums need an agreeing replica from a host with at least this many valid
+    /// results behind it (`herd_lifecycle::Policy::seasoned_after`).
+    pub seasoned_after: Option<u32>,
 }
 
 impl Default for AccountRules {
@@ -79,6 +82,7 @@ impl Default for AccountRules {
             sign_ups_per_hour: 5,
             distinct_networks: false,
             pause_unpaid: false,
+            seasoned_after: None,
         }
     }
 }
@@ -233,22 +237,25 @@ fn account_json(account: &Account) -> serde_json::Value {
     })
 }
 
-/// `POST /api/v1/accounts`: signs up, as the project's rules allow. Answers the account, its
-/// key (which attaches machines) and its API token (which speaks for its credit), each once:
-/// the coordinator keeps only their hashes.
-pub(crate) async fn sign_up(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = request_body(body)?;
-    let request: NewAccount = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("new account: {e}")))?;
+/// An account created by a sign-up: the account, and its key and API token, each shown once.
+struct SignedUp {
+    account: Account,
+    key: String,
+    token: String,
+}
+
+/// Signs up as the project's rules allow (the administrator's token may always): the sign-up
+/// limit per network, invitations, then the store's checks of the name.
+async fn create_account(
+    shared: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    request: NewAccount,
+) -> Result<SignedUp, ApiError> {
     // The administrator creates accounts whatever the rules; anyone else (with a researcher's
     // token or none) signs up as the rules allow.
     let by_administrator = headers.contains_key(axum::http::header::AUTHORIZATION)
-        && researcher(&shared, &headers)
+        && researcher(shared, headers)
             .await
             .is_ok_and(|me| me.name == ADMIN);
     if !by_administrator {
@@ -317,10 +324,126 @@ pub(crate) async fn sign_up(
         Err(other) => return Err(anyhow::Error::from(other).into()),
     };
     tracing::info!("account {} ({}) created", account.name, account.id);
-    let mut answer = account_json(&account);
-    answer["account_key"] = key.into();
-    answer["token"] = token.into();
+    Ok(SignedUp {
+        account,
+        key,
+        token,
+    })
+}
+
+/// `POST /api/v1/accounts`: signs up, as the project's rules allow. Answers the account, its
+/// key (which attaches machines) and its API token (which speaks for its credit), each once:
+/// the coordinator keeps only their hashes.
+pub(crate) async fn sign_up(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = request_body(body)?;
+    let request: NewAccount = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("new account: {e}")))?;
+    let created = create_account(&shared, peer, &headers, request).await?;
+    let mut answer = account_json(&created.account);
+    answer["account_key"] = created.key.into();
+    answer["token"] = created.token.into();
     Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// The dashboard's sign-up form, as a browser posts it (`application/x-www-form-urlencoded`);
+/// empty fields are absent ones.
+#[derive(Debug, Deserialize)]
+pub(crate) struct JoinForm {
+    name: String,
+    #[serde(default)]
+    team: String,
+    #[serde(default)]
+    invitation: String,
+}
+
+/// `POST /join`: the dashboard's sign-up, a plain HTML form that works without scripts. Answers
+/// a page with the account key and API token (shown this once, with what to do with each), or
+/// one naming why the sign-up was refused.
+pub(crate) async fn join(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Result<axum::Form<JoinForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let filled = |text: String| {
+        let text = text.trim().to_string();
+        (!text.is_empty()).then_some(text)
+    };
+    let request = match form {
+        Ok(axum::Form(form)) => NewAccount {
+            name: form.name,
+            team: filled(form.team),
+            invitation: filled(form.invitation),
+        },
+        Err(rejection) => {
+            return page(
+                rejection.status(),
+                "Sign-up refused",
+                &format!(
+                    "<p class=\"error\" id=\"error\">the form could not be read: {}</p>",
+                    crate::stats::escape(&rejection.body_text())
+                ),
+            );
+        }
+    };
+    // Scripts and crawlers may post it; it counts against the network's sign-ups as any other.
+    let headers = {
+        let mut kept = HeaderMap::new();
+        if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+            kept.insert(axum::http::header::AUTHORIZATION, value.clone());
+        }
+        kept
+    };
+    match create_account(&shared, peer, &headers, request).await {
+        Ok(created) => page(
+            StatusCode::CREATED,
+            "Welcome",
+            &format!(
+                "<h2 id=\"joined\">Welcome, {name}</h2>\
+                 <p>Keep both of these now: the project does not show them again.</p>\
+                 <h3>Your account key</h3><pre id=\"account-key\">{key}</pre>\
+                 <p>Attach each machine you volunteer with it: \
+                 <code>herd-worker attach --data-dir DIR</code> asks for it.</p>\
+                 <h3>Your API token</h3><pre id=\"token\">{token}</pre>\
+                 <p>It shows and spends your credit (<code>HERD_TOKEN=… herd account</code>, \
+                 <code>herd credit send</code>); keep it off the machines you attach.</p>\
+                 <p><a href=\"/#/\">Back to the project</a></p>",
+                name = crate::stats::escape(&created.account.name),
+                key = created.key,
+                token = created.token,
+            ),
+        ),
+        Err(error) => page(
+            error.status(),
+            "Sign-up refused",
+            &format!(
+                "<h2>Sign-up refused</h2><p class=\"error\" id=\"error\">{}</p>\
+                 <p><a href=\"/#/join\">Back to the form</a></p>",
+                crate::stats::escape(error.message())
+            ),
+        ),
+    }
+}
+
+/// A page in the dashboard's style around `body`.
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Herd: {title}</title><link rel=\"stylesheet\" href=\"/dashboard.css\"></head>\
+         <body><header><h1><a href=\"/#/\">Herd</a></h1></header><main>{body}</main></body></html>"
+    );
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
 }
 
 /// `POST /api/v1/accounts/{name}/key` (the administrator): a new key for the account, replacing

@@ -15,14 +15,14 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herd_store::ledger::{self, Statement};
 use herd_store::{Account, StoreError};
 use serde::Deserialize;
 
 use crate::accounts::{administrator, no_account, secret};
-use crate::http::{ApiError, request_body, token_hash};
+use crate::http::{ApiError, bearer, request_body, token_hash};
 use crate::{Shared, now_ms};
 
 /// A decimal as a JSON string (`"2.5"`, exact) or number (`2.5`).
@@ -49,18 +49,7 @@ impl Decimal {
 /// The account whose API token the request carries: 401 without one, 403 with one no account
 /// holds.
 async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Account, ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing Authorization: Bearer TOKEN header (the account's API token)",
-            )
-        })?;
+    let presented = bearer(headers)?;
     let found = shared
         .store
         .account_by_token(&token_hash(presented))

@@ -45,6 +45,11 @@ struct Args {
     /// tier, at priority 0, paying nothing) or `pause` (waits until they can pay again).
     #[arg(long, default_value = "free", value_name = "free|pause", value_parser = ["free", "pause"])]
     out_of_credit: String,
+    /// Every batch's quorums need an agreeing replica from a seasoned host, one with at least N
+    /// valid results behind it: a ring of fresh accounts cannot validate anything among
+    /// themselves. Turn it on once the project has seasoned hosts (`herd hosts`), or units wait.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    seasoned_after: Option<u32>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -119,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                     sign_ups_per_hour: args.sign_ups_per_hour,
                     distinct_networks: args.distinct_networks,
                     pause_unpaid: args.out_of_credit == "pause",
+                    seasoned_after: args.seasoned_after,
                 },
             },
             shutdown,

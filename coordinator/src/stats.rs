@@ -28,8 +28,8 @@ pub(crate) struct Exports {
     pub(crate) hosts: String,
 }
 
-/// Escapes text for an XML element.
-fn escape(text: &str) -> String {
+/// Escapes text for an XML element (or HTML: the dashboard's server-made pages use it too).
+pub(crate) fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -95,17 +95,41 @@ async function showProject() {
 }
 
 async function showVolunteer(name) {
-  const v = await api(`/api/v1/volunteers/${encodeURIComponent(name)}`);
+  const [v, account] = await Promise.all([
+    api(`/api/v1/volunteers/${encodeURIComponent(name)}`),
+    api(`/api/v1/accounts/${encodeURIComponent(name)}`),
+  ]);
+  // The ledger counts fuel exactly; shown in credits, the exact fuel kept beside.
+  const credits = (fuel) =>
+    `<span data-fuel="${fuel}">${number(fuel / account.fuel_per_credit, 2)}</span>`;
   const hosts = v.hosts.map((h) => `<tr><td>${h.id}</td><td>${h.cores}</td>` +
     `<td>${number(h.credit, 2)}</td><td>${number(h.recent_average_credit, 2)}</td>` +
     `<td>${new Date(h.last_seen_ms).toISOString()}</td></tr>`).join("");
   view.innerHTML = `<h2 id="volunteer-name">${esc(v.name)}</h2>` +
     `<div class="cards">${card("credit", number(v.credit, 2), "volunteer-credit")}` +
     card("recent average credit", number(v.recent_average_credit, 2), "volunteer-recent") +
+    card("balance", credits(account.balance), "volunteer-balance") +
+    card("spent", credits(account.spent), "volunteer-spent") +
     card("rank", `${v.rank} of ${v.volunteers}`, "volunteer-rank") +
     card("team", esc(v.team ?? "none"), "volunteer-team") + "</div>" +
     "<h3>Hosts</h3><table id=\"volunteer-hosts\"><tr><th>host</th><th>cores</th>" +
     `<th>credit</th><th>recent</th><th>last seen</th></tr>${hosts}</table>`;
+}
+
+// The sign-up form: a plain form the coordinator answers with a page holding the new account's
+// key and token (so it works without this script too). An invitation link fills in its code:
+// `#/join?invitation=CODE`.
+function showJoin(query) {
+  const invitation = new URLSearchParams(query).get("invitation") ?? "";
+  view.innerHTML = "<h2>Join the project</h2>" +
+    "<p>An account lets your machines compute for you and keeps the credit they earn, which " +
+    "you can spend on your own batches or send to another account.</p>" +
+    "<form id=\"join-form\" method=\"post\" action=\"/join\">" +
+    "<p><label>Name <input name=\"name\" required maxlength=\"64\"></label></p>" +
+    "<p><label>Team (optional) <input name=\"team\" maxlength=\"64\"></label></p>" +
+    "<p><label>Invitation code (if the project sent you one) <input name=\"invitation\" " +
+    `id="invitation" value="${esc(invitation)}"></label></p>` +
+    "<p><button>Create my account</button></p></form>";
 }
 
 async function showBatches() {
@@ -138,6 +162,8 @@ async function route() {
   try {
     if (hash.startsWith("#/volunteer/")) {
       await showVolunteer(decodeURIComponent(hash.slice("#/volunteer/".length)));
+    } else if (hash === "#/join" || hash.startsWith("#/join?")) {
+      showJoin(hash.slice("#/join".length));
     } else if (hash === "#/batches") {
       await showBatches();
     } else {

@@ -28,6 +28,8 @@ pub(crate) struct Submission<'a> {
     pub(crate) distinct_networks: bool,
     /// Credits per credit of agreed work, as written; `None`: the free tier.
     pub(crate) bid: Option<String>,
+    /// Valid results a host needs to count as seasoned (each quorum needs one).
+    pub(crate) seasoned_after: Option<u32>,
 }
 
 /// Reads every file in `dir` (sorted by name) as one unit's input.
@@ -131,6 +133,7 @@ pub(crate) fn submit(
         adaptive: submission.adaptive,
         distinct_networks: submission.distinct_networks.then_some(true),
         bid: submission.bid,
+        seasoned_after: submission.seasoned_after,
     })
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct BatchSpec {
     /// Credits per credit of agreed work, as written ("1.5").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) bid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) seasoned_after: Option<u32>,
 }
 
 /// Adaptive replication, as `POST /api/v1/batches` takes it.

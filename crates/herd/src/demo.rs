@@ -250,6 +250,7 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
             adaptive: None,
             distinct_networks: false,
             bid: None,
+            seasoned_after: None,
         },
         false,
     )?;

@@ -112,6 +112,10 @@ enum Command {
         /// (the higher bid goes first). Without it the batch is in the free tier.
         #[arg(long, value_name = "PRICE", conflicts_with = "spend_priority")]
         bid: Option<String>,
+        /// Every quorum needs an agreeing replica from a seasoned host, one with at least N valid
+        /// results behind it (in any batch): fresh accounts cannot validate anything alone.
+        #[arg(long, value_name = "N")]
+        seasoned_after: Option<u32>,
         /// The same as --bid 1: pay exactly the agreed fuel of each validated unit.
         #[arg(long)]
         spend_priority: bool,
@@ -274,6 +278,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             spot_check,
             distinct_networks,
             bid,
+            seasoned_after,
             spend_priority,
             wait,
         } => {
@@ -300,6 +305,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     spot_check: *spot_check,
                 }),
                 distinct_networks: *distinct_networks,
+                seasoned_after: *seasoned_after,
                 bid: bid
                     .clone()
                     .or_else(|| spend_priority.then(|| "1".to_string())),

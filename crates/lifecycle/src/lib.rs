@@ -87,6 +87,13 @@ pub struct Policy {
     /// each unit at most. Off unless the batch or the project asks for it.
     #[serde(default)]
     pub distinct_networks: bool,
+    /// A quorum needs at least one agreeing replica from a **seasoned** host, one with this many
+    /// valid results behind it (in any batch) when it was given the replica ([`is_seasoned`]):
+    /// a ring of fresh accounts and machines cannot validate anything among themselves, however
+    /// many it has. Off (`None`) unless the batch or the project asks for it; a project needs
+    /// seasoned hosts before it turns it on, or its units wait for one.
+    #[serde(default)]
+    pub seasoned_after: Option<u32>,
 }
 
 /// Adaptive replication (BOINC's name): a host that has returned enough consecutive valid
@@ -190,6 +197,7 @@ impl Policy {
             replica_deadline_ms: 86_400_000,
             adaptive: None,
             distinct_networks: false,
+            seasoned_after: None,
         }
     }
 
@@ -251,6 +259,13 @@ impl Policy {
                 )));
             }
         }
+        if let Some(after) = self.seasoned_after
+            && !(1..=MAX_TRUST_AFTER).contains(&after)
+        {
+            return Err(PolicyError(format!(
+                "seasoned_after {after} is outside 1..={MAX_TRUST_AFTER}"
+            )));
+        }
         if !(1_000..=30 * 86_400_000).contains(&self.replica_deadline_ms) {
             return Err(PolicyError(format!(
                 "replica deadline {} ms is outside 1 second ..= 30 days",
@@ -282,7 +297,18 @@ pub struct Replica {
     /// The network of the host it was assigned to, as it was then ([`network_of`];
     /// [`UNKNOWN_NETWORK`] for replicas from before networks were recorded).
     pub network: u64,
+    /// Whether its host was seasoned when it was given the replica (see
+    /// [`Policy::seasoned_after`]); recorded with the replica, as its network is.
+    pub seasoned: bool,
     pub state: ReplicaState,
+}
+
+/// Whether a host with `valid_results` valid results behind it counts as seasoned under
+/// `policy` (always, when the policy has no such rule).
+pub fn is_seasoned(policy: &Policy, valid_results: u64) -> bool {
+    policy
+        .seasoned_after
+        .is_none_or(|after| valid_results >= u64::from(after))
 }
 
 /// The network of a replica whose host's address was not recorded: it matches no other.
@@ -340,11 +366,24 @@ pub fn evaluate(policy: &Policy, replicas: &[Replica]) -> Verdict {
             }
         }
     }
+    // Under the seasoned rule a group with no seasoned member counts at most one short of the
+    // quorum: it can never validate alone, and the unit wants one more (seasoned) replica.
+    let counted = |members: &[u64]| -> u32 {
+        let size = members.len() as u32;
+        let seasoned = members
+            .iter()
+            .any(|id| ids.iter().any(|r| r.id == *id && r.seasoned));
+        if policy.seasoned_after.is_some() && !seasoned {
+            size.min(policy.quorum - 1)
+        } else {
+            size
+        }
+    };
     // The largest group wins; between equal sizes, the one whose first replica came first.
     let best = groups
         .iter()
-        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.1[0].cmp(&a.1[0])));
-    let largest = best.map_or(0, |(_, members)| members.len() as u32);
+        .max_by(|a, b| counted(&a.1).cmp(&counted(&b.1)).then(b.1[0].cmp(&a.1[0])));
+    let largest = best.map_or(0, |(_, members)| counted(members));
     if let Some((canonical, agreeing)) = best
         && largest >= policy.quorum
     {
@@ -435,6 +474,35 @@ pub fn network_may_take<'a>(
             r.network != network
                 || matches!(r.state, ReplicaState::Aborted | ReplicaState::TimedOut)
         })
+}
+
+/// Whether a host (`seasoned` or not) may take another replica of a unit with these replicas,
+/// under `policy`: always, unless the policy asks for a seasoned host in every quorum and this
+/// one is not seasoned; then only while the replicas in progress or reported that are not
+/// seasoned are fewer than the quorum less one, or a seasoned one is among them, so the
+/// quorum's last place is kept for a seasoned host rather than spent on a replica that could
+/// never complete it.
+pub fn seasoned_may_take<'a>(
+    policy: &Policy,
+    replicas: impl IntoIterator<Item = &'a Replica>,
+    seasoned: bool,
+) -> bool {
+    if policy.seasoned_after.is_none() || seasoned {
+        return true;
+    }
+    let mut unseasoned = 0;
+    for replica in replicas {
+        if matches!(
+            replica.state,
+            ReplicaState::InProgress { .. } | ReplicaState::Reported(_)
+        ) {
+            if replica.seasoned {
+                return true;
+            }
+            unseasoned += 1;
+        }
+    }
+    unseasoned + 1 < policy.quorum
 }
 
 /// The replicas whose deadline has passed at `now_ms`.

@@ -19,6 +19,7 @@ fn replica(id: u64, volunteer_id: u64, state: ReplicaState) -> Replica {
         volunteer_id,
         // Each volunteer on a network of its own, unless a test says otherwise.
         network: 1000 + volunteer_id,
+        seasoned: false,
         state,
     }
 }
@@ -344,4 +345,62 @@ fn with_distinct_networks_a_network_holding_a_live_replica_takes_no_other() {
     assert!(network_may_take(&policy, &replicas, 50));
     // A host whose network is not known is not held back by the rule.
     assert!(network_may_take(&policy, &replicas, UNKNOWN_NETWORK));
+}
+
+#[test]
+fn under_the_seasoned_rule_a_quorum_needs_one_seasoned_replica_and_keeps_it_a_place() {
+    let policy = Policy {
+        seasoned_after: Some(5),
+        ..Policy::with_quorum(2)
+    };
+    assert!(!is_seasoned(&policy, 4) && is_seasoned(&policy, 5));
+    assert!(
+        is_seasoned(&Policy::with_quorum(2), 0),
+        "no rule: every host counts"
+    );
+    let seasoned = |mut r: Replica| {
+        r.seasoned = true;
+        r
+    };
+    // Two fresh hosts agree: not enough; the unit wants one more, and only a seasoned host
+    // may take it.
+    let fresh = [reported(1, 1, b"a"), reported(2, 2, b"a")];
+    assert_eq!(evaluate(&policy, &fresh), Verdict::Open { wanted: 1 });
+    assert!(!seasoned_may_take(&policy, &fresh, false));
+    assert!(seasoned_may_take(&policy, &fresh, true));
+    // A seasoned host agreeing validates it, and every agreeing replica earns credit.
+    let mut with = fresh.to_vec();
+    with.push(seasoned(reported(3, 3, b"a")));
+    assert_eq!(
+        evaluate(&policy, &with),
+        Verdict::Validated {
+            canonical: result(b"a", 10),
+            agreeing: vec![1, 2, 3],
+            disagreeing: vec![],
+        }
+    );
+    // A fresh host may take the first place of a new unit, not the last.
+    assert!(seasoned_may_take(&policy, &[], false));
+    let one = [in_progress(1, 1)];
+    assert!(!seasoned_may_take(&policy, &one, false));
+    // With a seasoned replica in flight, anyone may take the rest.
+    let one_seasoned = [seasoned(in_progress(1, 1))];
+    assert!(seasoned_may_take(&policy, &one_seasoned, false));
+    // A seasoned host agreeing with one fresh one is a quorum.
+    let pair = [seasoned(reported(1, 1, b"x")), reported(2, 2, b"x")];
+    assert!(matches!(
+        evaluate(&policy, &pair),
+        Verdict::Validated { .. }
+    ));
+    // Without the rule nothing changes.
+    assert!(matches!(
+        evaluate(&Policy::with_quorum(2), &fresh),
+        Verdict::Validated { .. }
+    ));
+    assert!(seasoned_may_take(&Policy::with_quorum(2), &one, false));
+    let bad = Policy {
+        seasoned_after: Some(0),
+        ..Policy::with_quorum(2)
+    };
+    assert!(bad.validate().is_err());
 }

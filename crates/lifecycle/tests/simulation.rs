@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use herd_lifecycle::{
     Adaptive, HostTrust, PPM, Policy, Replica, ReplicaState, TrustChange, Verdict, evaluate,
-    expired, may_assign_to, network_may_take,
+    expired, is_seasoned, may_assign_to, network_may_take, seasoned_may_take,
 };
 use herd_protocol::{ContentHash, RunResult, Status};
 use proptest::prelude::*;
@@ -81,6 +81,8 @@ struct Worker {
     trust: HostTrust,
     /// Whether it has been trusted at some point (a sleeper lies from then on).
     was_trusted: bool,
+    /// Its valid results so far (credited, less revoked), for the seasoned rule.
+    valid: u64,
 }
 
 /// One grant of the ledger.
@@ -140,6 +142,7 @@ impl Simulation {
                     busy_until: 0,
                     trust: HostTrust::default(),
                     was_trusted: false,
+                    valid: 0,
                 })
                 .collect(),
             pending: Vec::new(),
@@ -154,6 +157,14 @@ impl Simulation {
     fn on_networks(mut self, networks: &[u64]) -> Self {
         for (worker, &network) in self.workers.iter_mut().zip(networks) {
             worker.network = network;
+        }
+        self
+    }
+
+    /// Gives worker `i` a history of `valid[i]` valid results (from before the simulation).
+    fn with_history(mut self, valid: &[u64]) -> Self {
+        for (worker, &valid) in self.workers.iter_mut().zip(valid) {
+            worker.valid = valid;
         }
         self
     }
@@ -199,6 +210,7 @@ impl Simulation {
             revoked: false,
         });
         *self.totals.entry(volunteer_id).or_default() += fuel;
+        self.workers[volunteer_id as usize - 1].valid += 1;
     }
 
     /// The worker that ran a replica (volunteer ids are worker index + 1).
@@ -221,6 +233,8 @@ impl Simulation {
         {
             grant.revoked = true;
             *self.totals.entry(grant.volunteer_id).or_default() -= grant.fuel;
+            let worker = grant.volunteer_id as usize - 1;
+            self.workers[worker].valid = self.workers[worker].valid.saturating_sub(1);
         }
         let worker = self.worker_of(unit, replica_id);
         self.workers[worker].trust = self.workers[worker].trust.after(TrustChange::Invalid);
@@ -363,6 +377,7 @@ impl Simulation {
             }
             let volunteer_id = self.workers[w].volunteer_id;
             let network = self.workers[w].network;
+            let seasoned = is_seasoned(&self.policy, self.workers[w].valid);
             let Some(unit) = (0..self.units.len()).find(|&u| {
                 let unit = &self.units[u];
                 unit.state == UnitState::Open
@@ -372,6 +387,7 @@ impl Simulation {
                     )
                     && may_assign_to(&unit.replicas, volunteer_id)
                     && network_may_take(&self.policy, &unit.replicas, network)
+                    && seasoned_may_take(&self.policy, &unit.replicas, seasoned)
             }) else {
                 continue;
             };
@@ -391,6 +407,7 @@ impl Simulation {
                 id: replica_id,
                 volunteer_id,
                 network,
+                seasoned,
                 state: ReplicaState::InProgress {
                     deadline_ms: deadline,
                 },
@@ -770,5 +787,92 @@ fn the_network_rules_cost_in_throughput_is_measured() {
             on as f64 / off as f64
         );
         assert!(on >= off, "{shape}: the rule only ever holds work back");
+    }
+}
+
+/// A ring of `ring` fresh accounts (no history) among `honest` honest volunteers who have
+/// `history` valid results each, under the seasoned rule (seasoned after 10), quorum `quorum`,
+/// every account on a network of its own (the network rule off: it is the other defence).
+fn fresh_ring(
+    quorum: u32,
+    ring: usize,
+    honest: usize,
+    history: u64,
+    units: usize,
+    seed: u64,
+) -> Simulation {
+    let mut policy = Policy::with_quorum(quorum);
+    policy.seasoned_after = Some(10);
+    policy.replica_deadline_ms = 50;
+    let mut behaviours = vec![Behaviour::Colluder; ring];
+    behaviours.extend(std::iter::repeat_n(Behaviour::Honest, honest));
+    let valid: Vec<u64> = (0..ring + honest)
+        .map(|i| if i < ring { 0 } else { history })
+        .collect();
+    let mut simulation = Simulation::new(policy, units, &behaviours, seed).with_history(&valid);
+    simulation.run(100_000);
+    simulation
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A ring of fresh accounts, as many as it likes and each on a network of its own, never
+    /// validates its lie when every quorum needs a seasoned host: its accounts have no history,
+    /// and the honest seasoned hosts outvote or out-wait it. Every unit still ends.
+    #[test]
+    fn a_ring_of_fresh_accounts_never_validates_a_lie_when_a_quorum_needs_a_seasoned_host(
+        quorum in 2u32..4,
+        ring in 2usize..12,
+        honest in 3usize..8,
+        units in 1usize..30,
+        seed in any::<u64>(),
+    ) {
+        let simulation = fresh_ring(quorum, ring, honest, 10, units, seed);
+        prop_assert_eq!(simulation.wrong(), 0);
+        prop_assert!(
+            simulation.units.iter().all(|u| u.state != UnitState::Open),
+            "every unit ends"
+        );
+    }
+}
+
+#[test]
+fn without_the_seasoned_rule_a_ring_of_fresh_accounts_validates_its_lie() {
+    let mut policy = Policy::with_quorum(2);
+    policy.replica_deadline_ms = 50;
+    let mut behaviours = vec![Behaviour::Colluder; 6];
+    behaviours.extend([Behaviour::Honest; 4]);
+    let mut off = Simulation::new(policy, 40, &behaviours, 7);
+    off.run(100_000);
+    assert!(off.wrong() > 0, "the ring wins some units without the rule");
+    let on = fresh_ring(2, 6, 4, 10, 40, 7);
+    assert_eq!(on.wrong(), 0);
+    assert_eq!(on.validated(), 40);
+}
+
+/// What the seasoned rule costs an honest project: 40 honest volunteers, quorum 2, 2,000 units,
+/// the ticks until every unit is validated with the rule off and on, as the share of volunteers
+/// already seasoned varies (the others season as they go: ten valid results each). Printed for
+/// the README (`cargo test -p herd-lifecycle --test simulation cost -- --nocapture`).
+#[test]
+fn the_seasoned_rules_cost_in_throughput_is_measured() {
+    for seasoned in [40usize, 20, 4, 1] {
+        let history: Vec<u64> = (0..40).map(|i| if i < seasoned { 10 } else { 0 }).collect();
+        let ticks = |rule: bool| {
+            let mut policy = Policy::with_quorum(2);
+            policy.seasoned_after = rule.then_some(10);
+            let mut simulation =
+                Simulation::new(policy, 2_000, &[Behaviour::Honest; 40], 11).with_history(&history);
+            simulation.run(1_000_000);
+            assert_eq!(simulation.validated(), 2_000, "{seasoned} seasoned");
+            simulation.now
+        };
+        let (off, on) = (ticks(false), ticks(true));
+        println!(
+            "{seasoned} of 40 seasoned at the start: {off} ticks without the rule, {on} with it ({:.2}x)",
+            on as f64 / off as f64
+        );
+        assert!(on >= off, "the rule only ever holds work back");
     }
 }

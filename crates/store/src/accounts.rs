@@ -317,16 +317,17 @@ fn upsert_host(
          ON CONFLICT (public_key) DO UPDATE SET
             volunteer_id = excluded.volunteer_id, cores = excluded.cores,
             last_seen_ms = excluded.last_seen_ms
-         RETURNING id, consecutive_valid",
+         RETURNING id, consecutive_valid, valid_results",
         &args![&key.0[..], volunteer_id, cores, now_ms],
     )?;
-    let (host_id, consecutive_valid) = (row.u64(0)?, row.u32(1)?);
+    let (host_id, consecutive_valid, valid_results) = (row.u64(0)?, row.u32(1)?, row.u64(2)?);
     let host = live.hosts.entry(host_id).or_insert_with(|| LiveHost {
         volunteer_id,
         cores,
         key: *key,
         last_seen_ms: now_ms,
         trust: HostTrust { consecutive_valid },
+        valid_results,
         in_flight: Default::default(),
     });
     host.volunteer_id = volunteer_id;
@@ -334,6 +335,7 @@ fn upsert_host(
     host.key = *key;
     host.last_seen_ms = now_ms;
     host.trust = HostTrust { consecutive_valid };
+    host.valid_results = valid_results;
     Ok(HostRecord {
         host_id,
         volunteer_id,

@@ -105,6 +105,8 @@ pub(crate) struct LiveHost {
     pub(crate) key: PublicKey,
     pub(crate) last_seen_ms: u64,
     pub(crate) trust: HostTrust,
+    /// Its valid results so far (grants less revocations), for the seasoned rule.
+    pub(crate) valid_results: u64,
     /// Its replicas in progress.
     pub(crate) in_flight: BTreeSet<u64>,
 }
@@ -267,7 +269,12 @@ impl Live {
                     unit.replicas.iter().map(|r| &r.replica),
                     network,
                 );
-                if !taken && network_free {
+                let seasoned_free = herd_lifecycle::seasoned_may_take(
+                    &batch.policy,
+                    unit.replicas.iter().map(|r| &r.replica),
+                    self.seasoned(host_id, &batch.policy),
+                );
+                if !taken && network_free && seasoned_free {
                     return Some(Pick {
                         unit_id: *unit_id,
                         batch_id: *batch_id,
@@ -286,6 +293,13 @@ impl Live {
             return Some((bid, batch.priority));
         }
         (!batch.pricing.pause_when_broke).then_some((0, 0))
+    }
+
+    /// Whether the host counts as seasoned under `policy` (a host not held here has no history
+    /// that counts).
+    pub(crate) fn seasoned(&self, host_id: u64, policy: &Policy) -> bool {
+        let valid = self.hosts.get(&host_id).map_or(0, |h| h.valid_results);
+        herd_lifecycle::is_seasoned(policy, valid)
     }
 
     /// Records a new replica in progress.
@@ -523,6 +537,7 @@ mod tests {
             key: PublicKey([0; 32]),
             last_seen_ms: 0,
             trust: HostTrust::default(),
+            valid_results: 0,
             in_flight: BTreeSet::new(),
         }
     }
@@ -532,6 +547,7 @@ mod tests {
             id,
             volunteer_id,
             network: herd_lifecycle::UNKNOWN_NETWORK,
+            seasoned: false,
             state: ReplicaState::InProgress { deadline_ms: 100 },
         }
     }

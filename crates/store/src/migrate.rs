@@ -59,6 +59,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "rac_ms",
             "refused_reports",
             "consecutive_valid",
+            "valid_results",
         ],
     ),
     (
@@ -83,6 +84,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "distinct_networks",
             "bid_milli",
             "pause_when_broke",
+            "seasoned_after",
         ],
     ),
     (
@@ -118,6 +120,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "reported_ms",
             "output_hash",
             "network",
+            "seasoned",
         ],
     ),
     (

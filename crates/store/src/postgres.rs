@@ -40,7 +40,7 @@ use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
 /// The schema's version: [`SCHEMA`] creates version 1, and [`MIGRATIONS`] bring it here.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -152,6 +152,13 @@ const MIGRATIONS: &[&str] = &[
                                          WHERE r.account_id = volunteers.id
                                            AND r.revoked_ms IS NULL);
      CREATE UNIQUE INDEX volunteers_by_token ON volunteers (token_hash);",
+    // 8: seasoned hosts, as SQLite's schema 14.
+    "ALTER TABLE hosts ADD COLUMN valid_results BIGINT NOT NULL DEFAULT 0;
+     UPDATE hosts SET valid_results =
+         (SELECT COUNT(*) FROM credit c WHERE c.host_id = hosts.id)
+       - (SELECT COUNT(*) FROM credit_revoked x WHERE x.host_id = hosts.id);
+     ALTER TABLE replicas ADD COLUMN seasoned BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE batches ADD COLUMN seasoned_after BIGINT;",
 ];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),

@@ -19,7 +19,7 @@ use crate::sql::{Row, Sequence, Sql, Value, args};
 use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
-const SCHEMA_VERSION: i64 = 13;
+const SCHEMA_VERSION: i64 = 14;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -258,6 +258,15 @@ const MIGRATIONS: &[&str] = &[
                                          WHERE r.account_id = volunteers.id
                                            AND r.revoked_ms IS NULL);
      CREATE UNIQUE INDEX volunteers_by_token ON volunteers (token_hash);",
+    // 14: seasoned hosts. Each host's valid results (grants less revocations, counted from the
+    // ledgers for the hosts from before), whether each replica's host was seasoned when it was
+    // given the replica, and batches whose quorums need a seasoned host.
+    "ALTER TABLE hosts ADD COLUMN valid_results INTEGER NOT NULL DEFAULT 0;
+     UPDATE hosts SET valid_results =
+         (SELECT COUNT(*) FROM credit c WHERE c.host_id = hosts.id)
+       - (SELECT COUNT(*) FROM credit_revoked x WHERE x.host_id = hosts.id);
+     ALTER TABLE replicas ADD COLUMN seasoned INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE batches ADD COLUMN seasoned_after INTEGER;",
 ];
 
 const SCHEMA: &str = "

@@ -1309,6 +1309,8 @@ mod mirror {
                     // Every other batch takes one replica of a unit per network (the exchanges
                     // come from two).
                     new.policy.distinct_networks = batches.len() % 2 == 1;
+                    // Every third needs a host with a valid result behind it in each quorum.
+                    new.policy.seasoned_after = (batches.len() % 3 == 2).then_some(1);
                     for unit in &mut new.units {
                         unit.name = format!("{}-{}", batches.len(), unit.name);
                     }

@@ -34,7 +34,8 @@ pub(crate) const BATCH_COLUMNS: &str = "id, module_hash, quorum, max_total_repli
     max_error_replicas, replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes,
     initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm,
     distinct_networks, bid_milli, pause_when_broke,
-    COALESCE((SELECT r.account_id FROM researchers r WHERE r.id = researcher_id), 0)";
+    COALESCE((SELECT r.account_id FROM researchers r WHERE r.id = researcher_id), 0),
+    seasoned_after";
 
 fn batch_from_row(row: &Row) -> Result<(u64, LiveBatch), StoreError> {
     Ok((
@@ -56,6 +57,7 @@ fn batch_from_row(row: &Row) -> Result<(u64, LiveBatch), StoreError> {
                     _ => None,
                 },
                 distinct_networks: row.bool(14)?,
+                seasoned_after: row.opt_u32(18)?,
             },
             fuel_limit: row.u64(6)?,
             memory_limit_bytes: row.u64(7)?,
@@ -114,7 +116,7 @@ fn host_key(bytes: Vec<u8>, host_id: u64) -> Result<PublicKey, StoreError> {
 /// Reads a host's row into a [`LiveHost`] (with nothing in flight), or `None`.
 fn load_host(tx: &mut dyn Sql, host_id: u64) -> Result<Option<LiveHost>, StoreError> {
     let Some(row) = tx.query_row(
-        "SELECT volunteer_id, cores, public_key, last_seen_ms, consecutive_valid
+        "SELECT volunteer_id, cores, public_key, last_seen_ms, consecutive_valid, valid_results
          FROM hosts WHERE id = ?1",
         &args![host_id],
     )?
@@ -129,6 +131,7 @@ fn load_host(tx: &mut dyn Sql, host_id: u64) -> Result<Option<LiveHost>, StoreEr
         trust: HostTrust {
             consecutive_valid: row.u32(4)?,
         },
+        valid_results: row.u64(5)?,
         in_flight: Default::default(),
     }))
 }
@@ -209,7 +212,7 @@ fn load_open_units(
     let rows = tx.query(
         &format!(
             "SELECT r.id, r.unit_id, r.host_id, r.volunteer_id, r.state, r.deadline_ms, r.result,
-                    r.network
+                    r.network, r.seasoned
              FROM replicas r JOIN units u ON u.id = r.unit_id
              WHERE u.state = 'open' AND (CAST(?1 AS BIGINT) IS NULL OR u.id = ?1) AND {held}"
         ),
@@ -223,6 +226,7 @@ fn load_open_units(
                 id,
                 volunteer_id: row.u64(3)?,
                 network: row.u64(7)?,
+                seasoned: row.bool(8)?,
                 state,
             },
             host_id: row.u64(2)?,
@@ -329,9 +333,9 @@ pub(crate) fn create_batch(
         "INSERT INTO batches (id, module_hash, quorum, max_total_replicas, max_error_replicas,
             replica_deadline_ms, fuel_limit, memory_limit_bytes, output_limit_bytes, created_ms,
             initial_replicas, max_success_replicas, priority, trust_after, spot_check_ppm,
-            researcher_id, distinct_networks, bid_milli, pause_when_broke)
+            researcher_id, distinct_networks, bid_milli, pause_when_broke, seasoned_after)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19)",
+                 ?19, ?20)",
         &args![
             batch_id,
             batch.module.to_hex(),
@@ -352,6 +356,7 @@ pub(crate) fn create_batch(
             batch.policy.distinct_networks,
             batch.pricing.bid_milli,
             batch.pricing.pause_when_broke,
+            batch.policy.seasoned_after,
         ],
     )?;
     for (unit, unit_id) in batch.units.iter().zip(&unit_ids) {
@@ -475,6 +480,7 @@ pub(crate) fn assign(
         && batch.policy.adaptive.is_some()
         && trust.may_go_alone(&batch.policy, spot_check_draw()?);
     let deadline_ms = now_ms.saturating_add(batch.policy.replica_deadline_ms);
+    let seasoned = live.seasoned(host_id, &batch.policy) && batch.policy.seasoned_after.is_some();
     let assignment = Assignment {
         replica_id: 0,
         unit_id: pick.unit_id,
@@ -491,8 +497,8 @@ pub(crate) fn assign(
     let replica_id = tx.reserve_id(Sequence::Replicas)?;
     tx.execute(
         "INSERT INTO replicas (id, unit_id, host_id, volunteer_id, assigned_ms, deadline_ms, state,
-             network)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_progress', ?7)",
+             network, seasoned)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_progress', ?7, ?8)",
         &args![
             replica_id,
             pick.unit_id,
@@ -500,7 +506,8 @@ pub(crate) fn assign(
             volunteer_id,
             now_ms,
             deadline_ms,
-            network
+            network,
+            seasoned
         ],
     )?;
     if alone {
@@ -518,6 +525,7 @@ pub(crate) fn assign(
             id: replica_id,
             volunteer_id,
             network,
+            seasoned,
             state: ReplicaState::InProgress { deadline_ms },
         },
         host_id,
@@ -882,7 +890,15 @@ fn judge_invalid(
         &args![replica_id],
     )?;
     if let Some(fuel) = credited_fuel {
-        enter_in_ledger(tx, Ledger::Revocations, replica_id, reference, fuel, now_ms)?;
+        enter_in_ledger(
+            tx,
+            live,
+            Ledger::Revocations,
+            replica_id,
+            reference,
+            fuel,
+            now_ms,
+        )?;
     }
     change_trust(
         tx,
@@ -986,7 +1002,15 @@ fn grant(
     now_ms: u64,
 ) -> Result<(), StoreError> {
     mark_valid(tx, replica_id)?;
-    enter_in_ledger(tx, Ledger::Grants, replica_id, reference, fuel, now_ms)?;
+    enter_in_ledger(
+        tx,
+        live,
+        Ledger::Grants,
+        replica_id,
+        reference,
+        fuel,
+        now_ms,
+    )?;
     if let Some(batch) = live.batches.get_mut(&reference.batch_id) {
         batch.grants += 1;
         batch.granted_fuel = batch.granted_fuel.saturating_add(fuel / FUEL_SUM_UNIT);
@@ -1002,9 +1026,11 @@ enum Ledger {
 }
 
 /// Enters a replica's fuel in a ledger (once: each table's `replica_id` is unique) and moves
-/// its volunteer's and host's recent average credit by it, up for a grant, down for a revocation.
+/// its volunteer's and host's recent average credit by it, its volunteer's balance, and its
+/// host's count of valid results, up for a grant, down for a revocation.
 fn enter_in_ledger(
     tx: &mut dyn Sql,
+    live: &mut Live,
     ledger: Ledger,
     replica_id: u64,
     reference: &ReplicaRef,
@@ -1029,29 +1055,33 @@ fn enter_in_ledger(
         ],
     )?;
     let credit = sign * credit_for_fuel(fuel);
-    add_recent_credit(tx, "volunteers", reference.volunteer_id, credit, now_ms)?;
-    // The volunteer's balance moves with the row (`ledger.rs`).
-    let fuel = i64::try_from(fuel).unwrap_or(i64::MAX);
-    tx.execute_shared(
-        SharedRow("volunteers", reference.volunteer_id),
-        "UPDATE volunteers SET balance = balance + ?2 WHERE id = ?1",
-        &args![
-            reference.volunteer_id,
-            if sign > 0.0 { fuel } else { -fuel }
-        ],
-    )?;
-    add_recent_credit(tx, "hosts", reference.host_id, credit, now_ms)
+    // The volunteer's balance moves with the row (`ledger.rs`), and the host's count of valid
+    // results (the seasoned rule), in the statements that move their recent averages.
+    let (fuel, one) = (i64::try_from(fuel).unwrap_or(i64::MAX), 1i64);
+    let (fuel, one) = if sign > 0.0 {
+        (fuel, one)
+    } else {
+        (-fuel, -one)
+    };
+    let volunteer = (reference.volunteer_id, ("balance", fuel));
+    add_recent_credit(tx, "volunteers", volunteer, credit, now_ms)?;
+    if let Some(host) = live.hosts.get_mut(&reference.host_id) {
+        host.valid_results = host.valid_results.saturating_add_signed(one);
+    }
+    let host = (reference.host_id, ("valid_results", one));
+    add_recent_credit(tx, "hosts", host, credit, now_ms)
 }
 
 /// Adds `credit` granted at `now_ms` to a volunteer's or host's recent average, as
 /// [`herd_lifecycle::RecentAverage::granted`] does, computed by the database from the row it
-/// holds: no read, and grants made by several coordinators add up whatever their order. An
-/// average older than [`RAC_FORGOTTEN_MS`] has decayed to nothing (PostgreSQL's `exp` refuses
-/// to underflow where Rust's gives 0).
+/// holds: no read, and grants made by several coordinators add up whatever their order; and
+/// `added` to the row's counter `column` in the same statement. An average older than
+/// [`RAC_FORGOTTEN_MS`] has decayed to nothing (PostgreSQL's `exp` refuses to underflow where
+/// Rust's gives 0).
 fn add_recent_credit(
     tx: &mut dyn Sql,
     table: &'static str,
-    id: u64,
+    (id, (column, added_to_column)): (u64, (&'static str, i64)),
     credit: f64,
     now_ms: u64,
 ) -> Result<(), StoreError> {
@@ -1065,10 +1095,18 @@ fn add_recent_credit(
                 rac = CASE WHEN ?3 <= rac_ms THEN rac
                            WHEN ?3 - rac_ms >= ?5 THEN 0
                            ELSE rac * exp((rac_ms - ?3) * CAST(?4 AS DOUBLE PRECISION)) END + ?2,
-                rac_ms = CASE WHEN ?3 > rac_ms THEN ?3 ELSE rac_ms END
+                rac_ms = CASE WHEN ?3 > rac_ms THEN ?3 ELSE rac_ms END,
+                {column} = {column} + ?6
              WHERE id = ?1"
         ),
-        &args![id, added, now_ms, decay_per_ms, RAC_FORGOTTEN_MS],
+        &args![
+            id,
+            added,
+            now_ms,
+            decay_per_ms,
+            RAC_FORGOTTEN_MS,
+            added_to_column
+        ],
     )
 }
 

@@ -118,7 +118,10 @@ fn researchers_from_before_accounts_become_accounts_that_may_submit() {
              ALTER TABLE volunteers DROP COLUMN balance;
              ALTER TABLE volunteers DROP COLUMN overdraft;
              ALTER TABLE batches DROP COLUMN bid_milli;
-             ALTER TABLE batches DROP COLUMN pause_when_broke;",
+             ALTER TABLE batches DROP COLUMN pause_when_broke;
+             ALTER TABLE hosts DROP COLUMN valid_results;
+             ALTER TABLE replicas DROP COLUMN seasoned;
+             ALTER TABLE batches DROP COLUMN seasoned_after;",
         )
         .expect("as schema 11 had them");
     }

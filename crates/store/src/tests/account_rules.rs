@@ -442,7 +442,80 @@ fn a_researcher_is_an_accounts_permission_to_submit_which_the_administrator_gran
     );
 }
 
+fn a_batch_needing_a_seasoned_host_keeps_a_place_for_one_and_validates_only_with_one(kind: Kind) {
+    let mut store = open_store(kind);
+    let hosts: Vec<_> = (1..=4)
+        .map(|i| {
+            store
+                .register_host(&key(i), &format!("v{i}"), None, 1, 0)
+                .wait()
+                .expect("register")
+        })
+        .collect();
+    let host = |i: usize| hosts[i].host_id;
+    let report = |store: &Subject, host: u64, replica: u64, output: &[u8]| {
+        store
+            .record_report(host, replica, &success(output), 5)
+            .wait()
+            .expect("report")
+    };
+    // History: hosts 0 and 1 validate a unit of an ordinary batch, one valid result each.
+    let mut history = batch(1, 2);
+    history.units[0].name = "history".into();
+    history.units[0].input = crate::ContentHash::of(b"history");
+    store.create_uploaded(&history, 0).wait().expect("batch");
+    for i in [0, 1] {
+        let a = store
+            .assign(host(i), 1)
+            .wait()
+            .expect("assign")
+            .expect("work");
+        report(&store, host(i), a.replica_id, b"h");
+    }
+    // A batch whose quorums need a host with at least one valid result.
+    let mut seasoned = batch(1, 2);
+    seasoned.policy.seasoned_after = Some(1);
+    store.create_uploaded(&seasoned, 2).wait().expect("batch");
+    // A fresh host may take the first place; the last is kept for a seasoned host, even after
+    // a reopening (whether a replica's host was seasoned is kept with it).
+    let first = store
+        .assign(host(2), 3)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    assert_eq!(store.assign(host(3), 3).wait().expect("assign"), None);
+    store.reopen();
+    assert_eq!(store.assign(host(3), 3).wait().expect("assign"), None);
+    mirrored(&store);
+    let second = store
+        .assign(host(0), 3)
+        .wait()
+        .expect("assign")
+        .expect("work");
+    assert_eq!(second.unit_id, first.unit_id);
+    report(&store, host(2), first.replica_id, b"s");
+    assert_eq!(
+        report(&store, host(0), second.replica_id, b"s"),
+        crate::ReportEffect::Validated {
+            unit_id: first.unit_id
+        }
+    );
+    // Host 2 has a history now, and counts as seasoned for the next batch.
+    let line = |store: &Subject, id: u64| {
+        store
+            .hosts(5)
+            .wait()
+            .expect("hosts")
+            .into_iter()
+            .find(|h| h.id == id)
+            .expect("a host")
+    };
+    assert_eq!(line(&store, host(2)).valid, 1);
+    mirrored(&store);
+}
+
 on_both_backends!(
+    a_batch_needing_a_seasoned_host_keeps_a_place_for_one_and_validates_only_with_one,
     a_researcher_is_an_accounts_permission_to_submit_which_the_administrator_grants_and_withdraws,
     a_batch_asking_for_distinct_networks_takes_one_replica_of_a_unit_per_network,
     a_volunteer_from_before_accounts_gets_a_key_and_keeps_its_credit_and_machines,
