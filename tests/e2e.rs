@@ -10,6 +10,7 @@ use herd_protocol::{
 };
 
 mod accounts;
+mod kills;
 mod scale_out;
 
 #[path = "../sample-jobs/mandelbrot/src/kernel.rs"]

@@ -293,9 +293,11 @@ mod tests {
         // An LED change is not a person.
         device.write_all(&event(17)).unwrap();
         assert!(source.user_idle().unwrap() >= Duration::from_millis(300));
+        // A key is: idle from then on, whatever the machine's load (no fixed bound).
+        let written = std::time::Instant::now();
         device.write_all(&event(1)).unwrap();
         let after = source.user_idle().unwrap();
-        assert!(after < Duration::from_millis(100), "{after:?}");
+        assert!(after <= written.elapsed(), "{after:?}");
     }
 
     #[test]

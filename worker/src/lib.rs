@@ -56,6 +56,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// them takes the project over within its lease (10 s), so the worker keeps looking often.
 const MAX_BACKOFF_SEVERAL: Duration = Duration::from_secs(2);
 
+/// A session that was welcomed and lasted this long worked: the next reconnection starts over
+/// from [`MIN_BACKOFF`] (a coordinator restarted again and again is rejoined at once each time),
+/// while one that fails sooner keeps doubling the wait (no storm against a coordinator that
+/// accepts and drops).
+const WORKED_FOR: Duration = Duration::from_secs(5);
+
+/// The wait before reconnecting after a session that ended: `next` (the backoff so far), or the
+/// shortest again if the session was welcomed and `lasted` at least [`WORKED_FOR`].
+fn reconnect_wait(next: Duration, welcomed: bool, lasted: Duration) -> Duration {
+    if welcomed && lasted >= WORKED_FOR {
+        MIN_BACKOFF
+    } else {
+        next
+    }
+}
+
 /// How long to wait after a refused request before asking again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -118,6 +134,8 @@ struct Worker {
     /// The volunteer's credit and rank, as the coordinator last said.
     standing: Mutex<Option<Standing>>,
     connected: std::sync::atomic::AtomicBool,
+    /// Sessions the coordinator welcomed, for the reconnection's backoff.
+    welcomes: std::sync::atomic::AtomicU64,
     /// Which of the join string's coordinators answered last (tried first next time); at
     /// first, the one this host's key picks, so hosts spread over the project's coordinators.
     coordinator: std::sync::atomic::AtomicUsize,
@@ -275,6 +293,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         network,
         standing: Mutex::new(None),
         connected: std::sync::atomic::AtomicBool::new(false),
+        welcomes: std::sync::atomic::AtomicU64::new(0),
         coordinator: std::sync::atomic::AtomicUsize::new(first_coordinator),
         idle_streak: std::sync::atomic::AtomicU32::new(0),
         finished_units: std::sync::atomic::AtomicU64::new(0),
@@ -290,6 +309,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         MAX_BACKOFF
     };
     loop {
+        let (welcomes, began) = (
+            worker.welcomes.load(std::sync::atomic::Ordering::Relaxed),
+            std::time::Instant::now(),
+        );
         let session = tokio::select! {
             result = worker.clone().session() => result,
             _ = shutdown.wait_for(|stop| *stop) => {
@@ -297,6 +320,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 return Ok(());
             }
         };
+        let welcomed = worker.welcomes.load(std::sync::atomic::Ordering::Relaxed) != welcomes;
+        backoff = reconnect_wait(backoff, welcomed, began.elapsed());
         match session {
             Ok(()) => backoff = MIN_BACKOFF,
             // Retrying would only repeat it: stop and say why.
@@ -376,6 +401,8 @@ impl Worker {
         }
         self.coordinator
             .store(index, std::sync::atomic::Ordering::Relaxed);
+        self.welcomes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("connected to {}", join.addrs[index]);
         self.connected
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1155,5 +1182,27 @@ async fn govern(
             _ = tokio::time::sleep(pause) => {}
             changed = changes.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_that_worked_is_followed_by_the_shortest_wait_and_a_failing_one_backs_off() {
+        let long = WORKED_FOR + Duration::from_secs(11);
+        // Welcomed and up for a while: a restarted coordinator is rejoined at once.
+        assert_eq!(reconnect_wait(MAX_BACKOFF, true, long), MIN_BACKOFF);
+        // Welcomed but dropped at once, or never welcomed however long it tried: the backoff
+        // goes on growing, so a coordinator that accepts and drops sees no storm.
+        assert_eq!(
+            reconnect_wait(Duration::from_secs(8), true, Duration::from_millis(300)),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            reconnect_wait(Duration::from_secs(8), false, long),
+            Duration::from_secs(8)
+        );
     }
 }

@@ -231,9 +231,15 @@ mod tests {
         std::thread::sleep(Duration::from_millis(700));
         let away = source.user_idle().expect("the display answers");
         assert!(away >= Duration::from_millis(600), "{away:?}");
+        // Idle from the move on, whatever the machine's load (the server counts in whole
+        // milliseconds, hence the one of slack).
+        let moved = Instant::now();
         server.move_the_mouse(200);
         let back = source.user_idle().expect("the display answers");
-        assert!(back < Duration::from_millis(200), "{back:?}");
+        assert!(
+            back <= moved.elapsed() + Duration::from_millis(1) && back < away,
+            "{back:?}"
+        );
     }
 
     #[test]
@@ -247,7 +253,8 @@ mod tests {
         let started = Instant::now();
         let answers: Vec<_> = (0..5).map(|_| source.user_idle()).collect();
         assert!(answers.iter().all(Option::is_none), "{answers:?}");
-        assert!(started.elapsed() < Duration::from_secs(1));
+        // No stall: a broken connection answers at once (a loose bound, for a loaded machine).
+        assert!(started.elapsed() < Duration::from_secs(5));
         let error = X11Idle::connect(&display).err().expect("no server");
         assert!(error.to_string().contains(&display), "{error}");
     }
