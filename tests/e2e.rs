@@ -10,6 +10,7 @@ use herd_protocol::{
 };
 
 mod accounts;
+mod disk;
 mod kills;
 mod scale_out;
 

@@ -175,6 +175,24 @@ impl ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
+        // A full disk is the administrator's to fix, and says so; nothing was kept.
+        let full = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
+                || cause
+                    .downcast_ref::<StoreError>()
+                    .is_some_and(StoreError::is_disk_full)
+        });
+        if full {
+            tracing::error!("the disk is full: {error:#}");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "the coordinator's disk is full: nothing of this request was kept; try again once \
+                 the project's administrator has freed space",
+            );
+        }
         tracing::error!("internal error: {error:#}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -872,10 +872,24 @@ impl Worker {
         };
         let cache = self.cache.clone();
         let stored = bytes.clone();
-        tokio::task::spawn_blocking(move || cache.put_verified(&hash, &stored))
-            .await?
-            .with_context(|| format!("blob {hash} from the coordinator"))?;
-        self.keep_caches_in_limit().await;
+        let cached =
+            tokio::task::spawn_blocking(move || cache.put_verified(&hash, &stored)).await?;
+        match cached {
+            Ok(()) => self.keep_caches_in_limit().await,
+            // A blob that verified but cannot be kept (the volunteer's disk is full, say) is still
+            // the unit's: it runs from memory, rather than the replica failing for the host's
+            // trouble and being handed out again to fail again, spending the unit's error limit.
+            Err(error @ herd_blobs::BlobError::Io { .. }) => {
+                tracing::warn!(
+                    "cannot keep blob {hash} in the cache ({error}); using it from memory"
+                )
+            }
+            Err(error) => {
+                return Err(
+                    anyhow::Error::from(error).context(format!("blob {hash} from the coordinator"))
+                );
+            }
+        }
         Ok(bytes)
     }
 

@@ -82,6 +82,26 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// Whether the database could not write for want of disk space (SQLite's `SQLITE_FULL`,
+    /// PostgreSQL's class 53, or either's message of it, as another caller of the same group
+    /// commit receives it): nothing of the operation was kept, and it may be tried again once
+    /// space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        const SAID: [&str; 3] = ["disk is full", "No space left on device", "53100"];
+        match self {
+            StoreError::Database(rusqlite::Error::SqliteFailure(failure, _)) => {
+                failure.code == rusqlite::ErrorCode::DiskFull
+            }
+            StoreError::Database(_) => false,
+            StoreError::Postgres(message) | StoreError::Commit(message) => {
+                SAID.iter().any(|said| message.contains(said))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Why the store refused a report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportRefusal {
