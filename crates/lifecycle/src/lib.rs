@@ -303,6 +303,16 @@ pub struct Replica {
     pub state: ReplicaState,
 }
 
+/// Replicas a host may hold in progress at once: its cores, once it has earned them. A new host
+/// may hold two, and one more for each valid result it has returned (so a machine that claims
+/// 256 cores and never reports holds two units hostage, not 256); each replica in a row it let
+/// time out (or lost) since its last valid result halves that, down to one, and a valid result
+/// restores it (BOINC's reliability-limited work fetch, in one rule).
+pub fn host_in_flight_cap(cores: u32, valid_results: u64, timeouts_in_a_row: u32) -> u32 {
+    let earned = u64::from(cores).min(2 + valid_results) as u32;
+    (earned >> timeouts_in_a_row.min(31)).max(1)
+}
+
 /// Whether a host with `valid_results` valid results behind it counts as seasoned under
 /// `policy` (always, when the policy has no such rule).
 pub fn is_seasoned(policy: &Policy, valid_results: u64) -> bool {

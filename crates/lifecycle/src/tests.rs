@@ -404,3 +404,16 @@ fn under_the_seasoned_rule_a_quorum_needs_one_seasoned_replica_and_keeps_it_a_pl
     };
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn a_host_earns_its_cores_with_valid_results_and_loses_them_by_letting_replicas_time_out() {
+    // New: two at once, whatever it claims; one more per valid result, up to its cores.
+    assert_eq!(host_in_flight_cap(256, 0, 0), 2);
+    assert_eq!(host_in_flight_cap(256, 5, 0), 7);
+    assert_eq!(host_in_flight_cap(4, 100, 0), 4);
+    assert_eq!(host_in_flight_cap(1, 0, 0), 1);
+    // Each timeout in a row halves it, never below one.
+    assert_eq!(host_in_flight_cap(16, 100, 1), 8);
+    assert_eq!(host_in_flight_cap(16, 100, 3), 2);
+    assert_eq!(host_in_flight_cap(16, 100, 40), 1);
+}

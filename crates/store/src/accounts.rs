@@ -317,10 +317,11 @@ fn upsert_host(
          ON CONFLICT (public_key) DO UPDATE SET
             volunteer_id = excluded.volunteer_id, cores = excluded.cores,
             last_seen_ms = excluded.last_seen_ms
-         RETURNING id, consecutive_valid, valid_results",
+         RETURNING id, consecutive_valid, valid_results, timeouts_in_a_row",
         &args![&key.0[..], volunteer_id, cores, now_ms],
     )?;
-    let (host_id, consecutive_valid, valid_results) = (row.u64(0)?, row.u32(1)?, row.u64(2)?);
+    let (host_id, consecutive_valid) = (row.u64(0)?, row.u32(1)?);
+    let (valid_results, timeouts_in_a_row) = (row.u64(2)?, row.u32(3)?);
     let host = live.hosts.entry(host_id).or_insert_with(|| LiveHost {
         volunteer_id,
         cores,
@@ -328,6 +329,7 @@ fn upsert_host(
         last_seen_ms: now_ms,
         trust: HostTrust { consecutive_valid },
         valid_results,
+        timeouts_in_a_row,
         in_flight: Default::default(),
     });
     host.volunteer_id = volunteer_id;
@@ -336,6 +338,7 @@ fn upsert_host(
     host.last_seen_ms = now_ms;
     host.trust = HostTrust { consecutive_valid };
     host.valid_results = valid_results;
+    host.timeouts_in_a_row = timeouts_in_a_row;
     Ok(HostRecord {
         host_id,
         volunteer_id,

@@ -105,8 +105,11 @@ pub(crate) struct LiveHost {
     pub(crate) key: PublicKey,
     pub(crate) last_seen_ms: u64,
     pub(crate) trust: HostTrust,
-    /// Its valid results so far (grants less revocations), for the seasoned rule.
+    /// Its valid results so far (grants less revocations), for the seasoned rule and its limit
+    /// of work in progress.
     pub(crate) valid_results: u64,
+    /// Its replicas timed out or lost in a row since its last valid result.
+    pub(crate) timeouts_in_a_row: u32,
     /// Its replicas in progress.
     pub(crate) in_flight: BTreeSet<u64>,
 }
@@ -538,6 +541,7 @@ mod tests {
             last_seen_ms: 0,
             trust: HostTrust::default(),
             valid_results: 0,
+            timeouts_in_a_row: 0,
             in_flight: BTreeSet::new(),
         }
     }

@@ -60,6 +60,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "refused_reports",
             "consecutive_valid",
             "valid_results",
+            "timeouts_in_a_row",
         ],
     ),
     (

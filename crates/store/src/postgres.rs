@@ -40,7 +40,7 @@ use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
 /// The schema's version: [`SCHEMA`] creates version 1, and [`MIGRATIONS`] bring it here.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -159,6 +159,8 @@ const MIGRATIONS: &[&str] = &[
        - (SELECT COUNT(*) FROM credit_revoked x WHERE x.host_id = hosts.id);
      ALTER TABLE replicas ADD COLUMN seasoned BIGINT NOT NULL DEFAULT 0;
      ALTER TABLE batches ADD COLUMN seasoned_after BIGINT;",
+    // 9: hosts' timeouts in a row, as SQLite's schema 15.
+    "ALTER TABLE hosts ADD COLUMN timeouts_in_a_row BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// The tables, as SQLite's schema 9 has them: every integer is a `BIGINT` (flags are 0/1),
@@ -984,6 +986,9 @@ mod tests {
             units
         };
         let (a, b) = (register(&first, 1), register(&second, 2));
+        // Hosts with a history, so each may hold its whole share at once.
+        crate::tests::give_history(&first, a, 100);
+        crate::tests::give_history(&second, b, 100);
         let mut on_first = Vec::new();
         within_seconds(10, "the first loads the batch made by the second", || {
             on_first.extend(take_all(&first, a));
@@ -1076,6 +1081,7 @@ mod tests {
         }
         assert_eq!(validated, 8, "every unit a reported through the second");
         let c = register(&second, 3);
+        crate::tests::give_history(&second, c, 100);
         assert_eq!(take_all(&second, c).len(), 8, "the units b alone reported");
     }
 

@@ -19,7 +19,7 @@ use crate::sql::{Row, Sequence, Sql, Value, args};
 use crate::threads::{Reader, Threads};
 use crate::{StoreError, work};
 
-const SCHEMA_VERSION: i64 = 14;
+const SCHEMA_VERSION: i64 = 15;
 
 /// Migrations from each version to the next: `MIGRATIONS[0]` takes version 1 to 2.
 const MIGRATIONS: &[&str] = &[
@@ -267,6 +267,9 @@ const MIGRATIONS: &[&str] = &[
        - (SELECT COUNT(*) FROM credit_revoked x WHERE x.host_id = hosts.id);
      ALTER TABLE replicas ADD COLUMN seasoned INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE batches ADD COLUMN seasoned_after INTEGER;",
+    // 15: each host's replicas timed out (or lost) in a row since its last valid result, which
+    // limit the work it is given (`herd_lifecycle::host_in_flight_cap`).
+    "ALTER TABLE hosts ADD COLUMN timeouts_in_a_row INTEGER NOT NULL DEFAULT 0;",
 ];
 
 const SCHEMA: &str = "

@@ -389,6 +389,60 @@ fn a_host_holds_no_more_replicas_than_its_cores(kind: Kind) {
     assert_eq!(store.assign(host.host_id, 0).wait().expect("assign"), None);
 }
 
+fn a_new_host_earns_its_cores_and_one_that_lets_replicas_time_out_gets_less_work(kind: Kind) {
+    let store = open_store(kind);
+    let mut many = batch(40, 1);
+    many.policy.replica_deadline_ms = 1_000;
+    store.create_uploaded(&many, 0).wait().expect("batch");
+    // A machine claiming 256 cores holds two units at first, not 256.
+    let host = store
+        .register_host(&key(1), "ada", None, 256, 0)
+        .wait()
+        .expect("register")
+        .host_id;
+    let take_all = |now: u64| {
+        let mut taken = Vec::new();
+        while let Some(a) = store.assign(host, now).wait().expect("assign") {
+            taken.push(a);
+        }
+        taken
+    };
+    let first = take_all(0);
+    assert_eq!(first.len(), 2);
+    // Each valid result earns one more place.
+    for (i, a) in first.iter().enumerate() {
+        store
+            .record_report(
+                host,
+                a.replica_id,
+                &success(&a.unit_id.to_le_bytes()),
+                10 + i as u64,
+            )
+            .wait()
+            .expect("report");
+    }
+    let second = take_all(20);
+    assert_eq!(second.len(), 4, "two valid results: four places");
+    // It lets them all time out: each halves what it may hold, down to one.
+    assert_eq!(store.expire_deadlines(2_000).wait().expect("expire"), 4);
+    let third = take_all(2_000);
+    assert_eq!(third.len(), 1, "four timeouts in a row: one place");
+    mirrored(&store);
+    // A valid result gives it back everything it had earned (three results: five places).
+    store
+        .record_report(
+            host,
+            third[0].replica_id,
+            &success(&third[0].unit_id.to_le_bytes()),
+            2_010,
+        )
+        .wait()
+        .expect("report");
+    let fourth = take_all(2_020);
+    assert_eq!(fourth.len(), 5);
+    mirrored(&store);
+}
+
 fn reports_for_unknown_or_foreign_replicas_are_refused(kind: Kind) {
     let store = open_store(kind);
     store
@@ -744,6 +798,7 @@ fn batches_share_workers_fairly_and_priority_goes_first(kind: Kind) {
         .register_host(&key(1), "ada", None, 8, 0)
         .wait()
         .expect("register");
+    give_history(&*store, host.host_id, 100);
     // Equal priority: the batch with fewer replicas in flight goes next, so they alternate.
     let served: Vec<u64> = (0..4)
         .map(|_| {
@@ -882,6 +937,25 @@ fn validate_pair(store: &Subject, a: u64, b: u64, output_a: &[u8], output_b: &[u
         .wait()
         .expect("report");
     first.unit_id
+}
+
+/// Gives a host a history of `valid` valid results, as if earned before, in the database and in
+/// the live work: it may then hold as many replicas as its cores
+/// ([`herd_lifecycle::host_in_flight_cap`]).
+pub(crate) fn give_history(store: &dyn TestStore, host_id: u64, valid: u64) {
+    store
+        .operation(Box::new(move |tx, live| {
+            tx.execute(
+                "UPDATE hosts SET valid_results = ?2 WHERE id = ?1",
+                &crate::sql::args![host_id, valid],
+            )?;
+            if let Some(host) = live.hosts.get_mut(&host_id) {
+                host.valid_results = valid;
+            }
+            Ok(())
+        }))
+        .wait()
+        .expect("a history");
 }
 
 pub(crate) fn mirrored(store: &Subject) {
@@ -1804,6 +1878,7 @@ on_both_backends!(
     a_disagreement_leads_to_a_third_replica_that_decides,
     one_volunteer_never_gets_two_replicas_of_a_unit_even_from_two_hosts,
     a_host_holds_no_more_replicas_than_its_cores,
+    a_new_host_earns_its_cores_and_one_that_lets_replicas_time_out_gets_less_work,
     reports_for_unknown_or_foreign_replicas_are_refused,
     expired_replicas_are_replaced_and_a_late_report_is_still_checked,
     aborts_never_count_and_too_many_fail_the_unit,

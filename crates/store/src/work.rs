@@ -116,7 +116,8 @@ fn host_key(bytes: Vec<u8>, host_id: u64) -> Result<PublicKey, StoreError> {
 /// Reads a host's row into a [`LiveHost`] (with nothing in flight), or `None`.
 fn load_host(tx: &mut dyn Sql, host_id: u64) -> Result<Option<LiveHost>, StoreError> {
     let Some(row) = tx.query_row(
-        "SELECT volunteer_id, cores, public_key, last_seen_ms, consecutive_valid, valid_results
+        "SELECT volunteer_id, cores, public_key, last_seen_ms, consecutive_valid, valid_results,
+                timeouts_in_a_row
          FROM hosts WHERE id = ?1",
         &args![host_id],
     )?
@@ -132,6 +133,7 @@ fn load_host(tx: &mut dyn Sql, host_id: u64) -> Result<Option<LiveHost>, StoreEr
             consecutive_valid: row.u32(4)?,
         },
         valid_results: row.u64(5)?,
+        timeouts_in_a_row: row.u32(6)?,
         in_flight: Default::default(),
     }))
 }
@@ -454,7 +456,9 @@ pub(crate) fn assign(
     let Some(host) = live.hosts.get(&host_id) else {
         return Err(StoreError::UnknownHost);
     };
-    if host.in_flight.len() >= host.cores as usize {
+    let cap =
+        herd_lifecycle::host_in_flight_cap(host.cores, host.valid_results, host.timeouts_in_a_row);
+    if host.in_flight.len() >= cap as usize {
         return Ok(None);
     }
     let (volunteer_id, key, trust) = (host.volunteer_id, host.key, host.trust);
@@ -1063,25 +1067,39 @@ fn enter_in_ledger(
     } else {
         (-fuel, -one)
     };
-    let volunteer = (reference.volunteer_id, ("balance", fuel));
+    let volunteer = (reference.volunteer_id, "balance = balance + ?6", fuel);
     add_recent_credit(tx, "volunteers", volunteer, credit, now_ms)?;
+    // A valid result also ends the host's run of timeouts.
     if let Some(host) = live.hosts.get_mut(&reference.host_id) {
         host.valid_results = host.valid_results.saturating_add_signed(one);
+        if one > 0 {
+            host.timeouts_in_a_row = 0;
+        }
     }
-    let host = (reference.host_id, ("valid_results", one));
-    add_recent_credit(tx, "hosts", host, credit, now_ms)
+    let counters = if one > 0 {
+        "valid_results = valid_results + ?6, timeouts_in_a_row = 0"
+    } else {
+        "valid_results = valid_results + ?6"
+    };
+    add_recent_credit(
+        tx,
+        "hosts",
+        (reference.host_id, counters, one),
+        credit,
+        now_ms,
+    )
 }
 
 /// Adds `credit` granted at `now_ms` to a volunteer's or host's recent average, as
 /// [`herd_lifecycle::RecentAverage::granted`] does, computed by the database from the row it
-/// holds: no read, and grants made by several coordinators add up whatever their order; and
-/// `added` to the row's counter `column` in the same statement. An average older than
+/// holds: no read, and grants made by several coordinators add up whatever their order; and the
+/// row's other counters moved by `counters` (SQL, its value as `?6`) in the same statement. An average older than
 /// [`RAC_FORGOTTEN_MS`] has decayed to nothing (PostgreSQL's `exp` refuses to underflow where
 /// Rust's gives 0).
 fn add_recent_credit(
     tx: &mut dyn Sql,
     table: &'static str,
-    (id, (column, added_to_column)): (u64, (&'static str, i64)),
+    (id, counters, value): (u64, &'static str, i64),
     credit: f64,
     now_ms: u64,
 ) -> Result<(), StoreError> {
@@ -1096,17 +1114,10 @@ fn add_recent_credit(
                            WHEN ?3 - rac_ms >= ?5 THEN 0
                            ELSE rac * exp((rac_ms - ?3) * CAST(?4 AS DOUBLE PRECISION)) END + ?2,
                 rac_ms = CASE WHEN ?3 > rac_ms THEN ?3 ELSE rac_ms END,
-                {column} = {column} + ?6
+                {counters}
              WHERE id = ?1"
         ),
-        &args![
-            id,
-            added,
-            now_ms,
-            decay_per_ms,
-            RAC_FORGOTTEN_MS,
-            added_to_column
-        ],
+        &args![id, added, now_ms, decay_per_ms, RAC_FORGOTTEN_MS, value],
     )
 }
 
@@ -1129,6 +1140,15 @@ pub(crate) fn time_out(
             &args![replica_id],
         )?;
         live.end_in_progress(replica_id, ReplicaState::TimedOut);
+        // It limits the host's work in progress until its next valid result.
+        if let Some(host) = live.hosts.get_mut(&reference.host_id) {
+            host.timeouts_in_a_row = host.timeouts_in_a_row.saturating_add(1);
+        }
+        tx.execute_shared(
+            SharedRow("hosts", reference.host_id),
+            "UPDATE hosts SET timeouts_in_a_row = timeouts_in_a_row + 1 WHERE id = ?1",
+            &args![reference.host_id],
+        )?;
         if live.units.contains_key(&reference.unit_id) {
             settle(tx, live, reference.unit_id, now_ms)?;
         }

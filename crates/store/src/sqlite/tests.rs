@@ -120,6 +120,7 @@ fn researchers_from_before_accounts_become_accounts_that_may_submit() {
              ALTER TABLE batches DROP COLUMN bid_milli;
              ALTER TABLE batches DROP COLUMN pause_when_broke;
              ALTER TABLE hosts DROP COLUMN valid_results;
+             ALTER TABLE hosts DROP COLUMN timeouts_in_a_row;
              ALTER TABLE replicas DROP COLUMN seasoned;
              ALTER TABLE batches DROP COLUMN seasoned_after;",
         )
