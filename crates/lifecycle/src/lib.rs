@@ -456,17 +456,32 @@ pub fn evaluate(policy: &Policy, replicas: &[Replica]) -> Verdict {
     Verdict::Open { wanted }
 }
 
+/// The aborted or timed-out replicas of one unit a volunteer may have before it is given that
+/// unit no more: one host's trouble (a full disk, a crash at start) cannot spend the unit's whole
+/// error limit and fail it for the researcher.
+pub const MAX_ERRORS_PER_VOLUNTEER: usize = 2;
+
 /// Whether a replica of this unit may go to `volunteer_id`: never while the volunteer holds or has
 /// reported one (BOINC's one_result_per_user_per_wu), so one person cannot form a quorum alone.
 ///
-/// A replica of theirs that aborted or timed out does not count: it can never join a quorum, and
-/// counting it would leave a unit on a small grid with no volunteer left to finish it. Repeated
-/// aborts are bounded by the policy's error limit.
-pub fn may_assign_to(replicas: &[Replica], volunteer_id: u64) -> bool {
-    replicas.iter().all(|r| {
-        r.volunteer_id != volunteer_id
-            || matches!(r.state, ReplicaState::Aborted | ReplicaState::TimedOut)
-    })
+/// A replica of theirs that aborted or timed out does not count as held: it can never join a
+/// quorum, and counting it would leave a unit on a small grid with no volunteer left to finish
+/// it. But after [`MAX_ERRORS_PER_VOLUNTEER`] of them the unit waits for someone else.
+pub fn may_assign_to<'a>(
+    replicas: impl IntoIterator<Item = &'a Replica>,
+    volunteer_id: u64,
+) -> bool {
+    let mut errors = 0;
+    for replica in replicas {
+        if replica.volunteer_id != volunteer_id {
+            continue;
+        }
+        match replica.state {
+            ReplicaState::Aborted | ReplicaState::TimedOut => errors += 1,
+            ReplicaState::InProgress { .. } | ReplicaState::Reported(_) => return false,
+        }
+    }
+    errors < MAX_ERRORS_PER_VOLUNTEER
 }
 
 /// Whether a host on `network` may take another replica of a unit with these replicas, under

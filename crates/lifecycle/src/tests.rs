@@ -417,3 +417,16 @@ fn a_host_earns_its_cores_with_valid_results_and_loses_them_by_letting_replicas_
     assert_eq!(host_in_flight_cap(16, 100, 3), 2);
     assert_eq!(host_in_flight_cap(16, 100, 40), 1);
 }
+
+#[test]
+fn a_volunteer_may_take_a_unit_again_after_an_error_but_not_after_two() {
+    let aborted = |id, volunteer| replica(id, volunteer, ReplicaState::Aborted);
+    let timed_out = |id, volunteer| replica(id, volunteer, ReplicaState::TimedOut);
+    assert!(may_assign_to(&[aborted(1, 7)], 7));
+    assert!(!may_assign_to(&[aborted(1, 7), timed_out(2, 7)], 7));
+    // Others' errors are theirs.
+    assert!(may_assign_to(&[aborted(1, 8), aborted(2, 8)], 7));
+    // Holding or having reported one bars it, as ever.
+    assert!(!may_assign_to(&[in_progress(1, 7)], 7));
+    assert!(!may_assign_to(&[aborted(1, 7), reported(2, 7, b"x")], 7));
+}

@@ -260,8 +260,11 @@ impl Live {
                 let Some(unit) = self.units.get(unit_id) else {
                     continue;
                 };
-                let taken = unit.replicas.iter().any(|r| {
-                    (r.replica.volunteer_id == volunteer_id || r.host_id == host_id)
+                let taken = !herd_lifecycle::may_assign_to(
+                    unit.replicas.iter().map(|r| &r.replica),
+                    volunteer_id,
+                ) || unit.replicas.iter().any(|r| {
+                    r.host_id == host_id
                         && matches!(
                             r.replica.state,
                             ReplicaState::InProgress { .. } | ReplicaState::Reported(_)

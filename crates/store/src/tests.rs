@@ -193,7 +193,12 @@ pub(crate) fn batch(units: usize, quorum: u32) -> NewBatch {
 }
 
 fn hosts(store: &Subject, n: u8) -> Vec<HostRecord> {
-    (1..=n)
+    hosts_from(store, 1, n)
+}
+
+/// `n` hosts of volunteers `volunteer-FIRST` on, each with a key of its number.
+fn hosts_from(store: &Subject, first: u8, n: u8) -> Vec<HostRecord> {
+    (first..first + n)
         .map(|i| {
             store
                 .register_host(&key(i), &format!("volunteer-{i}"), Some("team"), 4, 0)
@@ -603,7 +608,7 @@ fn bad_batches_and_names_are_refused_by_name(kind: Kind) {
     ));
 }
 
-fn a_volunteer_whose_replica_aborted_may_take_the_unit_again(kind: Kind) {
+fn a_volunteer_whose_replica_aborted_may_take_the_unit_again_once(kind: Kind) {
     // Two volunteers, quorum 2: if an abort barred its volunteer, the unit could never finish.
     let store = open_store(kind);
     let batch_id = store
@@ -636,12 +641,34 @@ fn a_volunteer_whose_replica_aborted_may_take_the_unit_again(kind: Kind) {
         .expect("assign")
         .expect("the same volunteer may try again");
     assert_eq!(again.unit_id, a.unit_id);
+    // A second abort is its last: the unit waits for another volunteer rather than letting one
+    // host's trouble spend its whole error limit.
+    store
+        .record_report(
+            hosts[0].host_id,
+            again.replica_id,
+            &Outcome::Aborted(AbortReason::HostFailure("disk full".into())),
+            2,
+        )
+        .wait()
+        .expect("report");
+    assert_eq!(
+        store.assign(hosts[0].host_id, 2).wait().expect("assign"),
+        None
+    );
+    let third = hosts_from(&store, 3, 1)[0].host_id;
+    let again = store
+        .assign(third, 2)
+        .wait()
+        .expect("assign")
+        .expect("another volunteer takes it");
+    assert_eq!(again.unit_id, a.unit_id);
     store
         .record_report(hosts[1].host_id, b.replica_id, &success(b"x"), 3)
         .wait()
         .expect("report");
     store
-        .record_report(hosts[0].host_id, again.replica_id, &success(b"x"), 4)
+        .record_report(third, again.replica_id, &success(b"x"), 4)
         .wait()
         .expect("report");
     let status = store
@@ -1884,7 +1911,7 @@ on_both_backends!(
     aborts_never_count_and_too_many_fail_the_unit,
     everything_survives_reopening_the_database,
     bad_batches_and_names_are_refused_by_name,
-    a_volunteer_whose_replica_aborted_may_take_the_unit_again,
+    a_volunteer_whose_replica_aborted_may_take_the_unit_again_once,
     credit_carries_a_recent_average_and_hosts_keep_their_record,
     recent_average_credit_at_real_times_is_the_lifecycles,
     an_operation_that_fails_midway_is_undone_alone,
