@@ -252,6 +252,7 @@ impl Live {
         });
         let mut budget = scan_limit;
         for (batch_id, batch, _) in order {
+            let seasoned = self.seasoned(host_id, &batch.policy);
             for unit_id in &batch.wanting {
                 if budget == 0 {
                     return None;
@@ -278,7 +279,7 @@ impl Live {
                 let seasoned_free = herd_lifecycle::seasoned_may_take(
                     &batch.policy,
                     unit.replicas.iter().map(|r| &r.replica),
-                    self.seasoned(host_id, &batch.policy),
+                    seasoned,
                 );
                 if !taken && network_free && seasoned_free {
                     return Some(Pick {

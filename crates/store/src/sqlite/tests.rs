@@ -111,7 +111,6 @@ fn researchers_from_before_accounts_become_accounts_that_may_submit() {
             "ALTER TABLE researchers DROP COLUMN account_id;
              ALTER TABLE researchers DROP COLUMN revoked_ms;
              DROP TABLE ledger;
-             DROP INDEX credit_by_volunteer;
              DROP INDEX credit_revoked_by_volunteer;
              DROP INDEX volunteers_by_token;
              ALTER TABLE volunteers DROP COLUMN token_hash;
