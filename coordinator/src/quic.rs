@@ -513,6 +513,11 @@ async fn record_reports(
                 code: ErrorCode::NotYourReplica,
                 message: format!("replica {replica_id} was not assigned to this host"),
             }),
+            Err(ReportRefusal::Impossible(reason)) => Err(RefusedReport {
+                replica_id,
+                code: ErrorCode::BadOutput,
+                message: format!("replica {replica_id}: {reason}"),
+            }),
         });
     }
     Ok((fates.into_iter().flatten().collect(), exchanged.assignments))

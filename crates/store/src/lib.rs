@@ -55,6 +55,9 @@ pub enum StoreError {
     NotYourReplica { replica_id: u64 },
     #[error("host is not registered")]
     UnknownHost,
+    /// A report of a result no honest run makes: refused, and counted against its host.
+    #[error("replica {replica_id}: {reason}")]
+    ImpossibleReport { replica_id: u64, reason: String },
     /// A host presented an account key no account holds: never issued, or replaced or revoked
     /// (`revoked`) since.
     #[error("{}", if *revoked {
@@ -103,12 +106,15 @@ impl StoreError {
 }
 
 /// Why the store refused a report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReportRefusal {
     /// No such replica.
     UnknownReplica,
     /// The replica was assigned to another host.
     NotYourReplica,
+    /// A result no honest run makes (more fuel than the batch's budget, more output than its
+    /// limit), saying which.
+    Impossible(String),
 }
 
 /// A registered host and its volunteer.

@@ -44,6 +44,7 @@ impl StoreError {
             StoreError::UnknownReplica(_)
                 | StoreError::NotYourReplica { .. }
                 | StoreError::UnknownHost
+                | StoreError::ImpossibleReport { .. }
                 | StoreError::UnknownAccount { .. }
                 | StoreError::Taken(_)
                 | StoreError::Invalid(_)
@@ -326,6 +327,9 @@ impl<B: Backend> Store for B {
                         Err(StoreError::UnknownReplica(_)) => Err(ReportRefusal::UnknownReplica),
                         Err(StoreError::NotYourReplica { .. }) => {
                             Err(ReportRefusal::NotYourReplica)
+                        }
+                        Err(StoreError::ImpossibleReport { reason, .. }) => {
+                            Err(ReportRefusal::Impossible(reason))
                         }
                         Err(other) => return Err(other),
                     },

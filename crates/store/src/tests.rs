@@ -177,7 +177,7 @@ pub(crate) fn batch(units: usize, quorum: u32) -> NewBatch {
         researcher_id: 1,
         module: ContentHash::of(b"module"),
         policy: Policy::with_quorum(quorum),
-        fuel_limit: 1_000_000,
+        fuel_limit: 10_000_000_000,
         memory_limit_bytes: 1 << 20,
         output_limit_bytes: 1 << 10,
         priority: 0,
@@ -445,6 +445,71 @@ fn a_new_host_earns_its_cores_and_one_that_lets_replicas_time_out_gets_less_work
         .expect("report");
     let fourth = take_all(2_020);
     assert_eq!(fourth.len(), 5);
+    mirrored(&store);
+}
+
+fn a_result_no_honest_run_makes_is_refused_and_counted_against_its_host(kind: Kind) {
+    let store = open_store(kind);
+    let mut one = batch(1, 2);
+    one.fuel_limit = 1_000;
+    one.output_limit_bytes = 10;
+    store.create_uploaded(&one, 0).wait().expect("batch");
+    let hosts = hosts(&store, 1);
+    let host = hosts[0].host_id;
+    let a = store.assign(host, 0).wait().expect("assign").expect("work");
+    let claim = |fuel: u64, output_len: u64| {
+        Outcome::Countable(RunResult {
+            status: Status::Success,
+            fuel,
+            output_len,
+            output_hash: ContentHash::of(b"x"),
+        })
+    };
+    // More fuel than the budget, or more output than the limit: refused, saying which.
+    let refused = store
+        .exchange(
+            host,
+            vec![
+                (a.replica_id, claim(1_001, 1)),
+                (a.replica_id, claim(10, 11)),
+            ],
+            Want::units(0),
+            1,
+        )
+        .wait()
+        .expect("exchange");
+    match &refused.reports[..] {
+        [
+            Err(ReportRefusal::Impossible(fuel)),
+            Err(ReportRefusal::Impossible(output)),
+        ] => {
+            assert!(
+                fuel.contains("1001 fuel, over the batch's budget of 1000"),
+                "{fuel}"
+            );
+            assert!(
+                output.contains("11 bytes of output, over the batch's limit of 10"),
+                "{output}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let line = store
+        .hosts(2)
+        .wait()
+        .expect("hosts")
+        .into_iter()
+        .find(|h| h.id == host)
+        .expect("host");
+    assert_eq!(line.refused_reports, 2, "{line:?}");
+    // The replica is still the host's, and a possible result of it is recorded.
+    assert_eq!(
+        store
+            .record_report(host, a.replica_id, &claim(1_000, 10), 3)
+            .wait()
+            .expect("report"),
+        ReportEffect::Recorded
+    );
     mirrored(&store);
 }
 
@@ -1907,6 +1972,7 @@ on_both_backends!(
     a_host_holds_no_more_replicas_than_its_cores,
     a_new_host_earns_its_cores_and_one_that_lets_replicas_time_out_gets_less_work,
     reports_for_unknown_or_foreign_replicas_are_refused,
+    a_result_no_honest_run_makes_is_refused_and_counted_against_its_host,
     expired_replicas_are_replaced_and_a_late_report_is_still_checked,
     aborts_never_count_and_too_many_fail_the_unit,
     everything_survives_reopening_the_database,

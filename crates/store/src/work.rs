@@ -598,6 +598,11 @@ pub(crate) fn record_report(
     if reference.host_id != host_id {
         return Err(StoreError::NotYourReplica { replica_id });
     }
+    if let Some(batch) = live.batches.get(&reference.batch_id)
+        && let Some(reason) = impossible(outcome, batch.fuel_limit, batch.output_limit_bytes)
+    {
+        return Err(StoreError::ImpossibleReport { replica_id, reason });
+    }
     let unit_open = match live.units.get(&reference.unit_id) {
         Some(unit) => {
             let state = unit
@@ -645,8 +650,10 @@ fn record_report_of_closed_unit(
     now_ms: u64,
 ) -> Result<ReportEffect, StoreError> {
     let Some(row) = tx.query_row(
-        "SELECT r.unit_id, r.host_id, r.volunteer_id, r.state, u.batch_id
-         FROM replicas r JOIN units u ON u.id = r.unit_id WHERE r.id = ?1",
+        "SELECT r.unit_id, r.host_id, r.volunteer_id, r.state, u.batch_id, b.fuel_limit,
+                b.output_limit_bytes
+         FROM replicas r JOIN units u ON u.id = r.unit_id JOIN batches b ON b.id = u.batch_id
+         WHERE r.id = ?1",
         &args![replica_id],
     )?
     else {
@@ -654,6 +661,9 @@ fn record_report_of_closed_unit(
     };
     if row.u64(1)? != host_id {
         return Err(StoreError::NotYourReplica { replica_id });
+    }
+    if let Some(reason) = impossible(outcome, row.u64(5)?, row.u64(6)?) {
+        return Err(StoreError::ImpossibleReport { replica_id, reason });
     }
     let unit_id = row.u64(0)?;
     if !live.shards.holds_unit(unit_id) {
@@ -671,6 +681,27 @@ fn record_report_of_closed_unit(
         deadline_ms: None,
     };
     check_late(tx, live, &reference, replica_id, outcome, now_ms)
+}
+
+/// Why a result is one no honest run of its batch makes, if it is: more fuel than the budget (a
+/// run out of fuel reports the budget itself), or more output than the limit.
+fn impossible(outcome: &Outcome, fuel_limit: u64, output_limit: u64) -> Option<String> {
+    let Outcome::Countable(result) = outcome else {
+        return None;
+    };
+    if result.fuel > fuel_limit {
+        Some(format!(
+            "the result claims {} fuel, over the batch's budget of {fuel_limit}",
+            result.fuel
+        ))
+    } else if result.output_len > output_limit {
+        Some(format!(
+            "the result claims {} bytes of output, over the batch's limit of {output_limit}",
+            result.output_len
+        ))
+    } else {
+        None
+    }
 }
 
 /// Keeps a report of a replica whose unit another coordinator decides, for that coordinator to
