@@ -344,16 +344,6 @@ pub fn parse_bid(text: &str) -> Result<u32, String> {
         })
 }
 
-/// A bid in thousandths as people write it: "1.5".
-pub fn bid_text(milli: u32) -> String {
-    let (whole, part) = (milli / BID_SCALE, milli % BID_SCALE);
-    if part == 0 {
-        whole.to_string()
-    } else {
-        format!("{whole}.{}", format!("{part:03}").trim_end_matches('0'))
-    }
-}
-
 /// Fuel as credit, for messages: up to 9 decimals, trailing zeros dropped.
 pub fn credit_text(fuel: i64) -> String {
     let per = herd_lifecycle::FUEL_PER_CREDIT as i64;
@@ -569,9 +559,6 @@ mod tests {
         assert_eq!(parse_bid("0"), Ok(0));
         assert!(parse_bid("1.0005").is_err());
         assert!(parse_bid("1000.001").is_err());
-        assert_eq!(bid_text(1500), "1.5");
-        assert_eq!(bid_text(2000), "2");
-        assert_eq!(bid_text(25), "0.025");
     }
 
     #[test]
