@@ -12,6 +12,7 @@ use herd_protocol::{
 mod accounts;
 mod disk;
 mod kills;
+mod network;
 mod scale_out;
 
 #[path = "../sample-jobs/mandelbrot/src/kernel.rs"]

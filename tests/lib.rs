@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod netns;
 pub mod xvfb;
 
 /// The directory holding the workspace's binaries: the test executable lives in its `deps/`.
@@ -83,7 +84,11 @@ fn spawn_in(
     let child = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
-        .env("HERD_LOG", "info")
+        // `HERD_TEST_LOG=debug` (or any filter) logs more from every process a test starts.
+        .env(
+            "HERD_LOG",
+            std::env::var("HERD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         // Local time is UTC for every process, so tests can reason about the workers' hours.
         .env("TZ", "UTC")
         .stdin(Stdio::null())
@@ -151,6 +156,19 @@ impl Coordinator {
         database: Option<&str>,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        let quic = format!("127.0.0.1:{quic_port}");
+        Self::start_at(root, data_dir, &quic, database, extra)
+    }
+
+    /// [`Coordinator::start_with`] listening for workers at `quic` (an address and port): one
+    /// inside a network namespace of the test's, say ([`netns`]).
+    pub fn start_at(
+        root: &Path,
+        data_dir: &Path,
+        quic: &str,
+        database: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let data_dir = data_dir.to_path_buf();
         // Stale address files from an earlier run must not be mistaken for this one's.
         let _ = std::fs::remove_file(data_dir.join("join"));
@@ -159,7 +177,7 @@ impl Coordinator {
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--quic".into(),
-            format!("127.0.0.1:{quic_port}"),
+            quic.into(),
             "--http".into(),
             "127.0.0.1:0".into(),
         ];

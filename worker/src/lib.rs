@@ -790,19 +790,30 @@ impl Worker {
         };
         let sandbox = self.sandbox.clone();
         let seed = assignment.seed;
-        let started = Instant::now();
         let execution = tokio::task::spawn_blocking(move || match sandbox.admit(&module) {
-            Ok(admitted) => sandbox.run_controlled(&admitted, &input, seed, &limits, control),
-            Err(refusal) => Execution {
-                outcome: Outcome::Aborted(AbortReason::ModuleRejected(refusal.to_string())),
-                output: Vec::new(),
-            },
+            // Only the run is timed, pauses included: instrumenting and compiling a module
+            // happens once per machine (then it is cached), and counting it made a first unit
+            // look hundreds of times slower than the machine is. The coordinator then judged
+            // that this host could not meet a short deadline, gave it no more of the batch, and
+            // so it never measured again (found by the network tests).
+            Ok(admitted) => {
+                let started = Instant::now();
+                let execution = sandbox.run_controlled(&admitted, &input, seed, &limits, control);
+                (execution, Some(started.elapsed()))
+            }
+            Err(refusal) => (
+                Execution {
+                    outcome: Outcome::Aborted(AbortReason::ModuleRejected(refusal.to_string())),
+                    output: Vec::new(),
+                },
+                None,
+            ),
         })
         .await;
         self.supervisor.finished(replica_id);
-        let execution = execution.context("sandbox task panicked")?;
-        if let Outcome::Countable(result) = &execution.outcome {
-            self.measured(result.fuel, started.elapsed()).await;
+        let (execution, ran_for) = execution.context("sandbox task panicked")?;
+        if let (Outcome::Countable(result), Some(ran_for)) = (&execution.outcome, ran_for) {
+            self.measured(result.fuel, ran_for).await;
         }
         Ok(execution)
     }

@@ -1,5 +1,6 @@
-//! How fast this machine gets a unit done: fuel per second from a unit's start to its end,
-//! pauses included (the user at the keyboard, the CPU limit, closed hours all slow it), as a
+//! How fast this machine gets a unit done: fuel per second from the start of a unit's run to its
+//! end (not the one-time instrumenting and compiling of its module, which is cached), pauses
+//! included (the user at the keyboard, the CPU limit, closed hours all slow it), as a
 //! moving average over finished units. The worker sends it with each request for work, and the
 //! coordinator does not assign units it could not finish before their deadline at this pace.
 //! It is kept in `DATA_DIR/speed.json` across restarts.

@@ -30,6 +30,35 @@ pub(crate) struct Submission<'a> {
     pub(crate) bid: Option<String>,
     /// Valid results a host needs to count as seasoned (each quorum needs one).
     pub(crate) seasoned_after: Option<u32>,
+    /// Seconds each replica has before it is given to another volunteer.
+    pub(crate) deadline_secs: Option<u64>,
+}
+
+/// The longest replica deadline a batch may set (the coordinator's own bound).
+const LONGEST_DEADLINE_SECS: u64 = 30 * 86_400;
+
+/// `herd submit --deadline`: `90s`, `20m`, `6h`, `2d`, or plain seconds, from 1 s to 30 days.
+pub(crate) fn parse_deadline(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}` is not a time: write 90s, 20m, 6h or 2d")),
+    };
+    let secs = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("`{text}` is not a time: write 90s, 20m, 6h or 2d"))?;
+    if !(1..=LONGEST_DEADLINE_SECS).contains(&secs) {
+        return Err(format!("a deadline is from 1s to 30d, not {text}"));
+    }
+    Ok(secs)
 }
 
 /// Reads every file in `dir` (sorted by name) as one unit's input.
@@ -134,6 +163,7 @@ pub(crate) fn submit(
         distinct_networks: submission.distinct_networks.then_some(true),
         bid: submission.bid,
         seasoned_after: submission.seasoned_after,
+        deadline_secs: submission.deadline_secs,
     })
 }
 
@@ -336,4 +366,31 @@ pub(crate) fn batches_table(batches: &[Value]) -> String {
         ));
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_deadline;
+
+    #[test]
+    fn a_deadline_is_read_in_seconds_minutes_hours_or_days_and_bounded() {
+        assert_eq!(parse_deadline("90"), Ok(90));
+        assert_eq!(parse_deadline("90s"), Ok(90));
+        assert_eq!(parse_deadline("20m"), Ok(1_200));
+        assert_eq!(parse_deadline("6h"), Ok(21_600));
+        assert_eq!(parse_deadline("30d"), Ok(2_592_000));
+        for bad in [
+            "",
+            "s",
+            "0",
+            "31d",
+            "1w",
+            "-5s",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            let error = parse_deadline(bad).expect_err(bad);
+            assert!(error.contains(bad) || bad.is_empty(), "{bad}: {error}");
+        }
+    }
 }

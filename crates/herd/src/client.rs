@@ -47,6 +47,8 @@ pub(crate) struct BatchSpec {
     pub(crate) bid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) seasoned_after: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) deadline_secs: Option<u64>,
 }
 
 /// Adaptive replication, as `POST /api/v1/batches` takes it.

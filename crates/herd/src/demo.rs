@@ -251,6 +251,7 @@ pub(crate) fn demo(out: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
             distinct_networks: false,
             bid: None,
             seasoned_after: None,
+            deadline_secs: None,
         },
         false,
     )?;

@@ -116,6 +116,10 @@ enum Command {
         /// results behind it (in any batch): fresh accounts cannot validate anything alone.
         #[arg(long, value_name = "N")]
         seasoned_after: Option<u32>,
+        /// How long each replica may take before it is given to another volunteer (default one
+        /// day; from 1s to 30d): `90s`, `20m`, `6h`, `2d`, or plain seconds.
+        #[arg(long, value_name = "TIME", value_parser = batch::parse_deadline)]
+        deadline: Option<u64>,
         /// The same as --bid 1: pay exactly the agreed fuel of each validated unit.
         #[arg(long)]
         spend_priority: bool,
@@ -279,6 +283,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             distinct_networks,
             bid,
             seasoned_after,
+            deadline,
             spend_priority,
             wait,
         } => {
@@ -306,6 +311,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 }),
                 distinct_networks: *distinct_networks,
                 seasoned_after: *seasoned_after,
+                deadline_secs: *deadline,
                 bid: bid
                     .clone()
                     .or_else(|| spend_priority.then(|| "1".to_string())),
