@@ -11,7 +11,9 @@ use herd_protocol::{
 
 mod accounts;
 mod disk;
+mod hostile_peers;
 mod kills;
+mod load;
 mod network;
 mod scale_out;
 

@@ -23,8 +23,26 @@ use tokio::sync::Semaphore;
 
 use crate::{Shared, blocking, now_ms};
 
-/// Worker connections served at once; more wait at the door.
-const MAX_CONNECTIONS: usize = 10_000;
+/// Worker connections held at once (about 40 KiB each when idle: RELIABILITY.md). One more is
+/// refused at once, and its worker backs off and tries again.
+const MAX_CONNECTIONS: usize = 16_384;
+
+/// Handshakes in flight at once. Past half of them, a client whose address is not yet proven must
+/// first show it receives at that address (a QUIC Retry: one round trip, no state kept), so a
+/// flood from forged addresses costs the coordinator nothing; past all of them, new connections
+/// are refused until some finish.
+const MAX_HANDSHAKES: usize = 256;
+
+/// How long a connection has to complete its handshake and prove its hello. One that has not by
+/// then is closed: it holds no connection slot for longer, whatever keep-alives it sends.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+
+/// Each connection's requests: bursts of [`REQUEST_BURST`], then this many a second. An honest
+/// worker asks once per unit (reports and new work in one exchange), so only a flood meets it;
+/// the flood's next stream is then read only when its budget allows, and the other hosts' work
+/// goes on.
+const REQUESTS_PER_SECOND: f64 = 500.0;
+const REQUEST_BURST: f64 = 1_000.0;
 
 /// How long a worker with nothing to do waits before asking again.
 const NO_WORK_RETRY_MS: u32 = 1_000;
@@ -48,25 +66,48 @@ struct Peer {
     network: u64,
 }
 
-/// Accepts connections until the endpoint closes.
+/// Accepts connections until the endpoint closes, within the bounds above.
 pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("refusing {}: connections full", incoming.remote_address());
+            incoming.refuse();
+            continue;
+        };
+        if handshakes.available_permits() < MAX_HANDSHAKES / 2
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            // Dropping the slot: the retried connection comes back as a new incoming.
+            let _ = incoming.retry();
+            continue;
+        }
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!("refusing {}: handshakes full", incoming.remote_address());
+            incoming.refuse();
+            continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(connection) => {
-                    if let Err(error) = serve_connection(connection, shared).await {
-                        tracing::info!("worker {remote}: {error:#}");
-                    }
+            let connection = match tokio::time::timeout(HELLO_WITHIN, incoming).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => {
+                    tracing::info!("handshake with {remote} failed: {error}");
+                    return;
                 }
-                Err(error) => tracing::info!("handshake with {remote} failed: {error}"),
+                Err(_) => {
+                    tracing::info!("handshake with {remote} took over {HELLO_WITHIN:?}");
+                    return;
+                }
+            };
+            drop(handshake);
+            if let Err(error) = serve_connection(connection, shared).await {
+                tracing::info!("worker {remote}: {error:#}");
             }
-            drop(permit);
+            drop(slot);
         });
     }
 }
@@ -152,7 +193,23 @@ async fn read_hello(
 }
 
 async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let (mut send, mut recv) = connection.accept_bi().await?;
+    let opened = tokio::time::timeout(HELLO_WITHIN, async {
+        let (send, mut recv) = connection.accept_bi().await?;
+        let hello = read_hello(&connection, &mut recv).await;
+        Ok::<_, anyhow::Error>((send, hello))
+    })
+    .await;
+    let (send, hello) = match opened {
+        Ok(opened) => opened?,
+        Err(_) => {
+            connection.close(
+                CLOSE_PROTOCOL_ERROR.into(),
+                b"no hello in time: a connection proves its host within seconds",
+            );
+            anyhow::bail!("no hello within {HELLO_WITHIN:?}");
+        }
+    };
+    let mut send = send;
     let Hello {
         host_key,
         account_key,
@@ -161,7 +218,7 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         cores,
         held_replicas,
         ..
-    } = match read_hello(&connection, &mut recv).await {
+    } = match hello {
         Ok(hello) => hello,
         Err((code, message)) => {
             // Counted nowhere: a refused hello proves nothing about the host it names.
@@ -258,6 +315,7 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         key_hash,
         network: herd_lifecycle::network_of(connection.remote_address().ip()),
     });
+    let mut budget = herd_net::TokenBucket::with_burst(REQUESTS_PER_SECOND, REQUEST_BURST, now);
     loop {
         let (send, recv) = match connection.accept_bi().await {
             Ok(stream) => stream,
@@ -266,6 +324,12 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
                 return Ok(());
             }
         };
+        let wait = budget.take(now_ms(), 1);
+        if !wait.is_zero() {
+            // Over its budget: the request waits (and the peer's further streams with it, up to
+            // its stream limit), while every other connection is served.
+            tokio::time::sleep(wait).await;
+        }
         let shared = shared.clone();
         let peer = peer.clone();
         let connection = connection.clone();

@@ -3,56 +3,15 @@
 //! its windows or past its budget the worker neither fetches work nor sends reports (they wait
 //! in the spool); units it holds keep computing.
 //!
-//! [`TokenBucket`] is pure (time passed in), so its rate is tested on virtual time; [`Network`]
-//! is the shell the worker's requests go through.
+//! The buckets are `herd_net::TokenBucket`s (pure, tested on virtual time); [`Network`] is the
+//! shell the worker's requests go through.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use herd_net::TokenBucket;
+
 use crate::preferences::{Preferences, WeekTime, in_windows};
-
-/// A rate limit: bytes may go at `rate` per second on average, with bursts of at most `burst`.
-/// Taking more than the tokens there are runs into debt, and the caller waits it off, so the
-/// long-run rate is exact whatever the chunk sizes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenBucket {
-    /// Bytes per second; 0 means no limit.
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last_ms: u64,
-}
-
-impl TokenBucket {
-    /// A bucket for `bytes_per_s` (0: unlimited), full at `now_ms`.
-    pub fn new(bytes_per_s: u64, now_ms: u64) -> Self {
-        let rate = bytes_per_s as f64;
-        // A tenth of a second's worth: short bursts, a steady rate.
-        let burst = (rate / 10.0).max(herd_net::PACE_CHUNK as f64);
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            last_ms: now_ms,
-        }
-    }
-
-    /// Takes `bytes` at `now_ms`; returns how long to wait before they may move.
-    pub fn take(&mut self, now_ms: u64, bytes: u64) -> Duration {
-        if self.rate <= 0.0 {
-            return Duration::ZERO;
-        }
-        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
-        self.last_ms = self.last_ms.max(now_ms);
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.tokens -= bytes as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
-    }
-}
 
 /// Why the network may not be used now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,26 +140,6 @@ impl herd_net::Pace for Network {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_bucket_holds_its_rate_on_virtual_time_and_zero_means_no_limit() {
-        // 100 KiB/s, a 4 MiB transfer in 16 KiB chunks, each sent when the bucket allows.
-        let rate = 100 * 1024;
-        let mut bucket = TokenBucket::new(rate, 0);
-        let mut now_ms = 0u64;
-        let total: u64 = 4 << 20;
-        let mut sent = 0;
-        while sent < total {
-            let wait = bucket.take(now_ms, 16 * 1024);
-            now_ms += wait.as_millis() as u64;
-            sent += 16 * 1024;
-        }
-        let expected_ms = total * 1000 / rate;
-        let error = (now_ms as f64 - expected_ms as f64).abs() / expected_ms as f64;
-        assert!(error < 0.05, "{now_ms} ms for {expected_ms} ms expected");
-        let mut unlimited = TokenBucket::new(0, 0);
-        assert_eq!(unlimited.take(0, u64::MAX / 2), Duration::ZERO);
-    }
 
     #[test]
     fn network_hours_and_the_daily_budget_hold_the_network() {

@@ -13,11 +13,17 @@ use serde::{Deserialize, Serialize};
 /// The file under the data directory.
 pub const SPEED_FILE: &str = "speed.json";
 
-/// Weight of the newest unit in the average: recent units count most, one odd unit little.
+/// Weight in the average of the newest unit of at least [`FULL_WEIGHT_AFTER`]: recent units
+/// count most, one odd unit little.
 const NEWEST_WEIGHT: f64 = 0.25;
 
-/// Units shorter than this say more about start-up costs than about speed, and are left out.
-const SHORTEST_MEASURED: Duration = Duration::from_millis(50);
+/// A unit shorter than this moves the average in proportion to its length: a thousand units of
+/// a millisecond weigh as one of a second, and the first measure is never lost for want of a
+/// long unit (the machine would then be judged by a guess, or by nothing).
+const FULL_WEIGHT_AFTER: Duration = Duration::from_secs(1);
+
+/// Units shorter than this are all start-up (instantiating the module), and are left out.
+const SHORTEST_MEASURED: Duration = Duration::from_millis(1);
 
 /// The measured speed. See the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -34,9 +40,11 @@ impl Speed {
             return;
         }
         let pace = fuel as f64 / elapsed.as_secs_f64();
+        let weight =
+            NEWEST_WEIGHT * (elapsed.as_secs_f64() / FULL_WEIGHT_AFTER.as_secs_f64()).min(1.0);
         self.fuel_per_second = Some(match self.fuel_per_second {
             None => pace,
-            Some(average) => average + NEWEST_WEIGHT * (pace - average),
+            Some(average) => average + weight * (pace - average),
         });
         self.units += 1;
     }
@@ -74,11 +82,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_average_follows_recent_units_and_ignores_tiny_ones() {
+    fn the_average_follows_recent_units_and_weighs_short_ones_by_their_length() {
         let mut speed = Speed::default();
         assert_eq!(speed.fuel_per_second(), None);
-        speed.observe(1_000_000, Duration::from_millis(10));
+        speed.observe(1_000, Duration::from_micros(500));
         assert_eq!(speed.fuel_per_second(), None, "too short to measure");
+        // A first unit of 1/64 s is the first measure (times a binary fraction, for exact sums).
+        let short = Duration::from_micros(15_625);
+        speed.observe(15_625_000, short);
+        assert_eq!(speed.fuel_per_second(), Some(1_000_000_000));
+        // One more short unit at half the pace moves it by 1/64 of a long unit's weight.
+        speed.observe(7_812_500, short);
+        assert_eq!(speed.fuel_per_second(), Some(998_046_875));
+        speed.observe(2_000_000_000, Duration::from_secs(2));
+        assert_eq!(speed.fuel_per_second(), Some(998_535_156));
+        let mut speed = Speed::default();
         speed.observe(2_000_000_000, Duration::from_secs(2));
         assert_eq!(speed.fuel_per_second(), Some(1_000_000_000));
         // The user came back: the next unit took four times as long.

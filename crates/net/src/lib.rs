@@ -4,6 +4,7 @@
 //! A worker trusts exactly one certificate: the one whose SHA-256 fingerprint is in its join
 //! string. There is no certificate authority to compromise and nothing to configure.
 
+mod bucket;
 mod files;
 mod join;
 mod pinning;
@@ -21,6 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use bucket::TokenBucket;
 pub use files::{FileError, load_or_create_key, random_bytes, write_file};
 pub use join::{JoinError, JoinString};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
@@ -203,8 +205,11 @@ pub async fn connect_from(
     Err(failure.unwrap_or_else(|| NetError::Setup("the join string names no address".into())))
 }
 
-/// Connects to the coordinator at `addr`, trusting only `join`'s pinned certificate.
-async fn connect_to(join: &JoinString, addr: SocketAddr) -> Result<Connection, NetError> {
+/// A worker's QUIC client configuration for `join`: trusting only its pinned certificate, with
+/// keep-alives. The slot says why the certificate was refused, if it was.
+fn client_config(
+    join: &JoinString,
+) -> Result<(quinn::ClientConfig, pinning::MismatchSlot), NetError> {
     let verifier = pinning::PinnedCertificate::new(join.cert_sha256.clone(), provider());
     let mismatch = verifier.mismatch.clone();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -220,6 +225,11 @@ async fn connect_to(join: &JoinString, addr: SocketAddr) -> Result<Connection, N
     } else {
         transport(Some(KEEP_ALIVE), IDLE_TIMEOUT)?
     });
+    Ok((config, mismatch))
+}
+
+/// A client endpoint on a new UDP socket of `addr`'s family.
+fn client_endpoint(addr: SocketAddr) -> Result<Endpoint, NetError> {
     let local: SocketAddr = if addr.is_ipv6() {
         "[::]:0"
     } else {
@@ -227,10 +237,57 @@ async fn connect_to(join: &JoinString, addr: SocketAddr) -> Result<Connection, N
     }
     .parse()
     .map_err(|e| NetError::Setup(format!("{e}")))?;
-    let mut endpoint = Endpoint::client(local).map_err(|source| NetError::Bind {
+    Endpoint::client(local).map_err(|source| NetError::Bind {
         addr: local,
         source,
-    })?;
+    })
+}
+
+/// Many connections to a join string's first coordinator from one UDP socket, each configured
+/// as a worker's: how a load test simulates thousands of workers without a socket each (a
+/// worker holds one connection, and uses [`connect`]).
+pub struct Dialer {
+    endpoint: Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+}
+
+impl Dialer {
+    pub fn new(join: &JoinString) -> Result<Self, NetError> {
+        let addr = *join
+            .addrs
+            .first()
+            .ok_or_else(|| NetError::Setup("the join string names no address".into()))?;
+        let (config, _) = client_config(join)?;
+        Ok(Self {
+            endpoint: client_endpoint(addr)?,
+            config,
+            addr,
+        })
+    }
+
+    /// A new connection, given up after the connect timeout.
+    pub async fn connect(&self) -> Result<Connection, NetError> {
+        let failed = |message: String| NetError::Connect {
+            addr: self.addr,
+            message,
+        };
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), self.addr, "herd-coordinator")
+            .map_err(|e| failed(e.to_string()))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(error)) => Err(failed(error.to_string())),
+            Err(_) => Err(failed(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+        }
+    }
+}
+
+/// Connects to the coordinator at `addr`, trusting only `join`'s pinned certificate.
+async fn connect_to(join: &JoinString, addr: SocketAddr) -> Result<Connection, NetError> {
+    let (config, mismatch) = client_config(join)?;
+    let mut endpoint = client_endpoint(addr)?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
         .connect(addr, "herd-coordinator")

@@ -13,13 +13,16 @@ pub(crate) fn fingerprint(cert_der: &[u8]) -> String {
     hex::encode(Sha256::digest(cert_der))
 }
 
+/// Where a refused certificate's reason is left for the handshake's caller.
+pub(crate) type MismatchSlot = Arc<std::sync::Mutex<Option<String>>>;
+
 #[derive(Debug)]
 pub(crate) struct PinnedCertificate {
     sha256: String,
     provider: Arc<CryptoProvider>,
     /// Set when the server's certificate did not match: the handshake error that follows is
     /// then a wrong certificate, not a network failure.
-    pub(crate) mismatch: Arc<std::sync::Mutex<Option<String>>>,
+    pub(crate) mismatch: MismatchSlot,
 }
 
 impl PinnedCertificate {
