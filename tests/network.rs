@@ -386,11 +386,13 @@ fn a_worker_cut_off_for_good_has_its_replicas_reissued_and_its_late_reports_chec
 
     // Back again: alan's worker reconnects and delivers what it finished while cut off.
     network.heal(2);
+    // Everything it held is settled: a finished replica reported (late), one it had not started
+    // dropped, as the coordinator's welcome says its unit was decided.
     eventually(
         Duration::from_secs(120),
-        "alan to deliver its reports",
+        "alan to settle what it held",
         || {
-            (spooled(root.path(), alan, "finished") == 0
+            (spooled(root.path(), alan, "finished") + spooled(root.path(), alan, "assigned") == 0
                 && std::fs::read_to_string(&workers[2].log)
                     .is_ok_and(|log| log.matches("connected to").count() >= 2))
             .then_some(())
@@ -424,5 +426,184 @@ fn a_worker_cut_off_for_good_has_its_replicas_reissued_and_its_late_reports_chec
     eprintln!(
         "cut off for good: {timed_out} of alan's replicas timed out and were reissued; {late} \
          late reports agreed and were credited"
+    );
+}
+
+/// A host back after its replica timed out and its unit was decided without it is told so in
+/// the welcome, and need not run it; so are replicas that are not its own or do not exist. A
+/// hello naming more replicas than any machine could hold is refused.
+#[test]
+fn a_host_back_after_its_unit_was_decided_is_told_it_need_not_run_its_replica() {
+    use herd_protocol::{ClientMessage, ErrorCode, ServerMessage, SigningKey};
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
+    let join: herd_net::JoinString = coordinator.join.parse().expect("join string");
+    let inputs = root.path().join("inputs");
+    let tiles = write_tiles_of(&inputs, 1, (16, 16), 100);
+    let batch = submit_with(
+        &coordinator,
+        root.path(),
+        &inputs,
+        false,
+        &["--deadline", "1s"],
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let key = SigningKey::from_seed([77; 32]);
+    let hello = |held: Vec<u64>| herd_protocol::Hello {
+        held_replicas: held,
+        ..super::hello_from(&key, "wanderer", None)
+    };
+    // The wanderer takes the unit's first replica and goes away with it.
+    let taken = runtime.block_on(async {
+        let connection = herd_net::connect(&join).await.expect("connect");
+        let _: ServerMessage = herd_net::say_hello(&connection, &key, hello(Vec::new()))
+            .await
+            .expect("hello");
+        let answer: ServerMessage = herd_net::request(
+            &connection,
+            &ClientMessage::Exchange {
+                reports: Vec::new(),
+                want: 1,
+                fuel_per_second: None,
+            },
+        )
+        .await
+        .expect("work");
+        let ServerMessage::Exchanged { work, .. } = answer else {
+            panic!("unexpected {answer:?}");
+        };
+        connection.close(0u32.into(), b"away");
+        work[0].assignment.replica_id
+    });
+    // Its deadline passes; two others validate the unit.
+    let _workers: Vec<Process> = VOLUNTEERS[..2]
+        .iter()
+        .map(|(name, team)| {
+            start_worker(root.path(), &coordinator.join, name, team, 1).expect("worker")
+        })
+        .collect();
+    eventually(Duration::from_secs(120), "the unit validated", || {
+        let (code, status) = coordinator.api(
+            "GET",
+            &format!("/api/v1/batches/{batch}"),
+            Some(&coordinator.token),
+            None,
+        );
+        (code == 200 && status["validated"] == 1).then_some(())
+    });
+    super::check_results(&coordinator, root.path(), batch, &tiles);
+    let another = coordinator
+        .sql_number(&format!("SELECT MIN(id) FROM replicas WHERE id != {taken}"))
+        .expect("another replica") as u64;
+    runtime.block_on(async {
+        let connection = herd_net::connect(&join).await.expect("connect");
+        let welcome: ServerMessage =
+            herd_net::say_hello(&connection, &key, hello(vec![taken, another, 987_654_321]))
+                .await
+                .expect("hello");
+        match welcome {
+            ServerMessage::Welcome { unneeded, .. } => {
+                assert_eq!(unneeded, vec![taken, another, 987_654_321]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let connection = herd_net::connect(&join).await.expect("connect");
+        let too_many = (1..=herd_protocol::MAX_HELD_REPLICAS as u64 + 1).collect();
+        let refused: ServerMessage = herd_net::say_hello(&connection, &key, hello(too_many))
+            .await
+            .expect("an answer");
+        match refused {
+            ServerMessage::Error { code, message } => {
+                assert_eq!(code, ErrorCode::Malformed);
+                assert!(message.contains("at most 4096 replicas"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+}
+
+/// A worker whose connection is lost while it fetches a unit's input, and whose replica times
+/// out and is decided by others meanwhile, does not run it once it reconnects: the welcome says
+/// it is no longer needed, and the volunteer's machine is spared the work.
+#[test]
+fn a_worker_back_after_its_unit_was_decided_drops_the_replica_it_had_not_started() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let _logs = LogsOnFailure(root.path());
+    let port = herd_e2e::free_udp_port();
+    let mut coordinator = Coordinator::start(root.path(), port).expect("coordinator");
+    let join = coordinator.join.clone();
+    // 2 MiB at 64 KiB/s: half a minute of fetching, during which all else happens.
+    let slow = herd_e2e::start_worker_with(
+        root.path(),
+        &join,
+        "slow",
+        "t",
+        1,
+        &["--always", "--pref", "download_kib_per_s=64"],
+    )
+    .expect("worker");
+    let inputs = root.path().join("big-inputs");
+    std::fs::create_dir_all(&inputs).expect("inputs dir");
+    let text = herd_samples::mandelbrot_input((-2.0, -1.0), (0.5, 1.0), (16, 16), 50);
+    let mut input = text.clone().into_bytes();
+    input.resize(2 << 20, b' ');
+    std::fs::write(inputs.join("padded"), &input).expect("write input");
+    let batch = submit_with(
+        &coordinator,
+        root.path(),
+        &inputs,
+        false,
+        &["--deadline", "3s"],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the slow worker to take the unit",
+        || (spooled(root.path(), "slow", "assigned") == 1).then_some(()),
+    );
+    // Its deadline passes mid-fetch; two others take the unit and validate it.
+    let _others: Vec<Process> = VOLUNTEERS[..2]
+        .iter()
+        .map(|(name, team)| start_worker(root.path(), &join, name, team, 1).expect("worker"))
+        .collect();
+    eventually(Duration::from_secs(60), "the unit validated", || {
+        let (code, status) = coordinator.api(
+            "GET",
+            &format!("/api/v1/batches/{batch}"),
+            Some(&coordinator.token),
+            None,
+        );
+        (code == 200 && status["validated"] == 1).then_some(())
+    });
+    let log = std::fs::read_to_string(&slow.log).expect("log");
+    assert!(
+        !log.contains("2097152 bytes in"),
+        "the slow worker finished its fetch before the test could interrupt it"
+    );
+    // The coordinator restarts: the slow worker's fetch fails, and it reconnects.
+    coordinator.process.kill();
+    drop(coordinator);
+    let coordinator = Coordinator::start(root.path(), port).expect("restart");
+    eventually(
+        Duration::from_secs(90),
+        "the slow worker to drop its replica",
+        || {
+            std::fs::read_to_string(&slow.log)
+                .is_ok_and(|log| log.contains("is no longer needed"))
+                .then_some(())
+        },
+    );
+    let log = std::fs::read_to_string(&slow.log).expect("log");
+    assert!(
+        !log.contains("slot 0: replica"),
+        "it ran the replica:\n{log}"
+    );
+    assert_eq!(spooled(root.path(), "slow", "assigned"), 0);
+    super::check_results(
+        &coordinator,
+        root.path(),
+        batch,
+        &[("padded".to_string(), text)],
     );
 }

@@ -16,7 +16,8 @@ use herd_net::{
 };
 use herd_protocol::{
     Assignment, ClientMessage, ContentHash, ErrorCode, FinishedReplica, Hello, MAX_EXCHANGE,
-    Outcome, PROTOCOL_VERSION, RefusedReport, ServerMessage, Standing, TeamStanding,
+    MAX_HELD_REPLICAS, Outcome, PROTOCOL_VERSION, RefusedReport, ServerMessage, Standing,
+    TeamStanding,
 };
 use herd_store::{HostRecord, ReportRefusal, StoreError, Want};
 use tokio::sync::Semaphore;
@@ -166,6 +167,15 @@ async fn read_hello(
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(unsupported(hello.protocol_version));
     }
+    if hello.held_replicas.len() > MAX_HELD_REPLICAS {
+        return Err((
+            ErrorCode::Malformed,
+            format!(
+                "a hello may name at most {MAX_HELD_REPLICAS} replicas held, not {}",
+                hello.held_replicas.len()
+            ),
+        ));
+    }
     if hello.instrumentation_version != herd_sandbox::INSTRUMENTATION_VERSION {
         return Err((
             ErrorCode::UnsupportedVersion,
@@ -302,10 +312,23 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         host.volunteer_id,
         host.cores
     );
+    // Replicas it holds whose units were decided while it was away: it need not run them.
+    let unneeded = shared
+        .store
+        .unneeded_replicas(host.host_id, &held_replicas)
+        .await?;
+    if !unneeded.is_empty() {
+        tracing::info!(
+            "host {}: {} of the replicas it holds are no longer needed",
+            host.host_id,
+            unneeded.len()
+        );
+    }
     write_message(
         &mut send,
         &ServerMessage::Welcome {
             project_key: shared.project_key.public_key(),
+            unneeded,
         },
     )
     .await?;

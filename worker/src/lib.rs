@@ -370,8 +370,11 @@ impl Worker {
             held_replicas: lock(&self.in_hand).iter().copied().collect(),
         };
         match herd_net::say_hello(&connection, &self.host_key, hello).await? {
-            ServerMessage::Welcome { project_key } if project_key == join.project_key => {}
-            ServerMessage::Welcome { project_key } => {
+            ServerMessage::Welcome {
+                project_key,
+                unneeded,
+            } if project_key == join.project_key => self.drop_unneeded(&unneeded).await,
+            ServerMessage::Welcome { project_key, .. } => {
                 return Err(Permanent(format!(
                     "the coordinator's project key {} is not the join string's {}; check the join string",
                     project_key.to_hex(),
@@ -485,6 +488,28 @@ impl Worker {
             other => bail!("unexpected answer to Report: {other:?}"),
         }
         self.answered(replica_id).await
+    }
+
+    /// Replicas the coordinator no longer needs (their units were decided while this worker was
+    /// away): those not yet started are dropped, rather than spending the volunteer's machine on
+    /// them. A running one finishes, and a finished one is still reported: an agreeing late result
+    /// is credited.
+    async fn drop_unneeded(&self, unneeded: &[u64]) {
+        let dropped: Vec<u64> = {
+            let mut recovered = lock(&self.recovered);
+            let before: Vec<u64> = recovered.iter().map(|s| s.assignment.replica_id).collect();
+            recovered.retain(|s| !unneeded.contains(&s.assignment.replica_id));
+            before
+                .into_iter()
+                .filter(|id| unneeded.contains(id))
+                .collect()
+        };
+        for replica_id in dropped {
+            tracing::info!(
+                "replica {replica_id} is no longer needed (its unit was decided); not running it"
+            );
+            self.let_go(replica_id).await;
+        }
     }
 
     /// An assignment refused before it ran: it leaves the spool and the worker's hands.

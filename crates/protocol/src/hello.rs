@@ -64,9 +64,14 @@ pub struct Hello {
     /// Units this host runs at once; caps its in-flight replicas.
     pub cores: u32,
     /// Replicas this host still holds from an earlier connection (running, or finished and
-    /// not yet acknowledged). Its other in-progress replicas were lost and are reissued.
+    /// not yet acknowledged), at most [`MAX_HELD_REPLICAS`]. Its other in-progress replicas were
+    /// lost and are reissued.
     pub held_replicas: Vec<u64>,
 }
+
+/// The most replicas a hello may say its host holds: two a core (one running, the next one
+/// fetched) for a machine of 2,048 cores. The coordinator looks each up when the host connects.
+pub const MAX_HELD_REPLICAS: usize = 4_096;
 
 impl Hello {
     /// Signs the hello for the connection `channel` belongs to, with the secret key of

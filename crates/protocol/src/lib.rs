@@ -21,7 +21,8 @@ pub use framing::{
 };
 pub use hash::{ContentHash, HashParseError};
 pub use hello::{
-    AccountKey, CHANNEL_BINDING_LABEL, ChannelBinding, Hello, SignedHello, hello_version,
+    AccountKey, CHANNEL_BINDING_LABEL, ChannelBinding, Hello, MAX_HELD_REPLICAS, SignedHello,
+    hello_version,
 };
 pub use message::{
     Assignment, ClientMessage, ErrorCode, FinishedReplica, MAX_EXCHANGE, RefusedReport, Report,
@@ -34,8 +35,8 @@ pub use signing::{PublicKey, Signature, SignatureError, SigningKey};
 /// Version 4 added the instrumentation version to `Hello`; version 5 its proof (the host key's
 /// signature over the hello and the connection's channel binding); version 6 dropped the
 /// reports' own signatures, which the proven connection made redundant; version 7 the account
-/// key in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// key in `Hello`; version 8 the replicas a reconnecting host need not run, in `Welcome`.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The ALPN identifier both ends of a Herd QUIC connection must agree on.
 pub const ALPN: &[u8] = b"herd/1";

@@ -107,8 +107,14 @@ pub struct RefusedReport {
 /// What the coordinator answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
-    /// The answer to `Hello`: the project key that signs assignments.
-    Welcome { project_key: PublicKey },
+    /// The answer to `Hello`: the project key that signs assignments, and which of the replicas
+    /// the hello said the host holds are no longer needed (their units were decided or retired
+    /// while it was away): a replica not yet started need not run. A finished one is still
+    /// worth reporting (an agreeing late result is credited).
+    Welcome {
+        project_key: PublicKey,
+        unneeded: Vec<u64>,
+    },
     /// One replica to run.
     Work(SignedAssignment),
     /// Nothing to do now; ask again after this many milliseconds.

@@ -89,6 +89,7 @@ fn every_message_round_trips() {
     let servers = vec![
         ServerMessage::Welcome {
             project_key: key.public_key(),
+            unneeded: vec![3, 7],
         },
         ServerMessage::Work(signed.clone()),
         ServerMessage::Standing(Standing {

@@ -534,6 +534,10 @@ pub trait Store: Send + Sync {
     /// out now and reissued instead of waiting for their deadline. Returns how many.
     fn release_lost_replicas(&self, host_id: u64, held: &[u64], now_ms: u64) -> Pending<usize>;
 
+    /// Of the replicas `held` that a (re)connecting host says it holds, those it need not run:
+    /// not its own, or gone (their batch retired), or of a unit already decided.
+    fn unneeded_replicas(&self, host_id: u64, held: &[u64]) -> Pending<Vec<u64>>;
+
     /// A batch's progress and units, or `None` if there is no such batch.
     fn batch_status(&self, batch_id: u64) -> Pending<Option<BatchStatus>>;
 

@@ -368,6 +368,12 @@ impl<B: Backend> Store for B {
         })
     }
 
+    fn unneeded_replicas(&self, host_id: u64, held: &[u64]) -> Pending<Vec<u64>> {
+        let held = held.to_vec();
+        self.threads()
+            .read(move |tx| work::unneeded_replicas(tx, host_id, &held))
+    }
+
     fn release_lost_replicas(&self, host_id: u64, held: &[u64], now_ms: u64) -> Pending<usize> {
         let held = held.to_vec();
         self.threads().write(move |tx, live| {

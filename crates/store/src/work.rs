@@ -1243,6 +1243,32 @@ fn host_needs_blob_in_database(
 }
 
 /// The replicas in progress that `host_id` holds but did not list in `held`.
+/// [`crate::Store::unneeded_replicas`]: one lookup a replica (a hello holds at most
+/// `herd_protocol::MAX_HELD_REPLICAS`), in the database, which every coordinator of the project
+/// shares, so a replica of a unit another coordinator decides is judged as well.
+pub(crate) fn unneeded_replicas(
+    tx: &mut dyn Sql,
+    host_id: u64,
+    held: &[u64],
+) -> Result<Vec<u64>, StoreError> {
+    let mut unneeded = Vec::new();
+    for &replica_id in held {
+        let row = tx.query_row(
+            "SELECT r.host_id, u.state FROM replicas r JOIN units u ON u.id = r.unit_id
+             WHERE r.id = ?1",
+            &args![replica_id],
+        )?;
+        let needed = match row {
+            Some(row) => row.u64(0)? == host_id && row.text(1)? == "open",
+            None => false,
+        };
+        if !needed {
+            unneeded.push(replica_id);
+        }
+    }
+    Ok(unneeded)
+}
+
 pub(crate) fn lost_replicas(
     tx: &mut dyn Sql,
     live: &mut Live,
