@@ -259,7 +259,12 @@ fn floods_of_handshakes_streams_requests_and_junk_are_bounded_and_honest_work_go
             root.path().join(format!("flood-{kind}.log")),
         )
         .expect("herd-swarm flood");
-        eventually(Duration::from_secs(30), "the flood to start", || {
+        eventually(Duration::from_secs(60), "the flood to start", || {
+            assert!(
+                flood.is_running(),
+                "the {kind} flood ended: {}",
+                std::fs::read_to_string(&flood.log).unwrap_or_default()
+            );
             (flood_counts(&status).0 > 0).then_some(())
         });
         let (sent_before, answered_before) = flood_counts(&status);

@@ -122,7 +122,18 @@ fn flood(kind: &str, join: &str, status: &str) -> anyhow::Result<()> {
                 }
             }
             "streams" | "requests" => {
-                let connection = join_as(&dialer, u64::MAX / 2).await?;
+                // Retried: another flood's handshakes may hold the coordinator's slots a while.
+                let mut attempt = 0;
+                let connection = loop {
+                    match join_as(&dialer, u64::MAX / 2).await {
+                        Ok(connection) => break connection,
+                        Err(error) if attempt == 30 => return Err(error),
+                        Err(_) => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                };
                 if kind == "streams" {
                     // Every stream it may open, each with the first byte of a frame header only.
                     let mut open = Vec::new();

@@ -34,8 +34,13 @@ const MAX_CONNECTIONS: usize = 16_384;
 /// are refused until some finish.
 const MAX_HANDSHAKES: usize = 256;
 
-/// How long a connection has to complete its handshake and prove its hello. One that has not by
-/// then is closed: it holds no connection slot for longer, whatever keep-alives it sends.
+/// How long a connection's QUIC handshake may take: a worker gives up on one after 3 s
+/// (`herd_net`'s connect timeout), so one still unfinished after this is abandoned, or a flood's,
+/// and its handshake slot goes to the next.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(4);
+
+/// How long a connection has, once its handshake is done, to prove its hello. One that has not
+/// by then is closed: it holds no connection slot for longer, whatever keep-alives it sends.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
 
 /// Each connection's requests: bursts of [`REQUEST_BURST`], then this many a second. An honest
@@ -93,14 +98,14 @@ pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let connection = match tokio::time::timeout(HELLO_WITHIN, incoming).await {
+            let connection = match tokio::time::timeout(HANDSHAKE_WITHIN, incoming).await {
                 Ok(Ok(connection)) => connection,
                 Ok(Err(error)) => {
                     tracing::info!("handshake with {remote} failed: {error}");
                     return;
                 }
                 Err(_) => {
-                    tracing::info!("handshake with {remote} took over {HELLO_WITHIN:?}");
+                    tracing::info!("handshake with {remote} took over {HANDSHAKE_WITHIN:?}");
                     return;
                 }
             };
