@@ -431,6 +431,28 @@ fn live_host<'a>(
     }
 }
 
+/// Applies `change` to a host's live copy, loading it first if it is not live, before the caller
+/// writes the same change to the host's row. The order matters on PostgreSQL, where a write to a
+/// shared row is held until the commit: a host loaded after such a write, later in the same
+/// transaction, would be read without it and go on in memory with stale counts (found by the
+/// live-work proptest: a late report that validated a unit of a host no longer live, followed by
+/// an assignment to it in the same exchange). A host that is not registered has nothing to change.
+fn change_live_host(
+    tx: &mut dyn Sql,
+    live: &mut Live,
+    host_id: u64,
+    change: impl FnOnce(&mut LiveHost),
+) -> Result<(), StoreError> {
+    match live_host(tx, live, host_id) {
+        Ok(host) => {
+            change(host);
+            Ok(())
+        }
+        Err(StoreError::UnknownHost) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 pub(crate) fn assign(
     tx: &mut dyn Sql,
     live: &mut Live,
@@ -957,9 +979,9 @@ fn change_trust(
     change: TrustChange,
     replica_id: u64,
 ) -> Result<(), StoreError> {
-    if let Some(host) = live.hosts.get_mut(&host_id) {
-        host.trust = host.trust.after(change);
-    }
+    change_live_host(tx, live, host_id, |host| {
+        host.trust = host.trust.after(change)
+    })?;
     match change {
         TrustChange::ValidChecked => {
             tx.execute_shared(
@@ -1101,12 +1123,12 @@ fn enter_in_ledger(
     let volunteer = (reference.volunteer_id, "balance = balance + ?6", fuel);
     add_recent_credit(tx, "volunteers", volunteer, credit, now_ms)?;
     // A valid result also ends the host's run of timeouts.
-    if let Some(host) = live.hosts.get_mut(&reference.host_id) {
+    change_live_host(tx, live, reference.host_id, |host| {
         host.valid_results = host.valid_results.saturating_add_signed(one);
         if one > 0 {
             host.timeouts_in_a_row = 0;
         }
-    }
+    })?;
     let counters = if one > 0 {
         "valid_results = valid_results + ?6, timeouts_in_a_row = 0"
     } else {
@@ -1172,9 +1194,9 @@ pub(crate) fn time_out(
         )?;
         live.end_in_progress(replica_id, ReplicaState::TimedOut);
         // It limits the host's work in progress until its next valid result.
-        if let Some(host) = live.hosts.get_mut(&reference.host_id) {
+        change_live_host(tx, live, reference.host_id, |host| {
             host.timeouts_in_a_row = host.timeouts_in_a_row.saturating_add(1);
-        }
+        })?;
         tx.execute_shared(
             SharedRow("hosts", reference.host_id),
             "UPDATE hosts SET timeouts_in_a_row = timeouts_in_a_row + 1 WHERE id = ?1",
