@@ -75,16 +75,22 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((fields[0] + fields[1]) * 10)
 }
 
-/// What each swarm's status file says it holds and has failed.
-fn swarm_counts(status: &Path) -> (usize, usize) {
+/// The two counts a `herd-swarm` status file gives under `keys` (`held=H failed=F`, or
+/// `sent=S answered=A`); 0 for one not written yet.
+fn status_counts(status: &Path, keys: [&str; 2]) -> (u64, u64) {
     let text = std::fs::read_to_string(status).unwrap_or_default();
     let count = |key: &str| {
         text.split_whitespace()
-            .find_map(|field| field.strip_prefix(key))
+            .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    (count("held="), count("failed="))
+    (count(keys[0]), count(keys[1]))
+}
+
+/// What a swarm's status file says it holds and has failed.
+fn swarm_counts(status: &Path) -> (u64, u64) {
+    status_counts(status, ["held", "failed"])
 }
 
 /// Submits `count` tiny tiles and waits until they are validated, with every output right;
@@ -170,7 +176,7 @@ fn a_coordinator_holds_a_thousand_idle_connections_in_little_memory_and_serves_a
                 (h + held, f + failed)
             });
             assert_eq!(failed, 0, "simulated workers failed to connect");
-            (held == total).then_some(held)
+            (held == total as u64).then_some(held)
         },
     );
     let connected_in = connecting.elapsed();
@@ -180,7 +186,7 @@ fn a_coordinator_holds_a_thousand_idle_connections_in_little_memory_and_serves_a
     std::thread::sleep(hold());
     let at_rest = (cpu_time(pid) - cpu_before).as_secs_f64() / rest_started.elapsed().as_secs_f64();
     let after = resident(pid);
-    let per_connection = after.saturating_sub(before) / held as u64;
+    let per_connection = after.saturating_sub(before) / held;
 
     let loaded = timed_batch(&coordinator, root.path(), "loaded", UNITS);
     // Still held after the batch: none was dropped while the coordinator was busy.
@@ -214,14 +220,7 @@ fn a_coordinator_holds_a_thousand_idle_connections_in_little_memory_and_serves_a
 
 /// What a flood's status file says it has sent and had answered.
 fn flood_counts(status: &Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(status).unwrap_or_default();
-    let count = |key: &str| {
-        text.split_whitespace()
-            .find_map(|field| field.strip_prefix(key))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    (count("sent="), count("answered="))
+    status_counts(status, ["sent", "answered"])
 }
 
 /// Each flood in turn while honest workers run a batch: a client opening connections as fast as

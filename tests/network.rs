@@ -52,21 +52,25 @@ fn submit_in(
     network.in_coordinator(|| submit_with(coordinator, root, inputs, false, extra))
 }
 
-/// Units of `batch` validated so far.
+/// Units of `batch` validated so far, asked from the coordinator's namespace.
 fn validated(network: &Network, coordinator: &Coordinator, batch: u64) -> u64 {
-    network.in_coordinator(|| {
-        let (code, status) = coordinator.api(
-            "GET",
-            &format!("/api/v1/batches/{batch}"),
-            Some(&coordinator.token),
-            None,
-        );
-        if code == 200 {
-            status["validated"].as_u64().unwrap_or(0)
-        } else {
-            0
-        }
-    })
+    network.in_coordinator(|| validated_here(coordinator, batch))
+}
+
+/// Units of `batch` validated so far (0 while the coordinator does not answer), asked from the
+/// calling thread's network.
+fn validated_here(coordinator: &Coordinator, batch: u64) -> u64 {
+    let (code, status) = coordinator.api(
+        "GET",
+        &format!("/api/v1/batches/{batch}"),
+        Some(&coordinator.token),
+        None,
+    );
+    if code == 200 {
+        status["validated"].as_u64().unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// Checks that each of the `units` was computed by exactly two replicas, its quorum: none
@@ -485,13 +489,7 @@ fn a_host_back_after_its_unit_was_decided_is_told_it_need_not_run_its_replica() 
         })
         .collect();
     eventually(Duration::from_secs(120), "the unit validated", || {
-        let (code, status) = coordinator.api(
-            "GET",
-            &format!("/api/v1/batches/{batch}"),
-            Some(&coordinator.token),
-            None,
-        );
-        (code == 200 && status["validated"] == 1).then_some(())
+        (validated_here(&coordinator, batch) == 1).then_some(())
     });
     super::check_results(&coordinator, root.path(), batch, &tiles);
     let another = coordinator
@@ -568,13 +566,7 @@ fn a_worker_back_after_its_unit_was_decided_drops_the_replica_it_had_not_started
         .map(|(name, team)| start_worker(root.path(), &join, name, team, 1).expect("worker"))
         .collect();
     eventually(Duration::from_secs(60), "the unit validated", || {
-        let (code, status) = coordinator.api(
-            "GET",
-            &format!("/api/v1/batches/{batch}"),
-            Some(&coordinator.token),
-            None,
-        );
-        (code == 200 && status["validated"] == 1).then_some(())
+        (validated_here(&coordinator, batch) == 1).then_some(())
     });
     let log = std::fs::read_to_string(&slow.log).expect("log");
     assert!(
