@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use herd_e2e::{Coordinator, LogsOnFailure, eventually, free_udp_port, start_worker};
+use herd_e2e::{Coordinator, LogsOnFailure, eventually, free_udp_port, hello_from, start_worker};
 use herd_protocol::{
     ChannelBinding, ClientMessage, ErrorCode, Hello, PROTOCOL_VERSION, ServerMessage, SigningKey,
 };
@@ -1123,20 +1123,6 @@ fn coordinator_hosts(http: &str) -> serde_json::Value {
         .call()
         .expect("GET /api/v1/hosts");
     response.body_mut().read_json().expect("JSON")
-}
-
-/// A hello of this protocol and instrumentation from `key`'s host, holding no replicas.
-fn hello_from(key: &SigningKey, volunteer: &str, team: Option<&str>) -> Hello {
-    Hello {
-        protocol_version: PROTOCOL_VERSION,
-        instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
-        host_key: key.public_key(),
-        account_key: None,
-        volunteer: volunteer.into(),
-        team: team.map(Into::into),
-        cores: 1,
-        held_replicas: Vec::new(),
-    }
 }
 
 /// Sends `frame` as the first message of a fresh connection and returns the answer.

@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use herd_e2e::{Coordinator, LogsOnFailure, eventually, start_worker};
+use herd_e2e::{Coordinator, LogsOnFailure, eventually, hello_from, start_worker};
 use herd_protocol::{
     ClientMessage, ContentHash, ErrorCode, FinishedReplica, Outcome, Report, RunResult,
     ServerMessage, SignedAssignment, SigningKey, Status,
 };
 
-use super::{check_results, hello_from, submit, write_tiles_of};
+use super::{check_results, submit, write_tiles_of};
 
 /// A client of the coordinator's that computes nothing: it takes assignments and reports
 /// whatever it is told to.

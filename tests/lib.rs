@@ -409,6 +409,26 @@ pub fn start_account_worker(
     )
 }
 
+/// A hello of this protocol and instrumentation from `key`'s host, holding no replicas: what
+/// the tests' own protocol clients (and `herd-swarm`'s simulated workers) say, signed with
+/// `herd_net::say_hello`.
+pub fn hello_from(
+    key: &herd_protocol::SigningKey,
+    volunteer: &str,
+    team: Option<&str>,
+) -> herd_protocol::Hello {
+    herd_protocol::Hello {
+        protocol_version: herd_protocol::PROTOCOL_VERSION,
+        instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
+        host_key: key.public_key(),
+        account_key: None,
+        volunteer: volunteer.into(),
+        team: team.map(Into::into),
+        cores: 1,
+        held_replicas: Vec::new(),
+    }
+}
+
 /// Polls `check` until it returns `Some`, or fails after `limit`.
 pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();

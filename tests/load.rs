@@ -134,12 +134,7 @@ fn a_coordinator_holds_a_thousand_idle_connections_in_little_memory_and_serves_a
     let _logs = LogsOnFailure(root.path());
     let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
     let pid = coordinator.process.pid();
-    let _workers: Vec<Process> = VOLUNTEERS[..2]
-        .iter()
-        .map(|(name, team)| {
-            start_worker(root.path(), &coordinator.join, name, team, 1).expect("worker")
-        })
-        .collect();
+    let _workers = honest_workers(&coordinator, root.path());
     const UNITS: usize = 200;
     // Warm: the module compiled and cached on both workers, the coordinator's caches filled.
     timed_batch(&coordinator, root.path(), "warm", 4);
@@ -151,8 +146,9 @@ fn a_coordinator_holds_a_thousand_idle_connections_in_little_memory_and_serves_a
         .map(|i| {
             let count = PER_SWARM.min(total - i * PER_SWARM);
             let status = root.path().join(format!("swarm-{i}.status"));
-            let process = spawn(
-                &bin_dir().join("herd-swarm"),
+            let process = swarm(
+                root.path(),
+                &format!("swarm-{i}"),
                 &[
                     "hold".into(),
                     coordinator.join.clone(),
@@ -160,9 +156,7 @@ fn a_coordinator_holds_a_thousand_idle_connections_in_little_memory_and_serves_a
                     count.to_string(),
                     status.display().to_string(),
                 ],
-                root.path().join(format!("swarm-{i}.log")),
-            )
-            .expect("herd-swarm");
+            );
             (process, status)
         })
         .collect();
@@ -218,6 +212,24 @@ fn a_coordinator_holds_a_thousand_idle_connections_in_little_memory_and_serves_a
     );
 }
 
+/// Two honest single-core workers, the batches' own.
+fn honest_workers(coordinator: &Coordinator, root: &Path) -> Vec<Process> {
+    VOLUNTEERS[..2]
+        .iter()
+        .map(|(name, team)| start_worker(root, &coordinator.join, name, team, 1).expect("worker"))
+        .collect()
+}
+
+/// Starts `herd-swarm` with `args`, its log in `root/NAME.log`.
+fn swarm(root: &Path, name: &str, args: &[String]) -> Process {
+    spawn(
+        &bin_dir().join("herd-swarm"),
+        args,
+        root.join(format!("{name}.log")),
+    )
+    .expect("herd-swarm")
+}
+
 /// What a flood's status file says it has sent and had answered.
 fn flood_counts(status: &Path) -> (u64, u64) {
     status_counts(status, ["sent", "answered"])
@@ -234,12 +246,7 @@ fn floods_of_handshakes_streams_requests_and_junk_are_bounded_and_honest_work_go
     let root = tempfile::tempdir().expect("tempdir");
     let _logs = LogsOnFailure(root.path());
     let coordinator = Coordinator::start(root.path(), 0).expect("coordinator");
-    let _workers: Vec<Process> = VOLUNTEERS[..2]
-        .iter()
-        .map(|(name, team)| {
-            start_worker(root.path(), &coordinator.join, name, team, 1).expect("worker")
-        })
-        .collect();
+    let _workers = honest_workers(&coordinator, root.path());
     const UNITS: usize = 100;
     // Warm, as the clean figure must be: the module compiled and cached, speeds measured.
     timed_batch(&coordinator, root.path(), "warm", UNITS);
@@ -247,17 +254,16 @@ fn floods_of_handshakes_streams_requests_and_junk_are_bounded_and_honest_work_go
         // Each flood's own baseline, just before it: the machine's pace drifts.
         let clean = timed_batch(&coordinator, root.path(), &format!("before-{kind}"), UNITS);
         let status = root.path().join(format!("flood-{kind}.status"));
-        let mut flood = spawn(
-            &bin_dir().join("herd-swarm"),
+        let mut flood = swarm(
+            root.path(),
+            &format!("flood-{kind}"),
             &[
                 "flood".into(),
                 kind.into(),
                 coordinator.join.clone(),
                 status.display().to_string(),
             ],
-            root.path().join(format!("flood-{kind}.log")),
-        )
-        .expect("herd-swarm flood");
+        );
         eventually(Duration::from_secs(60), "the flood to start", || {
             assert!(
                 flood.is_running(),

@@ -457,7 +457,7 @@ fn a_host_back_after_its_unit_was_decided_is_told_it_need_not_run_its_replica() 
     let key = SigningKey::from_seed([77; 32]);
     let hello = |held: Vec<u64>| herd_protocol::Hello {
         held_replicas: held,
-        ..super::hello_from(&key, "wanderer", None)
+        ..herd_e2e::hello_from(&key, "wanderer", None)
     };
     // The wanderer takes the unit's first replica and goes away with it.
     let taken = runtime.block_on(async {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use herd_protocol::{Hello, PROTOCOL_VERSION, ServerMessage, SigningKey};
+use herd_protocol::{ServerMessage, SigningKey};
 
 /// Handshakes in flight at once: a crowd of workers arriving, not a flood.
 const AT_ONCE: usize = 32;
@@ -43,16 +43,7 @@ fn key_of(n: u64) -> SigningKey {
 async fn join_as(dialer: &herd_net::Dialer, n: u64) -> anyhow::Result<herd_net::Connection> {
     let key = key_of(n);
     let connection = dialer.connect().await?;
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        instrumentation_version: herd_sandbox::INSTRUMENTATION_VERSION,
-        host_key: key.public_key(),
-        account_key: None,
-        volunteer: format!("swarm-{n}"),
-        team: None,
-        cores: 1,
-        held_replicas: Vec::new(),
-    };
+    let hello = herd_e2e::hello_from(&key, &format!("swarm-{n}"), None);
     match herd_net::say_hello(&connection, &key, hello).await? {
         ServerMessage::Welcome { .. } => Ok(connection),
         other => bail!("host {n} was not welcomed: {other:?}"),

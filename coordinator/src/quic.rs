@@ -214,7 +214,7 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         Ok::<_, anyhow::Error>((send, hello))
     })
     .await;
-    let (send, hello) = match opened {
+    let (mut send, hello) = match opened {
         Ok(opened) => opened?,
         Err(_) => {
             connection.close(
@@ -224,7 +224,6 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
             anyhow::bail!("no hello within {HELLO_WITHIN:?}");
         }
     };
-    let mut send = send;
     let Hello {
         host_key,
         account_key,
@@ -317,11 +316,16 @@ async fn serve_connection(connection: Connection, shared: Arc<Shared>) -> anyhow
         host.volunteer_id,
         host.cores
     );
-    // Replicas it holds whose units were decided while it was away: it need not run them.
-    let unneeded = shared
-        .store
-        .unneeded_replicas(host.host_id, &held_replicas)
-        .await?;
+    // Replicas it holds whose units were decided while it was away: it need not run them. (Most
+    // hellos hold nothing, and cost no lookup.)
+    let unneeded = if held_replicas.is_empty() {
+        Vec::new()
+    } else {
+        shared
+            .store
+            .unneeded_replicas(host.host_id, &held_replicas)
+            .await?
+    };
     if !unneeded.is_empty() {
         tracing::info!(
             "host {}: {} of the replicas it holds are no longer needed",

@@ -495,13 +495,16 @@ impl Worker {
     /// them. A running one finishes, and a finished one is still reported: an agreeing late result
     /// is credited.
     async fn drop_unneeded(&self, unneeded: &[u64]) {
+        // Only the recovered ones wait to start; a running or finished replica is not among them.
         let dropped: Vec<u64> = {
             let mut recovered = lock(&self.recovered);
-            let before: Vec<u64> = recovered.iter().map(|s| s.assignment.replica_id).collect();
-            recovered.retain(|s| !unneeded.contains(&s.assignment.replica_id));
-            before
+            let (dropped, kept) = std::mem::take(&mut *recovered)
                 .into_iter()
-                .filter(|id| unneeded.contains(id))
+                .partition(|s| unneeded.contains(&s.assignment.replica_id));
+            *recovered = kept;
+            dropped
+                .into_iter()
+                .map(|s: SignedAssignment| s.assignment.replica_id)
                 .collect()
         };
         for replica_id in dropped {
