@@ -1921,6 +1921,14 @@ fn researchers_see_only_their_own_batches_and_every_refusal_names_its_problem() 
             .is_some_and(|m| m.contains("blob 1")),
         "{body}"
     );
+    // An empty bulk upload holds no blob: refused, as the document says (schemathesis found
+    // it accepted).
+    let (status, body) = coordinator.api("POST", "/api/v1/blobs", Some(&grace), Some(""));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("empty")),
+        "{body}"
+    );
     // No token, a wrong token.
     let (status, body) = coordinator.api("GET", "/api/v1/batches", None, None);
     assert_eq!(

@@ -68,6 +68,7 @@ mod public;
 
 use crate::accounts::{deny_submit, grant_submit, invite, join, new_key, revoke_key, sign_up};
 use crate::{Shared, blocking, credit, now_ms};
+pub(crate) use batches::parse_batch;
 use batches::{
     batch_results, batch_status, batch_units, cancel_batch, create_batch, list_batches,
     retire_batch,
@@ -443,8 +444,15 @@ async fn put_blobs(
         .into_response())
 }
 
-/// Splits a bulk upload into its blobs, refusing a truncated frame or an oversized blob.
-fn split_frames(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
+/// Splits a bulk upload into its blobs, refusing an empty body, a truncated frame or an oversized
+/// blob.
+pub(crate) fn split_frames(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty",
+            "a bulk upload holds at least one blob; this body is empty",
+        ));
+    }
     let mut blobs = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {

@@ -31,6 +31,23 @@ use tokio::sync::watch;
 
 pub use data_dir::DataDir;
 
+/// The coordinator's decoders of outside bytes that are not otherwise public, for the fuzz
+/// targets (`fuzz/`) and the replay of their corpora in the test suite. A refusal is its message,
+/// as the API would send it.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `POST /api/v1/batches`' body, checked as the API checks it before it looks at the store.
+    pub fn batch_request(body: &[u8]) -> Result<herd_store::NewBatch, String> {
+        crate::http::parse_batch(body, 1, &crate::AccountRules::default())
+            .map_err(|e| e.message().to_string())
+    }
+
+    /// `POST /api/v1/blobs`' body split into its blobs.
+    pub fn bulk_upload(body: &[u8]) -> Result<Vec<&[u8]>, String> {
+        crate::http::split_frames(body).map_err(|e| e.message().to_string())
+    }
+}
+
 /// How often replicas past their deadline are timed out.
 const DEADLINE_SWEEP: Duration = Duration::from_secs(2);
 

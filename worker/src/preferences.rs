@@ -333,6 +333,11 @@ impl std::str::FromStr for Window {
             .split_once('-')
             .ok_or("expected a span HH:MM-HH:MM")?;
         let (start, end) = (parse_time(start)?, parse_time(end)?);
+        // 24:00 ends a day; a span starting there would start on the next day, which `DAYS`
+        // does not name (found by the `preferences` fuzz target).
+        if start == 24 * 60 {
+            return Err("a span cannot start at 24:00 (start at 00:00 of the next day)".into());
+        }
         if start == end {
             return Err("the span is empty (start equals end)".into());
         }
@@ -478,5 +483,7 @@ mod tests {
         assert_eq!(wrap.days, 0b111_0001);
         assert!(in_windows(&[], at(3, 3, 3)));
         assert!(!in_windows(&[weekend], at(2, 12, 0)));
+        let error = "mon 24:00-17:00".parse::<Window>().unwrap_err();
+        assert!(error.contains("cannot start at 24:00"), "{error}");
     }
 }

@@ -102,15 +102,13 @@ impl Spool {
     pub fn recover(&self) -> Result<Recovered, SpoolError> {
         let mut recovered = Recovered::default();
         for path in entries(&self.assigned)? {
-            match read::<SignedAssignment>(&path) {
+            match std::fs::read(&path).ok().and_then(|b| decode_assigned(&b)) {
                 Some(signed) => recovered.assigned.push(signed),
                 None => recovered.corrupt.push(set_aside(&path)?),
             }
         }
         for path in entries(&self.finished)? {
-            let finished = read::<FinishedReplica>(&path)
-                .or_else(|| read::<FinishedBeforeVersion6>(&path).map(Into::into));
-            match finished {
+            match std::fs::read(&path).ok().and_then(|b| decode_finished(&b)) {
                 Some(finished) => recovered.finished.push(finished),
                 None => recovered.corrupt.push(set_aside(&path)?),
             }
@@ -173,8 +171,20 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
     Ok(found.into_iter().map(|(_, path)| path).collect())
 }
 
-fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let bytes = std::fs::read(path).ok()?;
+/// The assignment an `assigned/` file holds, or `None` if the bytes are not one whole frame of it.
+pub fn decode_assigned(bytes: &[u8]) -> Option<SignedAssignment> {
+    decode_file(bytes)
+}
+
+/// The finished replica a `finished/` file holds, in this version's layout or protocol version
+/// 5's, or `None` if the bytes are neither.
+pub fn decode_finished(bytes: &[u8]) -> Option<FinishedReplica> {
+    decode_file::<FinishedReplica>(bytes)
+        .or_else(|| decode_file::<FinishedBeforeVersion6>(bytes).map(Into::into))
+}
+
+/// One frame filling the whole file: a file cut short or with bytes after its frame is corrupt.
+fn decode_file<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     let header: [u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
     let len = decode_header(header).ok()?;
     let body = bytes.get(HEADER_LEN..)?;

@@ -115,129 +115,7 @@ pub(super) async fn create_batch(
 ) -> Result<Response, ApiError> {
     let body = request_body(body)?;
     let me = researcher(&shared, &headers).await?;
-    let request: CreateBatch = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("batch description: {e}")))?;
-    if request.units.is_empty() || request.units.len() > MAX_UNITS_PER_BATCH {
-        return Err(ApiError::bad_request(
-            "out_of_range",
-            format!(
-                "a batch has 1..={MAX_UNITS_PER_BATCH} units, not {}",
-                request.units.len()
-            ),
-        ));
-    }
-    let module = parse_hash(&request.module)?;
-    let mut policy = Policy::with_quorum(request.quorum.unwrap_or(2));
-    if let Some(secs) = request.deadline_secs {
-        policy.replica_deadline_ms = secs.saturating_mul(1000);
-    }
-    if let Some(n) = request.initial_replicas {
-        policy.initial_replicas = n;
-    }
-    if let Some(n) = request.max_error_replicas {
-        policy.max_error_replicas = n;
-    }
-    if let Some(n) = request.max_total_replicas {
-        policy.max_total_replicas = n;
-    }
-    if let Some(n) = request.max_success_replicas {
-        policy.max_success_replicas = n;
-    }
-    if let Some(adaptive) = &request.adaptive {
-        let spot_check = adaptive
-            .spot_check
-            .unwrap_or(Adaptive::DEFAULT.spot_check_ppm as f64 / PPM as f64);
-        if !(0.0..=1.0).contains(&spot_check) {
-            return Err(ApiError::bad_request(
-                "out_of_range",
-                format!("adaptive spot_check {spot_check} is outside 0..=1"),
-            ));
-        }
-        policy.adaptive = Some(Adaptive {
-            trust_after: adaptive
-                .trust_after
-                .unwrap_or(Adaptive::DEFAULT.trust_after),
-            spot_check_ppm: (spot_check * PPM as f64).round() as u32,
-        });
-    }
-    policy.distinct_networks =
-        request.distinct_networks.unwrap_or(false) || shared.accounts.rules.distinct_networks;
-    // The stricter of the batch's and the project's.
-    policy.seasoned_after = match (request.seasoned_after, shared.accounts.rules.seasoned_after) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    let priority = request.priority.unwrap_or(0);
-    if !(-100..=100).contains(&priority) {
-        return Err(ApiError::bad_request(
-            "out_of_range",
-            format!("priority {priority} is outside -100..=100"),
-        ));
-    }
-    policy
-        .validate()
-        .map_err(|e| ApiError::bad_request("out_of_range", e.0))?;
-    let bid_milli = match &request.bid {
-        Some(bid) => herd_store::ledger::parse_bid(&bid.text())
-            .map_err(|e| ApiError::bad_request("bad_bid", e))?,
-        None => 0,
-    };
-    let pricing = herd_store::Pricing {
-        bid_milli,
-        pause_when_broke: shared.accounts.rules.pause_unpaid,
-    };
-    let defaults = Limits::default();
-    let fuel = check_range(
-        "fuel",
-        request.fuel.unwrap_or(defaults.fuel),
-        1,
-        u64::MAX / 4,
-    )?;
-    let memory = check_range(
-        "memory_mb",
-        request.memory_mb.unwrap_or(defaults.memory_bytes >> 20),
-        1,
-        MAX_MEMORY_BYTES >> 20,
-    )? << 20;
-    let output = check_range(
-        "output_limit_bytes",
-        request.output_limit_bytes.unwrap_or(defaults.output_bytes),
-        0,
-        MAX_OUTPUT_BYTES,
-    )?;
-    let mut units = Vec::with_capacity(request.units.len());
-    for (index, unit) in request.units.into_iter().enumerate() {
-        if unit.name.is_empty()
-            || unit.name.len() > 255
-            || unit.name.contains(['/', '\\', '\0'])
-            || unit.name == "."
-            || unit.name == ".."
-        {
-            return Err(ApiError::bad_request(
-                "bad_unit_name",
-                format!(
-                    "unit name `{}` must be 1 to 255 bytes and usable as a file name",
-                    unit.name.escape_debug()
-                ),
-            ));
-        }
-        units.push(NewUnit {
-            input: parse_hash(&unit.input)?,
-            seed: unit.seed.unwrap_or(index as u64),
-            name: unit.name,
-        });
-    }
-    let batch = NewBatch {
-        researcher_id: me.id,
-        module,
-        policy,
-        fuel_limit: fuel,
-        memory_limit_bytes: memory,
-        output_limit_bytes: output,
-        priority,
-        pricing,
-        units,
-    };
+    let batch = parse_batch(&body, me.id, &shared.accounts.rules)?;
     // Another researcher's module, named by its hash, is missing to this one: it is neither
     // admitted nor looked at (admission's refusals would tell of it).
     if !shared
@@ -314,6 +192,141 @@ pub(super) async fn create_batch(
         Json(serde_json::json!({ "id": id, "units": units })),
     )
         .into_response())
+}
+
+/// The batch a `POST /api/v1/batches` body describes, for researcher `researcher_id` under the
+/// project's `rules`: every check that needs neither the store nor the blobs (the JSON, the
+/// policy, the limits, the bid, the unit names and hashes). Pure, so it is fuzzed
+/// (`fuzz/fuzz_targets/batch_request.rs`).
+pub(crate) fn parse_batch(
+    body: &[u8],
+    researcher_id: u64,
+    rules: &crate::AccountRules,
+) -> Result<NewBatch, ApiError> {
+    let request: CreateBatch = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("batch description: {e}")))?;
+    if request.units.is_empty() || request.units.len() > MAX_UNITS_PER_BATCH {
+        return Err(ApiError::bad_request(
+            "out_of_range",
+            format!(
+                "a batch has 1..={MAX_UNITS_PER_BATCH} units, not {}",
+                request.units.len()
+            ),
+        ));
+    }
+    let module = parse_hash(&request.module)?;
+    let mut policy = Policy::with_quorum(request.quorum.unwrap_or(2));
+    if let Some(secs) = request.deadline_secs {
+        policy.replica_deadline_ms = secs.saturating_mul(1000);
+    }
+    if let Some(n) = request.initial_replicas {
+        policy.initial_replicas = n;
+    }
+    if let Some(n) = request.max_error_replicas {
+        policy.max_error_replicas = n;
+    }
+    if let Some(n) = request.max_total_replicas {
+        policy.max_total_replicas = n;
+    }
+    if let Some(n) = request.max_success_replicas {
+        policy.max_success_replicas = n;
+    }
+    if let Some(adaptive) = &request.adaptive {
+        let spot_check = adaptive
+            .spot_check
+            .unwrap_or(Adaptive::DEFAULT.spot_check_ppm as f64 / PPM as f64);
+        if !(0.0..=1.0).contains(&spot_check) {
+            return Err(ApiError::bad_request(
+                "out_of_range",
+                format!("adaptive spot_check {spot_check} is outside 0..=1"),
+            ));
+        }
+        policy.adaptive = Some(Adaptive {
+            trust_after: adaptive
+                .trust_after
+                .unwrap_or(Adaptive::DEFAULT.trust_after),
+            spot_check_ppm: (spot_check * PPM as f64).round() as u32,
+        });
+    }
+    policy.distinct_networks =
+        request.distinct_networks.unwrap_or(false) || rules.distinct_networks;
+    // The stricter of the batch's and the project's.
+    policy.seasoned_after = match (request.seasoned_after, rules.seasoned_after) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let priority = request.priority.unwrap_or(0);
+    if !(-100..=100).contains(&priority) {
+        return Err(ApiError::bad_request(
+            "out_of_range",
+            format!("priority {priority} is outside -100..=100"),
+        ));
+    }
+    policy
+        .validate()
+        .map_err(|e| ApiError::bad_request("out_of_range", e.0))?;
+    let bid_milli = match &request.bid {
+        Some(bid) => herd_store::ledger::parse_bid(&bid.text())
+            .map_err(|e| ApiError::bad_request("bad_bid", e))?,
+        None => 0,
+    };
+    let pricing = herd_store::Pricing {
+        bid_milli,
+        pause_when_broke: rules.pause_unpaid,
+    };
+    let defaults = Limits::default();
+    let fuel = check_range(
+        "fuel",
+        request.fuel.unwrap_or(defaults.fuel),
+        1,
+        u64::MAX / 4,
+    )?;
+    let memory = check_range(
+        "memory_mb",
+        request.memory_mb.unwrap_or(defaults.memory_bytes >> 20),
+        1,
+        MAX_MEMORY_BYTES >> 20,
+    )? << 20;
+    let output = check_range(
+        "output_limit_bytes",
+        request.output_limit_bytes.unwrap_or(defaults.output_bytes),
+        0,
+        MAX_OUTPUT_BYTES,
+    )?;
+    let mut units = Vec::with_capacity(request.units.len());
+    for (index, unit) in request.units.into_iter().enumerate() {
+        if unit.name.is_empty()
+            || unit.name.len() > 255
+            || unit.name.contains(['/', '\\', '\0'])
+            || unit.name == "."
+            || unit.name == ".."
+        {
+            return Err(ApiError::bad_request(
+                "bad_unit_name",
+                format!(
+                    "unit name `{}` must be 1 to 255 bytes and usable as a file name",
+                    unit.name.escape_debug()
+                ),
+            ));
+        }
+        units.push(NewUnit {
+            input: parse_hash(&unit.input)?,
+            seed: unit.seed.unwrap_or(index as u64),
+            name: unit.name,
+        });
+    }
+    let batch = NewBatch {
+        researcher_id,
+        module,
+        policy,
+        fuel_limit: fuel,
+        memory_limit_bytes: memory,
+        output_limit_bytes: output,
+        priority,
+        pricing,
+        units,
+    };
+    Ok(batch)
 }
 
 pub(super) async fn batch_status(

@@ -7,7 +7,7 @@ mod batch;
 mod client;
 mod demo;
 mod run;
-mod sweep;
+use herd::sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -9,7 +9,14 @@
 use anyhow::{Context, bail};
 
 /// The most units one sweep may generate (a batch's limit).
-pub(crate) const MAX_UNITS: usize = 100_000;
+pub const MAX_UNITS: usize = 100_000;
+
+/// The most input bytes one sweep may generate, all units together: they are built in memory
+/// before the upload, and a sweep that big is a folder of files.
+pub const MAX_TOTAL_BYTES: usize = 1 << 30;
+
+/// The most decimal places a range's values are printed with: an `f64` holds no more.
+const MAX_DECIMALS: usize = 15;
 
 /// One parameter and its values, as text.
 #[derive(Debug, PartialEq)]
@@ -49,6 +56,15 @@ fn parse_parameter(spec: &str) -> anyhow::Result<Parameter> {
             if step_n <= 0.0 {
                 bail!("sweep `{spec}`: the step must be above 0");
             }
+            // Enough digits for the step and the start, none of float noise.
+            let digits = [start, step]
+                .iter()
+                .map(|t| t.trim().split_once('.').map_or(0, |(_, f)| f.len()))
+                .max()
+                .unwrap_or(0);
+            if digits > MAX_DECIMALS {
+                bail!("sweep `{spec}` has more than {MAX_DECIMALS} decimal places");
+            }
             let count = ((end_n - start_n) / step_n).ceil();
             if count > MAX_UNITS as f64 {
                 bail!("sweep `{spec}` has more than {MAX_UNITS} values");
@@ -57,11 +73,6 @@ fn parse_parameter(spec: &str) -> anyhow::Result<Parameter> {
                 .map(|i| {
                     let value = start_n + i as f64 * step_n;
                     if decimal {
-                        // Enough digits for the step, none of float noise.
-                        let digits = step
-                            .split_once('.')
-                            .map_or(0, |(_, f)| f.len())
-                            .max(start.split_once('.').map_or(0, |(_, f)| f.len()));
                         format!("{value:.digits$}")
                     } else {
                         format!("{}", value as i64)
@@ -82,7 +93,15 @@ fn parse_parameter(spec: &str) -> anyhow::Result<Parameter> {
 
 /// The inputs of a sweep: one `(unit name, input bytes)` per combination of the parameters'
 /// values, the template's `{NAME}` replaced by each value.
-pub(crate) fn inputs(template: &str, sweeps: &[String]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+pub fn inputs(template: &str, sweeps: &[String]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    inputs_within(template, sweeps, MAX_TOTAL_BYTES)
+}
+
+fn inputs_within(
+    template: &str,
+    sweeps: &[String],
+    max_bytes: usize,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let parameters: Vec<Parameter> = sweeps
         .iter()
         .map(|s| parse_parameter(s))
@@ -105,6 +124,7 @@ pub(crate) fn inputs(template: &str, sweeps: &[String]) -> anyhow::Result<Vec<(S
         .filter(|n| *n <= MAX_UNITS)
         .with_context(|| format!("the sweep makes more than {MAX_UNITS} units"))?;
     let mut units = Vec::with_capacity(total);
+    let mut bytes = 0usize;
     for index in 0..total {
         // The combination numbered `index`, the last parameter changing fastest.
         let mut rest = index;
@@ -113,15 +133,50 @@ pub(crate) fn inputs(template: &str, sweeps: &[String]) -> anyhow::Result<Vec<(S
             chosen[slot] = &parameter.values[rest % parameter.values.len()];
             rest /= parameter.values.len();
         }
-        let mut input = template.to_string();
-        let mut name = Vec::with_capacity(parameters.len());
-        for (parameter, value) in parameters.iter().zip(&chosen) {
-            input = input.replace(&format!("{{{}}}", parameter.name), value);
-            name.push(format!("{}={value}", parameter.name));
+        let input = substitute(template, &parameters, &chosen);
+        bytes = bytes.saturating_add(input.len());
+        if bytes > max_bytes {
+            bail!(
+                "the sweep makes more than {max_bytes} bytes of input: upload a folder of \
+                 inputs instead"
+            );
         }
+        let name: Vec<String> = parameters
+            .iter()
+            .zip(&chosen)
+            .map(|(parameter, value)| format!("{}={value}", parameter.name))
+            .collect();
         units.push((name.join(","), input.into_bytes()));
     }
     Ok(units)
+}
+
+/// The template with each `{NAME}` of a parameter replaced by its chosen value, in one pass: a
+/// value that itself holds `{OTHER}` is not replaced again.
+fn substitute(template: &str, parameters: &[Parameter], chosen: &[&str]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let hit = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            let slot = parameters.iter().position(|p| p.name == name)?;
+            Some((slot, close))
+        });
+        match hit {
+            Some((slot, close)) => {
+                out.push_str(chosen[slot]);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -166,5 +221,21 @@ mod tests {
         assert!(refused("{x}", &["x=1", "x=2"]).contains("given twice"));
         assert!(refused("{x}{y}", &["x=0..1000", "y=0..1000"]).contains("more than 100000"));
         assert!(refused("{x-y}", &["x-y=1"]).contains("letters, digits"));
+        let places = format!("x=0..1:0.{}1", "0".repeat(15));
+        assert!(refused("{x}", &[&places]).contains("more than 15 decimal places"));
+        let sweeps = ["x=0..100".to_string()];
+        let error = inputs_within(&"{x}".repeat(10), &sweeps, 1000).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("more than 1000 bytes"),
+            "{error:#}"
+        );
+        assert_eq!(inputs_within("{x}", &sweeps, 1000).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn a_value_is_not_substituted_again() {
+        let sweeps = ["x={y}".to_string(), "y=1".to_string()];
+        let units = inputs("{x}-{y}-{z}", &sweeps).unwrap();
+        assert_eq!(units[0].1, b"{y}-1-{z}");
     }
 }

@@ -44,7 +44,7 @@ impl DiskCache {
         })
     }
 
-    fn path(&self, module: &ContentHash) -> PathBuf {
+    pub(crate) fn path(&self, module: &ContentHash) -> PathBuf {
         self.dir
             .join(format!("{}-{}.cwasm", module.to_hex(), self.engine_key))
     }

@@ -323,6 +323,26 @@ impl Sandbox {
         Ok(admitted)
     }
 
+    /// The bytes of this sandbox's on-disk cache entry for `module`, if it has one (for the fuzz
+    /// target of cache entries, which starts from a sound entry).
+    #[doc(hidden)]
+    pub fn disk_cache_entry(&self, module: &ContentHash) -> Option<Vec<u8>> {
+        std::fs::read(self.disk.as_ref()?.path(module)).ok()
+    }
+
+    /// Puts `file` in place of the on-disk cache entry for `module` and loads it as `admit` would,
+    /// past the in-memory cache (for the fuzz target of cache entries): whether it was accepted.
+    #[doc(hidden)]
+    pub fn load_disk_cache_entry(&self, module: &ContentHash, file: &[u8]) -> bool {
+        let Some(disk) = &self.disk else {
+            return false;
+        };
+        if std::fs::write(disk.path(module), file).is_err() {
+            return false;
+        }
+        disk.load(&self.engine, module).is_some()
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, AdmittedModule>> {
         // A panic while holding the lock cannot leave the map inconsistent (inserts are atomic).
         self.compiled

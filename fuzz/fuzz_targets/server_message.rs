@@ -1,0 +1,8 @@
+//! libFuzzer's driver of the `server_message` target, whose body and invariants are
+//! `herd_fuzz_targets::server_message` (shared with the corpus replay of the test suite).
+//!
+//! Run: `scripts/fuzz server_message 600` (RELIABILITY.md).
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| herd_fuzz_targets::server_message(data));
